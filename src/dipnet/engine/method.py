@@ -41,6 +41,8 @@ class StepContext:
     epochs: int = 1
     step: int = 0
     progress: float = 0.0
+    batch_size: int = 0
+    lr: float = 0.0
     example_grads: int = 0
     logs: dict[str, float] = field(default_factory=dict)
 

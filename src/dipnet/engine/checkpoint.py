@@ -1,0 +1,136 @@
+"""Checkpoints that load without unpickling: one safetensors file, written atomically.
+
+Tensors (model weights and buffers, optimizer moments, the torch RNG state) are stored as
+safetensors entries; everything else (epoch, step, history, config, optimizer hyperparameters,
+the numpy and Python RNG states) is JSON in the file's metadata. Nested optimizer states are
+flattened by :func:`to_json_tree` / :func:`from_json_tree`, which keep int keys and tuples, so
+``optimizer.load_state_dict`` gets back exactly what ``state_dict`` gave. safetensors has no
+notion of nested non-tensor state, hence this small serializer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import DataError
+
+_TENSOR, _TUPLE, _DICT = "__tensor__", "__tuple__", "__dict__"
+
+
+def to_json_tree(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """Replace every tensor in a nested structure by a reference into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}.{len(tensors)}"
+        tensors[key] = obj.detach().cpu().clone().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        return {_DICT: [[to_json_tree(k, tensors, prefix), to_json_tree(v, tensors, prefix)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [to_json_tree(v, tensors, prefix) for v in obj]}
+    if isinstance(obj, list):
+        return [to_json_tree(v, tensors, prefix) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a value of type {type(obj).__name__}: {obj!r}")
+
+
+def from_json_tree(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if _TENSOR in tree:
+            return tensors[tree[_TENSOR]]
+        if _TUPLE in tree:
+            return tuple(from_json_tree(v, tensors) for v in tree[_TUPLE])
+        if _DICT in tree:
+            return {from_json_tree(k, tensors): from_json_tree(v, tensors) for k, v in tree[_DICT]}
+    if isinstance(tree, list):
+        return [from_json_tree(v, tensors) for v in tree]
+    return tree
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Model weights under ``model.*``; ``state`` (any nested tensors/JSON values) elsewhere."""
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model_state.items()}
+    tree = to_json_tree(state, tensors, "state")
+    save_tensors_atomic(path, tensors, {"format": "dipnet-checkpoint-1", "state": json.dumps(tree)})
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of :func:`save_checkpoint`; a damaged file raises :class:`DataError`."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tree = json.loads(meta["state"])
+    except FileNotFoundError:
+        raise DataError(f"checkpoint {path} does not exist") from None
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise DataError(f"checkpoint {path} is damaged or not a dipnet checkpoint ({exc}); delete it to start over") from None
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    return model_state, from_json_tree(tree, tensors)
+
+
+def save_weights(path: Path, model_state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Plain safetensors weights a user can load with ``safetensors.torch.load_file``."""
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()}
+    save_tensors_atomic(path, tensors, metadata or {})

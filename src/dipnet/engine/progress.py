@@ -1,0 +1,69 @@
+"""Progress display: a rich bar on a terminal, one plain line per epoch otherwise (CI, pipes)."""
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+
+def format_epoch(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch'] + 1:>3}/{epochs}"]
+    parts.append(f"loss {row['objective']:.4f}")
+    parts.append(f"train {100 * row['train_acc']:.2f}%")
+    parts.append(f"test {100 * row['test_acc']:.2f}%")
+    parts.append(f"lr {row['lr']:.2e}")
+    parts.append(f"{row['epoch_s']:.1f}s")
+    return "  ".join(parts)
+
+
+class Progress:
+    """``mode``: ``auto`` (rich when the stream is a terminal), ``rich``, ``plain`` or ``none``."""
+
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, label: str = "train") -> None:
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "rich" if getattr(self.stream, "isatty", lambda: False)() else "plain"
+        self.mode, self.label = mode, label
+        self._bar = self._task = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.mode != "rich":
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
+                console=Console(file=self.stream), transient=True,
+            )
+            self._bar.start()
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        self._task = self._bar.add_task(f"{self.label} epoch {epoch + 1}/{epochs}", total=steps, loss="")
+
+    def advance(self, loss: float) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, advance=1, loss=f"loss {loss:.4f}")
+
+    def end_epoch(self, row: dict[str, Any], epochs: int) -> None:
+        if self.mode == "none":
+            return
+        line = format_epoch(row, epochs)
+        if self._bar is not None:
+            self._bar.console.print(line)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.mode == "none":
+            return
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None

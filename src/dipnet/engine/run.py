@@ -1,0 +1,73 @@
+"""Reading a finished (or interrupted) run directory back: config, history and the model."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+from torch import nn
+
+from ..data import Dataset
+from ..errors import DataError
+from .checkpoint import load_checkpoint
+from .method import Method
+from .trainer import TrainConfig, prepare
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: TrainConfig
+    record: dict[str, Any]
+    model: nn.Module
+    method: Method
+    dataset: Dataset
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.record.get("history") or []
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        return self.record.get("final")
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "unknown")
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        raise DataError(f"{run_dir} is not a dipnet run directory (no run.json); train one with `dipnet train --out DIR`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
+
+
+def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: nn.Module | None = None) -> LoadedRun:
+    """Rebuild a run's dataset and model and load its weights (final, else the last checkpoint).
+
+    The model is returned in eval mode. Pass ``dataset``/``model`` for runs trained on a user's
+    own data or network, which the registries cannot rebuild.
+    """
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    cfg = TrainConfig.from_dict(record["config"])
+    dataset, model, method = prepare(cfg, dataset, model)
+    weights = run_dir / "model.safetensors"
+    if weights.exists():
+        state = load_file(str(weights))
+    elif (run_dir / "checkpoint.safetensors").exists():
+        state, _ = load_checkpoint(run_dir / "checkpoint.safetensors")
+    else:
+        raise DataError(f"{run_dir} has no weights yet (neither model.safetensors nor checkpoint.safetensors)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(f"weights in {run_dir} do not fit the model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return LoadedRun(run_dir, cfg, record, model, method, dataset)

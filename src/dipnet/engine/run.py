@@ -13,7 +13,7 @@ from ..data import Dataset
 from ..errors import DataError
 from .checkpoint import load_checkpoint
 from .method import Method
-from .trainer import TrainConfig, prepare
+from .trainer import ModelArg, TrainConfig, prepare
 
 
 @dataclass
@@ -48,7 +48,7 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} is not valid JSON ({exc})") from None
 
 
-def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: nn.Module | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: ModelArg = None) -> LoadedRun:
     """Rebuild a run's dataset and model and load its weights (final, else the last checkpoint).
 
     The model is returned in eval mode. Pass ``dataset``/``model`` for runs trained on a user's

@@ -21,14 +21,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Dataset, load_dataset
+from ..data import Dataset, DatasetInfo, load_dataset
 from ..errors import ConfigError, NonFiniteLossError
 from ..models import build_model
 from .checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, save_weights
@@ -216,8 +216,15 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
-def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: nn.Module | None = None) -> tuple[Dataset, nn.Module, Method]:
-    """Dataset, seeded model (with the method's model transform applied) and method of a config."""
+ModelArg = Union[nn.Module, Callable[[DatasetInfo], nn.Module], None]
+
+
+def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: ModelArg = None) -> tuple[Dataset, nn.Module, Method]:
+    """Dataset, seeded model (with the method's model transform applied) and method of a config.
+
+    ``model`` may be a ready module or a factory ``info -> module``, called after seeding so that
+    its initialization is reproducible.
+    """
     cfg.validate()
     method = build_method(cfg.method, cfg.method_params)
     if dataset is None:
@@ -225,6 +232,8 @@ def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: nn.Module |
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, dataset.info, **cfg.model_kwargs)
+    elif not isinstance(model, nn.Module):
+        model = model(dataset.info)
     model = method.transform_model(model)
     return dataset, model, method
 
@@ -233,12 +242,13 @@ def train(
     cfg: TrainConfig,
     *,
     dataset: Dataset | None = None,
-    model: nn.Module | None = None,
+    model: ModelArg = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> RunResult:
     """Train as ``cfg`` says; with ``cfg.out`` set, checkpoint every epoch and resume from it.
 
-    ``dataset`` and ``model`` override the registry lookups (for a user's own data or network).
+    ``dataset`` and ``model`` (a module, or a factory ``info -> module`` called after seeding)
+    override the registry lookups, for a user's own data or network.
     Raises :class:`~dipnet.errors.NonFiniteLossError` naming the step of a NaN/inf loss.
     """
     cfg.validate()
@@ -324,7 +334,7 @@ def train(
                 def closure() -> torch.Tensor:
                     loss = method.loss(model, x, y, ctx)
                     if not torch.isfinite(loss):
-                        raise _NonFinite(float(loss))
+                        raise _NonFinite(float(loss.detach()))
                     loss.backward()
                     if cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -1,0 +1,33 @@
+"""Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
+from .compare import SuiteOutcome, engine_train, measure_names, register_measure, run_suite
+from .report import ReportFiles, format_text_table, task_tables, write_report
+from .stats import PairedComparison, Summary, paired_compare, paired_t_test, summarize, t_quantile, wilcoxon_signed_rank
+from .store import RunRecord, RunStore
+from .suite import RunSpec, Suite, load_suite, packaged_suites, parse_suite, probe_cost
+
+__all__ = [
+    "PairedComparison",
+    "ReportFiles",
+    "RunRecord",
+    "RunSpec",
+    "RunStore",
+    "Suite",
+    "SuiteOutcome",
+    "Summary",
+    "engine_train",
+    "format_text_table",
+    "load_suite",
+    "measure_names",
+    "packaged_suites",
+    "paired_compare",
+    "paired_t_test",
+    "parse_suite",
+    "probe_cost",
+    "register_measure",
+    "run_suite",
+    "summarize",
+    "t_quantile",
+    "task_tables",
+    "wilcoxon_signed_rank",
+    "write_report",
+]

@@ -1,0 +1,83 @@
+"""``dipnet compare SUITE``: train every (task, method, seed) of a suite into a run store."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run a comparison suite (TOML) into a SQLite run store",
+        description="Train every (task, method, seed) of a suite that the store does not hold yet, "
+        "then print mean ± 95%% CI per method and the paired comparison with the baseline. "
+        "SUITE is a .toml file or the name of a shipped suite (e.g. default).",
+    )
+    p.add_argument("suite", metavar="SUITE", help="suite file (.toml) or shipped suite name")
+    p.add_argument("--store", default="runs.sqlite", help="SQLite run store (default: runs.sqlite); "
+                   "checkpoints go to STORE.d/")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--resume", action="store_true", help="keep finished runs and train only the missing ones")
+    p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
+    p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.set_defaults(func=run)
+
+
+def _existing(store_path: str, keys: list[str]) -> int:
+    from ..experiments import RunStore
+
+    if not Path(store_path).is_file():
+        return 0
+    with RunStore(store_path) as store:
+        return sum(r.status in ("done", "failed") for r in store.runs(keys=keys))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import RunStore, format_text_table, load_suite, run_suite, task_tables, write_report
+
+    if args.resume and args.fresh:
+        raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    suite = load_suite(args.suite)
+    specs = suite.expand()
+    existing = _existing(args.store, [s.key for s in specs])
+    if existing and not (args.resume or args.fresh):
+        raise ConfigError(
+            f"{args.store} already holds {existing} finished run(s) of suite {suite.name!r}; "
+            "pass --resume to keep them and train the rest, or --fresh to retrain everything"
+        )
+    total = len(specs)
+    counter = {"n": 0}
+
+    def on_event(kind: str, spec: Any, info: Mapping[str, Any]) -> None:
+        if args.quiet or kind == "start":
+            return
+        counter["n"] += 1
+        where = f"[{counter['n']}/{total}] {kind:6s} {spec.task} {spec.method} seed={spec.seed}"
+        if kind == "done":
+            acc = info.get("final", {}).get("test_acc")
+            acc_s = f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""
+            print(f"{where}: {acc_s} ({info.get('run_wall_s', 0.0):.1f} s)", flush=True)
+        elif kind == "failed":
+            print(f"{where}: {info.get('error')}", flush=True)
+        else:
+            print(f"{where} ({info.get('status')}, kept)", flush=True)
+
+    outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=args.threads,
+                        on_event=on_event)
+    with RunStore(args.store) as store:
+        for table in task_tables(store, suite.name):
+            print()
+            print(format_text_table(table))
+    print(f"\n{outcome.done} trained, {outcome.failed} failed, {outcome.skipped} kept from the store "
+          f"({outcome.wall_s:.1f} s); store: {args.store}")
+    if args.report:
+        files = write_report(args.store, args.report, suite=suite.name)
+        print(f"report: {files.html}")
+    return 1 if outcome.failed else 0

@@ -1,0 +1,288 @@
+"""Run a suite: every (task, method, seed) not yet done, in worker processes, into a run store.
+
+Only this (parent) process writes the store; workers train and send back JSON-able results.
+A run is marked ``running`` when it is handed to a worker, so killing the parent loses at most
+the runs in progress: the next :func:`run_suite` finds them ``running`` with a dead owner,
+puts them back to ``pending`` and trains them again (the engine resumes from the run's last
+end-of-epoch checkpoint). A run that raises is recorded ``failed`` with its error; the others go on.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+from .store import RunStore, owner_id
+from .suite import RunSpec, Suite, load_suite
+
+TrainFn = Callable[[dict[str, Any], str], Any]
+"""``train_fn(config, run_dir)``: trains one run; returns a RunResult or a dict with final/history."""
+MeasureFn = Callable[[Any, RunSpec], Mapping[str, Any]]
+"""``measure(result, spec)``: JSON-able measurements of a trained run (result as train_fn returned it)."""
+EventFn = Callable[[str, RunSpec, Mapping[str, Any]], None]
+
+_MEASURES: dict[str, MeasureFn] = {}
+
+
+def register_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
+    """Decorator: make an instrument available to suites as ``measure = ["name"]``.
+
+    The function must be importable at module level (workers receive it by reference) and is
+    called after training as ``fn(result, spec)``; its dict lands in ``results["measures"][name]``.
+    """
+
+    def deco(fn: MeasureFn) -> MeasureFn:
+        _MEASURES[name] = fn
+        return fn
+
+    return deco
+
+
+def measure_names() -> list[str]:
+    return sorted(_MEASURES)
+
+
+def engine_train(config: dict[str, Any], run_dir: str) -> Any:
+    """The default ``train_fn``: :func:`dipnet.engine.train` with checkpoints in ``run_dir``."""
+    from ..engine import TrainConfig, train
+
+    return train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}))
+
+
+@dataclass
+class SuiteOutcome:
+    """What :func:`run_suite` did."""
+
+    suite: str
+    store: Path
+    total: int
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    recovered: int = 0
+    keys: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def trained(self) -> int:
+        return self.done + self.failed
+
+
+def default_runs_dir(store_path: str | Path) -> Path:
+    """Run directories (checkpoints) live beside the store: ``runs.sqlite`` -> ``runs.sqlite.d/``."""
+    p = Path(store_path)
+    return p.with_name(p.name + ".d")
+
+
+def run_dir_for(runs_dir: Path, spec: RunSpec) -> Path:
+    label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{spec.task}__{spec.method}__s{spec.seed}")
+    return runs_dir / f"{label}__{spec.key}"
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-able copy: tensors and numpy scalars to Python numbers, tuples to lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "tolist"):
+        return _plain(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def execute_run(spec_dict: dict[str, Any], run_dir: str, train_fn: TrainFn,
+                measures: Mapping[str, MeasureFn] | None = None) -> dict[str, Any]:
+    """Train one run and collect its results; never raises (errors come back as data)."""
+    spec = RunSpec.from_dict(spec_dict)
+    t0 = time.perf_counter()
+    try:
+        result = train_fn(dict(spec.config), run_dir)
+        if isinstance(result, Mapping):
+            final, history = result.get("final", {}), result.get("history", [])
+            env = result.get("env")
+        else:
+            final, history, env = result.final, result.history, None
+        out: dict[str, Any] = {"final": _plain(final), "history": _plain(history), "seed": spec.seed}
+        if measures:
+            out["measures"] = {name: _plain(fn(result, spec)) for name, fn in measures.items()}
+        if env is None:
+            from ..engine.runinfo import run_info
+
+            env = run_info()
+        out["env"] = _plain(env)
+        out["run_dir"] = run_dir
+        out["run_wall_s"] = time.perf_counter() - t0
+        out["worker_pid"] = os.getpid()
+        return {"ok": True, "results": out}
+    except BaseException as exc:  # noqa: BLE001 - a run's failure is data, not a crash of the suite
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def _init_worker(threads: int) -> None:
+    """Worker start: fixed torch threads; die with the parent (Linux) so no orphan trains on."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+
+
+def run_suite(
+    suite: Suite | str | Path,
+    store_path: str | Path,
+    *,
+    workers: int = 1,
+    resume: bool = True,
+    retry_failed: bool = True,
+    train_fn: TrainFn | None = None,
+    runs_dir: str | Path | None = None,
+    threads: int | None = None,
+    on_event: EventFn | None = None,
+    cost_fn: Callable[[dict[str, Any]], float] | None = None,
+) -> SuiteOutcome:
+    """Train every run of ``suite`` that the store at ``store_path`` does not hold as done.
+
+    ``resume=False`` retrains every run of the suite from scratch (old results are replaced).
+    ``workers > 1`` trains in that many processes (spawned), each with ``threads`` torch threads
+    (default: CPU cores // workers); ``workers=1`` trains in this process. ``train_fn(config,
+    run_dir)`` defaults to :func:`engine_train`; it must be importable at module level when
+    ``workers > 1``. ``on_event(kind, spec, info)`` is called with kind in
+    ``skip``/``start``/``done``/``failed``.
+    """
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    train_fn = train_fn or engine_train
+    specs = suite.expand(cost_fn)
+    keys = [s.key for s in specs]
+    runs_root = Path(runs_dir) if runs_dir is not None else default_runs_dir(store_path)
+    t0 = time.perf_counter()
+    outcome = SuiteOutcome(suite.name, Path(store_path), len(specs), keys=keys)
+    emit = on_event or (lambda kind, spec, info: None)
+    measures = {name: _measure(name) for name in suite.measure}
+
+    with RunStore(store_path) as store:
+        store.set_meta(f"suite:{suite.name}", {
+            "text": suite.text, "source": suite.source, "baseline": suite.baseline, "budget": suite.budget,
+            "tasks": [t.label for t in suite.tasks], "methods": suite.method_labels(), "seeds": suite.seeds,
+            "description": suite.description, "costs": suite.costs,
+        })
+        store.add(specs)
+        outcome.recovered = len(store.recover(keys))
+        redo = ("done", "failed") if not resume else (("failed",) if retry_failed else ())
+        if redo:
+            for rec in store.runs(keys=keys):
+                if rec.status in redo:
+                    shutil.rmtree(run_dir_for(runs_root, rec.spec), ignore_errors=True)
+            store.reset(keys, redo)
+        status = {r.key: r.status for r in store.runs(keys=keys)}
+        todo = [s for s in specs if status[s.key] == "pending"]
+        for s in specs:
+            if status[s.key] != "pending":
+                outcome.skipped += 1
+                emit("skip", s, {"status": status[s.key]})
+
+        def finish(spec: RunSpec, reply: dict[str, Any]) -> None:
+            if reply.get("ok"):
+                store.finish(spec.key, reply["results"])
+                outcome.done += 1
+                emit("done", spec, reply["results"])
+            else:
+                store.fail(spec.key, reply["error"])
+                outcome.failed += 1
+                emit("failed", spec, reply)
+
+        if workers == 1 or len(todo) <= 1:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+            for spec in todo:
+                if not store.claim(spec.key, owner_id()):
+                    continue
+                emit("start", spec, {})
+                try:
+                    reply = execute_run(spec.to_dict(), str(run_dir_for(runs_root, spec)), train_fn, measures)
+                except KeyboardInterrupt:
+                    store.reset([spec.key], ("running",))
+                    raise
+                finish(spec, reply)
+        else:
+            _run_parallel(store, todo, runs_root, train_fn, measures, workers,
+                          threads or max(1, (os.cpu_count() or 1) // workers), emit, finish)
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+def _measure(name: str) -> MeasureFn:
+    if name not in _MEASURES:
+        raise ConfigError(f"unknown instrument {name!r}; registered: {', '.join(measure_names()) or 'none'}")
+    return _MEASURES[name]
+
+
+def _run_parallel(store: RunStore, todo: list[RunSpec], runs_root: Path, train_fn: TrainFn,
+                  measures: Mapping[str, MeasureFn], workers: int, threads: int, emit: EventFn,
+                  finish: Callable[[RunSpec, dict[str, Any]], None]) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = list(todo)
+    in_flight: dict[Future, RunSpec] = {}
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                               initializer=_init_worker, initargs=(threads,))
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < workers:
+                spec = queue.pop(0)
+                if not store.claim(spec.key, owner_id()):
+                    continue
+                emit("start", spec, {})
+                fut = pool.submit(execute_run, spec.to_dict(), str(run_dir_for(runs_root, spec)), train_fn, dict(measures))
+                in_flight[fut] = spec
+            if not in_flight:
+                break
+            finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                spec = in_flight.pop(fut)
+                try:
+                    reply = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    reply = {"ok": False, "error": "the worker process died during this run (killed, or out of memory?)"}
+                except Exception as exc:  # e.g. a train_fn that cannot be pickled
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                finish(spec, reply)
+            if broken:
+                for fut, spec in list(in_flight.items()):
+                    finish(spec, {"ok": False, "error": "the worker process pool broke during this run"})
+                in_flight.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=min(workers, max(len(queue), 1)), mp_context=ctx,
+                                           initializer=_init_worker, initargs=(threads,))
+    except BaseException:
+        store.reset([s.key for s in in_flight.values()], ("running",))
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

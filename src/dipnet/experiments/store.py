@@ -1,0 +1,277 @@
+"""The run store: one SQLite file (standard library ``sqlite3``, WAL journal) with a row per run.
+
+A row is keyed by :attr:`RunSpec.key` (the hash of the run's config) and moves through
+``pending -> running -> done | failed``. Every change is one transaction, so killing the
+process at any moment leaves each row in one of those states; a row left ``running`` by a
+process that no longer exists is put back to ``pending`` by :meth:`RunStore.recover`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import ConfigError, DataError
+from .suite import RunSpec
+
+STATUSES = ("pending", "running", "done", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key       TEXT PRIMARY KEY,
+    suite     TEXT NOT NULL,
+    task      TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    seed      INTEGER NOT NULL,
+    status    TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    config    TEXT NOT NULL,
+    results   TEXT,
+    error     TEXT,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    owner     TEXT,
+    created   REAL NOT NULL,
+    started   REAL,
+    finished  REAL
+);
+CREATE INDEX IF NOT EXISTS runs_by_suite ON runs (suite, status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A row of the store, JSON fields decoded."""
+
+    key: str
+    suite: str
+    task: str
+    method: str
+    seed: int
+    status: str
+    spec: RunSpec
+    results: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    owner: str | None
+    created: float
+    started: float | None
+    finished: float | None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return dict((self.results or {}).get("final", {}))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list((self.results or {}).get("history", []))
+
+
+def owner_id() -> str:
+    """``host:pid`` of this process: who holds a ``running`` row."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process named by ``host:pid`` still runs (unknown hosts count as dead)."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) != os.getpid() and _pid_alive(int(pid))
+
+
+class RunStore:
+    """A SQLite file of runs. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise ConfigError(f"no run store at {self.path}; run `dipnet compare SUITE.toml --store {self.path}` first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            with self._tx():
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        self.conn.execute(stmt)
+                row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise DataError(f"{self.path}: run store schema {row[0]}, this dipnet reads {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.path} is not a dipnet run store (SQLite says: {exc})") from None
+
+    # -- plumbing
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # -- writing
+    def add(self, specs: Iterable[RunSpec]) -> int:
+        """Insert runs not yet in the store as ``pending``; returns how many were new."""
+        now = time.time()
+        new = 0
+        with self._tx():
+            for s in specs:
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO runs (key, suite, task, method, seed, status, config, created) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (s.key, s.suite, s.task, s.method, s.seed, json.dumps(s.to_dict(), sort_keys=True), now),
+                )
+                new += cur.rowcount
+        return new
+
+    def recover(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Put ``running`` rows whose owner process is gone back to ``pending``; returns their keys.
+
+        Raises :class:`ConfigError` when a live process still owns a row: two ``compare``
+        processes must not share a store.
+        """
+        reset = []
+        wanted = None if keys is None else set(keys)
+        with self._tx():
+            rows = self.conn.execute("SELECT key, owner FROM runs WHERE status='running'").fetchall()
+            for key, owner in rows:
+                if wanted is not None and key not in wanted:
+                    continue
+                if owner_alive(owner):
+                    raise ConfigError(
+                        f"{self.path} is in use: run {key} is being trained by process {owner}; "
+                        "wait for it or stop it first"
+                    )
+                self.conn.execute("UPDATE runs SET status='pending', owner=NULL WHERE key=?", (key,))
+                reset.append(key)
+        return reset
+
+    def reset(self, keys: Iterable[str], statuses: tuple[str, ...] = ("done", "failed")) -> int:
+        """Mark the given runs ``pending`` again (to retrain them) if their status is in ``statuses``."""
+        n = 0
+        marks = ",".join("?" * len(statuses))
+        with self._tx():
+            for key in keys:
+                cur = self.conn.execute(
+                    f"UPDATE runs SET status='pending', owner=NULL, error=NULL WHERE key=? AND status IN ({marks})",
+                    (key, *statuses),
+                )
+                n += cur.rowcount
+        return n
+
+    def claim(self, key: str, owner: str | None = None) -> bool:
+        """Atomically move a ``pending`` run to ``running``; False if it was not pending."""
+        with self._tx():
+            cur = self.conn.execute(
+                "UPDATE runs SET status='running', owner=?, started=?, attempts=attempts+1 "
+                "WHERE key=? AND status='pending'",
+                (owner or owner_id(), time.time(), key),
+            )
+            return cur.rowcount == 1
+
+    def finish(self, key: str, results: dict[str, Any]) -> None:
+        """Record a finished run's results (final metrics, history, environment)."""
+        with self._tx():
+            self.conn.execute(
+                "UPDATE runs SET status='done', results=?, error=NULL, owner=NULL, finished=? WHERE key=?",
+                (json.dumps(results, allow_nan=True), time.time(), key),
+            )
+
+    def fail(self, key: str, error: str, results: dict[str, Any] | None = None) -> None:
+        with self._tx():
+            self.conn.execute(
+                "UPDATE runs SET status='failed', error=?, results=?, owner=NULL, finished=? WHERE key=?",
+                (error, None if results is None else json.dumps(results), time.time(), key),
+            )
+
+    # -- reading
+    def _record(self, row: tuple) -> RunRecord:
+        (key, suite, task, method, seed, status, config, results, error, attempts, owner, created, started,
+         finished) = row
+        return RunRecord(key, suite, task, method, int(seed), status, RunSpec.from_dict(json.loads(config)),
+                         None if results is None else json.loads(results), error, int(attempts), owner,
+                         created, started, finished)
+
+    def runs(self, *, suite: str | None = None, status: str | None = None,
+             keys: Iterable[str] | None = None) -> list[RunRecord]:
+        """Runs in insertion order, optionally filtered."""
+        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if suite is not None:
+            sql += " AND suite=?"
+            args.append(suite)
+        if status is not None:
+            if status not in STATUSES:
+                raise ConfigError(f"unknown run status {status!r}; choose one of: {', '.join(STATUSES)}")
+            sql += " AND status=?"
+            args.append(status)
+        rows = [self._record(r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
+        if keys is not None:
+            wanted = set(keys)
+            rows = [r for r in rows if r.key in wanted]
+        return rows
+
+    def get(self, key: str) -> RunRecord | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
+        return None if row is None else self._record(row)
+
+    def counts(self, keys: Iterable[str] | None = None) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for r in self.runs(keys=keys):
+            out[r.status] += 1
+        return out
+
+    def suites(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT suite FROM runs ORDER BY rowid")]
+
+    def __iter__(self) -> Iterator[RunRecord]:
+        return iter(self.runs())
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")

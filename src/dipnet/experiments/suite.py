@@ -1,0 +1,492 @@
+"""Comparison suites: a TOML file that names tasks, methods, seeds and a budget rule.
+
+A suite expands into one :class:`RunSpec` per (task, method, seed); each spec carries the
+keyword arguments of :class:`dipnet.engine.TrainConfig` (all but ``out``) and a stable key,
+the hash of that config, so that a run store can tell which runs are already done.
+
+Format (every key is checked; unknown keys are errors naming the file and the key)::
+
+    name = "default"
+    seeds = [0, 1, 2]
+    baseline = "erm"              # the method every other one is compared with
+    budget = "epochs"             # or "example_grads": a method that costs 2x per batch
+                                  # gets half the epochs (cost measured or given as `cost`)
+    measure = []                  # instruments run after training (see compare.register_measure)
+
+    [train]                       # defaults for every run: any TrainConfig field but `out`
+    epochs = 20
+    lr = 1e-2
+
+    [tasks.mlp]                   # data and model may be lists: their product is expanded
+    data = "mnist1d"
+    model = "mlp"
+    epochs = 30                   # a task may override any [train] field
+
+    [methods.erm]
+    [methods.sam]
+    params = { rho = 0.05 }       # method hyperparameters (checked by build_method)
+    sweep = { rho = [0.02, 0.1] } # optional: one method entry per value (product over keys)
+    lr = 5e-3                     # a method may override [train] fields too
+    method = "sam"                # the method spec; defaults to the table's name
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+
+BUDGETS = ("epochs", "example_grads")
+TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "measure", "train", "tasks", "methods")
+METHOD_KEYS = ("method", "params", "sweep", "cost")
+TASK_KEYS = ("data", "model")
+# TrainConfig fields a suite may set when the engine cannot be imported to list them.
+FALLBACK_TRAIN_FIELDS = (
+    "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+    "data_kwargs", "model_kwargs",
+)
+SET_BY_SUITE = ("data", "model", "method", "method_params", "seed", "out", "progress")
+_TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0,
+    "schedule": "cosine", "data_kwargs": {}, "model_kwargs": {},
+}
+_POSITIVE_INT = ("epochs", "batch_size")
+_POSITIVE_FLOAT = ("lr",)
+_NONNEG_FLOAT = ("weight_decay",)
+_DICTS = ("data_kwargs", "model_kwargs")
+_STRINGS = ("optimizer", "schedule")
+
+
+def _load_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(
+                f"{where}: reading TOML suites needs Python >= 3.11 or the 'tomli' package (pip install tomli)"
+            ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+
+
+def train_fields() -> tuple[str, ...]:
+    """TrainConfig fields a suite may set ([train], tasks, methods): all but data/model/method/seed/out."""
+    try:
+        from ..engine import TrainConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return FALLBACK_TRAIN_FIELDS
+    names = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.init)
+    return tuple(n for n in names if n not in SET_BY_SUITE)
+
+
+def _train_defaults() -> dict[str, Any]:
+    """Defaults of the core training fields, written into every run's config (and so its key).
+
+    Only the core fields: a run's key then stays the same when the engine grows an option.
+    """
+    try:
+        from ..engine import TrainConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return dict(_TRAIN_DEFAULTS)
+    defaults = TrainConfig()
+    return {k: getattr(defaults, k) for k in _TRAIN_DEFAULTS}
+
+
+def _check_train_config(cfg: dict[str, Any], where: str) -> None:
+    """Let the engine validate a run's config (all fields, their types and ranges)."""
+    try:
+        from ..engine import TrainConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    try:
+        TrainConfig.from_dict(cfg).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: a training option has the wrong type ({exc})") from None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a suite: a task, a method, a seed and the full TrainConfig kwargs."""
+
+    suite: str
+    task: str
+    method: str
+    seed: int
+    config: dict[str, Any]
+    measure: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return run_key(self.config, self.measure)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "task": self.task, "method": self.method, "seed": self.seed,
+                "config": self.config, "measure": list(self.measure)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        return cls(d["suite"], d["task"], d["method"], int(d["seed"]), dict(d["config"]), tuple(d.get("measure", ())))
+
+
+def run_key(config: Mapping[str, Any], measure: tuple[str, ...] | list[str] = ()) -> str:
+    """Stable 16-hex-digit key: sha256 of the canonical JSON of the config and the measures."""
+    blob = json.dumps({"config": config, "measure": sorted(measure)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class MethodEntry:
+    label: str
+    spec: str
+    params: dict[str, Any]
+    overrides: dict[str, Any]
+    cost: float | None = None
+
+
+@dataclass
+class TaskEntry:
+    label: str
+    data: str
+    model: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Suite:
+    """A parsed and validated suite. ``expand()`` gives its runs."""
+
+    name: str
+    source: str
+    text: str
+    seeds: list[int]
+    baseline: str
+    budget: str
+    measure: tuple[str, ...]
+    train: dict[str, Any]
+    tasks: list[TaskEntry]
+    methods: list[MethodEntry]
+    description: str = ""
+    costs: dict[str, float] = field(default_factory=dict)
+
+    def method_labels(self) -> list[str]:
+        return [m.label for m in self.methods]
+
+    def task_config(self, task: TaskEntry, method: MethodEntry) -> dict[str, Any]:
+        cfg = {**self.train, **task.overrides, **method.overrides}
+        cfg.update(data=task.data, model=task.model, method=method.spec, method_params=dict(method.params))
+        return cfg
+
+    def expand(self, cost_fn: Callable[[dict[str, Any]], float] | None = None) -> list[RunSpec]:
+        """All runs, tasks outermost, then methods, then seeds.
+
+        With ``budget = "example_grads"`` each method's epochs are scaled by
+        cost(baseline) / cost(method), where cost is example-gradients per training example
+        (``cost`` in the suite, else ``cost_fn(config)``, by default :func:`probe_cost`).
+        """
+        runs: list[RunSpec] = []
+        seen: dict[str, str] = {}
+        for task in self.tasks:
+            costs: dict[str, float] = {}
+            if self.budget == "example_grads":
+                fn = cost_fn or probe_cost
+                for m in self.methods:
+                    known = self.costs.get(f"{task.label}/{m.label}", m.cost)
+                    costs[m.label] = known if known is not None else _checked_cost(fn, self.task_config(task, m), self.source, m.label)
+                    self.costs[f"{task.label}/{m.label}"] = costs[m.label]
+            for m in self.methods:
+                base_cfg = self.task_config(task, m)
+                if costs:
+                    base_cfg["epochs"] = max(1, round(base_cfg["epochs"] * costs[self.baseline] / costs[m.label]))
+                for seed in self.seeds:
+                    cfg = {**base_cfg, "seed": seed}
+                    spec = RunSpec(self.name, task.label, m.label, seed, cfg, self.measure)
+                    where = f"{task.label}/{m.label}/seed {seed}"
+                    if spec.key in seen:
+                        raise ConfigError(
+                            f"{self.source}: runs {seen[spec.key]} and {where} have identical configs; "
+                            "give the methods different hyperparameters or remove one"
+                        )
+                    seen[spec.key] = where
+                    runs.append(spec)
+        return runs
+
+
+def _checked_cost(fn: Callable[[dict[str, Any]], float], cfg: dict[str, Any], source: str, label: str) -> float:
+    try:
+        cost = float(fn(cfg))
+    except ConfigError:
+        raise
+    except Exception as exc:  # the probe runs user code: report, do not crash with a traceback
+        raise ConfigError(
+            f"{source}: could not measure the cost of method {label!r} ({type(exc).__name__}: {exc}); "
+            f"set it by hand with `cost = ...` in [methods.{label}]"
+        ) from None
+    if not math.isfinite(cost) or cost <= 0:
+        raise ConfigError(f"{source}: method {label!r} has cost {cost}; set a positive `cost` in [methods.{label}]")
+    return cost
+
+
+def probe_cost(config: Mapping[str, Any], batches: int = 2) -> float:
+    """Example-gradients per training example of a method: run ``batches`` steps and read the count.
+
+    The count is what the method's components record with ``StepContext.count`` (a plain CE
+    step counts B, SAM 2B, DIPNet with m trajectories mB). The learning rate is 0, so the
+    probe does not depend on how far training has gone.
+    """
+    import torch
+
+    from ..data import load_dataset
+    from ..engine.method import StepContext, build_method
+    from ..models import build_model
+
+    ds = load_dataset(config["data"], **dict(config.get("data_kwargs") or {}))
+    torch.manual_seed(0)
+    model = build_model(config["model"], ds.info, **dict(config.get("model_kwargs") or {}))
+    method = build_method(config["method"], dict(config.get("method_params") or {}))
+    model = method.transform_model(model)
+    optimizer = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.0)
+    bs = min(int(config.get("batch_size", 32)), len(ds.x_train))
+    ctx = StepContext(epoch=0, epochs=1, batch_size=bs)
+    method.on_epoch_start(model, optimizer, 0, 1)
+    seen = 0
+    for i in range(batches):
+        x = torch.as_tensor(ds.x_train[i * bs:(i + 1) * bs])
+        y = torch.as_tensor(ds.y_train[i * bs:(i + 1) * bs])
+        if len(x) == 0:
+            break
+        ctx.step = i
+        xb, yb = method.transform_batch(model, x, y, ctx)
+
+        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+            loss = method.loss(model, xb, yb, ctx)
+            loss.backward()
+            return loss.detach()
+
+        method.update(model, optimizer, closure, ctx)
+        seen += len(x)
+    return ctx.example_grads / max(seen, 1)
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+class _Checker:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {msg}")
+
+    def keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+        for k in table:
+            if k not in allowed:
+                raise self.fail(f"{where}{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
+
+    def train_value(self, key: str, value: Any, where: str) -> Any:
+        loc = f"{where}.{key}" if where else key
+        if key in _POSITIVE_INT:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise self.fail(loc, f"must be a positive integer, got {value!r}")
+        elif key in _POSITIVE_FLOAT or key in _NONNEG_FLOAT:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise self.fail(loc, f"must be a number, got {value!r}")
+            if key in _POSITIVE_FLOAT and value <= 0:
+                raise self.fail(loc, f"must be > 0, got {value!r}")
+            if key in _NONNEG_FLOAT and value < 0:
+                raise self.fail(loc, f"must be >= 0, got {value!r}")
+            value = float(value)
+        elif key in _DICTS:
+            if not isinstance(value, dict):
+                raise self.fail(loc, f"must be a table such as {{ width = 64 }}, got {value!r}")
+        elif key in _STRINGS:
+            if not isinstance(value, str) or not value:
+                raise self.fail(loc, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def train_table(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for k, v in table.items():
+            if k not in allowed:
+                raise self.fail(f"{where}.{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
+            out[k] = self.train_value(k, v, where)
+        return out
+
+
+def parse_suite(
+    text: str, source: str = "<suite>", *, check_names: bool = True
+) -> Suite:
+    """Parse and validate a suite from TOML text. ``source`` names the file in error messages.
+
+    With ``check_names`` the dataset, model and method names and every method hyperparameter
+    are checked against the registries (``build_method`` validates the values too).
+    """
+    raw = _load_toml(text, source)
+    ck = _Checker(source)
+    ck.keys(raw, TOP_KEYS, "")
+    fields = train_fields()
+
+    name = raw.get("name", Path(source).stem if source != "<suite>" else "suite")
+    if not isinstance(name, str) or not name:
+        raise ck.fail("name", f"must be a non-empty string, got {name!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ck.fail("description", "must be a string")
+
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds)) if seeds > 0 else seeds
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise ck.fail("seeds", f"must be a non-empty list of non-negative integers (or a count), got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ck.fail("seeds", f"repeats a seed: {seeds!r}")
+
+    budget = raw.get("budget", "epochs")
+    if budget not in BUDGETS:
+        raise ck.fail("budget", f"must be one of {', '.join(BUDGETS)}, got {budget!r}")
+
+    measure = raw.get("measure", [])
+    if not isinstance(measure, list) or any(not isinstance(m, str) for m in measure):
+        raise ck.fail("measure", f"must be a list of instrument names, got {measure!r}")
+    from .compare import measure_names
+
+    known_measures = measure_names()
+    for m in measure:
+        if m not in known_measures:
+            raise ck.fail("measure", f"unknown instrument {m!r}; registered: {', '.join(known_measures) or 'none'}")
+
+    train_raw = raw.get("train", {})
+    if not isinstance(train_raw, dict):
+        raise ck.fail("train", "must be a table: [train]")
+    train = {**_train_defaults(), **ck.train_table(train_raw, "train", fields)}
+
+    tasks_raw = raw.get("tasks")
+    if not isinstance(tasks_raw, dict) or not tasks_raw:
+        raise ck.fail("tasks", "the suite needs at least one [tasks.NAME] table with data and model")
+    tasks: list[TaskEntry] = []
+    for label, t in tasks_raw.items():
+        where = f"tasks.{label}"
+        if not isinstance(t, dict):
+            raise ck.fail(where, "must be a table: [tasks.NAME] with data = ... and model = ...")
+        for req in TASK_KEYS:
+            if req not in t:
+                raise ck.fail(f"{where}.{req}", "is missing")
+        datas, models = (_str_list(ck, t[k], f"{where}.{k}") for k in TASK_KEYS)
+        overrides = ck.train_table({k: v for k, v in t.items() if k not in TASK_KEYS}, where, fields)
+        grid = len(datas) * len(models) > 1
+        for d, m in itertools.product(datas, models):
+            tasks.append(TaskEntry(f"{label}:{d}-{m}" if grid else label, d, m, overrides))
+
+    methods_raw = raw.get("methods")
+    if not isinstance(methods_raw, dict) or not methods_raw:
+        raise ck.fail("methods", "the suite needs at least one [methods.NAME] table (e.g. [methods.erm])")
+    methods: list[MethodEntry] = []
+    for label, m in methods_raw.items():
+        where = f"methods.{label}"
+        if not isinstance(m, dict):
+            raise ck.fail(where, "must be a table: [methods.NAME]")
+        spec = m.get("method", label)
+        if not isinstance(spec, str) or not spec:
+            raise ck.fail(f"{where}.method", f"must be a method spec such as 'dipnet+mrwp', got {spec!r}")
+        params = m.get("params", {})
+        if not isinstance(params, dict):
+            raise ck.fail(f"{where}.params", "must be a table such as { sigma = 0.1 }")
+        sweep = m.get("sweep", {})
+        if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
+            raise ck.fail(f"{where}.sweep", "must be a table of non-empty lists such as { rho = [0.02, 0.05] }")
+        cost = m.get("cost")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0):
+            raise ck.fail(f"{where}.cost", f"must be a positive number (example-gradients per example), got {cost!r}")
+        overrides = ck.train_table({k: v for k, v in m.items() if k not in METHOD_KEYS}, where, fields)
+        combos = [dict(zip(sweep, vals)) for vals in itertools.product(*sweep.values())] if sweep else [{}]
+        for combo in combos:
+            lab = label if not combo else label + "(" + ",".join(f"{k}={v}" for k, v in combo.items()) + ")"
+            methods.append(MethodEntry(lab, spec, {**params, **combo}, overrides, None if cost is None else float(cost)))
+    labels = [m.label for m in methods]
+
+    baseline = raw.get("baseline", labels[0])
+    if baseline not in labels:
+        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(labels)}")
+
+    suite = Suite(name, source, text, list(seeds), baseline, budget, tuple(measure), train, tasks, methods, description)
+    for t in suite.tasks:
+        for m in suite.methods:
+            _check_train_config({**suite.task_config(t, m), "seed": suite.seeds[0]}, f"{source}: tasks.{t.label} with methods.{m.label}")
+    if check_names:
+        _check_names(suite, ck)
+    return suite
+
+
+def _str_list(ck: _Checker, value: Any, loc: str) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    if not items or any(not isinstance(v, str) or not v for v in items):
+        raise ck.fail(loc, f"must be a name or a list of names, got {value!r}")
+    return items
+
+
+def _check_names(suite: Suite, ck: _Checker) -> None:
+    from ..data import list_datasets
+    from ..engine.method import build_method
+    from ..models import list_models
+
+    _import_builtins()
+    datasets, models = list_datasets(), list_models()
+    for t in suite.tasks:
+        if t.data not in datasets:
+            raise ck.fail(f"tasks.{t.label}.data", f"unknown dataset {t.data!r}; choose one of: {', '.join(datasets)}")
+        if t.model not in models:
+            raise ck.fail(f"tasks.{t.label}.model", f"unknown model {t.model!r}; choose one of: {', '.join(models)}")
+    for m in suite.methods:
+        try:
+            build_method(m.spec, m.params)
+        except ConfigError as exc:
+            raise ck.fail(f"methods.{m.label}", str(exc)) from None
+
+
+def _import_builtins() -> None:
+    """Register the built-in datasets, models and methods (their packages register on import)."""
+    import importlib
+
+    for mod in ("dipnet.data", "dipnet.models", "dipnet.methods"):
+        importlib.import_module(mod)
+
+
+def packaged_suites() -> list[str]:
+    """Names of the suites shipped in ``dipnet/suites``."""
+    root = resources.files("dipnet") / "suites"
+    try:
+        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def load_suite(path_or_name: str | Path, *, check_names: bool = True) -> Suite:
+    """Load a suite from a TOML file, or a shipped one by name (``load_suite("default")``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read suite file {path}: {exc}") from None
+        return parse_suite(text, str(path), check_names=check_names)
+    name = str(path_or_name)
+    if name in packaged_suites():
+        res = resources.files("dipnet") / "suites" / f"{name}.toml"
+        return parse_suite(res.read_text(encoding="utf-8"), f"dipnet/suites/{name}.toml", check_names=check_names)
+    raise ConfigError(
+        f"no suite file {str(path_or_name)!r}; give a path to a .toml file or a shipped suite: "
+        f"{', '.join(packaged_suites()) or 'none'}"
+    )

@@ -89,7 +89,8 @@ def loss_landscape(
     buffers = dict(model.named_buffers())
     d1 = filter_normalized_direction(model, seed)
     d2 = filter_normalized_direction(model, seed + 1) if dims == 2 else None
-    alphas = torch.linspace(-span, span, steps, dtype=torch.float64)
+    # symmetric grid with an exact 0 in the middle when steps is odd
+    alphas = span * (2 * torch.arange(steps, dtype=torch.float64) - (steps - 1)) / max(steps - 1, 1)
     betas = alphas.clone() if dims == 2 else None
     with eval_mode(model):
         def at(a: float, b: float) -> float:

@@ -1,0 +1,66 @@
+"""``dipnet measure``: smoothness instruments on a saved run, written as JSON (and plots) next to it."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..engine import load_run
+from ..errors import ConfigError
+from ..measure import MEASURES, measure_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="measure Jacobian norms, region transitions, Lipschitz bounds, curvature, sharpness, landscape",
+        description="Load a run directory and measure its model on its dataset (Novak et al. 2018 and more); "
+                    "writes RUN_DIR/measures.json and RUN_DIR/landscape.png unless --out says otherwise.",
+    )
+    p.add_argument("run_dir", help="directory written by `dipnet train`")
+    p.add_argument("--what", default=",".join(MEASURES), metavar="LIST",
+                   help=f"comma-separated measures (default all: {','.join(MEASURES)})")
+    p.add_argument("--n", type=int, default=500, help="test (and train) points to measure on (default 500)")
+    p.add_argument("--smoothed", type=int, default=0, metavar="K",
+                   help="also measure the smoothed net of a DIPNet with K noise samples (default 0: off)")
+    p.add_argument("--trajectories", type=int, default=8, help="circles per anchor kind for region transitions")
+    p.add_argument("--points", type=int, default=1000, help="points per circle for region transitions")
+    p.add_argument("--seed", type=int, default=0, help="seed for the subsets, directions and probes")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/measures.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag in ("n", "trajectories", "points"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag} must be a positive integer, not {getattr(args, flag)}")
+    run_ = load_run(args.run_dir)
+    out_path = Path(args.out) if args.out else Path(run_.run_dir) / "measures.json"
+    result = measure_model(
+        run_.model, run_.dataset, names=args.what, n_examples=args.n, seed=args.seed,
+        smoothed_samples=args.smoothed, trajectories=args.trajectories, points=args.points,
+        out_dir=out_path.parent,
+    )
+    result = {"run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,
+              "method": run_.method.name, **result}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2))
+    print(f"{result['run_dir']}: {result['method']} {result['model']} on {result['data']}, {result['n_examples']} test points")
+    if "jacobian" in result:
+        j = result["jacobian"]
+        print(f"  Jacobian ||d softmax/dx||_F: mean {j['mean']:.4g} (train {j['train_mean']:.4g}), "
+              f"Spearman vs loss {j['spearman_vs_loss']:.3f}")
+    if "regions" in result and "skipped" not in result["regions"]:
+        r = result["regions"]
+        print("  transitions per unit length: " + ", ".join(f"{k} {v['flips_per_length_mean']:.4g}" for k, v in r.items()))
+    if "lipschitz" in result:
+        l = result["lipschitz"]
+        flag = "" if l["upper_verified"] else " (not a bound: " + l["reason"] + ")"
+        print(f"  Lipschitz: lower {l['lower']:.4g}, upper {l['upper']:.4g}{flag}")
+    if "curvature" in result:
+        print(f"  input curvature: mean {result['curvature']['mean']:.4g}")
+    if "sharpness" in result:
+        s = result["sharpness"]
+        print(f"  sharpness: top eigenvalue {s['top_eigenvalue']:.4g}, trace {s['trace']:.4g}")
+    print(f"wrote {out_path}")
+    return 0

@@ -105,7 +105,7 @@ def table_cells(table: TaskTable) -> tuple[list[str], list[list[str]]]:
         cells = [row.method, seeds, row.metrics["test_acc"].format(100.0, 2)] + _diff_cells(row)
         cells += [row.metrics[k].format(scale, digits) for k, _, scale, digits in METRICS[1:]]
         cells.append(f"{row.example_grads.mean:.3g} ({row.grads_ratio:.2f}×)" if row.example_grads.n else "n/a")
-        cells.append(row.wall_s.format(1.0, 1))
+        cells.append(row.wall_s.format(1.0, 1 if row.wall_s.mean >= 10 else 2))
         body.append(cells)
     return header, body
 
@@ -155,17 +155,21 @@ def _mean_curve(runs: list[RunRecord], key: str) -> tuple[list[float], list[floa
 def fig_accuracy(table: TaskTable) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(table.rows), 3.4))
+    span: list[float] = []
     for i, row in enumerate(table.rows):
         s = row.metrics["test_acc"]
+        if not s.n:
+            continue
         err = s.half_width * 100 if math.isfinite(s.half_width) else 0.0
-        ax.bar(i, s.mean * 100 if s.n else 0, yerr=err, capsize=4, color=f"C{i % 10}", alpha=0.8)
-        acc = [r.final.get("test_acc") for r in table.runs.get(row.method, []) if r.status == "done"]
-        ax.plot([i] * len(acc), [100 * a for a in acc if a is not None], "k.", ms=4)
+        ax.bar(i, s.mean * 100, yerr=err, capsize=4, color=f"C{i % 10}", alpha=0.8)
+        acc = [100 * r.final["test_acc"] for r in table.runs.get(row.method, [])
+               if r.status == "done" and isinstance(r.final.get("test_acc"), (int, float))]
+        ax.plot([i + 0.15] * len(acc), acc, "k.", ms=5)
+        span += acc + [s.mean * 100 - err, s.mean * 100 + err]
     ax.set_xticks(range(len(table.rows)), [r.method for r in table.rows], rotation=30, ha="right")
-    means = [r.metrics["test_acc"].mean * 100 for r in table.rows if r.metrics["test_acc"].n]
-    if means:
-        lo = min(means) - 8
-        ax.set_ylim(max(0, lo), min(100, max(means) + 5))
+    if span:
+        pad = max(1.0, 0.1 * (max(span) - min(span)))
+        ax.set_ylim(max(0.0, min(span) - pad), min(100.0, max(span) + pad))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{table.task}: test accuracy, mean and 95% CI (dots: seeds)", fontsize=9)
     return _png(fig)
@@ -430,9 +434,9 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         text = meta.get("text")
         if not text:
             continue
-        md += ["", f"## Suite `{name}` ({meta.get('source', '')})", "", "```toml", text.rstrip(), "```"]
+        md += ["", f"## Suite `{name}` ({meta.get('source', '')})", "", "```toml", text.strip(), "```"]
         body.append(f"<h2>Suite {html.escape(name)} <small>{html.escape(str(meta.get('source', '')))}</small></h2>"
-                    f"<pre>{html.escape(text)}</pre>")
+                    f"<pre>{html.escape(text.strip())}</pre>")
 
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")

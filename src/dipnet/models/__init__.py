@@ -1,4 +1,34 @@
-"""Models by name: ``build_model("mlp", info)``. See :mod:`dipnet.models.registry`."""
-from .registry import build_model, list_models, register_model
+"""Models by name: ``build_model("mlp", info)``. See :mod:`dipnet.models.registry`.
 
-__all__ = ["build_model", "list_models", "register_model"]
+Every model is a plain ``nn.Module``; activations are modules (one instance per use) and every
+weight layer is an ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``, so hooks can find them.
+"""
+from ._common import ACTIVATIONS, compatible_models
+from .cnn import ConvBlock, SmallCNN
+from .mlp import MLP, MLPBlock
+from .mnist1d import MNIST1DCNN, MNIST1DMLP
+from .registry import build_model, list_models, register_model
+from .resnet import BasicBlock, PadShortcut, ResNet
+from .vit import Attention, Block, Mlp, PatchEmbed, VisionTransformer
+
+__all__ = [
+    "ACTIVATIONS",
+    "Attention",
+    "BasicBlock",
+    "Block",
+    "ConvBlock",
+    "MLP",
+    "MLPBlock",
+    "MNIST1DCNN",
+    "MNIST1DMLP",
+    "Mlp",
+    "PadShortcut",
+    "PatchEmbed",
+    "ResNet",
+    "SmallCNN",
+    "VisionTransformer",
+    "build_model",
+    "compatible_models",
+    "list_models",
+    "register_model",
+]

@@ -76,6 +76,33 @@ def test_jacobian_norm_of_conv_net_with_batch_chunks():
     assert torch.allclose(jacobian_norm(model, x, chunk_size=3), exact, rtol=1e-10)
 
 
+class InputSkip(nn.Module):
+    """A narrowing first layer, but the input also reaches the output directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.b, self.skip = nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x))) + self.skip(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)),
+    InputSkip,
+])
+def test_jacobian_norm_through_a_narrowing_first_layer(make):
+    """The Gram route ||g W||_F = sqrt(g W W^T g^T) for a narrowing first Linear, and the fallback
+    when the input has another path to the output, both against dense Jacobians."""
+    torch.manual_seed(0)
+    model = make().double()
+    x = torch.randn(6, 12, dtype=torch.float64)
+    if isinstance(model, nn.Sequential):
+        x = x.view(6, 3, 4)
+    exact = dense_jacobians(lambda z: torch.softmax(model(z), -1), x).flatten(1).norm(dim=1)
+    assert torch.allclose(jacobian_norm(model, x, chunk_size=4), exact, rtol=1e-10)
+
+
 def test_estimator_is_unbiased_for_the_squared_norm():
     """z-test per point: the mean of ||J u||^2 over S Gaussian probes vs the exact ||J||_F^2, |z| < 4."""
     model = mlp(act=nn.ReLU)

@@ -43,6 +43,91 @@ def _batched_jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return grads.transpose(0, 1)
 
 
+def _leading_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
+    """The model's first module when it is an ``nn.Linear`` applied to the (flattened) input that
+    narrows it (out_features < in_features); leading Flatten/Identity-like modules are skipped."""
+    first: list = []
+
+    def hook(m: nn.Module, inputs: tuple, out: object) -> None:
+        if not first:
+            first.append((m, inputs[0] if inputs else None, out))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    skipped = 0
+    try:
+        with torch.no_grad():
+            while True:
+                first.clear()
+                model(x)
+                if not first:
+                    return None
+                m, inp, out = first[0]
+                is_view = isinstance(out, torch.Tensor) and isinstance(inp, torch.Tensor) and out.numel() == inp.numel() \
+                    and out.untyped_storage().data_ptr() == inp.untyped_storage().data_ptr() and torch.equal(out.flatten(), inp.flatten())
+                if is_view and skipped < len(leaves):
+                    handles.pop(leaves.index(m)).remove()
+                    leaves.remove(m)
+                    skipped += 1
+                    continue
+                break
+    finally:
+        for h in handles:
+            h.remove()
+    same_input = isinstance(inp, torch.Tensor) and inp.numel() == x.numel() and \
+        inp.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    if isinstance(m, nn.Linear) and same_input and inp.ndim == 2 and m.out_features < m.in_features:
+        return m
+    return None
+
+
+def _reaches(root: object, leaf: torch.Tensor) -> bool:
+    """Whether the autograd graph under ``root`` (a grad_fn) depends on the leaf tensor ``leaf``."""
+    seen, stack = set(), [root]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if getattr(fn, "variable", None) is leaf:
+            return True
+        stack.extend(f for f, _ in fn.next_functions)
+    return False
+
+
+def _frobenius_through_linear(fn: Callable[[torch.Tensor], torch.Tensor], layer: nn.Linear, x: torch.Tensor,
+                              gram: torch.Tensor) -> torch.Tensor | None:
+    """``||J(x)||_F`` per point as ``sqrt(sum_c g_c (W W^T) g_c^T)``, g = d out / d (W x + b): J = g W.
+
+    Cheaper when the first layer narrows the input (MNIST MLPs); None when the input reaches the
+    output by another path than the first layer (then the caller takes the direct route)."""
+    holder: list[torch.Tensor] = []
+
+    def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if holder:
+            return None
+        holder.append(out.detach().requires_grad_(True))
+        return holder[0]
+
+    x = x.detach().requires_grad_(True)
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            out = fn(x)
+    finally:
+        handle.remove()
+    if not holder or _reaches(out.grad_fn, x):
+        return None
+    h = holder[0]
+    b, c = out.shape
+    basis = torch.eye(c, dtype=out.dtype, device=out.device).unsqueeze(1).expand(c, b, c)
+    try:
+        (g,) = torch.autograd.grad(out, h, basis, is_grads_batched=True)
+    except RuntimeError:
+        return None
+    return torch.einsum("cbi,ij,cbj->b", g, gram, g).clamp_min(0).sqrt()
+
+
 def input_jacobian(model: nn.Module, x: torch.Tensor, output: str = "softmax", chunk_size: int = 256) -> torch.Tensor:
     """The full per-point Jacobian d output / d input, shape (B, C, *input_shape), in eval mode."""
     x = check_inputs(model, x)
@@ -71,11 +156,18 @@ def jacobian_norm(
     choice(method, "method", METHODS)
     positive_int(samples, "samples")
     positive_int(chunk_size, "chunk_size")
-    if method == "exact":
-        jac = input_jacobian(model, x, output, chunk_size)
-        return jac.flatten(1).norm(dim=1).detach()
     x = check_inputs(model, x)
     fn = output_fn(model, output)
+    if method == "exact":
+        with eval_mode(model), frozen_params(model):
+            layer = _leading_linear(model, x[:1])
+            if layer is not None:
+                w = layer.weight.detach()
+                gram = w @ w.T
+                parts = [_frobenius_through_linear(fn, layer, x[s], gram) for s in chunks(x.shape[0], chunk_size)]
+                if all(p is not None for p in parts):
+                    return torch.cat(parts).detach()
+            return torch.cat([_batched_jacobian(fn, x[s]).flatten(1).norm(dim=1) for s in chunks(x.shape[0], chunk_size)]).detach()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     per_chunk = max(1, chunk_size // samples)
     norms = []

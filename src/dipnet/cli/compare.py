@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="run a comparison suite (TOML) into a SQLite run store",
         description="Train every (task, method, seed) of a suite that the store does not hold yet, "
-        "then print mean ± 95%% CI per method and the paired comparison with the baseline. "
+        "then print mean ± 95% CI per method and the paired comparison with the baseline. "
         "SUITE is a .toml file or the name of a shipped suite (e.g. default).",
     )
     p.add_argument("suite", metavar="SUITE", help="suite file (.toml) or shipped suite name")

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="write a Markdown + HTML report from a run store",
-        description="Tables (mean ± 95%% CI over seeds, paired comparison with the baseline), figures, "
+        description="Tables (mean ± 95% CI over seeds, paired comparison with the baseline), figures, "
         "environment and suite text, from the runs of `dipnet compare`.",
     )
     p.add_argument("db", nargs="?", metavar="STORE", help="run store (same as --store)")

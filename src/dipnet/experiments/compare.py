@@ -8,6 +8,7 @@ end-of-epoch checkpoint). A run that raises is recorded ``failed`` with its erro
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
@@ -104,6 +105,16 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def _recorded_run_info(run_dir: Any) -> dict[str, Any] | None:
+    """The versions and hardware the engine wrote into ``run_dir/run.json`` (None if absent)."""
+    if not run_dir:
+        return None
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("run_info")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def execute_run(spec_dict: dict[str, Any], run_dir: str, train_fn: TrainFn,
                 measures: Mapping[str, MeasureFn] | None = None) -> dict[str, Any]:
     """Train one run and collect its results; never raises (errors come back as data)."""
@@ -115,7 +126,8 @@ def execute_run(spec_dict: dict[str, Any], run_dir: str, train_fn: TrainFn,
             final, history = result.get("final", {}), result.get("history", [])
             env = result.get("env")
         else:
-            final, history, env = result.final, result.history, None
+            final, history = result.final, result.history
+            env = _recorded_run_info(getattr(result, "run_dir", None))
         out: dict[str, Any] = {"final": _plain(final), "history": _plain(history), "seed": spec.seed}
         if measures:
             out["measures"] = {name: _plain(fn(result, spec)) for name, fn in measures.items()}

@@ -222,7 +222,10 @@ def fig_accuracy_per_time(table: TaskTable) -> bytes | None:
     axes[0].set_xlabel("training wall time (s)")
     axes[1].set_xlabel("example-gradients")
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+            break
     fig.suptitle(f"{table.task}: accuracy per training cost", fontsize=9)
     return _png(fig)
 

@@ -42,6 +42,7 @@ from dipnet.experiments import (
     wilcoxon_signed_rank,
     write_report,
 )
+from dipnet.experiments import register_measure, probe_cost
 from dipnet.experiments.store import owner_id
 from dipnet.experiments.suite import run_key
 from dipnet.models import list_models, register_model
@@ -65,7 +66,8 @@ def fake_train(config: dict, run_dir: str) -> dict:
         raise RuntimeError("fake failure for testing")
     rng = random.Random(f"{config['method']}|{config['lr']}|{config['seed']}|{config['model']}")
     acc = 0.6 + (0.05 if config["lr"] > 0.005 else 0.0) + rng.uniform(-0.02, 0.02)
-    history = [{"epoch": e, "test_acc": acc * (e + 1) / 3, "train_loss": 1.0 / (e + 1)} for e in range(3)]
+    history = [{"epoch": e, "test_acc": acc * (e + 1) / 3, "train_loss": 1.0 / (e + 1),
+                "method": {"sigma": [0.1 * (e + 1), 0.05]} if config["method"] == "fake-b" else {}} for e in range(3)]
     final = {"test_acc": acc, "test_loss": 1.0 - acc, "train_acc": acc + 0.1, "train_loss": 0.2, "gap": 0.1,
              "example_grads": 1000 * config["epochs"], "wall_s": 0.01}
     if log:
@@ -504,6 +506,7 @@ def test_report_is_self_contained_and_carries_the_stored_numbers(tmp_path):
     assert "fake failure for testing" in page and "Failed runs" in md
     assert 'baseline = "base"' in md and "acc_vs_eps" in md and "robust.jac vs gap" in md
     assert "torch" in page  # environment section
+    assert any("learned_sigma" in f.name for f in files.figures)
 
 
 # ---------------------------------------------------------------- end to end with the engine
@@ -578,3 +581,38 @@ def test_cli_compare_and_report_with_the_real_engine(tmp_path, capsys):
     assert (tmp_path / "rep2" / "report.html").exists()
     assert main(["compare", str(tmp_path / "nope.toml")]) == 2
     assert "no suite file" in capsys.readouterr().err
+
+
+@register_measure("test-exp-count")
+def _count_measure(result, spec):
+    return {"n_history": len(result["history"]), "seed_twice": 2 * spec.seed}
+
+
+def test_measure_hook_stores_instrument_results(tmp_path):
+    text = 'measure = ["test-exp-count"]\n' + FAKE_SUITE
+    out = run_suite(fake_suite(text), tmp_path / "runs.sqlite", train_fn=fake_train, workers=1)
+    assert out.done == 6
+    with RunStore(tmp_path / "runs.sqlite") as s:
+        for r in s.runs():
+            assert r.results["measures"] == {"test-exp-count": {"n_history": 3, "seed_twice": 2 * r.seed}}
+
+
+@register_component
+@dataclass
+class _ExpTwice(Component):
+    """Test only: a loss that costs two example-gradients per example (as SAM does)."""
+
+    name = "test-exp-twice"
+    slots = frozenset({"loss"})
+    description = "test only"
+
+    def loss(self, model, x, y, ctx):
+        ctx.count(2 * x.shape[0])
+        return nn.functional.cross_entropy(model(x), y)
+
+
+def test_probe_cost_reads_the_example_gradient_count():
+    cfg = {"data": "test-exp-toy", "model": "test-exp-mlp", "batch_size": 32, "method_params": {}}
+    assert probe_cost({**cfg, "method": "erm"}) == 1.0
+    assert probe_cost({**cfg, "method": "test-exp-twice"}) == 2.0
+    assert probe_cost({**cfg, "method": "test-exp-noise+test-exp-twice", "method_params": {"sigma": 0.3}}) == 2.0

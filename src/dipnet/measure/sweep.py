@@ -1,0 +1,289 @@
+"""Novak et al. (2018) on our data: train a sweep of small models and relate their sensitivity
+(mean test Jacobian norm, region transitions) to their generalization gap.
+
+``python -m dipnet.measure.sweep --data mnist1d --out docs/measure_sweep_mnist1d.json`` trains
+every configuration of :func:`sweep_configs` (a few seconds each on one CPU thread), measures it
+and appends one JSON record per model; :func:`summarize` computes the rank correlations and
+:func:`plot_sweep` draws the figures used in docs/measure.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Dataset, DatasetInfo, list_datasets, load_dataset
+from .jacobian import jacobian_norm
+from .lipschitz import lipschitz_bounds
+from .regions import draw_anchors, random_anchors, region_transitions
+from .sharpness import sharpness
+from .suite import spearman
+
+
+@dataclass
+class SweepRun:
+    """One model of the sweep: training options and the data treatment (label noise, augmentation)."""
+
+    name: str
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 30
+    weight_decay: float = 0.0
+    label_noise: float = 0.0
+    augment: bool = False
+    method: str = "erm"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+def sweep_configs(data: str, methods: list[str]) -> list[SweepRun]:
+    """At least 24 models varying width, depth, optimizer, batch size (incl. full batch), label noise,
+    augmentation, training length and the training methods registered."""
+    full = 4000 if data == "mnist1d" else 8000
+    w = (128, 128) if data == "mnist1d" else (256,)
+    ep = 30 if data == "mnist1d" else 10
+    runs = [
+        SweepRun("base", model_kwargs={"widths": w}, epochs=ep),
+        SweepRun("base seed 1", model_kwargs={"widths": w}, epochs=ep, seed=1),
+        SweepRun("width 32", model_kwargs={"widths": (32,)}, epochs=ep),
+        SweepRun("width 128", model_kwargs={"widths": (128,)}, epochs=ep),
+        SweepRun("width 512", model_kwargs={"widths": (512,)}, epochs=ep),
+        SweepRun("width 512 x2", model_kwargs={"widths": (512, 512)}, epochs=ep),
+        SweepRun("depth 3", model_kwargs={"widths": (128,) * 3}, epochs=ep),
+        SweepRun("depth 4 width 64", model_kwargs={"widths": (64,) * 4}, epochs=ep),
+        SweepRun("sgd", model_kwargs={"widths": w}, optimizer="sgd", lr=0.05, epochs=ep),
+        SweepRun("sgd width 512", model_kwargs={"widths": (512,)}, optimizer="sgd", lr=0.05, epochs=ep),
+        SweepRun("adamw lr 1e-2", model_kwargs={"widths": w}, lr=1e-2, epochs=ep),
+        SweepRun("batch 32", model_kwargs={"widths": w}, batch_size=32, epochs=ep),
+        SweepRun("batch 512", model_kwargs={"widths": w}, batch_size=512, epochs=ep),
+        SweepRun("full batch", model_kwargs={"widths": w}, batch_size=full, lr=3e-3, epochs=10 * ep),
+        SweepRun("full batch width 512", model_kwargs={"widths": (512,)}, batch_size=full, lr=3e-3, epochs=10 * ep),
+        SweepRun("label noise 0.2", model_kwargs={"widths": w}, label_noise=0.2, epochs=ep),
+        SweepRun("label noise 0.5", model_kwargs={"widths": w}, label_noise=0.5, epochs=ep),
+        SweepRun("label noise 0.2 width 512 x2", model_kwargs={"widths": (512, 512)}, label_noise=0.2, epochs=ep),
+        SweepRun("label noise 0.5 width 512 x2", model_kwargs={"widths": (512, 512)}, label_noise=0.5, epochs=ep),
+        SweepRun("augment", model_kwargs={"widths": w}, augment=True, epochs=ep),
+        SweepRun("augment width 512", model_kwargs={"widths": (512,)}, augment=True, epochs=ep),
+        SweepRun("weight decay 0.1", model_kwargs={"widths": w}, weight_decay=0.1, epochs=ep),
+        SweepRun("short training", model_kwargs={"widths": w}, epochs=max(2, ep // 6)),
+        SweepRun("long training", model_kwargs={"widths": w}, epochs=3 * ep),
+    ]
+    if data == "mnist1d":
+        runs += [
+            SweepRun("reference CNN", model="mnist1d-cnn", lr=3e-3, epochs=ep),
+            SweepRun("reference CNN augment", model="mnist1d-cnn", lr=3e-3, epochs=ep, augment=True),
+            SweepRun("reference CNN label noise 0.2", model="mnist1d-cnn", lr=3e-3, epochs=ep, label_noise=0.2),
+        ]
+    else:
+        runs += [SweepRun("cnn2d", model="cnn2d", epochs=max(3, ep // 2))]
+    for m in methods:
+        if m != "erm":
+            runs.append(SweepRun(f"method {m}", model_kwargs={"widths": w}, epochs=ep, method=m))
+    return runs
+
+
+def load_sweep_data(data: str, seed: int = 0) -> Dataset:
+    """MNIST-1D (the registry's, else the mnist1d package's generator) or the shared MNIST test set split 8000/2000."""
+    if data in list_datasets():
+        return load_dataset(data)
+    if data == "mnist1d":
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        d = make_dataset(get_dataset_args())
+        f = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
+        info = DatasetInfo("mnist1d", (40,), 10, tuple(map(str, range(10))), (-8.0, 8.0))
+        return Dataset(f(d["x"]), torch.tensor(d["y"]).long(), f(d["x_test"]), torch.tensor(d["y_test"]).long(), info)
+    if data == "mnist":
+        root = Path(__file__).resolve().parents[4] / "shared" / "data" / "mnist"
+        if not root.exists():
+            root = Path("/work/shared/data/mnist")
+        images = np.frombuffer(gzip.open(root / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+        labels = np.frombuffer(gzip.open(root / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+        x = torch.tensor(images.reshape(-1, 1, 28, 28), dtype=torch.float32) / 255.0
+        y = torch.tensor(labels, dtype=torch.long)
+        gen = torch.Generator().manual_seed(seed)
+        train_idx, test_idx = [], []
+        for c in range(10):  # stratified 80/20
+            idx = torch.nonzero(y == c).flatten()
+            idx = idx[torch.randperm(idx.numel(), generator=gen)]
+            cut = int(round(0.8 * idx.numel()))
+            train_idx.append(idx[:cut])
+            test_idx.append(idx[cut:])
+        tr, te = torch.cat(train_idx), torch.cat(test_idx)
+        info = DatasetInfo("mnist", (1, 28, 28), 10, tuple(map(str, range(10))), (0.0, 1.0))
+        return Dataset(x[tr], y[tr], x[te], y[te], info)
+    raise ValueError(f"unknown sweep data {data!r}; use mnist1d or mnist")
+
+
+def _treated(ds: Dataset, run: SweepRun) -> Dataset:
+    gen = torch.Generator().manual_seed(1000 + run.seed)
+    x, y = ds.x_train, ds.y_train.clone()
+    if run.label_noise:
+        flip = torch.rand(y.shape[0], generator=gen) < run.label_noise
+        y[flip] = torch.randint(0, ds.info.num_classes, (int(flip.sum()),), generator=gen)
+    if run.augment:  # three extra copies: random shift along the last axis (+-3) and small Gaussian noise
+        copies = [x]
+        for _ in range(3):
+            shift = int(torch.randint(-3, 4, (1,), generator=gen))
+            copies.append(torch.roll(x, shift, dims=-1) + 0.05 * torch.randn(x.shape, generator=gen) * x.std())
+        x, y = torch.cat(copies), y.repeat(4)
+    return Dataset(x, y, ds.x_test, ds.y_test, ds.info)
+
+
+def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajectories: int = 8, points: int = 1000) -> dict[str, Any]:
+    """Train one configuration with the engine and take the Novak et al. measures on it."""
+    from ..engine import TrainConfig, evaluate, train
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig(data=ds.info.name, model=run.model, method=run.method, epochs=run.epochs,
+                      batch_size=run.batch_size, seed=run.seed, optimizer=run.optimizer, lr=run.lr,
+                      weight_decay=run.weight_decay, model_kwargs=dict(run.model_kwargs),
+                      method_params=dict(run.method_params), progress="none", train_eval_max=1)
+    result = train(cfg, dataset=_treated(ds, run))
+    model = result.model.eval()
+    train_s = time.perf_counter() - t0
+    tr = evaluate(model, ds.x_train, ds.y_train)  # on the clean, un-augmented training set
+    te = evaluate(model, ds.x_test, ds.y_test)
+    x_te, y_te = ds.x_test[:n_points], ds.y_test[:n_points]
+    x_tr, y_tr = ds.x_train[:n_points], ds.y_train[:n_points]
+    norms = jacobian_norm(model, x_te)
+    with torch.no_grad():
+        point_loss = F.cross_entropy(model(x_te), y_te, reduction="none")
+    rec: dict[str, Any] = {
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in run.__dict__.items()},
+        "train_acc": tr["acc"], "test_acc": te["acc"], "train_loss": tr["loss"], "test_loss": te["loss"],
+        "gap_acc": tr["acc"] - te["acc"], "gap_loss": te["loss"] - tr["loss"],
+        "jacobian_test_mean": float(norms.mean()), "jacobian_train_mean": float(jacobian_norm(model, x_tr).mean()),
+        "jacobian_loss_spearman": spearman(norms, point_loss),
+        "jacobian_per_point": [round(float(v), 6) for v in norms[:300]],
+        "loss_per_point": [round(float(v), 6) for v in point_loss[:300]],
+        "train_seconds": train_s,
+    }
+    for kind, anchors in (("train", draw_anchors(x_tr, y_tr, trajectories, seed=run.seed)),
+                          ("test", draw_anchors(x_te, y_te, trajectories, seed=run.seed)),
+                          ("random", random_anchors(x_tr, trajectories, seed=run.seed))):
+        rt = region_transitions(model, anchors, points)
+        rec[f"transitions_{kind}"] = float(rt.density.mean())
+        rec[f"transitions_{kind}_flips"] = float(rt.flips.mean())
+    bounds = lipschitz_bounds(model, x_te[:200], iters=50, strict=False)
+    rec.update(lipschitz_lower=bounds.lower, lipschitz_upper=bounds.upper, lipschitz_upper_verified=bounds.upper_verified)
+    rec["sharpness_top"] = sharpness(model, F.cross_entropy, (x_tr[:500], y_tr[:500]), iters=30, tol=1e-3).top
+    rec["seconds"] = time.perf_counter() - t0
+    return rec
+
+
+MEASURE_COLUMNS = ("jacobian_test_mean", "transitions_test", "transitions_train", "lipschitz_lower",
+                   "lipschitz_upper", "sharpness_top")
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman correlations of each measure with the gaps across models, per-point Jacobian-loss
+    correlations, and mean transition densities around train / test / random points."""
+    t = lambda key: torch.tensor([float(r[key]) for r in records], dtype=torch.float64)
+    out: dict[str, Any] = {"models": len(records)}
+    for col in MEASURE_COLUMNS:
+        out[f"spearman({col}, gap_acc)"] = spearman(t(col), t("gap_acc"))
+        out[f"spearman({col}, gap_loss)"] = spearman(t(col), t("gap_loss"))
+    per_point = t("jacobian_loss_spearman")
+    out["per_point_spearman_median"] = float(per_point.median())
+    out["per_point_spearman_min"] = float(per_point.min())
+    out["per_point_spearman_positive_fraction"] = float((per_point > 0).double().mean())
+    for kind in ("train", "test", "random"):
+        out[f"transitions_{kind}_mean"] = float(t(f"transitions_{kind}").mean())
+    out["models_with_fewer_transitions_on_train_than_random"] = int((t("transitions_train") < t("transitions_random")).sum())
+    return out
+
+
+def plot_sweep(records: list[dict[str, Any]], out_png: str | Path, title: str) -> Path:
+    """Three panels: Jacobian norm vs gap across models, Jacobian norm vs per-point loss for one model,
+    transitions per unit length around train/test/random points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    jac = [r["jacobian_test_mean"] for r in records]
+    gap = [r["gap_acc"] for r in records]
+    ax = axes[0]
+    ax.scatter(jac, gap, c=[r["label_noise"] for r in records], cmap="viridis")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean test ||d softmax / dx||_F")
+    ax.set_ylabel("generalization gap (train acc - test acc)")
+    rho = spearman(torch.tensor(jac), torch.tensor(gap))
+    ax.set_title(f"{len(records)} models, Spearman {rho:.2f} (colour: label noise)")
+    base = next((r for r in records if r["name"] == "base"), records[0])
+    ax = axes[1]
+    ax.scatter(base["jacobian_per_point"], base["loss_per_point"], s=5, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("||J(x)||_F at a test point")
+    ax.set_ylabel("cross-entropy at that point")
+    ax.set_title(f"per point, model '{base['name']}': Spearman {base['jacobian_loss_spearman']:.2f}")
+    ax = axes[2]
+    kinds = ("train", "test", "random")
+    for r in records:
+        ax.plot(range(3), [r[f"transitions_{k}"] for k in kinds], color="gray", alpha=0.4, marker="o", ms=3)
+    ax.set_xticks(range(3), [f"{k} points" for k in kinds])
+    ax.set_yscale("log")
+    ax.set_ylabel("unit flips per unit length")
+    ax.set_title("transitions around circles through ...")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dipnet.measure.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="mnist1d", choices=("mnist1d", "mnist"))
+    p.add_argument("--out", required=True, help="JSON-lines file; finished runs in it are skipped (resume)")
+    p.add_argument("--figure", default=None, help="PNG for the three-panel figure")
+    p.add_argument("--limit", type=int, default=0, help="train only the first N configurations")
+    args = p.parse_args(argv)
+    import dipnet.methods  # noqa: F401  (registers the training methods)
+    from ..engine import method_names
+
+    torch.set_num_threads(1)
+    ds = load_sweep_data(args.data)
+    runs = sweep_configs(args.data, sorted(method_names()))
+    if args.limit:
+        runs = runs[: args.limit]
+    out = Path(args.out)
+    done = {json.loads(line)["name"] for line in out.read_text().splitlines() if line.strip()} if out.exists() else set()
+    for run in runs:
+        if run.name in done:
+            continue
+        try:
+            rec = train_and_measure(ds, run)
+        except Exception as exc:  # keep the sweep going; the failure is recorded
+            print(f"{run.name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{run.name}: test {rec['test_acc']:.3f} gap {rec['gap_acc']:.3f} jac {rec['jacobian_test_mean']:.4f} "
+              f"trans tr/te/rnd {rec['transitions_train']:.2f}/{rec['transitions_test']:.2f}/{rec['transitions_random']:.2f} "
+              f"({rec['seconds']:.1f}s)", flush=True)
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    print(json.dumps(summarize(records), indent=1))
+    if args.figure:
+        plot_sweep(records, args.figure, f"Novak et al. (2018) on {args.data}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

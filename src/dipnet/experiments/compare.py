@@ -290,11 +290,20 @@ def _run_parallel(store: RunStore, todo: list[RunSpec], runs_root: Path, train_f
                 for fut, spec in list(in_flight.items()):
                     finish(spec, {"ok": False, "error": "the worker process pool broke during this run"})
                 in_flight.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
+                _stop_pool(pool)
                 pool = ProcessPoolExecutor(max_workers=min(workers, max(len(queue), 1)), mp_context=ctx,
                                            initializer=_init_worker, initargs=(threads,))
     except BaseException:
         store.reset([s.key for s in in_flight.values()], ("running",))
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_pool(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now: without this, interpreter exit would wait for their current runs."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()

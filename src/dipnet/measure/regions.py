@@ -74,11 +74,14 @@ def activation_codes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def transitions_along(model: nn.Module, path: torch.Tensor, closed: bool = True, chunk_size: int = 1024) -> int:
-    """Unit flips ``sum_i ||c(x_i) - c(x_{i+1})||_1`` along the points ``path`` (N, *input_shape)."""
+def transitions_along(
+    model: nn.Module, path: torch.Tensor, closed: bool = True, chunk_size: int = 1024, per_step: bool = False
+) -> int | torch.Tensor:
+    """Unit flips ``sum_i ||c(x_i) - c(x_{i+1})||_1`` along the points ``path`` (N, *input_shape);
+    with ``per_step`` the flips of every step ``i -> i+1`` instead (N or N-1 of them)."""
     path = check_inputs(model, path, "path")
     positive_int(chunk_size, "chunk_size")
-    flips = 0
+    steps: list[torch.Tensor] = []
     first = prev = None
     with eval_mode(model), ActivationCodes(model) as hooks:
         for s in chunks(path.shape[0], chunk_size):
@@ -88,11 +91,12 @@ def transitions_along(model: nn.Module, path: torch.Tensor, closed: bool = True,
                 codes = torch.cat([prev, codes])
             else:
                 first = codes[:1]
-            flips += int((codes[1:] - codes[:-1]).abs().sum())
+            steps.append((codes[1:] - codes[:-1]).abs().sum(1))
             prev = codes[-1:]
     if closed and path.shape[0] > 1:
-        flips += int((prev - first).abs().sum())
-    return flips
+        steps.append((prev - first).abs().sum(1))
+    per = torch.cat(steps).long()
+    return per if per_step else int(per.sum())
 
 
 def circle_through(anchors: torch.Tensor, points: int) -> tuple[torch.Tensor, float]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data import Dataset, DatasetInfo, list_datasets, load_dataset
 from .jacobian import jacobian_norm
 from .lipschitz import lipschitz_bounds
-from .regions import draw_anchors, random_anchors, region_transitions
+from .regions import circle_through, draw_anchors, random_anchors, region_transitions, transitions_along
 from .sharpness import sharpness
 from .suite import spearman
 
@@ -176,11 +176,36 @@ def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajecto
         rt = region_transitions(model, anchors, points)
         rec[f"transitions_{kind}"] = float(rt.density.mean())
         rec[f"transitions_{kind}_flips"] = float(rt.flips.mean())
+        rec[f"circle_length_{kind}"] = float(rt.length.mean())
+        for key, value in anchor_profile(model, anchors, points).items():
+            rec[f"{key}_{kind}"] = value
     bounds = lipschitz_bounds(model, x_te[:200], iters=50, strict=False)
     rec.update(lipschitz_lower=bounds.lower, lipschitz_upper=bounds.upper, lipschitz_upper_verified=bounds.upper_verified)
     rec["sharpness_top"] = sharpness(model, F.cross_entropy, (x_tr[:500], y_tr[:500]), iters=30, tol=1e-3).top
     rec["seconds"] = time.perf_counter() - t0
     return rec
+
+
+def anchor_profile(model: torch.nn.Module, anchors: torch.Tensor, points: int = 1000, window: float = 0.02) -> dict[str, float]:
+    """Novak et al. (2018) Fig. 2: is the net less sensitive at the data than between it? Along each
+    circle through three points, transitions per step within +-``window`` of the circle around the
+    anchors over those elsewhere, and the Jacobian norm at the anchors over its mean along the circle."""
+    near_ratio, jac_ratio = [], []
+    half = max(1, int(window * points))
+    for triple in anchors:
+        path, _ = circle_through(triple, points)
+        per_step = transitions_along(model, path, per_step=True).double()
+        idx = torch.cdist(triple.flatten(1).double(), path.flatten(1).double()).argmin(1)
+        near = torch.zeros(points, dtype=torch.bool)
+        for i in idx.tolist():
+            near[torch.arange(i - half, i + half) % points] = True
+        far_rate = per_step[~near].mean()
+        near_ratio.append(float(per_step[near].mean() / far_rate) if far_rate > 0 else float("nan"))
+        jac_path = jacobian_norm(model, path)
+        jac_ratio.append(float(jac_path[idx].mean() / jac_path.mean()))
+    nr = torch.tensor(near_ratio, dtype=torch.float64)
+    return {"near_over_far_transitions": float(nr[~nr.isnan()].mean()) if (~nr.isnan()).any() else float("nan"),
+            "anchor_over_path_jacobian": float(torch.tensor(jac_ratio).mean())}
 
 
 MEASURE_COLUMNS = ("jacobian_test_mean", "transitions_test", "transitions_train", "lipschitz_lower",
@@ -202,6 +227,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     for kind in ("train", "test", "random"):
         out[f"transitions_{kind}_mean"] = float(t(f"transitions_{kind}").mean())
     out["models_with_fewer_transitions_on_train_than_random"] = int((t("transitions_train") < t("transitions_random")).sum())
+    for kind in ("train", "test", "random"):
+        for key in ("near_over_far_transitions", "anchor_over_path_jacobian"):
+            col = t(f"{key}_{kind}")
+            out[f"{key}_{kind}_median"] = float(col[~col.isnan()].median())
+            out[f"{key}_{kind}_below_1"] = int((col < 1).sum())
     return out
 
 

@@ -181,6 +181,9 @@ def test_line_transitions_equal_hyperplane_crossings():
     expected = int(((t_cross > 0) & (t_cross < 1)).sum())
     got = transitions_along(model, x0 + ts[:, None] * d, closed=False)
     assert got == expected > 0
+    per_step = transitions_along(model, x0 + ts[:, None] * d, closed=False, per_step=True)
+    step_of_crossing = torch.floor(t_cross[(t_cross > 0) & (t_cross < 1)] * (n - 1)).long()
+    assert torch.equal(per_step, torch.bincount(step_of_crossing, minlength=n - 1))
 
 
 def test_codes_read_every_call_of_a_reused_activation_and_inplace_relu():

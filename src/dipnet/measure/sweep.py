@@ -150,10 +150,13 @@ def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajecto
                       batch_size=run.batch_size, seed=run.seed, optimizer=run.optimizer, lr=run.lr,
                       weight_decay=run.weight_decay, model_kwargs=dict(run.model_kwargs),
                       method_params=dict(run.method_params), progress="none", train_eval_max=1)
-    result = train(cfg, dataset=_treated(ds, run))
+    treated = _treated(ds, run)
+    result = train(cfg, dataset=treated)
     model = result.model.eval()
     train_s = time.perf_counter() - t0
-    tr = evaluate(model, ds.x_train, ds.y_train)  # on the clean, un-augmented training set
+    n = ds.x_train.shape[0]  # the training set as trained on (noisy labels), without the augmented copies
+    tr = evaluate(model, treated.x_train[:n], treated.y_train[:n])
+    rec_clean = evaluate(model, ds.x_train, ds.y_train)
     te = evaluate(model, ds.x_test, ds.y_test)
     x_te, y_te = ds.x_test[:n_points], ds.y_test[:n_points]
     x_tr, y_tr = ds.x_train[:n_points], ds.y_train[:n_points]
@@ -163,7 +166,7 @@ def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajecto
     rec: dict[str, Any] = {
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in run.__dict__.items()},
         "train_acc": tr["acc"], "test_acc": te["acc"], "train_loss": tr["loss"], "test_loss": te["loss"],
-        "gap_acc": tr["acc"] - te["acc"], "gap_loss": te["loss"] - tr["loss"],
+        "gap_acc": tr["acc"] - te["acc"], "gap_loss": te["loss"] - tr["loss"], "train_acc_clean_labels": rec_clean["acc"],
         "jacobian_test_mean": float(norms.mean()), "jacobian_train_mean": float(jacobian_norm(model, x_tr).mean()),
         "jacobian_loss_spearman": spearman(norms, point_loss),
         "jacobian_per_point": [round(float(v), 6) for v in norms[:300]],
@@ -181,7 +184,8 @@ def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajecto
             rec[f"{key}_{kind}"] = value
     bounds = lipschitz_bounds(model, x_te[:200], iters=50, strict=False)
     rec.update(lipschitz_lower=bounds.lower, lipschitz_upper=bounds.upper, lipschitz_upper_verified=bounds.upper_verified)
-    rec["sharpness_top"] = sharpness(model, F.cross_entropy, (x_tr[:500], y_tr[:500]), iters=30, tol=1e-3).top
+    trained_labels = treated.y_train[:500]  # the loss the model was trained on
+    rec["sharpness_top"] = sharpness(model, F.cross_entropy, (treated.x_train[:500], trained_labels), iters=30, tol=1e-3).top
     rec["seconds"] = time.perf_counter() - t0
     return rec
 
@@ -236,23 +240,25 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot_sweep(records: list[dict[str, Any]], out_png: str | Path, title: str) -> Path:
-    """Three panels: Jacobian norm vs gap across models, Jacobian norm vs per-point loss for one model,
-    transitions per unit length around train/test/random points."""
+    """Four panels: Jacobian norm vs gap across models; Jacobian norm vs per-point loss for one model;
+    Jacobian norm at the anchors over its mean along the circle, and transitions per unit length,
+    for circles through train / test / random points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     jac = [r["jacobian_test_mean"] for r in records]
     gap = [r["gap_acc"] for r in records]
     ax = axes[0]
-    ax.scatter(jac, gap, c=[r["label_noise"] for r in records], cmap="viridis")
+    sc = ax.scatter(jac, gap, c=[r["label_noise"] for r in records], cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="label noise")
     ax.set_xscale("log")
     ax.set_xlabel("mean test ||d softmax / dx||_F")
     ax.set_ylabel("generalization gap (train acc - test acc)")
     rho = spearman(torch.tensor(jac), torch.tensor(gap))
-    ax.set_title(f"{len(records)} models, Spearman {rho:.2f} (colour: label noise)")
+    ax.set_title(f"{len(records)} models: Spearman {rho:.2f}")
     base = next((r for r in records if r["name"] == "base"), records[0])
     ax = axes[1]
     ax.scatter(base["jacobian_per_point"], base["loss_per_point"], s=5, alpha=0.5)
@@ -260,20 +266,26 @@ def plot_sweep(records: list[dict[str, Any]], out_png: str | Path, title: str) -
     ax.set_yscale("log")
     ax.set_xlabel("||J(x)||_F at a test point")
     ax.set_ylabel("cross-entropy at that point")
-    ax.set_title(f"per point, model '{base['name']}': Spearman {base['jacobian_loss_spearman']:.2f}")
-    ax = axes[2]
+    ax.set_title(f"per test point, model '{base['name']}': Spearman {base['jacobian_loss_spearman']:.2f}")
     kinds = ("train", "test", "random")
-    for r in records:
-        ax.plot(range(3), [r[f"transitions_{k}"] for k in kinds], color="gray", alpha=0.4, marker="o", ms=3)
-    ax.set_xticks(range(3), [f"{k} points" for k in kinds])
-    ax.set_yscale("log")
-    ax.set_ylabel("unit flips per unit length")
-    ax.set_title("transitions around circles through ...")
+    for ax, key, label in ((axes[2], "anchor_over_path_jacobian", "||J|| at anchors / mean ||J|| on circle"),
+                           (axes[3], "transitions", "unit flips per unit length")):
+        for r in records:
+            ax.plot(range(3), [r[f"{key}_{k}"] for k in kinds], color="gray", alpha=0.35, marker="o", ms=3)
+        med = [float(torch.tensor([r[f"{key}_{k}"] for r in records]).median()) for k in kinds]
+        ax.plot(range(3), med, color="crimson", marker="s", lw=2, label="median over models")
+        ax.set_xticks(range(3), [f"{k} points" for k in kinds])
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.legend(loc="best", fontsize=8)
+    axes[2].axhline(1.0, color="black", lw=0.8, ls="--")
+    axes[2].set_title("sensitivity at the anchors of circles through ...")
+    axes[3].set_title("transitions along circles through ...")
     fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
 

@@ -294,6 +294,7 @@ def test_run_suite_records_failures_and_resumes_without_retraining(tmp_path, mon
     with RunStore(store) as s:
         failed = s.runs(status="failed")
         assert len(failed) == 3 and all("RuntimeError: fake failure for testing" in r.error for r in failed)
+        assert all("in fake_train" in r.results["traceback"] for r in failed)
         done = s.runs(status="done")
         assert all(r.results["seed"] == r.seed and len(r.history) == 3 and "versions" in r.results["env"] for r in done)
     starts = len([x for x in log_lines(log) if x[0] == "start"])

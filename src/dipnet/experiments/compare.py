@@ -223,7 +223,7 @@ def run_suite(
                 outcome.done += 1
                 emit("done", spec, reply["results"])
             else:
-                store.fail(spec.key, reply["error"])
+                store.fail(spec.key, reply["error"], {"traceback": reply["traceback"]} if reply.get("traceback") else None)
                 outcome.failed += 1
                 emit("failed", spec, reply)
 

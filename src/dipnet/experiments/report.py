@@ -140,16 +140,25 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _mean_curve(runs: list[RunRecord], key: str) -> tuple[list[float], list[float], list[float]]:
+def _mean_curve(runs: list[RunRecord], key: str, log: bool = False) -> tuple[list[float], ...]:
+    """Per epoch: x, the mean over seeds, and the band's lower and upper edges (95% t interval).
+
+    With ``log`` the mean and interval are taken over log10 values (a geometric mean), so a
+    band on a log axis stays positive.
+    """
     by_epoch: dict[int, list[float]] = defaultdict(list)
     for r in runs:
         for i, row in enumerate(r.history):
             v = row.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                by_epoch[int(row.get("epoch", i)) + 1].append(float(v))
+            if isinstance(v, (int, float)) and math.isfinite(v) and (not log or v > 0):
+                by_epoch[int(row.get("epoch", i)) + 1].append(math.log10(v) if log else float(v))
     xs = sorted(by_epoch)
     stats = [summarize(by_epoch[x]) for x in xs]
-    return [float(x) for x in xs], [s.mean for s in stats], [0.0 if not math.isfinite(s.half_width) else s.half_width for s in stats]
+    half = [s.half_width if math.isfinite(s.half_width) else 0.0 for s in stats]
+    mean, low, high = [s.mean for s in stats], [s.mean - h for s, h in zip(stats, half)], [s.mean + h for s, h in zip(stats, half)]
+    if log:
+        mean, low, high = ([10**v for v in seq] for seq in (mean, low, high))
+    return [float(x) for x in xs], mean, low, high
 
 
 def fig_accuracy(table: TaskTable) -> bytes:
@@ -182,19 +191,18 @@ def fig_learning_curves(table: TaskTable) -> bytes | None:
     for i, row in enumerate(table.rows):
         runs = [r for r in table.runs.get(row.method, []) if r.status == "done"]
         for ax, key in zip(axes, ("test_acc", "train_loss")):
-            xs, ys, err = _mean_curve(runs, key)
+            xs, ys, low, high = _mean_curve(runs, key, log=key.endswith("loss"))
             if not xs:
                 continue
             any_curve = True
             scale = 100.0 if key.endswith("acc") else 1.0
             ax.plot(xs, [y * scale for y in ys], color=f"C{i % 10}", label=row.method)
-            ax.fill_between(xs, [(y - e) * scale for y, e in zip(ys, err)], [(y + e) * scale for y, e in zip(ys, err)],
-                            color=f"C{i % 10}", alpha=0.15)
+            ax.fill_between(xs, [v * scale for v in low], [v * scale for v in high], color=f"C{i % 10}", alpha=0.15)
     if not any_curve:
         _pyplot().close(fig)
         return None
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].set_ylabel("train loss")
+    axes[1].set_ylabel("train loss (geometric mean)")
     axes[1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -5,7 +5,8 @@ deterministic eval-mode net is what ships. :func:`smoothed` wraps a model so tha
 instrument can measure the smoothed one too: its forward returns ``log p_bar(x)``, so softmax of
 the output is ``p_bar`` and cross-entropy on it is the smoothed net's loss. The noise of each call
 is drawn from a fixed seed (common random numbers), so the wrapper is a deterministic function
-of ``x``, which power iterations and finite differences need.
+of ``x``, which power iterations and finite differences need. The draws a point gets depend on
+the batch it is in (its position and the batch size), as in any Monte Carlo estimate.
 """
 from __future__ import annotations
 

@@ -203,7 +203,7 @@ class Attack:
             )
         if self.eps == 0:
             return x.clone()
-        with attack_mode(self.model, self.mode):
+        with attack_mode(self.model, self.mode), torch.enable_grad():
             return self.perturb(x, y, box).detach()
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

@@ -155,6 +155,22 @@ def test_suite_expands_the_full_grid():
     assert suite.baseline == "erm"  # the first method by default
 
 
+def test_task_compose_adds_components_to_every_method():
+    text = GRID_SUITE.replace('model = "m3"', 'model = "m3"\ncompose = "fgsm-examples"\ncompose_params = { "fgsm-examples.eps" = 0.2 }')
+    runs = parse_suite(text, "grid.toml", check_names=False).expand()
+    specs = {(r.task, r.method): (r.config["method"], r.config["method_params"]) for r in runs}
+    assert specs[("b", "erm")] == ("fgsm-examples", {"fgsm-examples.eps": 0.2})
+    assert specs[("b", "dip")] == ("fgsm-examples+dipnet+mrwp", {"fgsm-examples.eps": 0.2, "dipnet.sigma": 0.1})
+    assert specs[("a:d1-m1", "erm")] == ("erm", {})
+
+
+def test_shipped_paper_suite_expands():
+    suite = load_suite("dipnet-paper", check_names=False)
+    runs = suite.expand()
+    assert len(runs) == 3 * 7 * 3 and suite.baseline == "standard"
+    assert {r.config["method"] for r in runs if r.method == "standard"} == {"erm", "gaussian-examples", "fgsm-examples"}
+
+
 def test_run_keys_are_stable_hashes_of_the_config():
     a = fake_suite().expand()
     b = fake_suite(FAKE_SUITE.replace('name = "fake"', 'name = "fake"\n# a comment')).expand()

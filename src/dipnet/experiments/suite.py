@@ -21,6 +21,8 @@ Format (every key is checked; unknown keys are errors naming the file and the ke
     data = "mnist1d"
     model = "mlp"
     epochs = 30                   # a task may override any [train] field
+    compose = "fgsm-examples"     # optional: components added to every method of this task
+    compose_params = { "fgsm-examples.eps" = 0.1 }
 
     [methods.erm]
     [methods.sam]
@@ -47,6 +49,7 @@ BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "measure", "train", "tasks", "methods")
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
+COMPOSE_KEYS = ("compose", "compose_params")
 # TrainConfig fields a suite may set when the engine cannot be imported to list them.
 FALLBACK_TRAIN_FIELDS = (
     "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
@@ -162,6 +165,8 @@ class TaskEntry:
     data: str
     model: str
     overrides: dict[str, Any]
+    compose: str = ""
+    compose_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,7 +191,10 @@ class Suite:
 
     def task_config(self, task: TaskEntry, method: MethodEntry) -> dict[str, Any]:
         cfg = {**self.train, **task.overrides, **method.overrides}
-        cfg.update(data=task.data, model=task.model, method=method.spec, method_params=dict(method.params))
+        spec = method.spec if not task.compose else (
+            task.compose if method.spec == "erm" else f"{task.compose}+{method.spec}")
+        cfg.update(data=task.data, model=task.model, method=spec,
+                   method_params={**task.compose_params, **method.params})
         return cfg
 
     def expand(self, cost_fn: Callable[[dict[str, Any]], float] | None = None) -> list[RunSpec]:
@@ -385,10 +393,17 @@ def parse_suite(
             if req not in t:
                 raise ck.fail(f"{where}.{req}", "is missing")
         datas, models = (_str_list(ck, t[k], f"{where}.{k}") for k in TASK_KEYS)
-        overrides = ck.train_table({k: v for k, v in t.items() if k not in TASK_KEYS}, where, fields)
+        compose = t.get("compose", "")
+        if not isinstance(compose, str):
+            raise ck.fail(f"{where}.compose", f"must be a method spec such as 'fgsm-examples', got {compose!r}")
+        compose_params = t.get("compose_params", {})
+        if not isinstance(compose_params, dict):
+            raise ck.fail(f"{where}.compose_params", "must be a table such as { \"fgsm-examples.eps\" = 0.1 }")
+        overrides = ck.train_table({k: v for k, v in t.items() if k not in TASK_KEYS + COMPOSE_KEYS}, where, fields)
         grid = len(datas) * len(models) > 1
         for d, m in itertools.product(datas, models):
-            tasks.append(TaskEntry(f"{label}:{d}-{m}" if grid else label, d, m, overrides))
+            tasks.append(TaskEntry(f"{label}:{d}-{m}" if grid else label, d, m, overrides,
+                                   compose.strip(), dict(compose_params)))
 
     methods_raw = raw.get("methods")
     if not isinstance(methods_raw, dict) or not methods_raw:
@@ -454,6 +469,15 @@ def _check_names(suite: Suite, ck: _Checker) -> None:
             build_method(m.spec, m.params)
         except ConfigError as exc:
             raise ck.fail(f"methods.{m.label}", str(exc)) from None
+    for t in suite.tasks:
+        if not t.compose:
+            continue
+        for m in suite.methods:
+            cfg = suite.task_config(t, m)
+            try:
+                build_method(cfg["method"], cfg["method_params"])
+            except ConfigError as exc:
+                raise ck.fail(f"tasks.{t.label}.compose with methods.{m.label}", str(exc)) from None
 
 
 def _import_builtins() -> None:

@@ -315,8 +315,11 @@ def test_run_suite_records_failures_and_resumes_without_retraining(tmp_path, mon
         assert all(r.results["seed"] == r.seed and len(r.history) == 3 and "versions" in r.results["env"] for r in done)
     starts = len([x for x in log_lines(log) if x[0] == "start"])
     assert starts == 9
-    again = run_suite(fake_suite(text), store, train_fn=fake_train, retry_failed=False)
-    assert (again.done, again.failed, again.skipped) == (0, 0, 9)
+    renamed = text.replace('name = "fake"', 'name = "renamed"').replace("[methods.fast]", "[methods.quick]")
+    again = run_suite(fake_suite(renamed), store, train_fn=fake_train, retry_failed=False)
+    assert (again.done, again.failed, again.skipped) == (0, 0, 9)  # labels are not part of a run's identity
+    with RunStore(store) as s:
+        assert {r.suite for r in s.runs()} == {"renamed"} and "quick" in {r.method for r in s.runs()}
     assert len([x for x in log_lines(log) if x[0] == "start"]) == starts
     retry = run_suite(fake_suite(text), store, train_fn=fake_train)  # failed runs retried by default
     assert (retry.done, retry.failed, retry.skipped) == (0, 3, 6)

@@ -148,17 +148,27 @@ class RunStore:
 
     # -- writing
     def add(self, specs: Iterable[RunSpec]) -> int:
-        """Insert runs not yet in the store as ``pending``; returns how many were new."""
+        """Insert runs not yet in the store as ``pending``; returns how many were new.
+
+        A run already stored (same config, same key) keeps its status and results but takes the
+        suite, task and method labels given now, so renaming a suite or a method keeps its runs.
+        """
         now = time.time()
         new = 0
         with self._tx():
             for s in specs:
+                blob = json.dumps(s.to_dict(), sort_keys=True)
                 cur = self.conn.execute(
-                    "INSERT OR IGNORE INTO runs (key, suite, task, method, seed, status, config, created) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (s.key, s.suite, s.task, s.method, s.seed, json.dumps(s.to_dict(), sort_keys=True), now),
+                    "UPDATE runs SET suite=?, task=?, method=?, seed=?, config=? WHERE key=?",
+                    (s.suite, s.task, s.method, s.seed, blob, s.key),
                 )
-                new += cur.rowcount
+                if cur.rowcount == 0:
+                    self.conn.execute(
+                        "INSERT INTO runs (key, suite, task, method, seed, status, config, created) "
+                        "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        (s.key, s.suite, s.task, s.method, s.seed, blob, now),
+                    )
+                    new += 1
         return new
 
     def recover(self, keys: Iterable[str] | None = None) -> list[str]:

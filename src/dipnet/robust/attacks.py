@@ -103,7 +103,14 @@ def bounds_tensors(bounds: Bounds, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def clamp_to(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    return x if box is None else torch.maximum(torch.minimum(x, box[1]), box[0])
+    return x if box is None else torch.clamp(x, box[0], box[1])
+
+
+def _inside(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor], tol: float = 1e-5) -> bool:
+    if box[0].ndim == 0 and box[1].ndim == 0:
+        lo, hi = torch.aminmax(x)
+        return bool(lo >= box[0] - tol) and bool(hi <= box[1] + tol)
+    return bool(((x >= box[0] - tol) & (x <= box[1] + tol)).all())
 
 
 def _check_batch(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,18 +143,19 @@ def input_gradient(
     """``(grad, loss, probs)``: the input gradient of the per-example loss, that loss and the softmax
     probabilities, each averaged over ``eot_samples`` forward passes (EOT; one pass is exact for a
     deterministic model). The model is called as it is: use :func:`attack_mode` around it."""
-    grad = torch.zeros_like(x)
-    total = x.new_zeros(x.shape[0])
-    probs = None
+    grad = total = probs = None
     for _ in range(eot_samples):
         xr = x.detach().requires_grad_(True)
         logits = model(xr)
         value = per_example_loss(logits, y, loss)
         (g,) = torch.autograd.grad(value.sum(), xr)
-        grad += g
-        total += value.detach()
         p = logits.detach().softmax(-1)
-        probs = p if probs is None else probs + p
+        if grad is None:
+            grad, total, probs = g, value.detach(), p
+        else:
+            grad, total, probs = grad + g, total + value.detach(), probs + p
+    if eot_samples == 1:
+        return grad, total, probs  # type: ignore[return-value]
     return grad / eot_samples, total / eot_samples, probs / eot_samples  # type: ignore[operator]
 
 
@@ -196,7 +204,7 @@ class Attack:
         """Adversarial examples for the batch ``(x, y)``, inside the eps-ball and the bounds."""
         x, y = _check_batch(x, y)
         box = bounds_tensors(self.bounds, x)
-        if box is not None and not bool(((x >= box[0] - 1e-5) & (x <= box[1] + 1e-5)).all()):
+        if box is not None and not _inside(x, box):
             raise ConfigError(
                 f"inputs lie outside bounds {self.bounds!r} (range [{float(x.min()):.4g}, {float(x.max()):.4g}]); "
                 "pass the dataset's info.bounds, or bounds=None for unbounded inputs"
@@ -226,7 +234,9 @@ class FGSM(Attack):
 
     def perturb(self, x, y, box):
         grad, _, _ = self.gradient(x, y)
-        return clamp_to(x + self.eps * _direction(grad, self.norm), box)
+        step = grad.sign_() if self.norm == "linf" else _direction(grad, self.norm)
+        adv = step.mul_(self.eps).add_(x)
+        return adv if box is None else adv.clamp_(box[0], box[1])
 
 
 class PGD(Attack):
@@ -271,35 +281,50 @@ class PGD(Attack):
 
     def perturb(self, x, y, box):
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
-        best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        n = x.shape[0]
+        state = {"best": x.clone()}
+        best_loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
+        best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
-        def keep(candidate: torch.Tensor, value: torch.Tensor, probs: torch.Tensor) -> None:
+        def keep(candidate: torch.Tensor, value: torch.Tensor, probs: torch.Tensor) -> torch.Tensor | None:
+            """Record the better rows of ``candidate``; return a buffer free for reuse (or None)."""
             fooled = probs.argmax(1) != y
             better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (value > best_loss))
-            best[better] = candidate[better]
-            best_loss[better] = value[better]
-            best_fooled[better] = fooled[better]
+            best_loss.copy_(torch.where(better, value, best_loss))
+            best_fooled.logical_or_(better & fooled)
+            rows = better.nonzero().squeeze(1)
+            if rows.numel() == n:  # every row improved (the usual case): adopt the buffer, no copy
+                free, state["best"] = state["best"], candidate
+                return free
+            if rows.numel():
+                state["best"].index_copy_(0, rows, candidate.index_select(0, rows))
+            return candidate
 
+        if self.norm == "linf":  # the ball and the bounds are boxes: project onto their intersection
+            lo, hi = x - self.eps, x + self.eps
+            if box is not None:
+                lo, hi = torch.maximum(lo, box[0]), torch.minimum(hi, box[1])
         for _ in range(self.restarts):
-            adv = x.clone()
-            if self.random_start:
-                adv = clamp_to(x + self._random_delta(x, gen), box)
+            adv = clamp_to(x + self._random_delta(x, gen), box) if self.random_start else x.clone()
+            spare = torch.empty_like(x)
             for _ in range(self.steps):
                 grad, value, probs = self.gradient(adv, y)
-                keep(adv, value, probs)
-                adv = x + _project(adv + self.alpha * _direction(grad, self.norm) - x, self.eps, self.norm)
-                adv = clamp_to(adv, box)
+                if self.norm == "linf":
+                    new = torch.add(adv, grad.sign_(), alpha=self.alpha, out=spare).clamp_(lo, hi)
+                else:
+                    new = clamp_to(x + _project(adv + self.alpha * _direction(grad, "l2") - x, self.eps, "l2"), box)
+                free = keep(adv, value, probs)
+                spare = free if free is not None and free is not new else torch.empty_like(x)
+                adv = new
             with torch.no_grad():
-                value = x.new_zeros(x.shape[0])
+                value = x.new_zeros(n)
                 probs = 0
                 for _ in range(self.eot_samples):
                     logits = self.model(adv)
                     value = value + per_example_loss(logits, y, self.loss)
                     probs = probs + logits.softmax(-1)
             keep(adv, value / self.eot_samples, probs / self.eot_samples)
-        return best
+        return state["best"]
 
 
 def fgsm(

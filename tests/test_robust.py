@@ -503,6 +503,10 @@ def test_gaussian_examples_component_adds_noise_of_stated_std():
     clipped, _ = build_method("gaussian-examples", {"sigma": 1.0, "lo": -0.5, "hi": 0.5}).transform_batch(
         nn.Identity(), x, None, StepContext())
     assert clipped.min() >= -0.5 and clipped.max() <= 0.5
+    ctx = StepContext()
+    ctx.bounds = (-0.25, 0.25)  # a training loop that knows the dataset's bounds
+    from_ctx, _ = build_method("gaussian-examples", {"sigma": 1.0}).transform_batch(nn.Identity(), x, None, ctx)
+    assert from_ctx.min() >= -0.25 and from_ctx.max() <= 0.25 and (from_ctx.abs() == 0.25).any()
     for spec, params in (("gaussian-examples", {"sigma": -1}), ("fgsm-examples", {"eps": -0.1}),
                          ("fgsm-examples", {"fraction": 0}), ("fgsm-examples", {"lo": 1, "hi": 0}),
                          ("fgsm-examples", {"mode": "sideways"})):

@@ -4,7 +4,8 @@ examples (Goodfellow et al. 2015, eq. 3; Kurakin et al. 2017 replace part of eac
 
 Both are ``"batch"`` components; ``dipnet train --train-perturbation none|gaussian|fgsm`` puts
 ``gaussian-examples`` or ``fgsm-examples`` in front of the method. ``lo``/``hi`` are the valid
-input range (the dataset's ``info.bounds``); None leaves that side unclipped.
+input range (the dataset's ``info.bounds``); when both are None the components use
+``ctx.bounds`` if the training loop provides it, else leave the inputs unclipped.
 """
 from __future__ import annotations
 
@@ -28,8 +29,13 @@ def _check_range(lo: float | None, hi: float | None, name: str) -> None:
         raise ConfigError(f"{name}: lo ({lo}) must be below hi ({hi}); pass the dataset's info.bounds")
 
 
-def _clip(x: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
-    return x if lo is None and hi is None else x.clamp(min=lo, max=hi)
+def _clip(x: torch.Tensor, lo: float | None, hi: float | None, ctx: StepContext) -> torch.Tensor:
+    if lo is None and hi is None:
+        bounds = getattr(ctx, "bounds", None)
+        if bounds is None:
+            return x
+        lo, hi = (float(b) for b in bounds)
+    return x.clamp(min=lo, max=hi)
 
 
 @register_component
@@ -51,7 +57,7 @@ class GaussianExamples(Component):
         _check_range(self.lo, self.hi, self.name)
 
     def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
-        return _clip(x + self.sigma * torch.randn_like(x), self.lo, self.hi), y
+        return _clip(x + self.sigma * torch.randn_like(x), self.lo, self.hi, ctx), y
 
 
 @register_component
@@ -95,5 +101,5 @@ class FGSMExamples(Component):
             (grad,) = torch.autograd.grad(loss, xs)
         ctx.count(k)
         x = x.clone()
-        x[idx] = _clip(xs.detach() + self.eps * grad.sign(), self.lo, self.hi)
+        x[idx] = _clip(xs.detach() + self.eps * grad.sign(), self.lo, self.hi, ctx)
         return x, y

@@ -539,3 +539,14 @@ def test_training_with_fgsm_examples_and_robust_cli(tmp_path, capsys):
     assert "PGD" in capsys.readouterr().out
     assert main(["robust", str(tmp_path / "run"), "--n", "0"]) == 2
     assert main(["robust", str(tmp_path / "nope")]) == 2
+
+
+def test_evaluate_robustness_reports_mnist1d_shifted_sets():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 40, generator=g), torch.arange(40) % 10
+    ds = Dataset(x, y, x, y, DatasetInfo("mnist1d", (40,), 10, tuple("0123456789"), None))
+    model = linear(40, 10, dtype=torch.float32)
+    res = evaluate_robustness(model, ds, attacks=(), corruptions=["shift"], severities=(2,), n_examples=20)
+    shifted = res["shifted"]
+    assert "control" in shifted and len(shifted) > 4 and all(0 <= v <= 1 for v in shifted.values())
+    assert res["bounds"] is None and res["corruptions"]["acc"]["shift"][0] >= 0

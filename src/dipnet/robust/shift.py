@@ -40,7 +40,7 @@ def mnist1d_shifted_sets(
     from mnist1d.data import get_dataset_args, make_dataset
 
     base: dict[str, Any] = dict(get_dataset_args(as_dict=True))
-    base.update(info.extra.get("generator_args", {}) if isinstance(info.extra, dict) else {})
+    base.update(info.extra.get("generator", {}) if isinstance(info.extra, dict) else {})
     out = {}
     for i, (name, change) in enumerate((shifts or MNIST1D_SHIFTS).items()):
         args = dict(base, **change)
@@ -61,11 +61,26 @@ def mnist1d_shifted_sets(
     return out
 
 
-def shifted_sets(info: DatasetInfo, n: int = 1000, seed: int = 0) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str | None]:
-    """The shifted test sets known for a dataset and, when there are none, the reason."""
-    if is_mnist1d(info):
+def shifted_sets(
+    info: DatasetInfo, n: int = 1000, seed: int = 0, severities: tuple[int, ...] = (1, 3, 5)
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str | None]:
+    """The shifted test sets known for a dataset and, when there are none, the reason.
+
+    For MNIST-1D: the data package's ``mnist1d_shifted`` (``"control"``: fresh clean examples;
+    ``"noise@3"``: the noise knob at severity 3, ...); without it, :func:`mnist1d_shifted_sets`.
+    """
+    if not is_mnist1d(info):
+        return {}, f"no generator-based shifted sets for dataset {info.name!r} (only MNIST-1D has them)"
+    try:
+        from ..data.mnist1d import SHIFTS, mnist1d_shifted
+    except ImportError:
         try:
             return mnist1d_shifted_sets(info, n, seed), None
         except ImportError:
             return {}, "the mnist1d package is not installed"
-    return {}, f"no generator-based shifted sets for dataset {info.name!r} (only MNIST-1D has them)"
+    shape = lambda xy: (xy[0].reshape(len(xy[0]), *info.input_shape), xy[1])
+    out = {"control": shape(mnist1d_shifted(next(iter(SHIFTS)), 0, n, seed))}
+    for kind in SHIFTS:
+        for s in severities:
+            out[f"{kind}@{s}"] = shape(mnist1d_shifted(kind, s, n, seed))
+    return out, None

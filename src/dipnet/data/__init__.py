@@ -1,4 +1,22 @@
-"""Datasets by name: ``load_dataset("mnist1d")``. See :mod:`dipnet.data.base`."""
+"""Datasets by name: in-memory tensors plus the metadata later code relies on."""
 from .base import Dataset, DatasetInfo, list_datasets, load_dataset, register_dataset
+from . import cifar, digits, idx, mnist1d, synthetic  # noqa: F401  (register the loaders)
+from .cifar import load_cifar, safe_unpickle
+from .idx import load_idx_folder, read_idx
+from .mnist1d import SHIFTS as MNIST1D_SHIFTS, mnist1d_shifted
+from ._util import stratified_split
 
-__all__ = ["Dataset", "DatasetInfo", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = [
+    "Dataset",
+    "DatasetInfo",
+    "MNIST1D_SHIFTS",
+    "list_datasets",
+    "load_cifar",
+    "load_dataset",
+    "load_idx_folder",
+    "mnist1d_shifted",
+    "read_idx",
+    "register_dataset",
+    "safe_unpickle",
+    "stratified_split",
+]

@@ -20,7 +20,7 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     num_classes: int
     class_names: tuple[str, ...]
-    bounds: tuple[float, float]
+    bounds: tuple[float, float] | None  # valid input range after preprocessing; None: unbounded
     normalization: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -30,7 +30,7 @@ class DatasetInfo:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
-            "bounds": list(self.bounds),
+            "bounds": None if self.bounds is None else list(self.bounds),
             "normalization": self.normalization,
             "extra": self.extra,
         }

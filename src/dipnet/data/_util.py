@@ -1,0 +1,67 @@
+"""Helpers shared by the loaders: argument checks, stratified splits, the data root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+
+
+def check_kwargs(dataset: str, given: dict[str, Any], allowed: Iterable[str]) -> None:
+    allowed = sorted(allowed)
+    bad = sorted(set(given) - set(allowed))
+    if bad:
+        raise ConfigError(f"dataset {dataset!r} has no option {', '.join(map(repr, bad))}; allowed: {', '.join(allowed) or 'none'}")
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) with class proportions kept (largest-remainder allocation per class)."""
+    y = np.asarray(y)
+    n = len(y)
+    if not 0 < n_test < n:
+        raise ConfigError(f"a test split of {n_test} out of {n} examples is impossible; choose 0 < n_test < {n}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * n_test / n
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: n_test - take.sum()]:
+        take[i] += 1
+    train_idx, test_idx = [], []
+    for c, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+
+
+def data_root(root: str | os.PathLike | None, sub: str) -> Path:
+    """Where a dataset folder lives: ``root``, else ``$DIPNET_DATA/sub``, else ``../shared/data/sub``
+    beside the repository (the shared offline data of this project)."""
+    tried = []
+    if root is not None:
+        path = Path(root).expanduser()
+        if path.is_dir():
+            return path
+        raise DataError(f"data folder {path} does not exist; pass root= the folder holding the {sub} files")
+    env = os.environ.get("DIPNET_DATA")
+    if env:
+        path = Path(env).expanduser() / sub
+        if path.is_dir():
+            return path
+        tried.append(str(path))
+    shared = Path(__file__).resolve().parents[3].parent / "shared" / "data" / sub
+    if shared.is_dir():
+        return shared
+    tried.append(str(shared))
+    raise DataError(
+        f"no {sub} data found (looked in {', '.join(tried)}); nothing is downloaded: pass root=FOLDER "
+        f"(CLI: --data-arg root=FOLDER) or set DIPNET_DATA to a folder containing {sub}/"
+    )
+
+
+def to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.array(x, dtype=np.float32, order="C")), torch.from_numpy(np.array(y, dtype=np.int64))

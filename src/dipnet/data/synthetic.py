@@ -1,0 +1,50 @@
+"""Small synthetic tasks for fast tests: two interleaved spirals, or labels of a random teacher MLP."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import Dataset, DatasetInfo, register_dataset
+
+
+def two_spirals(n: int, noise: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.arange(n) % 2
+    t = torch.rand(n, generator=gen) * 3 * np.pi + 0.5
+    sign = 1 - 2 * y.float()
+    x = torch.stack([sign * t * torch.cos(t), sign * t * torch.sin(t)], 1) / (3 * np.pi + 0.5)
+    return x + noise * torch.randn(n, 2, generator=gen), y
+
+
+def teacher(n: int, dim: int, classes: int, gen: torch.Generator, weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    w1, w2 = weights
+    x = torch.randn(n, dim, generator=gen)
+    return x, (torch.tanh(x @ w1) @ w2).argmax(1)
+
+
+@register_dataset("synthetic", "tiny synthetic task for tests: task=spirals (2-D, 2 classes) or teacher (random teacher MLP labels)")
+def load_synthetic(task: str = "teacher", n_train: int = 512, n_test: int = 256, dim: int = 10,
+                   classes: int = 3, noise: float = 0.05, seed: int = 0) -> Dataset:
+    if n_train < 1 or n_test < 1:
+        raise ConfigError("n_train and n_test must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    if task == "spirals":
+        x, y = two_spirals(n_train + n_test, noise, gen)
+        dim, classes = 2, 2
+    elif task == "teacher":
+        if dim < 1 or classes < 2:
+            raise ConfigError("teacher needs dim >= 1 and classes >= 2")
+        weights = (torch.randn(dim, 32, generator=gen), torch.randn(32, classes, generator=gen))
+        x, y = teacher(n_train + n_test, dim, classes, gen, weights)
+    else:
+        raise ConfigError(f"unknown synthetic task {task!r}; choose spirals or teacher")
+    info = DatasetInfo(
+        name="synthetic",
+        input_shape=(dim,),
+        num_classes=classes,
+        class_names=tuple(str(i) for i in range(classes)),
+        bounds=None,
+        normalization={"kind": "none"},
+        extra={"task": task, "seed": seed},
+    )
+    return Dataset(x[:n_train].float(), y[:n_train], x[n_train:].float(), y[n_train:], info)

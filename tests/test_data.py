@@ -1,0 +1,229 @@
+"""Data: registry, determinism, oracles (the mnist1d package itself, hand-written IDX/CIFAR files),
+malformed-file errors that name the file, the shared MNIST split."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dipnet.data import list_datasets, load_dataset, mnist1d_shifted, read_idx, stratified_split
+from dipnet.errors import ConfigError, DataError
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def test_registry_lists_every_loader():
+    assert {"mnist1d", "digits", "mnist", "fashion-mnist", "kmnist", "emnist", "cifar10", "cifar100", "synthetic"} <= set(list_datasets())
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'; choose one of: .*mnist1d"):
+        load_dataset("nope")
+
+
+def test_mnist1d_equals_the_package_generator_and_keeps_global_rng():
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    random.seed(123)
+    np.random.seed(123)
+    before = (random.random(), np.random.rand())
+    random.seed(123)
+    np.random.seed(123)
+    ds = load_dataset("mnist1d")
+    assert (random.random(), np.random.rand()) == before, "loading must not reseed global RNGs"
+    ref = make_dataset(get_dataset_args())
+    assert ds.x_train.shape == (4000, 40) and ds.x_test.shape == (1000, 40)
+    assert np.allclose(ds.x_train.numpy(), ref["x"]) and np.array_equal(ds.y_train.numpy(), ref["y"])
+    assert np.allclose(ds.x_test.numpy(), ref["x_test"]) and np.array_equal(ds.y_test.numpy(), ref["y_test"])
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.info.input_shape == (40,) and ds.info.num_classes == 10 and ds.info.bounds is None
+    other = load_dataset("mnist1d", seed=0)
+    assert not torch.equal(other.x_train, ds.x_train)
+    assert torch.equal(load_dataset("mnist1d", seed=0).x_train, other.x_train)
+
+
+def _roughness(x: torch.Tensor) -> float:
+    """Mean squared first difference: grows with the generator's iid noise."""
+    return float((x[:, 1:] - x[:, :-1]).pow(2).mean())
+
+
+def test_mnist1d_shifts_turn_the_knob_monotonically():
+    clean = load_dataset("mnist1d")
+    x0, y0 = mnist1d_shifted("noise", 0, n=1000)
+    # severity 0 is a fresh draw from the clean distribution: same roughness within sampling error
+    assert abs(_roughness(x0) - _roughness(clean.x_test)) / _roughness(clean.x_test) < 0.1
+    assert torch.bincount(y0, minlength=10).tolist() == [100] * 10
+    rough = [_roughness(mnist1d_shifted("noise", s, n=500)[0]) for s in (1, 3, 5)]
+    assert rough[0] < rough[1] < rough[2]
+    shifted = load_dataset("mnist1d", shift="shear", severity=2)
+    assert torch.equal(shifted.x_train, clean.x_train) and not torch.equal(shifted.x_test, clean.x_test)
+    assert shifted.info.extra["shift"]["knobs"] == {"shear_scale": 0.75 * 2}
+    with pytest.raises(ConfigError, match="unknown MNIST-1D shift 'blur'"):
+        mnist1d_shifted("blur", 1)
+    with pytest.raises(ConfigError, match="severity"):
+        mnist1d_shifted("noise", 9)
+    with pytest.raises(ConfigError, match="no option 'colour'"):
+        load_dataset("mnist1d", colour=3)
+
+
+def test_digits_split_is_fixed_and_stratified():
+    from sklearn.datasets import load_digits
+
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert torch.equal(a.x_test, b.x_test)
+    assert a.x_train.shape == (1437, 1, 8, 8) and a.x_test.shape == (360, 1, 8, 8)
+    assert float(a.x_train.min()) == 0.0 and float(a.x_train.max()) == 1.0
+    full = np.bincount(load_digits().target) / 1797
+    assert np.abs(np.bincount(a.y_test.numpy()) / 360 - full).max() < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stratified_split_keeps_proportions(seed):
+    y = np.repeat(np.arange(4), [50, 30, 15, 5])
+    tr, te = stratified_split(y, 20, seed)
+    assert len(te) == 20 and len(set(tr) | set(te)) == 100 and not set(tr) & set(te)
+    assert np.bincount(y[te]).tolist() == [10, 6, 3, 1]
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, gz: bool) -> Path:
+    raw = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape) + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip_and_test_only_split(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (100, 5, 4), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 10).astype(np.uint8)
+    ext = ".gz" if gz else ""
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}", images, 2051, gz)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{ext}", labels, 2049, gz)
+    assert np.array_equal(read_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}"), images)
+    ds = load_dataset("mnist", root=tmp_path, n_test=20, split_seed=3)
+    assert ds.x_train.shape == (80, 1, 5, 4) and ds.x_test.shape == (20, 1, 5, 4)
+    assert torch.bincount(ds.y_test).tolist() == [2] * 10
+    # every image lands in exactly one split, scaled by 1/255
+    together = torch.cat([ds.x_train, ds.x_test]).flatten(1).mul(255).round().to(torch.uint8)
+    assert sorted(map(bytes, together.numpy())) == sorted(map(bytes, images.reshape(100, -1)))
+
+
+def test_idx_with_train_and_test_files(tmp_path):
+    write_idx(tmp_path / "train-images.idx3-ubyte", np.zeros((6, 2, 2)), 2051, False)
+    write_idx(tmp_path / "train-labels.idx1-ubyte", np.arange(6) % 3, 2049, False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.ones((3, 2, 2)), 2051, False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(3), 2049, False)
+    ds = load_dataset("fashion-mnist", root=tmp_path)
+    assert ds.x_train.shape == (6, 1, 2, 2) and float(ds.x_test.max()) == pytest.approx(1 / 255)
+    assert ds.info.class_names[0] == "T-shirt/top"
+
+
+def test_malformed_idx_files_name_the_file_and_the_problem(tmp_path):
+    imgs = write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 3, 3)), 2051, False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(10), 2049, False)
+    imgs.write_bytes(imgs.read_bytes()[:-5])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: file is truncated: 101 bytes, header \(10, 3, 3\) implies 106"):
+        load_dataset("mnist", root=tmp_path, n_test=2)
+    write_idx(imgs, np.zeros((10, 3, 3)), 2049, False)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: magic number 2049, expected 2051"):
+        load_dataset("mnist", root=tmp_path, n_test=2)
+    write_idx(imgs, np.zeros((9, 3, 3)), 2051, False)
+    with pytest.raises(DataError, match="holds 9 images but .* holds 10 labels"):
+        load_dataset("mnist", root=tmp_path, n_test=2)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="labels file is missing"):
+        load_dataset("mnist", root=tmp_path, n_test=2)
+    bad_gz = tmp_path / "g" / "t10k-images-idx3-ubyte.gz"
+    bad_gz.parent.mkdir()
+    bad_gz.write_bytes(b"not gzip at all")
+    write_idx(tmp_path / "g" / "t10k-labels-idx1-ubyte", np.zeros(3), 2049, False)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: cannot be read or decompressed"):
+        load_dataset("mnist", root=tmp_path / "g")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("mnist", root=tmp_path / "missing")
+
+
+def test_missing_data_points_to_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIPNET_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="nothing is downloaded: pass root=FOLDER"):
+        load_dataset("kmnist")
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist (the real MNIST test set) is not present")
+def test_shared_mnist_split_8000_2000():
+    ds = load_dataset("mnist")
+    assert ds.x_train.shape == (8000, 1, 28, 28) and ds.x_test.shape == (2000, 1, 28, 28)
+    assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
+    full = torch.bincount(torch.cat([ds.y_train, ds.y_test]), minlength=10).float() / 10000
+    assert (torch.bincount(ds.y_test, minlength=10).float() / 2000 - full).abs().max() < 0.01
+    assert torch.equal(load_dataset("mnist").y_test, ds.y_test)
+
+
+def write_cifar(folder: Path, n: int = 4, classes: int = 10) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    first = None
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        first = data if first is None else first
+        batch = {b"batch_label": name.encode(), b"labels": list(rng.integers(0, classes, n)), b"data": data,
+                 b"filenames": [b"x.png"] * n}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(classes)], b"num_vis": 3072}, fh, protocol=2)
+    return first
+
+
+def test_cifar_official_format_round_trip(tmp_path):
+    first = write_cifar(tmp_path / "cifar-10-batches-py")
+    ds = load_dataset("cifar10", root=tmp_path)
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
+    assert torch.allclose(ds.x_train[0], torch.from_numpy(first[0].reshape(3, 32, 32)).float() / 255)
+    assert ds.info.class_names[:2] == ("c0", "c1") and ds.info.bounds == (0.0, 1.0)
+    std = load_dataset("cifar10", root=tmp_path, standardize=True)
+    lo, hi = std.info.bounds
+    assert float(std.x_train.min()) >= lo - 1e-5 and float(std.x_train.max()) <= hi + 1e-5
+
+
+class _Evil:
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_malicious_or_malformed_pickles_are_refused(tmp_path):
+    write_cifar(tmp_path)
+    evil = _Evil()
+    evil.marker = str(tmp_path / "pwned")
+    with open(tmp_path / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": evil, b"labels": []}, fh, protocol=2)
+    with pytest.raises(DataError, match="data_batch_3: refused to load: global posix.system is not allowed"):
+        load_dataset("cifar10", root=tmp_path)
+    assert not (tmp_path / "pwned").exists(), "the payload must never run"
+    write_cifar(tmp_path)
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, fh, protocol=2)
+    with pytest.raises(DataError, match=r"test_batch: b'data' must be uint8 of shape \(N, 3072\)"):
+        load_dataset("cifar10", root=tmp_path)
+    write_cifar(tmp_path)
+    (tmp_path / "data_batch_2").write_bytes(b"\x80\x02}q")
+    with pytest.raises(DataError, match="data_batch_2: (not a valid CIFAR batch pickle|refused to load: pickle data was truncated)"):
+        load_dataset("cifar10", root=tmp_path)
+    write_cifar(tmp_path, classes=12)
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 10\)"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_synthetic_tasks_are_seeded():
+    a, b = load_dataset("synthetic", seed=1), load_dataset("synthetic", seed=1)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    s = load_dataset("synthetic", task="spirals", n_train=100, n_test=50)
+    assert s.x_train.shape == (100, 2) and set(s.y_train.tolist()) == {0, 1}
+    with pytest.raises(ConfigError, match="unknown synthetic task"):
+        load_dataset("synthetic", task="moons")

@@ -43,6 +43,7 @@ class StepContext:
     progress: float = 0.0
     batch_size: int = 0
     lr: float = 0.0
+    bounds: tuple[float, float] | None = None  # the dataset's valid input range (None: unbounded)
     example_grads: int = 0
     logs: dict[str, float] = field(default_factory=dict)
 

@@ -271,7 +271,7 @@ def train(
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
-    ctx = StepContext(epochs=cfg.epochs)
+    ctx = StepContext(epochs=cfg.epochs, bounds=dataset.info.bounds)
     history: list[dict[str, Any]] = []
     start_epoch, step, wall_before = 0, 0, 0.0
     status = "running"

@@ -89,6 +89,11 @@ def bounds_tensors(bounds: Bounds, x: torch.Tensor) -> tuple[torch.Tensor, torch
         return None
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
         raise ConfigError(f"bounds must be (lo, hi) or None, not {bounds!r}; use the dataset's info.bounds")
+    if all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+        if not bounds[0] < bounds[1]:
+            raise ConfigError(f"bounds must satisfy lo < hi, got {bounds!r}")
+        return (torch.tensor(float(bounds[0]), dtype=x.dtype, device=x.device),
+                torch.tensor(float(bounds[1]), dtype=x.dtype, device=x.device))
     lo, hi = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
     try:
         torch.broadcast_shapes(lo.shape, x.shape[1:]), torch.broadcast_shapes(hi.shape, x.shape[1:])

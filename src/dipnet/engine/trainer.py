@@ -324,21 +324,23 @@ def train(
             for i in range(steps_per_epoch):
                 idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, warmup_steps, cfg.milestones, cfg.gamma)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                if lr != ctx.lr:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 ctx.epoch, ctx.step, ctx.progress, ctx.lr = epoch, step, step / total_steps, lr
                 ctx.batch_size = int(idx.shape[0])
                 x, y = method.transform_batch(model, x_train[idx], y_train[idx], ctx)
-                first: list[torch.Tensor] = []
+                first: list[float] = []
 
                 def closure() -> torch.Tensor:
                     loss = method.loss(model, x, y, ctx)
-                    if not torch.isfinite(loss):
-                        raise _NonFinite(float(loss.detach()))
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise _NonFinite(value)
                     loss.backward()
                     if cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    first.append(loss.detach())
+                    first.append(value)
                     return loss.detach()
 
                 try:
@@ -347,15 +349,17 @@ def train(
                     raise NonFiniteLossError(step, epoch, bad.value, str(ckpt_path) if ckpt_path and ckpt_path.exists() else None) from None
                 if not first:
                     raise RuntimeError(f"method {method.name!r} did not evaluate the loss in its update at step {step}")
-                value = first[0].item()
+                value = first[0]
                 objective_sum += value * ctx.batch_size
                 objective_n += ctx.batch_size
-                for k, v in ctx.logs.items():
-                    log_sums[k] = log_sums.get(k, 0.0) + v
-                ctx.logs.clear()
+                if ctx.logs:
+                    for k, v in ctx.logs.items():
+                        log_sums[k] = log_sums.get(k, 0.0) + v
+                    ctx.logs.clear()
                 step += 1
                 progress.advance(value)
 
+            train_s = time.perf_counter() - t_epoch
             tr = evaluate(model, x_train[eval_idx], y_train[eval_idx], cfg.eval_batch_size)
             te = evaluate(model, x_test, y_test, cfg.eval_batch_size)
             now = time.perf_counter()
@@ -371,6 +375,7 @@ def train(
                 "gap": tr["acc"] - te["acc"],
                 "example_grads": ctx.example_grads,
                 "epoch_s": now - t_epoch,
+                "train_s": train_s,
                 "wall_s": wall_before + now - t_run,
                 "logs": {k: v / steps_per_epoch for k, v in log_sums.items()},
                 "method": method.epoch_metrics(model),

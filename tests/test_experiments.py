@@ -636,3 +636,44 @@ def test_probe_cost_reads_the_example_gradient_count():
     assert probe_cost({**cfg, "method": "erm"}) == 1.0
     assert probe_cost({**cfg, "method": "test-exp-twice"}) == 2.0
     assert probe_cost({**cfg, "method": "test-exp-noise+test-exp-twice", "method_params": {"sigma": 0.3}}) == 2.0
+
+
+SYNTHETIC_SUITE = """
+name = "synthetic-e2e"
+seeds = [0, 1]
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.01
+[tasks.teacher]
+data = "synthetic"
+model = "mlp"
+data_kwargs = { n_train = 256, n_test = 128 }
+[methods.erm]
+[methods.gauss]
+method = "gaussian-examples"
+params = { sigma = 0.1 }
+"""
+
+
+def test_real_engine_on_synthetic_data_in_two_worker_processes(tmp_path):
+    """Built-in dataset, model and methods through spawned workers; resume trains nothing."""
+    import dipnet.data  # noqa: F401
+    import dipnet.methods  # noqa: F401
+    from dipnet.engine import method_names
+
+    if "synthetic" not in list_datasets() or "mlp" not in list_models() or "gaussian-examples" not in method_names():
+        pytest.skip("needs the synthetic dataset, the mlp model and the gaussian-examples method")
+    suite = parse_suite(SYNTHETIC_SUITE, "synthetic.toml")
+    store = tmp_path / "runs.sqlite"
+    out = run_suite(suite, store, workers=2, threads=1)
+    assert (out.done, out.failed) == (4, 0)
+    with RunStore(store) as s:
+        runs = s.runs()
+    assert {r.results["worker_pid"] for r in runs} != {os.getpid()}  # trained in the workers
+    for r in runs:
+        record = json.loads((Path(r.results["run_dir"]) / "run.json").read_text())
+        assert record["final"]["test_acc"] == r.final["test_acc"] and record["config"]["seed"] == r.seed
+        assert record["config"]["method"] == r.spec.config["method"]
+    again = run_suite(suite, store, workers=2)
+    assert (again.done, again.skipped) == (0, 4)

@@ -208,6 +208,9 @@ class Attack:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for the batch ``(x, y)``, inside the eps-ball and the bounds."""
         x, y = _check_batch(x, y)
+        param = next(self.model.parameters(), None)
+        if param is not None and param.device != x.device:
+            x, y = x.to(param.device), y.to(param.device)
         box = bounds_tensors(self.bounds, x)
         if box is not None and not _inside(x, box):
             raise ConfigError(

@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--data", default="mnist1d")
     ap.add_argument("--lr", type=float, default=None, help="default: 1e-2 for CNNs, 3e-3 otherwise")
+    ap.add_argument("--eot", type=int, default=8,
+                    help="DIPNet runs are also evaluated with noise on (mode='noise'), K-sample EOT attacks")
     args = ap.parse_args()
     ds = mnist1d() if args.data == "mnist1d" else load_dataset(args.data)
     out_json = HERE / f"robust_{args.data}.json"
@@ -66,6 +68,10 @@ def main() -> None:
                     t = time.perf_counter()
                     res = train(cfg, dataset=ds)
                     r = evaluate_robustness(res.model, ds, eps=EPS, n_examples=args.n, seed=seed)
+                    if "dipnet" in base and args.eot > 0:
+                        r["noise_eval"] = evaluate_robustness(
+                            res.model, ds, eps=EPS, n_examples=args.n, seed=seed, mode="noise",
+                            eot_samples=args.eot, corruptions=[], shifted=False)
                     row = {"model": model, "method": base, "setting": setting, "seed": seed,
                            "example_grads": res.final["example_grads"], "train_s": res.final.get("wall_s"),
                            "wall_s": time.perf_counter() - t, **r}

@@ -227,3 +227,30 @@ def test_synthetic_tasks_are_seeded():
     assert s.x_train.shape == (100, 2) and set(s.y_train.tolist()) == {0, 1}
     with pytest.raises(ConfigError, match="unknown synthetic task"):
         load_dataset("synthetic", task="moons")
+
+
+@pytest.mark.parametrize("name, option", [("digits", "foo"), ("mnist", "n_tset"), ("cifar10", "mean"),
+                                          ("synthetic", "n_trian"), ("mnist1d", "colour"), ("emnist", "seed")])
+def test_unknown_options_are_config_errors_listing_the_allowed_ones(name, option):
+    with pytest.raises(ConfigError, match=f"dataset {name!r} has no option {option!r}; allowed: "):
+        load_dataset(name, **{option: 1})
+
+
+@pytest.mark.parametrize("shift", ["noise", "shear", "translation", "scale"])
+def test_every_shift_turns_its_knobs_up_monotonically_from_the_package_defaults(shift):
+    from mnist1d.data import get_dataset_args
+
+    from dipnet.data.mnist1d import shift_knobs
+
+    defaults = get_dataset_args(as_dict=True)
+    levels = [shift_knobs(shift, s) for s in range(6)]
+    for key in levels[0]:
+        assert levels[0][key] == pytest.approx(defaults[key]), "severity 0 must be the clean generator"
+        assert all(a[key] < b[key] for a, b in zip(levels, levels[1:]))
+
+
+def test_shared_data_root_resolves_beside_the_repository():
+    import dipnet.data._util as util
+
+    expected = Path(__file__).resolve().parents[2] / "shared" / "data"
+    assert Path(util.__file__).resolve().parents[3].parent / "shared" / "data" == expected

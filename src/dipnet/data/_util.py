@@ -1,9 +1,11 @@
 """Helpers shared by the loaders: argument checks, stratified splits, the data root."""
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +18,26 @@ def check_kwargs(dataset: str, given: dict[str, Any], allowed: Iterable[str]) ->
     bad = sorted(set(given) - set(allowed))
     if bad:
         raise ConfigError(f"dataset {dataset!r} has no option {', '.join(map(repr, bad))}; allowed: {', '.join(allowed) or 'none'}")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def strict_options(dataset: str) -> Callable[[F], F]:
+    """Make a loader reject unknown keyword arguments with a :class:`ConfigError` listing the
+    allowed ones (instead of Python's ``TypeError``)."""
+
+    def deco(fn: F) -> F:
+        allowed = list(inspect.signature(fn).parameters)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_kwargs(dataset, kwargs, allowed)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset, DatasetInfo, register_dataset
-from ._util import data_root, to_tensors
+from ._util import data_root, strict_options, to_tensors
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -106,10 +106,12 @@ def load_cifar(name: str, root: Any = None, standardize: bool = False) -> Datase
 
 
 @register_dataset("cifar10", "CIFAR-10 from the official python batches (root= or $DIPNET_DATA/cifar10); standardize=true for per-channel standardization")
+@strict_options("cifar10")
 def load_cifar10(root: Any = None, standardize: bool = False) -> Dataset:
     return load_cifar("cifar10", root, standardize)
 
 
 @register_dataset("cifar100", "CIFAR-100 (fine labels) from the official python batches (root= or $DIPNET_DATA/cifar100)")
+@strict_options("cifar100")
 def load_cifar100(root: Any = None, standardize: bool = False) -> Dataset:
     return load_cifar("cifar100", root, standardize)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Dataset, DatasetInfo, register_dataset
-from ._util import stratified_split, to_tensors
+from ._util import strict_options, stratified_split, to_tensors
 
 SPLIT_SEED = 0
 TEST_SIZE = 360
 
 
 @register_dataset("digits", "scikit-learn 8x8 digits (1437/360 stratified split, pixels in [0, 1]), bundled")
+@strict_options("digits")
 def load_digits() -> Dataset:
     from sklearn.datasets import load_digits as sk_load
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset, DatasetInfo, register_dataset
-from ._util import data_root, stratified_split, to_tensors
+from ._util import data_root, strict_options, stratified_split, to_tensors
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 CLASS_NAMES = {
@@ -119,20 +119,24 @@ def load_idx_folder(name: str, root: Any = None, n_test: int = 2000, split_seed:
 
 
 @register_dataset("mnist", "MNIST from IDX files (root=, $DIPNET_DATA/mnist or ../shared/data/mnist); a test-only folder is split 8000/2000")
+@strict_options("mnist")
 def load_mnist(root: Any = None, n_test: int = 2000, split_seed: int = 0) -> Dataset:
     return load_idx_folder("mnist", root, n_test, split_seed, CLASS_NAMES["mnist"])
 
 
 @register_dataset("fashion-mnist", "Fashion-MNIST from IDX files (root= or $DIPNET_DATA/fashion-mnist)")
+@strict_options("fashion-mnist")
 def load_fashion_mnist(root: Any = None, n_test: int = 2000, split_seed: int = 0) -> Dataset:
     return load_idx_folder("fashion-mnist", root, n_test, split_seed, CLASS_NAMES["fashion-mnist"])
 
 
 @register_dataset("kmnist", "Kuzushiji-MNIST from IDX files (root= or $DIPNET_DATA/kmnist)")
+@strict_options("kmnist")
 def load_kmnist(root: Any = None, n_test: int = 2000, split_seed: int = 0) -> Dataset:
     return load_idx_folder("kmnist", root, n_test, split_seed, CLASS_NAMES["kmnist"])
 
 
 @register_dataset("emnist", "EMNIST from IDX files of one split (root= or $DIPNET_DATA/emnist); images transposed upright")
+@strict_options("emnist")
 def load_emnist(root: Any = None, subset: str = "balanced", n_test: int = 2000, split_seed: int = 0) -> Dataset:
     return load_idx_folder("emnist", root, n_test, split_seed, transpose=True, subset=f"-{subset}-")

@@ -100,7 +100,7 @@ def load_mnist1d(
 ) -> Dataset:
     """``seed=42`` with the defaults is the published dataset. ``shift`` replaces the test set by
     a shifted one of the same size; other keywords override generator knobs."""
-    check_kwargs("mnist1d", knobs, set(generator_defaults()) - {"seed", "num_samples", "train_split"})
+    check_kwargs("mnist1d", knobs, set(generator_defaults()) | {"shift", "severity"})
     if not 0 < train_split < 1:
         raise ConfigError(f"train_split must be in (0, 1), not {train_split}")
     x, y, xt, yt = generate(seed=seed, num_samples=num_samples, train_split=train_split, **knobs)

@@ -6,6 +6,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import Dataset, DatasetInfo, register_dataset
+from ._util import strict_options
 
 
 def two_spirals(n: int, noise: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,6 +24,7 @@ def teacher(n: int, dim: int, classes: int, gen: torch.Generator, weights: tuple
 
 
 @register_dataset("synthetic", "tiny synthetic task for tests: task=spirals (2-D, 2 classes) or teacher (random teacher MLP labels)")
+@strict_options("synthetic")
 def load_synthetic(task: str = "teacher", n_train: int = 512, n_test: int = 256, dim: int = 10,
                    classes: int = 3, noise: float = 0.05, seed: int = 0) -> Dataset:
     if n_train < 1 or n_test < 1:

@@ -254,3 +254,20 @@ def test_shared_data_root_resolves_beside_the_repository():
 
     expected = Path(__file__).resolve().parents[2] / "shared" / "data"
     assert Path(util.__file__).resolve().parents[3].parent / "shared" / "data" == expected
+
+
+def test_cifar100_official_format_uses_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 6), ("test", 3)):
+        batch = {b"filenames": [b"a.png"] * n, b"batch_label": name.encode(), b"fine_labels": [99, 0, 5, 7, 1, 2][:n],
+                 b"coarse_labels": [19, 0, 1, 2, 3, 4][:n], b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"k{i}".encode() for i in range(20)]}, fh, protocol=2)
+    ds = load_dataset("cifar100", root=tmp_path)
+    assert ds.y_train.tolist() == [99, 0, 5, 7, 1, 2] and ds.y_test.tolist() == [99, 0, 5]
+    assert ds.info.num_classes == 100 and ds.info.class_names[99] == "f99" and ds.y_train.dtype == torch.int64

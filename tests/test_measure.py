@@ -467,3 +467,21 @@ def test_cli_measure_writes_json_next_to_the_run(tmp_path, capsys):
     assert main(["measure", str(run_dir), "--what", "bogus"]) == 2
     assert "unknown measure(s) 'bogus'; choose from: jacobian" in capsys.readouterr().err
     assert main(["measure", str(run_dir), "--n", "0"]) == 2
+
+
+def test_dipnet_projected_model_is_measured_as_its_eval_net_and_smoothed():
+    """Projections hang under the layers they feed; in eval mode they are the identity, so every
+    deterministic measure equals that of the stripped net (dense autograd as the oracle)."""
+    from dipnet.projection import project
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    exact = dense_jacobians(lambda z: torch.softmax(net(z), -1), x).flatten(1).norm(dim=1)
+    plain_bounds = lipschitz_bounds(net, x)
+    project(net, sigma=0.3)
+    assert torch.allclose(jacobian_norm(net, x), exact, rtol=1e-10)
+    bounds = lipschitz_bounds(net, x)
+    assert bounds.upper_verified and math.isclose(bounds.upper, plain_bounds.upper, rel_tol=1e-9)
+    sm = smoothed(net, samples=4, seed=0)
+    assert torch.equal(sm(x), sm(x)) and not torch.allclose(sm(x), torch.log_softmax(net(x), -1))

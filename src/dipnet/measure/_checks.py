@@ -111,3 +111,20 @@ def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
 def chunks(n: int, size: int) -> Iterator[slice]:
     for i in range(0, n, size):
         yield slice(i, min(i + size, n))
+
+
+def unit_modules(model: nn.Module, atomic: tuple[type, ...]) -> list[nn.Module]:
+    """Modules a trace treats as units: instances of ``atomic`` (with whatever children they carry,
+    e.g. a DIPNet projection attached to a Linear) and leaves that are not inside one of them."""
+    units: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        children = list(m.children())
+        if isinstance(m, atomic) or not children:
+            units.append(m)
+            return
+        for c in children:
+            visit(c)
+
+    visit(model)
+    return units

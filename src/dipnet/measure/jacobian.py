@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._checks import check_inputs, choice, chunks, eval_mode, frozen_params, positive_int
+from ._checks import check_inputs, choice, chunks, eval_mode, frozen_params, positive_int, unit_modules
 
 OUTPUTS = ("softmax", "logits", "log_softmax")
 METHODS = ("exact", "estimate")
@@ -52,7 +52,7 @@ def _leading_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
         if not first:
             first.append((m, inputs[0] if inputs else None, out))
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = unit_modules(model, (nn.Linear,))
     handles = [m.register_forward_hook(hook) for m in leaves]
     skipped = 0
     try:

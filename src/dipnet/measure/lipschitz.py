@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ._checks import check_inputs, chunks, eval_mode, frozen_params, positive_int
+from ._checks import check_inputs, chunks, eval_mode, frozen_params, positive_int, unit_modules
 from .jacobian import output_fn
 
 AFFINE_LAYERS = (
@@ -130,7 +130,7 @@ def _trace_leaves(model: nn.Module, x: torch.Tensor) -> tuple[list[_Call], torch
         inp = inputs[0] if inputs else None
         calls.append(_Call(names[m], m, inp, out))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in unit_modules(model, AFFINE_LAYERS)]
     try:
         with torch.no_grad():
             out = model(x)

@@ -1,0 +1,116 @@
+"""Shared pieces of the optimizer wrappers (SAM, RWP): the base-optimizer plumbing, a state_dict
+that includes the base optimizer's moments, and BatchNorm running-statistics switches."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import ConfigError
+
+
+def check_number(owner: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """Validate a finite real hyperparameter in [low, high] (open ends where asked)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner}.{name} must be a finite number, not {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(f"{owner}.{name} must be {'>' if low_open else '>='} {low}, not {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(f"{owner}.{name} must be {'<' if high_open else '<='} {high}, not {value!r}")
+    return float(value)
+
+
+def disable_running_stats(model: nn.Module) -> None:
+    """Freeze BatchNorm running statistics for the next passes (davda54/sam ``bypass_bn``)."""
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and not hasattr(m, "_dipnet_momentum"):
+            m._dipnet_momentum = m.momentum  # type: ignore[attr-defined]
+            m._dipnet_tracked = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None  # type: ignore[attr-defined]
+            m.momentum = 0.0
+
+
+def enable_running_stats(model: nn.Module) -> None:
+    """Undo :func:`disable_running_stats`: the running statistics are exactly as before."""
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and hasattr(m, "_dipnet_momentum"):
+            m.momentum = m._dipnet_momentum  # type: ignore[attr-defined]
+            if m._dipnet_tracked is not None:  # type: ignore[attr-defined]
+                m.num_batches_tracked.copy_(m._dipnet_tracked)  # type: ignore[attr-defined]
+            del m._dipnet_momentum, m._dipnet_tracked  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """``with frozen_running_stats(model): loss(model(x)).backward()`` leaves BN statistics unchanged."""
+    disable_running_stats(model)
+    try:
+        yield
+    finally:
+        enable_running_stats(model)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+class WrappedOptimizer(torch.optim.Optimizer):
+    """A torch optimizer that owns a base optimizer sharing its param_groups (davda54/sam style)."""
+
+    _wrapper_state_keys: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer] | Any,
+                 defaults: dict[str, Any], **base_kwargs: Any) -> None:
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise ConfigError(
+                f"base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD, not {base_optimizer!r}"
+            )
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state (moments, hyperparameters) plus the wrapper's own tensors."""
+        out = self.base_optimizer.state_dict()
+        wrapper: dict[str, Any] = {}
+        for i, p in enumerate(self._params()):
+            st = self.state.get(p, {})
+            kept = {k: v.clone() for k, v in st.items() if k in self._wrapper_state_keys and torch.is_tensor(v)}
+            if kept:
+                wrapper[str(i)] = kept
+        extra = self._extra_state()
+        if extra:
+            wrapper["extra"] = extra
+        out["wrapper"] = wrapper
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        wrapper = state_dict.pop("wrapper", {}) or {}
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        params = self._params()
+        self.state.clear()
+        for key, st in wrapper.items():
+            if key == "extra":
+                continue
+            p = params[int(key)]
+            self.state[p] = {k: v.to(p.device).clone() for k, v in st.items()}
+        self._load_extra_state(wrapper.get("extra", {}))
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)

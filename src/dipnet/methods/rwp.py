@@ -1,0 +1,275 @@
+"""Random weight perturbation: RWP, m-RWP, ARWP, m-ARWP (Li et al., TMLR 2024, nblt/mARWP; Li et al. 2022).
+
+Noise is filter-wise and scaled by the weights (LPF-SGD style): row ``j`` of a parameter with
+2+ dims (output filter / neuron) gets ``N(0, (sigma ||w_j||)^2)`` per element; a 1-D parameter
+gets ``N(0, (sigma ||p||)^2)``. The noise is added in place, the gradient taken at ``w + eps``,
+the clean weights restored exactly, and only then the base optimizer steps.
+
+- RWP (``mix=None``): the gradient at ``w + eps`` only (1 pass per update).
+- m-RWP (``mix=lambda``): ``lambda g1 + (1 - lambda) g0`` with ``g0`` the clean gradient of one
+  mini-batch and ``g1`` the perturbed gradient of the next (the official single-process
+  semantics): odd calls of ``step`` only store ``g0`` and do not update (2 passes per update).
+- ARWP / m-ARWP (``adaptive=True``): ``F <- beta F + g^2`` from perturbed gradients (no
+  ``1 - beta``), summed per filter, and the noise divided by ``sqrt(1 + eta F_filter)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from ..engine.method import Closure, Component, StepContext, register_component
+from ..errors import ConfigError
+from ._wrapper import WrappedOptimizer, check_number, disable_running_stats, enable_running_stats, has_batchnorm
+
+
+def filter_norms(p: torch.Tensor) -> torch.Tensor:
+    """``||w_j||_2`` per output filter (rows of a 2+-D tensor) broadcastable to ``p``; ``||p||`` for 1-D."""
+    if p.ndim >= 2:
+        return torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1).reshape(-1, *([1] * (p.ndim - 1)))
+    return torch.linalg.vector_norm(p)
+
+
+def filter_sums(t: torch.Tensor) -> torch.Tensor:
+    """Per-filter sums of ``t`` (ARWP's ``F_filter``), broadcastable to ``t``."""
+    if t.ndim >= 2:
+        return t.reshape(t.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (t.ndim - 1)))
+    return t.sum()
+
+
+def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
+    """ARWP's released schedule: ``sigma`` at the start, rising by half a cosine to ``ramp * sigma``."""
+    return sigma * (1.0 + (ramp - 1.0) * 0.5 * (1.0 - math.cos(math.pi * min(max(progress, 0.0), 1.0))))
+
+
+class RWP(WrappedOptimizer):
+    """``RWP(params, torch.optim.SGD, sigma=0.015, mix=None, adaptive=False, eta=0.1, beta=0.99, lr=...)``.
+
+    ``step(closure)`` runs ``closure`` (forward+loss+backward) once; it returns the loss and
+    sets ``updated`` to whether the weights moved (False on m-RWP's clean half-steps).
+    Custom loops: ``perturb()``, backward, ``restore()``, then ``second_step()``.
+    """
+
+    _wrapper_state_keys = ("clean_grad", "F")
+
+    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], sigma: float = 0.015,
+                 mix: float | None = None, adaptive: bool = False, eta: float = 0.1, beta: float = 0.99,
+                 **base_kwargs: Any) -> None:
+        check_number("RWP", "sigma", sigma, low=0.0)
+        if mix is not None:
+            check_number("RWP", "mix", mix, low=0.0, high=1.0)
+        check_number("RWP", "eta", eta, low=0.0)
+        check_number("RWP", "beta", beta, low=0.0, high=1.0)
+        defaults = dict(sigma=float(sigma), mix=None if mix is None else float(mix), adaptive=bool(adaptive),
+                        eta=float(eta), beta=float(beta))
+        super().__init__(params, base_optimizer, defaults, **base_kwargs)
+        self.phase = 0  # m-RWP: 0 = next call is the clean half-step, 1 = the perturbed one
+        self.updated = False
+
+    @property
+    def mixed(self) -> bool:
+        return any(g["mix"] is not None for g in self.param_groups)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"phase": self.phase}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.phase = int(extra.get("phase", 0))
+
+    def set_sigma(self, sigma: float) -> None:
+        for g in self.param_groups:
+            g["sigma"] = float(sigma)
+
+    @torch.no_grad()
+    def sample_noise(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """``eps ~ N(0, (sigma ||w_j||)^2)`` per element of filter ``j``, ARWP-scaled if adaptive."""
+        std = filter_norms(p) * group["sigma"]
+        if group["adaptive"]:
+            F = self.state[p].get("F")
+            if F is not None:
+                std = std / torch.sqrt(1.0 + group["eta"] * filter_sums(F))
+        return torch.randn_like(p) * std
+
+    @torch.no_grad()
+    def perturb(self) -> None:
+        """``w <- w + eps`` in place (the clean ``w`` kept for an exact restore)."""
+        for group in self.param_groups:
+            if group["sigma"] == 0:
+                continue
+            for p in group["params"]:
+                st = self.state[p]
+                st["old_p"] = p.detach().clone()
+                p.add_(self.sample_noise(p, group))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Remove the noise: the weights become bit-identical to those before :meth:`perturb`."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "old_p" in st:
+                    p.copy_(st.pop("old_p"))
+
+    @torch.no_grad()
+    def store_clean_grad(self) -> None:
+        """m-RWP: keep the current ``.grad`` as ``g0`` for the next update."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p]["clean_grad"] = p.grad.detach().clone()
+                else:
+                    self.state[p].pop("clean_grad", None)
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Given ``.grad`` at ``w + eps`` (noise already removed): update ``F``, mix with ``g0``, base step."""
+        for group in self.param_groups:
+            lam = group["mix"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if group["adaptive"]:
+                    F = st.get("F")
+                    st["F"] = p.grad.square() if F is None else F.mul_(group["beta"]).addcmul_(p.grad, p.grad)
+                if lam is not None:
+                    g0 = st.pop("clean_grad", None)
+                    if g0 is not None:
+                        p.grad.mul_(lam).add_(g0, alpha=1.0 - lam)
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, model: nn.Module | None = None) -> torch.Tensor:  # type: ignore[override]
+        """One call = one mini-batch. ``closure`` does forward+loss+backward; ``.grad`` is zeroed here.
+
+        ``model`` (optional) lets the perturbed pass leave BatchNorm running statistics alone
+        when a clean pass exists (m-RWP); plain RWP has only perturbed passes and keeps them.
+        """
+        if closure is None:
+            raise ValueError("RWP.step needs a closure that does forward, loss and backward")
+        self.zero_grad(set_to_none=True)
+        if self.mixed and self.phase == 0:
+            with torch.enable_grad():
+                loss = closure()
+            self.store_clean_grad()
+            self.zero_grad(set_to_none=True)
+            self.phase, self.updated = 1, False
+            return loss
+        self.perturb()
+        freeze = self.mixed and model is not None and has_batchnorm(model)
+        if freeze:
+            disable_running_stats(model)  # type: ignore[arg-type]
+        try:
+            with torch.enable_grad():
+                loss = closure()
+        finally:
+            if freeze:
+                enable_running_stats(model)  # type: ignore[arg-type]
+            self.restore()
+        self.second_step(zero_grad=True)
+        self.phase, self.updated = 0, True
+        return loss
+
+
+@dataclass
+class _RWPBase(Component):
+    slots = frozenset({"update"})
+
+    sigma: float = 0.015
+    sigma_schedule: Literal["constant", "cosine"] = "constant"
+    sigma_ramp: float = 11.0
+
+    adaptive_default = False
+
+    def _validate(self) -> None:
+        check_number(self.name, "sigma", self.sigma, low=0.0)
+        if self.sigma_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"{self.name}.sigma_schedule must be 'constant' or 'cosine', not {self.sigma_schedule!r}")
+        check_number(self.name, "sigma_ramp", self.sigma_ramp, low=1.0)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _kwargs(self) -> dict[str, Any]:
+        return dict(mix=getattr(self, "mix", None), adaptive=self.adaptive_default,
+                    eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99))
+
+    def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> RWP:
+        return RWP(params, base, sigma=self.sigma, **self._kwargs(), **base_kwargs)
+
+    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
+        assert isinstance(optimizer, RWP)
+        if self.sigma_schedule == "cosine":
+            optimizer.set_sigma(cosine_sigma(self.sigma, ctx.progress, self.sigma_ramp))
+        optimizer.step(closure, model)
+        return optimizer.updated
+
+
+@register_component
+@dataclass
+class RWPMethod(_RWPBase):
+    """RWP: the gradient at ``w + eps`` only (expected Bayes loss), 1 pass per update."""
+
+    name = "rwp"
+    description = "random weight perturbation (Li et al. 2024): gradient at w + filter-wise noise, 1 pass"
+
+
+@register_component
+@dataclass
+class MRWPMethod(_RWPBase):
+    """m-RWP: ``lambda g(w + eps; batch t+1) + (1 - lambda) g(w; batch t)``, one update per 2 batches."""
+
+    name = "mrwp"
+    description = "mixed RWP (Li et al. 2022/2024): lambda * perturbed + (1 - lambda) * clean gradient, 2 batches/update"
+
+    mix: float = 0.5
+
+    def __post_init__(self) -> None:
+        self._validate()
+        check_number(self.name, "mix", self.mix, low=0.0, high=1.0)
+
+
+@register_component
+@dataclass
+class ARWPMethod(_RWPBase):
+    """ARWP: RWP with noise divided by ``sqrt(1 + eta F_filter)``; sigma ramps by a cosine (x11)."""
+
+    name = "arwp"
+    description = "adaptive RWP (Li et al. 2024): noise shrunk where past gradients are large, cosine sigma ramp"
+
+    sigma: float = 0.001
+    sigma_schedule: Literal["constant", "cosine"] = "cosine"
+    eta: float = 0.1
+    beta: float = 0.99
+
+    adaptive_default = True
+
+    def __post_init__(self) -> None:
+        self._validate()
+        check_number(self.name, "eta", self.eta, low=0.0)
+        check_number(self.name, "beta", self.beta, low=0.0, high=1.0)
+
+
+@register_component
+@dataclass
+class MARWPMethod(_RWPBase):
+    """m-ARWP: m-RWP with ARWP's adaptive noise."""
+
+    name = "marwp"
+    description = "mixed adaptive RWP (Li et al. 2024): m-RWP with ARWP's adaptive noise"
+
+    mix: float = 0.5
+    eta: float = 0.1
+    beta: float = 0.99
+
+    adaptive_default = True
+
+    def __post_init__(self) -> None:
+        self._validate()
+        check_number(self.name, "mix", self.mix, low=0.0, high=1.0)
+        check_number(self.name, "eta", self.eta, low=0.0)
+        check_number(self.name, "beta", self.beta, low=0.0, high=1.0)

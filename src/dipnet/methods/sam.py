@@ -1,0 +1,154 @@
+"""Sharpness-Aware Minimization (Foret et al., ICLR 2021) and Adaptive SAM (Kwon et al., ICML 2021).
+
+Per step: ``g = grad L(w)``; ``e = rho * g / ||g||`` (SAM, eq. 2) or
+``e = rho * T_w^2 g / ||T_w g||`` with ``T_w = |w| + eta`` (ASAM, eq. 8); the gradient at
+``w + e``; ``w`` restored; the base optimizer steps with that gradient. Two forward+backward
+passes per step. The optimizer follows davda54/sam: ``first_step``, ``second_step``,
+``step(closure)``; BatchNorm statistics come from the first pass only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..engine.method import Closure, Component, StepContext, register_component
+from ._wrapper import WrappedOptimizer, check_number, disable_running_stats, enable_running_stats, has_batchnorm
+
+
+class SAM(WrappedOptimizer):
+    """``SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)``.
+
+    ``adaptive=True`` is ASAM with ``T_w = |w| + eta``. Use ``first_step``/``second_step`` in a
+    custom loop (with :func:`dipnet.methods.disable_running_stats` around the second pass if the
+    model has BatchNorm), or ``step(closure)`` where ``closure`` does forward+loss+backward.
+    """
+
+    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
+                 adaptive: bool = False, eta: float = 0.01, **base_kwargs: Any) -> None:
+        check_number("SAM", "rho", rho, low=0.0, low_open=True)
+        check_number("SAM", "eta", eta, low=0.0)
+        super().__init__(params, base_optimizer, dict(rho=rho, adaptive=bool(adaptive), eta=eta), **base_kwargs)
+
+    def _scale(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | None:
+        return p.abs().add(group["eta"]) if group["adaptive"] else None
+
+    @torch.no_grad()
+    def grad_norm(self) -> torch.Tensor:
+        """``||T_w g||_2`` over all parameters (``T_w = I`` for SAM)."""
+        norms = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                s = self._scale(p, group)
+                norms.append((p.grad if s is None else s * p.grad).norm(2))
+        if not norms:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack(norms), 2)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move to ``w + e`` (remembering ``w``)."""
+        norm = self.grad_norm()
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self.state[p]["old_p"] = p.detach().clone()
+                s = self._scale(p, group)
+                e = p.grad * scale if s is None else s.pow(2) * p.grad * scale
+                p.add_(e)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore ``w`` exactly and take the base step with the gradient computed at ``w + e``."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "old_p" in st:
+                    p.copy_(st.pop("old_p"))
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        """Full SAM step. ``closure`` must zero nothing and do forward+loss+backward; it runs twice.
+
+        The gradients of the first pass must already be in ``.grad`` (davda54 convention), so a
+        typical loop is ``loss = closure(); opt.step(closure); opt.zero_grad()``.
+        """
+        if closure is None:
+            raise ValueError("SAM.step needs a closure that does forward, loss and backward")
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            loss = closure()
+        self.second_step()
+        return loss
+
+
+def sam_update(model: nn.Module, optimizer: SAM, closure: Closure) -> torch.Tensor:
+    """One SAM step in the engine's protocol; BN statistics are only updated by the first pass."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = closure()
+    optimizer.first_step(zero_grad=True)
+    bn = has_batchnorm(model)
+    if bn:
+        disable_running_stats(model)
+    try:
+        closure()
+    finally:
+        if bn:
+            enable_running_stats(model)
+    optimizer.second_step(zero_grad=True)
+    return loss
+
+
+@register_component
+@dataclass
+class SAMMethod(Component):
+    """SAM as an engine component (two passes per step; each pass is counted by the loss)."""
+
+    name = "sam"
+    slots = frozenset({"update"})
+    description = "sharpness-aware minimization (Foret et al. 2021): gradient at w + rho g/||g||, 2 passes"
+
+    rho: float = 0.05
+
+    adaptive = False
+    eta = 0.01
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "rho", self.rho, low=0.0, low_open=True)
+
+    def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> SAM:
+        return SAM(params, base, rho=self.rho, adaptive=self.adaptive, eta=self.eta, **base_kwargs)
+
+    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
+        sam_update(model, optimizer, closure)  # type: ignore[arg-type]
+        return True
+
+
+@register_component
+@dataclass
+class ASAMMethod(SAMMethod):
+    """Adaptive SAM (Kwon et al. 2021): ``e = rho T^2 g / ||T g||``, ``T = |w| + eta``."""
+
+    name = "asam"
+    slots = frozenset({"update"})
+    description = "adaptive SAM (Kwon et al. 2021): scale-invariant ascent with T_w = |w| + eta, 2 passes"
+
+    rho: float = 0.5
+    eta: float = 0.01  # type: ignore[misc]
+
+    adaptive = True
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "rho", self.rho, low=0.0, low_open=True)
+        check_number(self.name, "eta", self.eta, low=0.0)

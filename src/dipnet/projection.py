@@ -242,11 +242,13 @@ def project(
     chosen: list[tuple[str, nn.Module]] = []
     inside: list[str] = []
     for name, module in model.named_modules():
-        if not name or any(name.startswith(p + ".") for p in inside):
+        if any(name.startswith(p + ".") for p in inside) or (not name and isinstance(targets, str)):
             continue
         if select(name, module):
             inside.append(name)
             chosen.append((name, module))
+            if not name:
+                break
     if not chosen:
         raise ConfigError(
             f"the model has no layers to project (targets={targets!r}); pass targets= the layer types "

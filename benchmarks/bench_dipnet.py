@@ -1,0 +1,114 @@
+"""DIPNet's cost against ERM on the same model and batch, measured in one run (issue 3):
+training step with m=1 (target <= 1.25x) and m=4 (<= 4.0x) on the MNIST MLP, CPU; eval-mode
+forward of a projected model over its stripped twin (<= 1.02x); peak memory of m trajectories."""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import tracemalloc
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dipnet.projection import DIPNetLoss, project, strip
+
+
+def _mnist_mlp() -> nn.Module:
+    from dipnet.data import DatasetInfo
+    from dipnet.models import build_model
+
+    info = DatasetInfo("mnist", (1, 28, 28), 10, tuple("0123456789"), (0.0, 1.0))
+    return build_model("mlp", info)
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+    return run
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], reps: int, inner: int) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[k].append((time.perf_counter() - t) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _peak_mb(fn: Callable[[], None]) -> float:
+    """Peak of the CPU allocator's live bytes during ``fn`` is not visible to tracemalloc (torch
+    allocates outside Python), so measure the saved activations instead: bytes packed by autograd."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total / 2**20
+
+
+def bench(quick: bool = False) -> list[dict]:
+    torch.manual_seed(0)
+    reps, inner = (5, 5) if quick else (15, 10)
+    batch = 128
+    x = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    base = _mnist_mlp()
+    erm = copy.deepcopy(base)
+    fns: dict[str, Callable[[], None]] = {
+        "erm": _step(erm, torch.optim.SGD(erm.parameters(), lr=0.01), lambda: F.cross_entropy(erm(x), y))
+    }
+    losses = {}
+    for m in (1, 4):
+        net = project(copy.deepcopy(base), sigma=0.1)
+        dl = DIPNetLoss(trajectories=m, prior=(1e-4, 1e-4))
+        losses[m] = (net, dl)
+        fns[f"dipnet m={m}"] = _step(net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                     lambda net=net, dl=dl: dl(net, x, y))
+    t = _interleaved(fns, reps, inner)
+    rows = [{"area": "dipnet", "name": "train step erm (mnist mlp, B=128)", "value": t["erm"] * 1e3, "unit": "ms"}]
+    for m, target in ((1, 1.25), (4, 4.0)):
+        r = t[f"dipnet m={m}"] / t["erm"]
+        rows.append({"area": "dipnet", "name": f"train step dipnet m={m} (mnist mlp, B=128)",
+                     "value": t[f"dipnet m={m}"] * 1e3, "unit": "ms", "baseline_name": "train step erm (mnist mlp, B=128)",
+                     "ratio": r, "target": f"<= {target}x", "ok": r <= target})
+
+    projected = losses[1][0].eval()
+    stripped = strip(copy.deepcopy(projected)).eval()
+    xe = torch.rand(512, 1, 28, 28)
+    with torch.no_grad():
+        te = _interleaved({"stripped": lambda: stripped(xe), "projected": lambda: projected(xe)}, reps, inner * 2)
+    r = te["projected"] / te["stripped"]
+    rows.append({"area": "dipnet", "name": "eval forward stripped (mnist mlp, B=512)", "value": te["stripped"] * 1e3, "unit": "ms"})
+    rows.append({"area": "dipnet", "name": "eval forward projected (mnist mlp, B=512)", "value": te["projected"] * 1e3,
+                 "unit": "ms", "baseline_name": "eval forward stripped (mnist mlp, B=512)", "ratio": r,
+                 "target": "<= 1.02x", "ok": r <= 1.02})
+
+    saved_erm = _peak_mb(lambda: F.cross_entropy(erm(x), y))
+    rows.append({"area": "dipnet", "name": "saved activations erm (B=128)", "value": saved_erm, "unit": "MiB"})
+    for m in (1, 4):
+        net, dl = losses[m]
+        net.train()
+        mb = _peak_mb(lambda: dl(net, x, y))
+        rows.append({"area": "dipnet", "name": f"saved activations dipnet m={m} (B=128)", "value": mb, "unit": "MiB",
+                     "baseline_name": "saved activations erm (B=128)", "ratio": mb / saved_erm})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in bench(quick=True):
+        print(row)

@@ -1,0 +1,107 @@
+"""The dipnet / noise-layers method components through build_method and the engine."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dipnet.engine import StepContext, TrainConfig, build_method, load_run, train
+from dipnet.engine.method import Component
+from dipnet.errors import ConfigError
+from dipnet.projection import projections
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_build_method_routes_hyperparameters_and_projects():
+    method = build_method("dipnet", {"sigma": "0.2", "trajectories": "3", "alpha": 0.01, "beta": 0.02})
+    comp = method.components[0]
+    assert (comp.sigma, comp.trajectories, comp.alpha, comp.beta) == (0.2, 3, 0.01, 0.02)
+    model = method.transform_model(_mlp())
+    assert [n for n, _ in projections(model)] == ["1", "3"]
+    assert all(p.learnable and torch.allclose(p.sigma, torch.tensor(0.2)) for _, p in projections(model))
+
+
+def test_loss_counts_m_times_batch_and_logs_parts():
+    torch.manual_seed(0)
+    method = build_method("dipnet", {"trajectories": 4, "stability": 0.1, "alpha": 1e-3, "beta": 1e-3})
+    model = method.transform_model(_mlp())
+    ctx = StepContext()
+    x, y = torch.randn(5, 10), torch.randint(0, 3, (5,))
+    loss = method.loss(model, x, y, ctx)
+    assert ctx.example_grads == 20 and loss.ndim == 0
+    assert {"dip_stability", "dip_prior"} <= set(ctx.logs)
+    # the prior is the direct sum over the 10 + 16 per-feature variances at sigma = 0.1
+    lam = 0.1**2
+    assert ctx.logs["dip_prior"] == pytest.approx(26 * (1e-3 * lam - 1e-3 * torch.log(torch.tensor(lam)).item()), rel=1e-5)
+
+
+def test_noise_layers_is_fixed_and_has_no_prior():
+    method = build_method("noise-layers", {"sigma": 0.3})
+    model = method.transform_model(_mlp())
+    assert list(p for n, p in model.named_parameters() if "dipnet" in n) == []
+    assert all(not p.learnable for _, p in projections(model))
+    with pytest.raises(ConfigError, match="fixed sigma"):
+        build_method("noise-layers", {"alpha": 0.1})
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"sigma": 0}, "sigma must be"),
+    ({"trajectories": 0}, "trajectories must be"),
+    ({"alpha": -1}, "alpha must be"),
+    ({"beta": -0.5}, "beta must be"),
+    ({"scale": "log"}, "scale must be"),
+    ({"granularity": "x"}, "granularity must be"),
+])
+def test_bad_hyperparameters(params, match):
+    with pytest.raises(ConfigError, match=match):
+        build_method("dipnet", params)
+
+
+def test_composes_with_an_update_method_and_rejects_a_second_loss():
+    from dipnet.engine import Method
+    from dipnet.methods.dipnet import DIPNet
+
+    class _Update(Component):
+        name = "test-update"
+        slots = frozenset({"update"})
+
+        def update(self, model, optimizer, closure, ctx):
+            optimizer.zero_grad(set_to_none=True)
+            closure()
+            optimizer.step()
+            return True
+
+    method = Method([DIPNet(sigma=0.1), _Update()])  # slots "model"+"loss" and "update" do not clash
+    assert method.name == "dipnet+test-update"
+    with pytest.raises(ConfigError, match="both set the loss"):
+        build_method("dipnet+noise-layers", {"dipnet.sigma": 0.1})
+
+
+def _toy():
+    from dipnet.data import Dataset, DatasetInfo
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 10, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    info = DatasetInfo("toy", (10,), 3, ("a", "b", "c"), (-10.0, 10.0))
+    return Dataset(x[:200], y[:200], x[200:], y[200:], info)
+
+
+def test_engine_run_records_sigma_and_reloads(tmp_path):
+    ds = _toy()
+    cfg = TrainConfig(data="toy", method="dipnet", epochs=3, batch_size=50, lr=1e-2, seed=0,
+                      out=str(tmp_path / "r"), progress="none",
+                      method_params={"trajectories": 2, "sigma": 0.1, "alpha": 1e-3, "beta": 1e-3})
+    result = train(cfg, dataset=ds, model=lambda info: _mlp())
+    assert result.final["example_grads"] == 3 * 200 * 2
+    sig = result.history[-1]["method"]["sigma"]
+    assert set(sig) == {"1", "3"} and all(v > 0 for v in sig.values())
+    assert result.history[-1]["method"]["sigma"] != result.history[0]["method"]["sigma"] or len(result.history) == 1
+    loaded = load_run(tmp_path / "r", dataset=ds, model=lambda info: _mlp())
+    x = ds.x_test
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), result.model.eval()(x))

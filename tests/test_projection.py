@@ -1,0 +1,298 @@
+"""DIPNet projection: statistics, gradients and the loss against closed forms and naive loops."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dipnet.data import DatasetInfo
+from dipnet.errors import ConfigError
+from dipnet.models import build_model
+from dipnet.projection import (
+    DIPNetLoss,
+    GaussianProjection,
+    gaussian_projection,
+    predict,
+    project,
+    projections,
+    strip,
+)
+
+MNIST1D = DatasetInfo("mnist1d", (40,), 10, tuple("0123456789"), (-5.0, 5.0))
+
+
+def test_pure_function_eval_is_identity_and_train_adds_noise():
+    x = torch.randn(4, 3)
+    assert gaussian_projection(x, 0.5, training=False) is x
+    torch.manual_seed(1)
+    out = gaussian_projection(x, torch.tensor(0.5))
+    torch.manual_seed(1)
+    assert torch.allclose(out, x + 0.5 * torch.randn_like(x))
+
+
+@pytest.mark.parametrize("feature_dim,shape", [(-1, (4000, 3)), (1, (400, 3, 10))])
+def test_noise_statistics_match_sigma(feature_dim, shape):
+    """Per-feature sample mean and std of u - x match (0, sigma_j); n=4000 draws per feature,
+    tolerance 5 standard errors (mean: 5 sigma/sqrt(n); std: 5 sigma/sqrt(2n))."""
+    torch.manual_seed(0)
+    proj = GaussianProjection(3, 1.0, feature_dim=feature_dim)
+    with torch.no_grad():
+        proj.log_sigma.copy_(torch.tensor([0.1, 1.0, 3.0]).log())
+    x = torch.randn(shape)
+    noise = (proj(x) - x).detach().movedim(feature_dim, -1).reshape(-1, 3)
+    n = noise.shape[0]
+    sigma = torch.tensor([0.1, 1.0, 3.0])
+    assert (noise.mean(0).abs() < 5 * sigma / math.sqrt(n)).all()
+    assert ((noise.std(0) - sigma).abs() < 5 * sigma / math.sqrt(2 * n)).all()
+    # noise is independent of the input: correlation across features near 0
+    corr = torch.corrcoef(noise.T)
+    assert (corr - torch.eye(3)).abs().max() < 5 / math.sqrt(n)
+
+
+def test_eval_is_deterministic_and_reproducible_under_seed():
+    net = project(build_model("mnist1d-mlp", MNIST1D), sigma=0.3)
+    x = torch.randn(8, 40)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    net.train()
+    torch.manual_seed(3)
+    a = net(x)
+    torch.manual_seed(3)
+    b = net(x)
+    assert torch.equal(a, b) and not torch.equal(a, net(x))
+
+
+def test_reparameterization_gradient_matches_closed_form():
+    """Quadratic model f(u) = ||u||^2 with u = x + sigma*eps: E f = ||x||^2 + d*sigma^2, so
+    dE/dlog_sigma = 2 d sigma^2; the Monte Carlo gradient over 20000 draws agrees to 3%."""
+    torch.manual_seed(0)
+    d, n, sigma = 5, 20000, 0.7
+    proj = GaussianProjection(0, sigma)
+    x = torch.randn(1, d).expand(n, d)
+    proj(x).pow(2).sum(1).mean().backward()
+    expected = 2 * d * sigma**2
+    assert abs(proj.log_sigma.grad.item() - expected) / expected < 0.03
+
+
+def test_gradient_matches_finite_differences_of_expected_loss():
+    """Tiny linear model + CE under common random numbers: the autograd gradient w.r.t. each
+    per-feature log_sigma equals central finite differences of the same sampled loss."""
+    torch.manual_seed(0)
+    net = project(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), sigma=0.3).double()
+    x, y = torch.randn(64, 3, dtype=torch.float64), torch.randint(0, 2, (64,))
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(11)
+        return F.cross_entropy(net(x), y)
+
+    loss().backward()
+    for _, p in projections(net):
+        for j in range(p.log_sigma.numel()):
+            h = 1e-5
+            with torch.no_grad():
+                p.log_sigma[j] += h
+                up = loss().item()
+                p.log_sigma[j] -= 2 * h
+                down = loss().item()
+                p.log_sigma[j] += h
+            assert abs((up - down) / (2 * h) - p.log_sigma.grad[j].item()) < 1e-6
+
+
+def _naive_loss(net, x, y, m, stability, alpha, beta):
+    """Same draws as the batched version: one forward of the repeated batch, then the terms by loops."""
+    xr = torch.cat([x] * m)
+    logits = net(xr)
+    per_t = [F.cross_entropy(logits[t * len(x):(t + 1) * len(x)], y) for t in range(m)]
+    probs = [logits[t * len(x):(t + 1) * len(x)].softmax(-1) for t in range(m)]
+    mean_p = sum(probs) / m
+    stab = sum(((p - mean_p) ** 2).sum(1).mean() for p in probs) / m
+    prior = 0.0
+    for _, proj in projections(net):
+        for lam in (proj.sigma**2).reshape(-1):
+            prior = prior + alpha * lam - beta * torch.log(lam)
+    return sum(per_t) / m + stability * stab + prior
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_loss_equals_naive_terms(m):
+    torch.manual_seed(0)
+    net = project(build_model("mnist1d-cnn", MNIST1D), sigma=0.2)
+    with torch.no_grad():
+        for _, p in projections(net):
+            p.log_sigma.uniform_(-3, 0)
+    x, y = torch.randn(6, 40), torch.randint(0, 10, (6,))
+    dl = DIPNetLoss(trajectories=m, stability=0.5, prior=(0.01, 0.002))
+    torch.manual_seed(5)
+    got = dl(net, x, y)
+    torch.manual_seed(5)
+    want = _naive_loss(net, x, y, m, 0.5, 0.01, 0.002)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert set(dl.parts) == {"loss", "stability", "prior"}
+
+
+def test_trajectories_are_independent_draws():
+    """m trajectories of one example through a projected identity give m different samples whose
+    mean is the per-trajectory loss mean (loop over m single-trajectory calls, same RNG stream)."""
+    net = project(nn.Sequential(nn.Linear(2, 2)), sigma=1.0)
+    x, y = torch.randn(3, 2), torch.tensor([0, 1, 0])
+    torch.manual_seed(2)
+    batched = DIPNetLoss(trajectories=4)(net, x, y)
+    torch.manual_seed(2)
+    noise = torch.randn(12, 2)  # the draws the batched forward consumes, in order
+    singles = [F.cross_entropy(net[0].__class__.forward(net[0], x + noise[3 * t:3 * t + 3]), y) for t in range(4)]
+    assert torch.allclose(batched, torch.stack(singles).mean(), atol=1e-6)
+    assert len({round(s.item(), 6) for s in singles}) == 4
+
+
+def test_predict_modes():
+    net = project(build_model("mnist1d-mlp", MNIST1D), sigma=0.5)
+    net.train()
+    x = torch.randn(5, 40)
+    p0 = predict(net, x)
+    assert net.training  # flags restored
+    net.eval()
+    assert torch.equal(p0, net(x).softmax(-1))
+    torch.manual_seed(0)
+    pk = predict(net, x, samples=8)
+    torch.manual_seed(0)
+    for _, p in projections(net):
+        p.train()
+    probs = net(torch.cat([x] * 8)).softmax(-1)
+    naive = sum(probs[5 * k:5 * k + 5] for k in range(8)) / 8
+    assert torch.allclose(pk, naive, atol=1e-6) and torch.allclose(pk.sum(1), torch.ones(5))
+
+
+def _custom_model() -> nn.Module:
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.heads = nn.ModuleDict({"a": nn.Linear(64, 8), "b": nn.Linear(8, 3)})
+
+        def forward(self, x):
+            h = F.relu(self.bn(self.stem(x))).flatten(1)
+            return self.heads["b"](F.relu(self.heads["a"](h)))
+
+    return Custom()
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mnist1d-mlp", ["linear1", "linear2", "linear3"]),
+    ("mnist1d-cnn", ["conv1", "conv2", "conv3", "linear"]),
+    ("custom", ["stem", "heads.a", "heads.b"]),
+])
+def test_projections_sit_at_every_layer_input(name, expected):
+    net = _custom_model() if name == "custom" else build_model(name, MNIST1D)
+    project(net, sigma=0.1)
+    assert [n for n, _ in projections(net)] == expected
+    seen = []
+    for n, p in projections(net):
+        p.register_forward_hook(lambda mod, inp, out, n=n: seen.append(n))
+    net.train()
+    net(torch.randn(2, 1, 4, 4) if name == "custom" else torch.randn(2, 40))
+    assert sorted(seen) == sorted(expected)
+
+
+def test_include_exclude_project_input_and_blocks():
+    net = project(build_model("mnist1d-cnn", MNIST1D), exclude=[nn.Linear], project_input=False)
+    assert [n for n, _ in projections(net)] == ["conv2", "conv3"]
+    net = project(build_model("mnist1d-cnn", MNIST1D), include="conv*", granularity="layer")
+    assert [n for n, _ in projections(net)] == ["conv1", "conv2", "conv3"]
+    assert all(p.log_sigma.ndim == 0 for _, p in projections(net))
+    vit = build_model("vit", DatasetInfo("d", (1, 8, 8), 10, tuple("0123456789"), (0.0, 1.0)), patch=2)
+    project(vit, targets="blocks")
+    names = [n for n, _ in projections(vit)]
+    assert names and all(n.endswith((".attn", ".mlp")) for n in names)
+    vit.train()
+    assert vit(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_strip_state_dict_deepcopy_and_second_project():
+    torch.manual_seed(0)
+    net = project(build_model("mnist1d-cnn", MNIST1D), sigma=0.2, scale="relative")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net.train()
+    DIPNetLoss(trajectories=2)(net, torch.randn(8, 40), torch.randint(0, 10, (8,))).backward()
+    opt.step()  # sigma moved: the optimizer sees the projection parameters
+    assert any(n.endswith("dipnet_projection.log_sigma") for n, _ in net.named_parameters())
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    buf.seek(0)
+    twin = project(build_model("mnist1d-cnn", MNIST1D), sigma=0.2, scale="relative")
+    twin.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(16, 40)
+    net.eval(), twin.eval()
+    assert torch.equal(net(x), twin(x))
+    clone = copy.deepcopy(net)
+    clone.train()
+    torch.manual_seed(1)
+    a = clone(x)
+    torch.manual_seed(1)
+    net.train()
+    assert torch.equal(a, net(x))
+    net.eval()
+    plain = strip(copy.deepcopy(net))
+    assert projections(plain) == [] and not any("dipnet" in k for k in plain.state_dict())
+    assert all(not m._forward_pre_hooks for m in plain.modules())
+    plain.train()  # no projection left: even train mode is the deterministic function
+    assert torch.equal(plain(x), net(x))
+    with pytest.raises(ConfigError, match="already has DIPNet projections"):
+        project(net)
+
+
+def test_three_line_user_loop_reduces_loss():
+    """README usage on a tiny synthetic problem: a few hundred steps lower the loss."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    model = project(model, sigma=0.1)
+    dip_loss = DIPNetLoss(trajectories=2, prior=(1e-4, 1e-4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(200):
+        loss = dip_loss(model, x, y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert dip_loss.parts["loss"].item() < 0.5 * first
+    assert (predict(model, x).argmax(1) == y).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: project(nn.Sequential(nn.ReLU())), "no layers to project"),
+    (lambda: project(nn.Linear(2, 2), sigma=0.0), "sigma must be"),
+    (lambda: project(nn.Linear(2, 2), sigma=-1.0), "sigma must be"),
+    (lambda: project(nn.Linear(2, 2), scale="log"), "scale must be"),
+    (lambda: project(nn.Linear(2, 2), granularity="x"), "granularity must be"),
+    (lambda: project(nn.Linear(2, 2), targets=()), "targets must be"),
+    (lambda: project(nn.Linear(2, 2), include="nothing*"), "left no layer"),
+    (lambda: DIPNetLoss(trajectories=0), "trajectories must be"),
+    (lambda: DIPNetLoss(prior=(-1.0, 0.0)), "prior"),
+    (lambda: DIPNetLoss(stability=-0.1), "stability"),
+    (lambda: predict(nn.Linear(2, 2), torch.randn(1, 2), samples=2), "projected model"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
+
+
+def test_forward_that_rejects_repeated_batch():
+    class FixedBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x).view(4, 2)
+
+    net = project(FixedBatch())
+    with pytest.raises(ConfigError, match="repeated batch"):
+        DIPNetLoss(trajectories=2)(net, torch.randn(4, 2), torch.zeros(4, dtype=torch.long))

@@ -479,7 +479,10 @@ def test_dipnet_projected_model_is_measured_as_its_eval_net_and_smoothed():
     x = torch.randn(5, 12, dtype=torch.float64)
     exact = dense_jacobians(lambda z: torch.softmax(net(z), -1), x).flatten(1).norm(dim=1)
     plain_bounds = lipschitz_bounds(net, x)
+    y = torch.randint(0, 3, (5,))
+    plain_sharp = sharpness(net, F.cross_entropy, (x, y), iters=500, tol=1e-10).top
     project(net, sigma=0.3)
+    assert math.isclose(sharpness(net, F.cross_entropy, (x, y), iters=500, tol=1e-10).top, plain_sharp, rel_tol=1e-6)
     assert torch.allclose(jacobian_norm(net, x), exact, rtol=1e-10)
     bounds = lipschitz_bounds(net, x)
     assert bounds.upper_verified and math.isclose(bounds.upper, plain_bounds.upper, rel_tol=1e-9)

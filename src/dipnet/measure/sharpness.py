@@ -47,11 +47,15 @@ class HessianOperator:
         with torch.enable_grad():
             for s in chunks(n, self.batch_size):
                 loss = self.loss_fn(self.model(self.x[s]), self.y[s]) * ((s.stop - s.start) / n)
-                grads = torch.autograd.grad(loss, self.params, create_graph=True)
-                dot = sum((g * vi).sum() for g, vi in zip(grads, v))
-                hv = torch.autograd.grad(dot, self.params)
+                # parameters the loss does not use (a DIPNet projection's sigma in eval mode) have zero rows
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                dot = sum((g * vi).sum() for g, vi in zip(grads, v) if g is not None)
+                if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+                    continue
+                hv = torch.autograd.grad(dot, self.params, allow_unused=True)
                 for t, h in zip(total, hv):
-                    t.add_(h.detach())
+                    if h is not None:
+                        t.add_(h.detach())
         return total
 
 

@@ -297,6 +297,42 @@ def plot_sweep(records: list[dict[str, Any]], out_png: str | Path, title: str) -
     return out_png
 
 
+def compare_methods(ds: Dataset, methods: list[str], seeds: tuple[int, ...] = (0, 1), samples: int = 16) -> list[dict[str, Any]]:
+    """Train the MNIST-1D MLP and reference CNN with each method and measure the deterministic net
+    and, where the method leaves noise modules in the model (DIPNet, noise layers), the smoothed net."""
+    from ..engine import TrainConfig, evaluate, train
+    from .smoothing import is_noise_module
+    from .suite import measure_model
+
+    models = [("mlp", {"widths": (128, 128)}, 1e-3, 120), ("mnist1d-cnn", {}, 3e-3, 30)]
+    records = []
+    for model_name, kwargs, lr, epochs in models:
+        for method in methods:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                cfg = TrainConfig(data=ds.info.name, model=model_name, model_kwargs=dict(kwargs), method=method,
+                                  epochs=epochs, lr=lr, seed=seed, progress="none", train_eval_max=1)
+                model = train(cfg, dataset=ds).model.eval()
+                noisy = any(is_noise_module(m) for m in model.modules())
+                m = measure_model(model, ds, names="jacobian,lipschitz,curvature,sharpness", n_examples=1000,
+                                  seed=seed, smoothed_samples=samples if noisy else 0)
+                tr = evaluate(model, ds.x_train, ds.y_train)
+                rec = {"model": model_name, "method": method, "seed": seed, "test_acc": m["test_acc"],
+                       "train_acc": tr["acc"], "gap_acc": tr["acc"] - m["test_acc"],
+                       "jacobian": m["jacobian"]["mean"], "curvature": m["curvature"]["mean"],
+                       "lipschitz_lower": m["lipschitz"]["lower"], "lipschitz_upper": m["lipschitz"]["upper"],
+                       "lipschitz_upper_verified": m["lipschitz"]["upper_verified"],
+                       "sharpness_top": m["sharpness"]["top_eigenvalue"], "sharpness_trace": m["sharpness"]["trace"],
+                       "seconds": time.perf_counter() - t0}
+                if noisy:
+                    rec.update(jacobian_smoothed=m["jacobian_smoothed"]["mean"], curvature_smoothed=m["curvature_smoothed"]["mean"],
+                               lipschitz_lower_log_probs=m["lipschitz_smoothed"]["lower_log_probs_deterministic"],
+                               lipschitz_lower_log_probs_smoothed=m["lipschitz_smoothed"]["lower_log_probs"])
+                records.append(rec)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dipnet.measure.sweep", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist1d", choices=("mnist1d", "mnist"))
@@ -304,12 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", default=None, help="PNG for the three-panel figure")
     p.add_argument("--limit", type=int, default=0, help="train only the first N configurations")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every run's epochs (default 1)")
+    p.add_argument("--compare-methods", default=None, metavar="M1,M2",
+                   help="instead of the sweep: train the MLP and CNN with these methods, 2 seeds, and measure them")
     args = p.parse_args(argv)
     import dipnet.methods  # noqa: F401  (registers the training methods)
     from ..engine import method_names
 
     torch.set_num_threads(1)
     ds = load_sweep_data(args.data)
+    if args.compare_methods:
+        records = compare_methods(ds, [m.strip() for m in args.compare_methods.split(",") if m.strip()])
+        Path(args.out).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        return 0
     runs = sweep_configs(args.data, sorted(method_names()), args.epochs_scale)
     if args.limit:
         runs = runs[: args.limit]

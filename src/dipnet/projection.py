@@ -150,9 +150,10 @@ def _check_sigma(sigma: Any) -> None:
 
 
 def _projection_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    if not args:
+    proj = module._modules[ATTR]
+    if not proj.training or not args:  # eval: the mean passes through, skip the module call
         return None
-    return (getattr(module, ATTR)(args[0]), *args[1:])
+    return (proj(args[0]), *args[1:])
 
 
 def _layer_features(module: nn.Module) -> tuple[int, int] | None:
@@ -325,7 +326,8 @@ class DIPNetLoss:
     ``L = mean_t criterion(f(x; eps_t), y) + stability * mean_t ||p_t - mean_t p||^2
     + sum_l sum_j (alpha * lambda_lj - beta * ln lambda_lj)``, ``lambda = sigma^2`` (learnable only).
 
-    ``parts`` holds the detached terms of the last call (``loss``, ``stability``, ``prior``).
+    ``parts`` holds the detached terms of the last call: ``loss``, and ``stability`` / ``prior``
+    when they are active.
     """
 
     def __init__(
@@ -349,11 +351,11 @@ class DIPNetLoss:
 
     def prior(self, model: nn.Module) -> torch.Tensor:
         """``sum_l sum_j (alpha * lambda_lj - beta * ln lambda_lj)`` over the learnable projections."""
-        terms = [
-            (self.alpha * (2 * p.log_sigma).exp() - self.beta * 2 * p.log_sigma).sum()
-            for _, p in projections(model) if p.learnable
-        ]
-        return torch.stack(terms).sum() if terms else torch.zeros(())
+        logs = [p.log_sigma.reshape(-1) for _, p in projections(model) if p.learnable]
+        if not logs:
+            return torch.zeros(())
+        log_lam = 2 * torch.cat(logs)
+        return self.alpha * log_lam.exp().sum() - self.beta * log_lam.sum()
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m, batch = self.trajectories, x.shape[0]
@@ -375,16 +377,16 @@ class DIPNetLoss:
         yr = y.repeat(m, *([1] * (y.ndim - 1))) if m > 1 else y
         data = self.criterion(logits, yr)
         total = data
-        stab = torch.zeros((), device=logits.device)
+        self.parts = {"loss": data.detach()}
         if self.stability > 0 and m > 1:
             p = logits.softmax(-1).view(m, batch, -1)
             stab = (p - p.mean(0)).pow(2).sum(-1).mean()
             total = total + self.stability * stab
-        prior = torch.zeros((), device=logits.device)
+            self.parts["stability"] = stab.detach()
         if self.alpha or self.beta:
-            prior = self.prior(model).to(logits.device)
+            prior = self.prior(model)
             total = total + prior
-        self.parts = {"loss": data.detach(), "stability": stab.detach(), "prior": prior.detach()}
+            self.parts["prior"] = prior.detach()
         return total
 
 

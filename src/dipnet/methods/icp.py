@@ -1,0 +1,200 @@
+"""Self-distillation via iterative constructive perturbations (ICP; Dave et al., arXiv 2505.14751).
+
+Per mini-batch after warm-up: the clean forward records features ``h_l(x)``; ``T`` input steps
+``x <- x - eta * d`` that *decrease* the loss with the true label (model in eval mode, weights
+untouched; ``d`` = raw gradient (SGD-ICP), Adam direction, or AdEMAMix direction) give
+``x_icp``; a no-grad train-mode forward of ``x_icp`` gives targets ``h_l(x_icp)``; the loss is
+
+    a(e) CE(f(x), y) + (1 - a(e)) sum_l w_l MSE(h_l(x), sg h_l(x_icp)),
+
+``a(e) = 1`` in warm-up, then ``cos(pi (e - W) / (2 (E - W)))``; ``w_l = cos(l pi / (4 (L - 1)))``
+or all 1. Inference is a plain forward. Eps-ball and valid-range clamp are optional (off by
+default, as in the released code).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.method import Component, StepContext, register_component
+from ..errors import ConfigError
+from ._wrapper import check_number
+
+_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Mish, nn.Softplus)
+
+
+def icp_alpha(epoch: int, epochs: int, warmup: int) -> float:
+    """CE weight ``a(e)``: 1 during warm-up, then ``cos(pi (e - W) / (2 (E - W)))``."""
+    if epoch < warmup or epochs <= warmup:
+        return 1.0
+    return math.cos(math.pi * (epoch - warmup) / (2 * (epochs - warmup)))
+
+
+def layer_weights(n: int, weighting: str = "cosine") -> list[float]:
+    """``w_l = cos(l pi / (4 (L - 1)))`` for ``l = 0..L-1`` (cosine) or all 1 (uniform)."""
+    if weighting == "uniform" or n == 1:
+        return [1.0] * n
+    return [math.cos(l * math.pi / (4 * (n - 1))) for l in range(n)]
+
+
+def auto_feature_layers(model: nn.Module) -> list[str]:
+    """Default feature layers: the model's activation modules (by name); else its top-level
+    children that hold parameters, the last (the head) excluded."""
+    names = [n for n, m in model.named_modules() if n and isinstance(m, _ACTIVATIONS)]
+    if names:
+        return names
+    children = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
+    return children[:-1] or children
+
+
+def _soft_ce(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+class _Capture:
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ConfigError(f"icp.layers: the model has no module named {', '.join(map(repr, missing))}; "
+                              f"choose among {', '.join(n for n in modules if n) or 'none'}")
+        self.names = names
+        self.out: dict[str, torch.Tensor] = {}
+        self.active = False
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inp: Any, out: Any) -> None:
+            if self.active:
+                self.out[name] = out if torch.is_tensor(out) else out[0]
+        return hook
+
+    def run(self, fn):
+        self.out, self.active = {}, True
+        try:
+            result = fn()
+        finally:
+            self.active = False
+        return result, [self.out[n] for n in self.names]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@register_component
+@dataclass
+class ICP(Component):
+    """ICP self-distillation as a ``"loss"`` component; also callable standalone as ``icp.loss(model, x, y, ctx)``.
+
+    ``warmup`` is a fraction of the epochs (paper: 25 of 100). ``layers``: comma-separated
+    module names, or "auto" (every activation module). Counts ``B`` for the clean pass, ``T B``
+    for the input steps and ``B`` for the target forward.
+    """
+
+    name = "icp"
+    slots = frozenset({"loss"})
+    description = "ICP self-distillation (Dave et al. 2025): match features of loss-decreasing input perturbations"
+
+    steps: int = 5
+    step_size: float = 0.01
+    optimizer: Literal["sgd", "adam", "ademamix"] = "adam"
+    warmup: float = 0.25
+    layers: str = "auto"
+    weighting: Literal["cosine", "uniform"] = "cosine"
+    eps: float | None = None
+    clamp: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+    beta3: float = 0.9999
+    ademamix_alpha: float = 5.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError(f"icp.steps must be an integer >= 0 (T; 0 = targets are the clean features), not {self.steps!r}")
+        check_number(self.name, "step_size", self.step_size, low=0.0)
+        if self.optimizer not in ("sgd", "adam", "ademamix"):
+            raise ConfigError(f"icp.optimizer must be one of sgd, adam, ademamix, not {self.optimizer!r}")
+        check_number(self.name, "warmup", self.warmup, low=0.0, high=1.0, high_open=True)
+        if self.weighting not in ("cosine", "uniform"):
+            raise ConfigError(f"icp.weighting must be 'cosine' or 'uniform', not {self.weighting!r}")
+        if self.eps is not None:
+            check_number(self.name, "eps", self.eps, low=0.0, low_open=True)
+        for b in ("beta1", "beta2", "beta3"):
+            check_number(self.name, b, getattr(self, b), low=0.0, high=1.0, high_open=True)
+        check_number(self.name, "ademamix_alpha", self.ademamix_alpha, low=0.0)
+        if not isinstance(self.layers, str) or not self.layers.strip():
+            raise ConfigError("icp.layers must be 'auto' or comma-separated module names")
+
+    def feature_layers(self, model: nn.Module) -> list[str]:
+        names = auto_feature_layers(model) if self.layers == "auto" else [n.strip() for n in self.layers.split(",") if n.strip()]
+        if not names:
+            raise ConfigError("icp: the model has no activation or hidden module to take features from; set icp.layers")
+        return names
+
+    def warmup_epochs(self, epochs: int) -> int:
+        return int(round(self.warmup * epochs))
+
+    def constructive_input(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
+        """``T`` loss-decreasing input steps in eval mode; the weights receive no gradient."""
+        was_training = model.training
+        model.eval()
+        x0 = x.detach()
+        xi = x0.clone()
+        m = v = m_slow = None
+        bounds = getattr(ctx, "bounds", None) if ctx is not None else None
+        try:
+            for t in range(1, self.steps + 1):
+                xi.requires_grad_(True)
+                with torch.enable_grad():
+                    loss = _soft_ce(model(xi), y, reduction="sum")
+                    (g,) = torch.autograd.grad(loss, xi)
+                if ctx is not None:
+                    ctx.count(x.shape[0])
+                with torch.no_grad():
+                    if self.optimizer == "sgd":
+                        d = g
+                    else:
+                        if m is None:
+                            m, v, m_slow = torch.zeros_like(g), torch.zeros_like(g), torch.zeros_like(g)
+                        m.mul_(self.beta1).add_(g, alpha=1 - self.beta1)
+                        v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+                        m_hat = m / (1 - self.beta1**t)
+                        v_hat = v / (1 - self.beta2**t)
+                        if self.optimizer == "ademamix":
+                            m_slow.mul_(self.beta3).add_(g, alpha=1 - self.beta3)
+                            m_hat = m_hat + self.ademamix_alpha * m_slow
+                        d = m_hat / (v_hat.sqrt() + 1e-8)
+                    xi = xi.detach() - self.step_size * d
+                    if self.eps is not None:
+                        xi = torch.max(torch.min(xi, x0 + self.eps), x0 - self.eps)
+                    if self.clamp and bounds is not None:
+                        xi = xi.clamp(float(bounds[0]), float(bounds[1]))
+        finally:
+            model.train(was_training)
+        return xi.detach()
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        alpha = icp_alpha(ctx.epoch, ctx.epochs, self.warmup_epochs(ctx.epochs))
+        ctx.count(x.shape[0])
+        if alpha >= 1.0:
+            return _soft_ce(model(x), y)
+        cap = _Capture(model, self.feature_layers(model))
+        try:
+            logits, feats = cap.run(lambda: model(x))
+            x_icp = self.constructive_input(model, x, y, ctx)
+            with torch.no_grad():
+                _, targets = cap.run(lambda: model(x_icp))
+            ctx.count(x.shape[0])
+        finally:
+            cap.remove()
+        ce = _soft_ce(logits, y)
+        weights = layer_weights(len(feats), self.weighting)
+        distill = sum(w * F.mse_loss(h, t.detach()) for w, h, t in zip(weights, feats, targets))
+        ctx.log(icp_alpha=alpha, icp_distill=float(distill.detach()))
+        return alpha * ce + (1 - alpha) * distill

@@ -103,7 +103,7 @@ class GaussianProjection(nn.Module):
         else:
             self.register_buffer("log_sigma", init)
         if scale == "relative":
-            self.register_buffer("running_rms", torch.ones(()))
+            self.register_buffer("running_rms", torch.zeros(()))  # 0: taken from the first training batch
 
     @property
     def learnable(self) -> bool:
@@ -130,8 +130,9 @@ class GaussianProjection(nn.Module):
         sigma = self.sigma
         if self.scale == "relative":
             with torch.no_grad():
-                rms = x.detach().pow(2).mean().sqrt()
-                self.running_rms.lerp_(rms, self.momentum)
+                rms = x.detach().pow(2).mean().sqrt().to(self.running_rms.dtype)
+                r = self.running_rms
+                r.copy_(torch.where(r > 0, r + self.momentum * (rms - r), rms))
             sigma = sigma * self.running_rms
         return gaussian_projection(x, sigma, True, self.feature_dim)
 
@@ -149,11 +150,25 @@ def _check_sigma(sigma: Any) -> None:
         raise ConfigError(f"sigma must be a finite number > 0, not {sigma!r} (use no projection for zero noise)")
 
 
-def _projection_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+_KWARG_INPUTS = ("hidden_states", "x", "input", "inputs_embeds")
+
+
+def _projection_hook(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Project the layer's first positional input, or its ``hidden_states=`` keyword (Hugging Face blocks)."""
     proj = module._modules[ATTR]
-    if not proj.training or not args:  # eval: the mean passes through, skip the module call
+    if not proj.training:  # eval: the mean passes through, skip the module call
         return None
-    return (proj(args[0]), *args[1:])
+    if args:
+        return (proj(args[0]), *args[1:]), kwargs
+    for key in _KWARG_INPUTS:
+        if key in kwargs:
+            return args, {**kwargs, key: proj(kwargs[key])}
+    raise ConfigError(
+        f"{type(module).__name__} was called without a positional input or one of the keywords "
+        f"{', '.join(_KWARG_INPUTS)}, so its DIPNet projection has nothing to project; exclude it"
+    )
 
 
 def _layer_features(module: nn.Module) -> tuple[int, int] | None:
@@ -278,7 +293,7 @@ def project(
         if ref is not None:
             proj.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         module.add_module(ATTR, proj)
-        handle = module.register_forward_pre_hook(_projection_hook)
+        handle = module.register_forward_pre_hook(_projection_hook, with_kwargs=True)
         setattr(module, _HOOK_ATTR, handle.id)
     return model
 
@@ -305,6 +320,7 @@ def strip(model: nn.Module) -> nn.Module:
             hook_id = getattr(module, _HOOK_ATTR, None)
             if hook_id is not None:
                 module._forward_pre_hooks.pop(hook_id, None)
+                module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
                 delattr(module, _HOOK_ATTR)
             del module._modules[ATTR]
     return model

@@ -45,15 +45,46 @@ def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
     return sigma * (1.0 + (ramp - 1.0) * 0.5 * (1.0 - math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
 
+class _Layout:
+    """All parameters as one flat vector split into filters (rows), for a handful of fused ops per step."""
+
+    def __init__(self, groups: list[dict[str, Any]]) -> None:
+        self.params = [p for g in groups for p in g["params"]]
+        self.sizes = [p.numel() for p in self.params]
+        rows, row_group, row_of_elem = 0, [], []
+        device = self.params[0].device if self.params else torch.device("cpu")
+        for gi, g in enumerate(groups):
+            for p in g["params"]:
+                n_rows = p.shape[0] if p.ndim >= 2 else 1
+                per_row = p.numel() // max(n_rows, 1)
+                row_of_elem.append(torch.arange(rows, rows + n_rows, device=device).repeat_interleave(per_row))
+                row_group += [gi] * n_rows
+                rows += n_rows
+        self.rows = rows
+        self.row_group = torch.tensor(row_group, dtype=torch.long, device=device)
+        self.elem_row = torch.cat(row_of_elem) if row_of_elem else torch.zeros(0, dtype=torch.long)
+        self.numel = sum(self.sizes)
+
+    def index(self, p: torch.Tensor) -> int:
+        return next(i for i, q in enumerate(self.params) if q is p)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params)]
+
+    def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def row_sums(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.rows, dtype=flat.dtype, device=flat.device).index_add_(0, self.elem_row, flat)
+
+
 class RWP(WrappedOptimizer):
     """``RWP(params, torch.optim.SGD, sigma=0.015, mix=None, adaptive=False, eta=0.1, beta=0.99, lr=...)``.
 
     ``step(closure)`` runs ``closure`` (forward+loss+backward) once; it returns the loss and
     sets ``updated`` to whether the weights moved (False on m-RWP's clean half-steps).
-    Custom loops: ``perturb()``, backward, ``restore()``, then ``second_step()``.
+    Custom loops: ``perturb()``, forward/backward, ``restore()``, then ``second_step()``.
     """
-
-    _wrapper_state_keys = ("clean_grad", "F")
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], sigma: float = 0.015,
                  mix: float | None = None, adaptive: bool = False, eta: float = 0.1, beta: float = 0.99,
@@ -66,79 +97,111 @@ class RWP(WrappedOptimizer):
         defaults = dict(sigma=float(sigma), mix=None if mix is None else float(mix), adaptive=bool(adaptive),
                         eta=float(eta), beta=float(beta))
         super().__init__(params, base_optimizer, defaults, **base_kwargs)
+        self.layout = _Layout(self.param_groups)
         self.phase = 0  # m-RWP: 0 = next call is the clean half-step, 1 = the perturbed one
         self.updated = False
+        self._old: torch.Tensor | None = None
+        self.F: torch.Tensor | None = None  # ARWP accumulator, flat
+        self.clean_grad: torch.Tensor | None = None  # m-RWP's g0, flat
 
     @property
     def mixed(self) -> bool:
         return any(g["mix"] is not None for g in self.param_groups)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"phase": self.phase}
+        out: dict[str, Any] = {"phase": self.phase}
+        if self.F is not None:
+            out["F"] = self.F.clone()
+        if self.clean_grad is not None:
+            out["clean_grad"] = self.clean_grad.clone()
+        return out
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.layout = _Layout(self.param_groups)
         self.phase = int(extra.get("phase", 0))
+        dev = self.layout.elem_row.device
+        self.F = extra["F"].to(dev).clone() if "F" in extra else None
+        self.clean_grad = extra["clean_grad"].to(dev).clone() if "clean_grad" in extra else None
+
+    def accumulator(self, p: torch.Tensor) -> torch.Tensor | None:
+        """ARWP's ``F`` for parameter ``p`` (None before the first update)."""
+        if self.F is None:
+            return None
+        return self.layout.views(self.F)[self.layout.index(p)]
 
     def set_sigma(self, sigma: float) -> None:
         for g in self.param_groups:
             g["sigma"] = float(sigma)
 
+    def _group_tensor(self, key: str) -> torch.Tensor:
+        vals = torch.tensor([float(g[key]) for g in self.param_groups], device=self.layout.row_group.device)
+        return vals[self.layout.row_group]
+
     @torch.no_grad()
-    def sample_noise(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
-        """``eps ~ N(0, (sigma ||w_j||)^2)`` per element of filter ``j``, ARWP-scaled if adaptive."""
-        std = filter_norms(p) * group["sigma"]
-        if group["adaptive"]:
-            F = self.state[p].get("F")
-            if F is not None:
-                std = std / torch.sqrt(1.0 + group["eta"] * filter_sums(F))
-        return torch.randn_like(p) * std
+    def noise_std(self) -> torch.Tensor:
+        """Per-filter std ``sigma ||w_j|| / sqrt(1 + eta F_j)`` (the ARWP factor only if adaptive)."""
+        lay = self.layout
+        w = lay.flat([p.detach() for p in lay.params])
+        std = lay.row_sums(w * w).sqrt_() * self._group_tensor("sigma")
+        if self.F is not None:
+            adaptive = torch.tensor([bool(g["adaptive"]) for g in self.param_groups], device=w.device)[lay.row_group]
+            factor = torch.rsqrt(1.0 + self._group_tensor("eta") * lay.row_sums(self.F))
+            std = torch.where(adaptive, std * factor, std)
+        return std
+
+    @torch.no_grad()
+    def sample_noise(self) -> list[torch.Tensor]:
+        """One draw of ``eps``, as tensors shaped like the parameters."""
+        lay = self.layout
+        flat = torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.elem_row.device)
+        flat.mul_(self.noise_std()[lay.elem_row])
+        return lay.views(flat)
 
     @torch.no_grad()
     def perturb(self) -> None:
         """``w <- w + eps`` in place (the clean ``w`` kept for an exact restore)."""
-        for group in self.param_groups:
-            if group["sigma"] == 0:
-                continue
-            for p in group["params"]:
-                st = self.state[p]
-                st["old_p"] = p.detach().clone()
-                p.add_(self.sample_noise(p, group))
+        params = self.layout.params
+        self._old = self.layout.flat([p.detach() for p in params])
+        torch._foreach_add_(params, self.sample_noise())
 
     @torch.no_grad()
     def restore(self) -> None:
         """Remove the noise: the weights become bit-identical to those before :meth:`perturb`."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if st and "old_p" in st:
-                    p.copy_(st.pop("old_p"))
+        if self._old is not None:
+            torch._foreach_copy_(self.layout.params, self.layout.views(self._old))
+            self._old = None
+
+    def _flat_grad(self) -> torch.Tensor:
+        return self.layout.flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.layout.params])
 
     @torch.no_grad()
     def store_clean_grad(self) -> None:
         """m-RWP: keep the current ``.grad`` as ``g0`` for the next update."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.state[p]["clean_grad"] = p.grad.detach().clone()
-                else:
-                    self.state[p].pop("clean_grad", None)
+        self.clean_grad = self._flat_grad()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Given ``.grad`` at ``w + eps`` (noise already removed): update ``F``, mix with ``g0``, base step."""
-        for group in self.param_groups:
-            lam = group["mix"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if group["adaptive"]:
-                    F = st.get("F")
-                    st["F"] = p.grad.square() if F is None else F.mul_(group["beta"]).addcmul_(p.grad, p.grad)
+        if any(g["adaptive"] for g in self.param_groups):
+            g = self._flat_grad()
+            beta = self._group_tensor("beta")[self.layout.elem_row]
+            self.F = g * g if self.F is None else self.F.mul_(beta).addcmul_(g, g)
+        if self.clean_grad is not None:
+            g0 = self.layout.views(self.clean_grad)
+            i = 0
+            for group in self.param_groups:
+                n = len(group["params"])
+                lam = group["mix"]
                 if lam is not None:
-                    g0 = st.pop("clean_grad", None)
-                    if g0 is not None:
-                        p.grad.mul_(lam).add_(g0, alpha=1.0 - lam)
+                    grads = [p.grad for p in group["params"]]
+                    for j, gr in enumerate(grads):
+                        if gr is None:
+                            group["params"][j].grad = torch.zeros_like(group["params"][j])
+                    grads = [p.grad for p in group["params"]]
+                    torch._foreach_mul_(grads, lam)
+                    torch._foreach_add_(grads, g0[i:i + n], alpha=1.0 - lam)
+                i += n
+            self.clean_grad = None
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()

@@ -54,6 +54,12 @@ def infer_num_classes(model: nn.Module, y: torch.Tensor, given: int, who: str) -
     raise ConfigError(f"{who}: cannot infer the number of classes from the model; set {who}.num_classes")
 
 
+def sample_beta(alpha: float) -> float:
+    """``lam ~ Beta(alpha, alpha)`` from two Gamma draws (cheaper than torch.distributions)."""
+    g = torch._standard_gamma(torch.full((2,), float(alpha)))
+    return float(g[0] / g.sum())
+
+
 def random_box(size: tuple[int, ...], frac_side: float | tuple[float, ...], generator: torch.Generator | None = None) -> tuple[slice, ...]:
     """A box whose side along each axis is ``round(frac * n)``, centred uniformly, clipped at the border."""
     fracs = frac_side if isinstance(frac_side, tuple) else (frac_side,) * len(size)
@@ -148,7 +154,7 @@ class Mixup(Component):
 
     def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
         c = infer_num_classes(model, y, self.num_classes, self.name)
-        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        lam = sample_beta(self.alpha)
         perm = torch.randperm(x.shape[0], device=x.device)
         yh = one_hot_labels(y, c)
         ctx.log(mixup_lam=lam)
@@ -179,7 +185,7 @@ class CutMix(Component):
     def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
         d = spatial_dims(x, self.name)
         c = infer_num_classes(model, y, self.num_classes, self.name)
-        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        lam = sample_beta(self.alpha)
         spatial = tuple(x.shape[-d:])
         box = random_box(spatial, math.sqrt(1 - lam) if d == 2 else 1 - lam)
         perm = torch.randperm(x.shape[0], device=x.device)

@@ -31,20 +31,27 @@ class SAM(WrappedOptimizer):
         check_number("SAM", "rho", rho, low=0.0, low_open=True)
         check_number("SAM", "eta", eta, low=0.0)
         super().__init__(params, base_optimizer, dict(rho=rho, adaptive=bool(adaptive), eta=eta), **base_kwargs)
+        self._perturbed: list[list[torch.Tensor]] = []
 
-    def _scale(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | None:
-        return p.abs().add(group["eta"]) if group["adaptive"] else None
+    def _with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params = [p for p in group["params"] if p.grad is not None]
+        return params, [p.grad for p in params]
 
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
         """``||T_w g||_2`` over all parameters (``T_w = I`` for SAM)."""
         norms = []
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                s = self._scale(p, group)
-                norms.append((p.grad if s is None else s * p.grad).norm(2))
+            params, grads = self._with_grad(group)
+            if not params:
+                continue
+            if group["adaptive"]:
+                scaled = torch._foreach_abs(params)
+                torch._foreach_add_(scaled, group["eta"])
+                torch._foreach_mul_(scaled, grads)
+                norms.extend(torch._foreach_norm(scaled))
+            else:
+                norms.extend(torch._foreach_norm(grads))
         if not norms:
             return torch.zeros(())
         return torch.linalg.vector_norm(torch.stack(norms), 2)
@@ -53,26 +60,38 @@ class SAM(WrappedOptimizer):
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to ``w + e`` (remembering ``w``)."""
         norm = self.grad_norm()
+        self._perturbed: list[list[torch.Tensor]] = []
         for group in self.param_groups:
+            params, grads = self._with_grad(group)
+            if not params:
+                continue
+            old = []
+            for p in params:
+                st = self.state[p]
+                if "old_p" not in st or st["old_p"].shape != p.shape:
+                    st["old_p"] = torch.empty_like(p)
+                old.append(st["old_p"])
+            torch._foreach_copy_(old, params)
             scale = group["rho"] / (norm + 1e-12)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                self.state[p]["old_p"] = p.detach().clone()
-                s = self._scale(p, group)
-                e = p.grad * scale if s is None else s.pow(2) * p.grad * scale
-                p.add_(e)
+            if group["adaptive"]:
+                e = torch._foreach_abs(params)
+                torch._foreach_add_(e, group["eta"])
+                torch._foreach_mul_(e, e)
+                torch._foreach_mul_(e, grads)
+            else:
+                e = torch._foreach_mul(grads, 1.0)
+            torch._foreach_mul_(e, scale)
+            torch._foreach_add_(params, e)
+            self._perturbed.append(params)
         if zero_grad:
             self.zero_grad()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``w`` exactly and take the base step with the gradient computed at ``w + e``."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if st and "old_p" in st:
-                    p.copy_(st.pop("old_p"))
+        for params in self._perturbed:
+            torch._foreach_copy_(params, [self.state[p]["old_p"] for p in params])
+        self._perturbed = []
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()

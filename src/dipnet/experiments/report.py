@@ -239,7 +239,14 @@ def fig_accuracy_per_time(table: TaskTable) -> bytes | None:
 
 
 def _sigma_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Per-layer sigma values from a method's epoch metrics (lists or 'sigma...' scalar keys)."""
+    """Per-layer sigma values from a method's epoch metrics.
+
+    A dict or list under a 'sigma' key is per layer; scalar 'sigma...' keys (summaries such as
+    sigma_mean) are used only when no per-layer values exist.
+    """
+    structured = {k: v for k, v in metrics.items() if isinstance(v, (Mapping, list, tuple))}
+    if any("sigma" in k.lower() for k in structured):
+        metrics = structured
     out: dict[str, float] = {}
     for key, value in metrics.items():
         if "sigma" not in key.lower():

@@ -340,6 +340,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_killed_suite_resumes_without_losing_or_repeating_runs(tmp_path, monkeypatch):
     """SIGKILL a real `run_suite` with 2 worker processes mid-way, then resume."""
     n_seeds = 8
@@ -656,6 +657,7 @@ params = { sigma = 0.1 }
 """
 
 
+@pytest.mark.slow
 def test_real_engine_on_synthetic_data_in_two_worker_processes(tmp_path):
     """Built-in dataset, model and methods through spawned workers; resume trains nothing."""
     import dipnet.data  # noqa: F401

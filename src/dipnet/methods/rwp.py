@@ -51,19 +51,35 @@ class _Layout:
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.params = [p for g in groups for p in g["params"]]
         self.sizes = [p.numel() for p in self.params]
-        rows, row_group, row_of_elem = 0, [], []
+        rows, row_group, lengths = 0, [], []
         device = self.params[0].device if self.params else torch.device("cpu")
         for gi, g in enumerate(groups):
             for p in g["params"]:
                 n_rows = p.shape[0] if p.ndim >= 2 else 1
                 per_row = p.numel() // max(n_rows, 1)
-                row_of_elem.append(torch.arange(rows, rows + n_rows, device=device).repeat_interleave(per_row))
+                lengths += [per_row] * n_rows
                 row_group += [gi] * n_rows
                 rows += n_rows
         self.rows = rows
         self.row_group = torch.tensor(row_group, dtype=torch.long, device=device)
-        self.elem_row = torch.cat(row_of_elem) if row_of_elem else torch.zeros(0, dtype=torch.long)
+        self.device = device
         self.numel = sum(self.sizes)
+        self.lengths = torch.tensor(lengths, dtype=torch.long, device=device)
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def per_row(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
+        """A group hyperparameter broadcast to the rows (cached while the values stay the same)."""
+        vals = tuple(float(g[key]) for g in groups)
+        hit = self._cache.get((key, vals))
+        if hit is None:
+            hit = torch.tensor(vals, device=self.row_group.device)[self.row_group]
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != key}
+            self._cache[(key, vals)] = hit
+        return hit
+
+    def expand(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Row values repeated over each row's elements (flat layout)."""
+        return torch.repeat_interleave(per_row, self.lengths, output_size=self.numel)
 
     def index(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(self.params) if q is p)
@@ -75,7 +91,7 @@ class _Layout:
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def row_sums(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.rows, dtype=flat.dtype, device=flat.device).index_add_(0, self.elem_row, flat)
+        return torch.segment_reduce(flat, "sum", lengths=self.lengths)
 
 
 class RWP(WrappedOptimizer):
@@ -119,7 +135,7 @@ class RWP(WrappedOptimizer):
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.layout = _Layout(self.param_groups)
         self.phase = int(extra.get("phase", 0))
-        dev = self.layout.elem_row.device
+        dev = self.layout.device
         self.F = extra["F"].to(dev).clone() if "F" in extra else None
         self.clean_grad = extra["clean_grad"].to(dev).clone() if "clean_grad" in extra else None
 
@@ -134,8 +150,7 @@ class RWP(WrappedOptimizer):
             g["sigma"] = float(sigma)
 
     def _group_tensor(self, key: str) -> torch.Tensor:
-        vals = torch.tensor([float(g[key]) for g in self.param_groups], device=self.layout.row_group.device)
-        return vals[self.layout.row_group]
+        return self.layout.per_row(self.param_groups, key)
 
     @torch.no_grad()
     def noise_std(self) -> torch.Tensor:
@@ -144,7 +159,7 @@ class RWP(WrappedOptimizer):
         w = lay.flat([p.detach() for p in lay.params])
         std = lay.row_sums(w * w).sqrt_() * self._group_tensor("sigma")
         if self.F is not None:
-            adaptive = torch.tensor([bool(g["adaptive"]) for g in self.param_groups], device=w.device)[lay.row_group]
+            adaptive = self._group_tensor("adaptive") > 0
             factor = torch.rsqrt(1.0 + self._group_tensor("eta") * lay.row_sums(self.F))
             std = torch.where(adaptive, std * factor, std)
         return std
@@ -153,8 +168,8 @@ class RWP(WrappedOptimizer):
     def sample_noise(self) -> list[torch.Tensor]:
         """One draw of ``eps``, as tensors shaped like the parameters."""
         lay = self.layout
-        flat = torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.elem_row.device)
-        flat.mul_(self.noise_std()[lay.elem_row])
+        flat = torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.device)
+        flat.mul_(lay.expand(self.noise_std()))
         return lay.views(flat)
 
     @torch.no_grad()
@@ -184,7 +199,7 @@ class RWP(WrappedOptimizer):
         """Given ``.grad`` at ``w + eps`` (noise already removed): update ``F``, mix with ``g0``, base step."""
         if any(g["adaptive"] for g in self.param_groups):
             g = self._flat_grad()
-            beta = self._group_tensor("beta")[self.layout.elem_row]
+            beta = self.layout.expand(self._group_tensor("beta"))
             self.F = g * g if self.F is None else self.F.mul_(beta).addcmul_(g, g)
         if self.clean_grad is not None:
             g0 = self.layout.views(self.clean_grad)

@@ -13,11 +13,9 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path

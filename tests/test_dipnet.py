@@ -105,3 +105,33 @@ def test_engine_run_records_sigma_and_reloads(tmp_path):
     x = ds.x_test
     with torch.no_grad():
         assert torch.equal(loaded.model(x), result.model.eval()(x))
+
+
+def test_train_config_on_synthetic_records_sigma_per_epoch(tmp_path):
+    cfg = TrainConfig(data="synthetic", model="mlp", method="dipnet", epochs=2, batch_size=64, lr=1e-2, seed=0,
+                      out=str(tmp_path / "s"), progress="none",
+                      method_params={"sigma": 0.2, "trajectories": 2, "alpha": 1e-2, "beta": 1e-3})
+    result = train(cfg)
+    assert len(result.history) == 2
+    names = [n for n, _ in projections(result.model)]
+    for epoch in result.history:
+        sig = epoch["method"]["sigma"]
+        assert list(sig) == names and all(v > 0 for v in sig.values())
+        assert min(sig.values()) <= epoch["method"]["sigma_mean"] <= max(sig.values())
+    # every example of every epoch was evaluated in 2 trajectories
+    n_train = len(load_run(tmp_path / "s").dataset.y_train)
+    assert result.final["example_grads"] == 2 * 2 * n_train
+
+
+@pytest.mark.parametrize("update", ["sam", "mrwp"])
+def test_dipnet_composes_with_registered_update_methods(tmp_path, update):
+    from dipnet.engine import method_names
+
+    if update not in method_names():
+        pytest.skip(f"{update} is not registered")
+    cfg = TrainConfig(data="synthetic", model="mlp", method=f"dipnet+{update}", epochs=1, batch_size=64, lr=1e-2,
+                      seed=0, out=str(tmp_path / update), progress="none",
+                      method_params={"dipnet.sigma": 0.1, "trajectories": 2})
+    result = train(cfg)
+    assert result.history[-1]["method"]["sigma"] and projections(result.model)
+    assert result.final["example_grads"] > 0

@@ -489,6 +489,16 @@ def test_mixup_convex_combination_and_labels():
     torch.testing.assert_close(ym.sum(1), torch.ones(x.shape[0]))
 
 
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_beta_draws_match_beta_moments(alpha):
+    from dipnet.methods.baselines import sample_beta
+    torch.manual_seed(0)
+    lam = torch.tensor([sample_beta(alpha) for _ in range(4000)])
+    var = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
+    assert abs(lam.mean().item() - 0.5) < 5 * math.sqrt(var / 4000)
+    assert abs(lam.var().item() / var - 1) < 0.1
+
+
 @pytest.mark.parametrize("shape", [(6, 1, 20), (6, 20), (6, 2, 10, 12)])
 def test_cutmix_box_and_area_labels(shape):
     torch.manual_seed(0)

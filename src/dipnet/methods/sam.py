@@ -15,7 +15,11 @@ import torch
 from torch import nn
 
 from ..engine.method import Closure, Component, StepContext, register_component
-from ._wrapper import WrappedOptimizer, check_number, disable_running_stats, enable_running_stats, has_batchnorm
+from ._wrapper import (WrappedOptimizer, check_number, disable_running_stats, enable_running_stats,
+                       frozen_running_stats, has_batchnorm)
+
+__all__ = ["SAM", "sam_update", "disable_running_stats", "enable_running_stats", "frozen_running_stats",
+           "SAMMethod", "ASAMMethod"]
 
 
 class SAM(WrappedOptimizer):

@@ -270,7 +270,8 @@ def build_method(spec: str | Method, params: dict[str, Any] | None = None) -> Me
     fields = {cls.name: {f.name for f in dataclasses.fields(cls) if f.init} for cls in classes}
     kwargs: dict[str, dict[str, Any]] = {cls.name: {} for cls in classes}
     for key, value in (params or {}).items():
-        key = key.replace("-", "_")
+        comp_name, dot, attr_name = key.rpartition(".")
+        key = comp_name + dot + attr_name.replace("-", "_")  # component names keep their hyphens
         if "." in key:
             comp, attr = key.split(".", 1)
             if comp not in fields:

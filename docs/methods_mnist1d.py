@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 python docs/methods_mnist1d.py mnist1d-mlp 0,1,2 docs/methods_mnist1d.jsonl
 
 Appends one JSON line per run (model, method, budget, seed, test_acc, example_grads, wall_s);
-runs already in the file are skipped.
+runs already in the file are skipped. ``python docs/methods_mnist1d.py report FILE...`` prints the
+markdown table (mean test accuracy ± 95% t-interval over seeds; paired difference to ERM).
 """
 from __future__ import annotations
 
@@ -30,8 +31,11 @@ METHODS = [
     ("DIPNet + m-RWP", "dipnet+mrwp", {"dipnet.sigma": 0.1, "mrwp.sigma": 0.015}, EPOCHS),
 ]
 
+# m-RWP updates once per two mini-batches: the released recipe counts epochs of *updates*
+UPDATES_EPOCHS = {"m-RWP": 2 * EPOCHS, "m-ARWP": 2 * EPOCHS, "DIPNet + m-RWP": 2 * EPOCHS}
 
-def main(model: str, seeds: list[int], out: Path) -> None:
+
+def main(model: str, seeds: list[int], out: Path, only: set[str] | None = None) -> None:
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
@@ -41,6 +45,9 @@ def main(model: str, seeds: list[int], out: Path) -> None:
     for seed in seeds:
         for label, spec, params, eq_epochs in METHODS:
             budgets = [("epochs", EPOCHS)] + ([("grads", eq_epochs)] if eq_epochs != EPOCHS else [])
+            if label in UPDATES_EPOCHS:
+                budgets.append(("updates", UPDATES_EPOCHS[label]))
+            budgets = [b for b in budgets if only is None or b[0] in only]
             for budget, epochs in budgets:
                 if (model, label, budget, seed) in done:
                     continue
@@ -56,5 +63,48 @@ def main(model: str, seeds: list[int], out: Path) -> None:
                 print(json.dumps(row), flush=True)
 
 
+def report(paths: list[Path]) -> str:
+    from dipnet.experiments.stats import paired_compare, summarize
+
+    rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    models = sorted({r["model"] for r in rows}, key=lambda m: [r["model"] for r in rows].index(m))
+    out = []
+    for model in models:
+        rs = [r for r in rows if r["model"] == model]
+
+        def acc(label: str, budget: str) -> dict[int, float]:
+            got = {r["seed"]: r["test_acc"] for r in rs if r["method"] == label and r["budget"] == budget}
+            if budget == "grads" and not got:  # methods costing B per batch: the same runs
+                got = acc(label, "epochs")
+            return got
+
+        erm = acc("ERM", "epochs")
+        out += [f"\n**{model}** (test accuracy %, mean ± 95% CI over seeds; Δ = paired difference to ERM)\n",
+                "| method | seeds | equal epochs (80) | Δ vs ERM | equal example-grads | Δ vs ERM | wall s/run |",
+                "|---|---|---|---|---|---|---|"]
+        extra = []
+        for label, *_ in METHODS:
+            e, g = acc(label, "epochs"), acc(label, "grads")
+            if not e:
+                continue
+            wall = summarize([r["wall_s"] for r in rs if r["method"] == label and r["budget"] == "epochs"]).mean
+            de, dg = paired_compare(e, erm).diff, paired_compare(g, erm).diff
+            if label == "ERM":
+                de = dg = summarize([])
+            out.append(f"| {label} | {len(e)} | {summarize(e.values()).format(100, 1)} | {de.format(100, 1)} | "
+                       f"{summarize(g.values()).format(100, 1)} | {dg.format(100, 1)} | {wall:.0f} |")
+            u = {r["seed"]: r["test_acc"] for r in rs if r["method"] == label and r["budget"] == "updates"}
+            if u:
+                extra.append(f"| {label}, {UPDATES_EPOCHS[label]} epochs (= ERM's updates, 2x example-grads) | {len(u)} | "
+                             f"{summarize(u.values()).format(100, 1)} | {paired_compare(u, erm).diff.format(100, 1)} |")
+        if extra:
+            out += ["", "| equal updates | seeds | test acc % | Δ vs ERM |", "|---|---|---|---|", *extra]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], [int(s) for s in sys.argv[2].split(",")], Path(sys.argv[3]))
+    if sys.argv[1] == "report":
+        print(report([Path(p) for p in sys.argv[2:]]))
+        sys.exit(0)
+    main(sys.argv[1], [int(s) for s in sys.argv[2].split(",")], Path(sys.argv[3]),
+         set(sys.argv[4].split(",")) if len(sys.argv) > 4 else None)

@@ -1,5 +1,6 @@
 """Cost of one weight update of each comparison method against a plain SGD step (ERM) on the
-same model and batch, measured interleaved in the same run (medians)."""
+same model and batch, measured interleaved in the same run (medians of thread CPU time, with
+torch on one thread, so that other processes on a shared machine do not distort the ratios)."""
 from __future__ import annotations
 
 import statistics
@@ -57,10 +58,11 @@ def _runner(spec, params, model_name, shape, batch, per_update):
 
 
 def _time(fn, n: int) -> float:
-    t = time.perf_counter()
+    """CPU seconds of this thread per call (torch runs single-threaded here), robust on a shared machine."""
+    t = time.thread_time()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t) / n
+    return (time.thread_time() - t) / n
 
 
 def bench(quick: bool = False) -> list[dict]:

@@ -43,24 +43,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--data", default="mnist1d")
     ap.add_argument("--lr", type=float, default=None, help="default: 1e-2 for CNNs, 3e-3 otherwise")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in the JSON file")
     ap.add_argument("--eot", type=int, default=8,
                     help="DIPNet runs are also evaluated with noise on (mode='noise'), K-sample EOT attacks")
     args = ap.parse_args()
     ds = mnist1d() if args.data == "mnist1d" else load_dataset(args.data)
     out_json = HERE / f"robust_{args.data}.json"
     bounds = ds.info.bounds  # None for MNIST-1D: standardized, unbounded
-    # unqualified keys: build_method turns "-" into "_" in "gaussian-examples.sigma" (reported to the lead)
-    settings = {"none": ("", {}), "gaussian": ("gaussian-examples", {"sigma": 0.3}),
-                "fgsm": ("fgsm-examples", {"eps": 0.1})}
-    rows = []
+    settings = {"none": ("", {}), "gaussian": ("gaussian-examples", {"gaussian-examples.sigma": 0.3}),
+                "fgsm": ("fgsm-examples", {"fgsm-examples.eps": 0.1})}
+    rows = json.loads(out_json.read_text()) if args.resume and out_json.exists() else []
+    done = {(r["model"], r["method"], r["setting"], r["seed"]) for r in rows}
     for model in args.models.split(","):
         for base in args.methods.split(","):
             for setting, (comp, params) in settings.items():
                 for seed in map(int, args.seeds.split(",")):
+                    if (model, base, setting, seed) in done:
+                        continue
                     method = "+".join(c for c in (comp, base) if c and c != "erm") or "erm"
                     params = dict(params)
                     if comp and bounds is not None:
-                        params.update({"lo": bounds[0], "hi": bounds[1]})
+                        params.update({f"{comp}.lo": bounds[0], f"{comp}.hi": bounds[1]})
                     cfg = TrainConfig(data=args.data, model=model, method=method, epochs=args.epochs, batch_size=100,
                                       seed=seed, optimizer="adam",
                                       lr=args.lr or (1e-2 if "cnn" in model else 3e-3),

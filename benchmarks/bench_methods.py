@@ -7,7 +7,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from dipnet.data import DatasetInfo
 from dipnet.engine.method import StepContext, build_method

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dipnet.engine import StepContext, TrainConfig, build_method, load_run, train

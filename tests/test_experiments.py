@@ -37,6 +37,7 @@ from dipnet.experiments import (
     run_suite,
     summarize,
     t_quantile,
+    task_tables,
     wilcoxon_signed_rank,
     write_report,
 )
@@ -526,6 +527,27 @@ def test_report_is_self_contained_and_carries_the_stored_numbers(tmp_path):
     assert 'baseline = "base"' in md and "acc_vs_eps" in md and "robust.jac vs gap" in md
     assert "torch" in page  # environment section
     assert any("learned_sigma" in f.name for f in files.figures)
+    assert "Learned sigma per layer" in md and "| fast | 0.300 ± 0.000 | 0.050 ± 0.000 |" in md
+
+
+def test_suites_sharing_runs_and_edited_suites_report_only_their_current_runs(tmp_path):
+    """Two suites holding the same config share one run; a suite edited after it ran reports only
+    the runs it holds now (the superseded ones stay stored, outside it)."""
+    store = tmp_path / "runs.sqlite"
+    run_suite(fake_suite(), store, train_fn=fake_train)
+    other = FAKE_SUITE.replace('name = "fake"', 'name = "other"')
+    assert run_suite(fake_suite(other), store, train_fn=fake_train).skipped == 6  # same configs: shared
+    edited = FAKE_SUITE.replace("lr = 1e-2", "lr = 2e-2")
+    assert run_suite(fake_suite(edited), store, train_fn=fake_train).done == 3  # 'fast' retrained
+    with RunStore(store) as s:
+        assert s.suites() == ["fake", "other"] and len(s.runs()) == 9
+        fake, oth = s.runs(suite="fake"), s.runs(suite="other")
+        assert len(fake) == 6 and len(oth) == 6
+        assert {r.spec.config["lr"] for r in fake if r.method == "fast"} == {2e-2}
+        assert {r.spec.config["lr"] for r in oth if r.method == "fast"} == {1e-2}
+        assert {r.suite for r in fake} == {"fake"} and {r.suite for r in oth} == {"other"}
+    tables = {(t.suite, t.task): t for t in task_tables(RunStore(store))}
+    assert all(len(t.runs["fast"]) == 3 and len(t.runs["base"]) == 3 for t in tables.values())
 
 
 # ---------------------------------------------------------------- end to end with the engine
@@ -677,3 +699,35 @@ def test_real_engine_on_synthetic_data_in_two_worker_processes(tmp_path):
         assert record["config"]["method"] == r.spec.config["method"]
     again = run_suite(suite, store, workers=2)
     assert (again.done, again.skipped) == (0, 4)
+
+
+def test_store_written_before_suite_members_existed_reads_by_its_labels(tmp_path):
+    import sqlite3
+
+    store = tmp_path / "runs.sqlite"
+    run_suite(fake_suite(), store, train_fn=fake_train)
+    con = sqlite3.connect(store)
+    con.execute("DROP TABLE members")
+    con.commit()
+    con.close()
+    with RunStore(store) as s:
+        assert s.suites() == ["fake"] and len(s.runs(suite="fake")) == 6
+
+
+def test_run_key_covers_the_methods_resolved_defaults(monkeypatch):
+    """A run is identified by every hyperparameter its method trains with, defaults included, so
+    a library default that changes gives a new run instead of reusing a stale result."""
+    import dipnet.experiments.suite as suite_mod
+    from dipnet.projection import DEFAULT_PRIOR
+
+    text = FAKE_SUITE.replace('method = "fake-a"', 'method = "dipnet"')
+    runs = fake_suite(text).expand()
+    dip = [r for r in runs if r.method == "base"]
+    assert dip[0].resolved["dipnet"]["alpha"] == DEFAULT_PRIOR[0] and dip[0].resolved["dipnet"]["sigma"] == 0.1
+    assert all(r.resolved == {} for r in runs if r.method == "fast")  # unregistered test double
+    real = suite_mod.resolved_hyperparameters
+    monkeypatch.setattr(suite_mod, "resolved_hyperparameters",
+                        lambda m, p: {"dipnet": {**real(m, p)["dipnet"], "alpha": 0.0}} if m == "dipnet" else real(m, p))
+    moved = fake_suite(text).expand()
+    assert [r.key for r in moved if r.method == "fast"] == [r.key for r in runs if r.method == "fast"]
+    assert not {r.key for r in moved if r.method == "base"} & {r.key for r in dip}

@@ -141,7 +141,7 @@ def test_trajectories_are_independent_draws():
     net = project(nn.Sequential(nn.Linear(2, 2)), sigma=1.0)
     x, y = torch.randn(3, 2), torch.tensor([0, 1, 0])
     torch.manual_seed(2)
-    batched = DIPNetLoss(trajectories=4)(net, x, y)
+    batched = DIPNetLoss(trajectories=4, prior=(0.0, 0.0))(net, x, y)
     torch.manual_seed(2)
     noise = torch.randn(12, 2)  # the draws the batched forward consumes, in order
     singles = [F.cross_entropy(net[0].__class__.forward(net[0], x + noise[3 * t:3 * t + 3]), y) for t in range(4)]

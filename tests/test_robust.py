@@ -25,8 +25,8 @@ from dipnet.robust import (
     fgsm,
     input_gradient,
     list_corruptions,
-    mnist1d_shifted_sets,
     pgd,
+    shifted_sets,
 )
 
 torch.set_default_dtype(torch.float32)
@@ -459,19 +459,20 @@ def test_evaluate_robustness_defaults_and_bad_inputs():
         evaluate_robustness(model, (ds.x_test, ds.y_test))
 
 
-def test_mnist1d_shifted_sets_are_seeded_balanced_and_leave_global_rng_alone():
-    info = DatasetInfo("mnist1d", (40,), 10, tuple("0123456789"), (-6.0, 6.0))
+def test_shifted_sets_are_seeded_named_and_leave_global_rng_alone():
+    info = DatasetInfo("mnist1d", (40,), 10, tuple("0123456789"), None)
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
-    a = mnist1d_shifted_sets(info, n=50, seed=0, shifts={"resample": {}, "shear": {"shear_scale": 1.5}})
-    assert np.array_equal(np.random.get_state()[1], before)
-    b = mnist1d_shifted_sets(info, n=50, seed=0, shifts={"resample": {}, "shear": {"shear_scale": 1.5}})
-    assert set(a) == {"resample", "shear"}
+    a, reason = shifted_sets(info, n=50, seed=0, severities=(3,))
+    assert reason is None and np.array_equal(np.random.get_state()[1], before)
+    b, _ = shifted_sets(info, n=50, seed=0, severities=(3,))
+    assert set(a) == {"control", "noise@3", "shear@3", "translation@3", "scale@3"}
     for k in a:
         assert a[k][0].shape == (50, 40) and torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1])
-        assert torch.bincount(a[k][1], minlength=10).tolist() == [5] * 10
-        assert abs(float(a[k][0].mean())) < 0.2
-    assert not torch.equal(a["resample"][0], a["shear"][0])
+        assert set(a[k][1].tolist()) <= set(range(10))
+    assert not torch.equal(a["control"][0], a["shear@3"][0])
+    other, why = shifted_sets(DatasetInfo("digits", (64,), 10, tuple("0123456789"), (0.0, 16.0)))
+    assert other == {} and "only MNIST-1D" in why
 
 
 # ------------------------------------------------------------------------------- training perturbations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data, engine, models
+from . import data, engine, experiments, measure, methods, models, robust
 from .data import Dataset, DatasetInfo, list_datasets, load_dataset
 from .engine import (
     Component,
@@ -23,6 +23,18 @@ from .engine import (
     train,
 )
 from .errors import ConfigError, DataError, DipnetError, NonFiniteLossError
+from .experiments import load_suite, run_suite, write_report
+from .measure import (
+    input_curvature,
+    jacobian_norm,
+    lipschitz_bounds,
+    loss_landscape,
+    measure_model,
+    region_transitions,
+    sharpness,
+    smoothed,
+)
+from .methods import ICP, RWP, SAM
 from .models import build_model, list_models
 from .projection import (
     DIPNetLoss,
@@ -35,6 +47,7 @@ from .projection import (
     sigma_summary,
     strip,
 )
+from .robust import FGSM, PGD, corrupt, evaluate_robustness
 
 __all__ = [
     "__version__",
@@ -45,28 +58,50 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "DipnetError",
+    "FGSM",
     "GaussianProjection",
+    "ICP",
     "Method",
     "NonFiniteLossError",
+    "PGD",
+    "RWP",
+    "SAM",
     "StepContext",
     "TrainConfig",
     "build_method",
     "build_model",
+    "corrupt",
     "data",
     "engine",
+    "evaluate_robustness",
+    "experiments",
     "gaussian_projection",
+    "input_curvature",
     "is_projected",
+    "jacobian_norm",
+    "lipschitz_bounds",
     "list_datasets",
     "list_models",
     "load_dataset",
     "load_run",
+    "load_suite",
+    "loss_landscape",
+    "measure",
+    "measure_model",
     "method_names",
+    "methods",
     "models",
     "predict",
     "project",
     "projections",
+    "region_transitions",
     "register_component",
+    "robust",
+    "run_suite",
+    "sharpness",
     "sigma_summary",
+    "smoothed",
     "strip",
     "train",
+    "write_report",
 ]

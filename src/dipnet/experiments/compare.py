@@ -202,7 +202,7 @@ def run_suite(
             "tasks": [t.label for t in suite.tasks], "methods": suite.method_labels(), "seeds": suite.seeds,
             "description": suite.description, "costs": suite.costs,
         })
-        store.add(specs)
+        store.set_suite(suite.name, specs)
         outcome.recovered = len(store.recover(keys))
         redo = ("done", "failed") if not resume else (("failed",) if retry_failed else ())
         if redo:

@@ -264,7 +264,8 @@ def _sigma_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def fig_sigma(table: TaskTable) -> bytes | None:
+def sigma_series(table: TaskTable) -> dict[str, tuple[list[str], list[Summary]]]:
+    """``{method: (layers, per-layer Summary over seeds)}`` of the learned sigma at the end of training."""
     series = {}
     for row in table.rows:
         per_seed = [_sigma_values((r.history[-1].get("method") or {}) if r.history else {})
@@ -273,6 +274,24 @@ def fig_sigma(table: TaskTable) -> bytes | None:
         if per_seed:
             layers = list(per_seed[0])
             series[row.method] = (layers, [summarize(p.get(layer) for p in per_seed) for layer in layers])
+    return series
+
+
+def sigma_cells(table: TaskTable) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of the learned-sigma table (mean ± 95% CI over seeds per layer), or None."""
+    series = sigma_series(table)
+    if not series:
+        return None
+    layers = list(dict.fromkeys(layer for names, _ in series.values() for layer in names))
+    rows = []
+    for method, (names, stats) in series.items():
+        by_layer = dict(zip(names, stats))
+        rows.append([method] + [by_layer[layer].format(digits=3) if layer in by_layer else "" for layer in layers])
+    return ["method"] + layers, rows
+
+
+def fig_sigma(table: TaskTable) -> bytes | None:
+    series = sigma_series(table)
     if not series:
         return None
     plt = _pyplot()
@@ -417,10 +436,19 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
                     + "</tbody></table>")
+        sigma = sigma_cells(table)
+        if sigma is not None:
+            caption = "Learned sigma per layer at the end of training (mean ± 95% CI over seeds):"
+            md += ["", caption, "", "| " + " | ".join(sigma[0]) + " |", "|" + "---|" * len(sigma[0])]
+            md += ["| " + " | ".join(r) + " |" for r in sigma[1]]
+            body.append(f"<p>{html.escape(caption)}</p><table><thead><tr>"
+                        + "".join(f"<th>{html.escape(h)}</th>" for h in sigma[0]) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in sigma[1])
+                        + "</tbody></table>")
         small = [r.method for r in table.rows if r.vs_baseline is not None and r.vs_baseline.n < 6]
         if small:
             note = ("With fewer than 6 seeds the two-sided Wilcoxon p-value cannot go below 0.05 "
-                    f"(its minimum is 2/2^n); the verdict uses the t interval.")
+                    "(its minimum is 2/2^n); the verdict uses the t interval.")
             md += ["", note]
             body.append(f"<p class='note'>{html.escape(note)}</p>")
         plots = [("test accuracy", fig_accuracy(table)), ("learning curves", fig_learning_curves(table)),

@@ -1,7 +1,10 @@
 """The run store: one SQLite file (standard library ``sqlite3``, WAL journal) with a row per run.
 
 A row is keyed by :attr:`RunSpec.key` (the hash of the run's config) and moves through
-``pending -> running -> done | failed``. Every change is one transaction, so killing the
+``pending -> running -> done | failed``. Suites share runs of the same config (ERM at equal
+epochs and at equal example-gradients is one run); table ``members`` says which runs make up
+each suite now, under the suite's labels, so a report never mixes in runs that an edited suite
+no longer contains. Every change is one transaction, so killing the
 process at any moment leaves each row in one of those states; a row left ``running`` by a
 process that no longer exists is put back to ``pending`` by :meth:`RunStore.recover`.
 """
@@ -41,7 +44,17 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_suite ON runs (suite, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    suite     TEXT NOT NULL,
+    key       TEXT NOT NULL REFERENCES runs (key),
+    task      TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    seed      INTEGER NOT NULL,
+    PRIMARY KEY (suite, key)
+);
 """
+_RUN_COLUMNS = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error", "attempts",
+                "owner", "created", "started", "finished")
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ class RunStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA busy_timeout=30000")
             with self._tx():
+                had_members = self.conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='members'").fetchone() is not None
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
                         self.conn.execute(stmt)
@@ -121,6 +136,8 @@ class RunStore:
                     self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 elif int(row[0]) != SCHEMA_VERSION:
                     raise DataError(f"{self.path}: run store schema {row[0]}, this dipnet reads {SCHEMA_VERSION}")
+                if not had_members:  # a store written before suites had explicit members: use the row labels
+                    self.conn.execute("INSERT OR IGNORE INTO members SELECT suite, key, task, method, seed FROM runs")
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path} is not a dipnet run store (SQLite says: {exc})") from None
 
@@ -169,7 +186,20 @@ class RunStore:
                         (s.key, s.suite, s.task, s.method, s.seed, blob, now),
                     )
                     new += 1
+                self.conn.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
+                                  (s.suite, s.key, s.task, s.method, s.seed))
         return new
+
+    def set_suite(self, suite: str, specs: Iterable[RunSpec]) -> int:
+        """Make ``specs`` the runs of ``suite`` (adding new ones as ``pending``); runs the suite held
+        before but not now stay in the store, outside the suite. Returns how many runs were new."""
+        specs = list(specs)
+        strangers = sorted({s.suite for s in specs} - {suite})
+        if strangers:
+            raise ConfigError(f"set_suite({suite!r}) got runs labelled for other suites: {', '.join(strangers)}")
+        with self._tx():
+            self.conn.execute("DELETE FROM members WHERE suite=?", (suite,))
+        return self.add(specs)
 
     def recover(self, keys: Iterable[str] | None = None) -> list[str]:
         """Put ``running`` rows whose owner process is gone back to ``pending``; returns their keys.
@@ -242,16 +272,19 @@ class RunStore:
     def runs(self, *, suite: str | None = None, status: str | None = None,
              keys: Iterable[str] | None = None) -> list[RunRecord]:
         """Runs in insertion order, optionally filtered."""
-        sql, args = "SELECT * FROM runs WHERE 1=1", []
-        if suite is not None:
-            sql += " AND suite=?"
-            args.append(suite)
+        if suite is None:
+            sql, args = "SELECT * FROM runs WHERE 1=1", []
+        else:
+            cols = ", ".join(f"m.{c}" if c in ("suite", "task", "method", "seed") else f"r.{c}" for c in _RUN_COLUMNS)
+            sql = f"SELECT {cols} FROM members m JOIN runs r ON r.key = m.key WHERE m.suite=?"
+            args = [suite]
         if status is not None:
             if status not in STATUSES:
                 raise ConfigError(f"unknown run status {status!r}; choose one of: {', '.join(STATUSES)}")
-            sql += " AND status=?"
+            sql += " AND status=?" if suite is None else " AND r.status=?"
             args.append(status)
-        rows = [self._record(r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
+        order = " ORDER BY rowid" if suite is None else " ORDER BY m.rowid"
+        rows = [self._record(r) for r in self.conn.execute(sql + order, args)]
         if keys is not None:
             wanted = set(keys)
             rows = [r for r in rows if r.key in wanted]
@@ -268,7 +301,9 @@ class RunStore:
         return out
 
     def suites(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT DISTINCT suite FROM runs ORDER BY rowid")]
+        """Suites with at least one run, ordered by their oldest run (then by name)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT m.suite FROM members m JOIN runs r ON r.key = m.key GROUP BY m.suite ORDER BY MIN(r.rowid), m.suite")]
 
     def __iter__(self) -> Iterator[RunRecord]:
         return iter(self.runs())

@@ -9,18 +9,16 @@ and appends one JSON record per model; :func:`summarize` computes the rank corre
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, DatasetInfo, list_datasets, load_dataset
+from ..data import Dataset, load_dataset
 from .jacobian import jacobian_norm
 from .lipschitz import lipschitz_bounds
 from .regions import circle_through, draw_anchors, random_anchors, region_transitions, transitions_along
@@ -92,39 +90,6 @@ def sweep_configs(data: str, methods: list[str], epochs_scale: float = 1.0) -> l
         if m != "erm":
             runs.append(SweepRun(f"method {m}", model_kwargs={"widths": w}, epochs=ep, method=m))
     return runs
-
-
-def load_sweep_data(data: str, seed: int = 0) -> Dataset:
-    """MNIST-1D (the registry's, else the mnist1d package's generator) or the shared MNIST test set split 8000/2000."""
-    if data in list_datasets():
-        return load_dataset(data)
-    if data == "mnist1d":
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        d = make_dataset(get_dataset_args())
-        f = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
-        info = DatasetInfo("mnist1d", (40,), 10, tuple(map(str, range(10))), (-8.0, 8.0))
-        return Dataset(f(d["x"]), torch.tensor(d["y"]).long(), f(d["x_test"]), torch.tensor(d["y_test"]).long(), info)
-    if data == "mnist":
-        root = Path(__file__).resolve().parents[4] / "shared" / "data" / "mnist"
-        if not root.exists():
-            root = Path("/work/shared/data/mnist")
-        images = np.frombuffer(gzip.open(root / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
-        labels = np.frombuffer(gzip.open(root / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
-        x = torch.tensor(images.reshape(-1, 1, 28, 28), dtype=torch.float32) / 255.0
-        y = torch.tensor(labels, dtype=torch.long)
-        gen = torch.Generator().manual_seed(seed)
-        train_idx, test_idx = [], []
-        for c in range(10):  # stratified 80/20
-            idx = torch.nonzero(y == c).flatten()
-            idx = idx[torch.randperm(idx.numel(), generator=gen)]
-            cut = int(round(0.8 * idx.numel()))
-            train_idx.append(idx[:cut])
-            test_idx.append(idx[cut:])
-        tr, te = torch.cat(train_idx), torch.cat(test_idx)
-        info = DatasetInfo("mnist", (1, 28, 28), 10, tuple(map(str, range(10))), (0.0, 1.0))
-        return Dataset(x[tr], y[tr], x[te], y[te], info)
-    raise ValueError(f"unknown sweep data {data!r}; use mnist1d or mnist")
 
 
 def _treated(ds: Dataset, run: SweepRun) -> Dataset:
@@ -347,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..engine import method_names
 
     torch.set_num_threads(1)
-    ds = load_sweep_data(args.data)
+    ds = load_dataset(args.data)
     if args.compare_methods:
         records = compare_methods(ds, [m.strip() for m in args.compare_methods.split(",") if m.strip()])
         Path(args.out).write_text("\n".join(json.dumps(r) for r in records) + "\n")

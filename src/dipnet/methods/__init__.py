@@ -1,12 +1,35 @@
 """Training methods that plug into :mod:`dipnet.engine` (see :mod:`dipnet.engine.method`).
 
-Importing this package registers every built-in component: each submodule registers its own
-components with ``@register_component``, and all submodules are imported here.
+Importing this package registers every built-in component (each module registers its own with
+``@register_component``). ``SAM`` and ``RWP`` are also plain optimizer wrappers for a user's own
+loop (``first_step`` / ``second_step`` / ``step(closure)``, davda54/sam style).
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from .adversarial import FGSMExamples, GaussianExamples
+from .baselines import CutMix, Cutout, InputNoise, Mixup
+from .dipnet import DIPNet, NoiseLayers
+from .icp import ICP
+from .rwp import RWP, ARWPMethod, MARWPMethod, MRWPMethod, RWPMethod
+from .sam import SAM, ASAMMethod, SAMMethod, sam_update
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
+__all__ = [
+    "ARWPMethod",
+    "ASAMMethod",
+    "CutMix",
+    "Cutout",
+    "DIPNet",
+    "FGSMExamples",
+    "GaussianExamples",
+    "ICP",
+    "InputNoise",
+    "MARWPMethod",
+    "MRWPMethod",
+    "Mixup",
+    "NoiseLayers",
+    "RWP",
+    "RWPMethod",
+    "SAM",
+    "SAMMethod",
+    "sam_update",
+]

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..engine.method import Component, StepContext, register_component
 from ..errors import ConfigError
-from ..projection import GRANULARITIES, SCALES, DIPNetLoss, project, projections
+from ..projection import DEFAULT_PRIOR, GRANULARITIES, SCALES, DIPNetLoss, project, projections
 
 
 def _positive(value: Any, where: str) -> None:
@@ -50,8 +50,8 @@ class DIPNet(Component):
     granularity: str = "feature"
     trajectories: int = 1
     stability: float = 0.0
-    alpha: float = 0.0
-    beta: float = 0.0
+    alpha: float = DEFAULT_PRIOR[0]
+    beta: float = DEFAULT_PRIOR[1]
     project_input: bool = True
 
     learnable = True
@@ -96,6 +96,9 @@ class NoiseLayers(DIPNet):
 
     name = "noise-layers"
     description = "fixed-sigma Gaussian noise at every layer's input (Random Self-Ensemble; DIPNet ablation)"
+
+    alpha: float = 0.0
+    beta: float = 0.0
 
     learnable = False
 

@@ -3,14 +3,13 @@ stochastic models), common corruptions for images and 1-D signals, MNIST-1D shif
 and :func:`evaluate_robustness` that runs them all."""
 from .attacks import FGSM, PGD, Attack, attack_mode, fgsm, input_gradient, per_example_loss, pgd
 from .corruptions import corrupt, input_layout, list_corruptions
-from .evaluate import DEFAULT_EPS_FRACTIONS, accuracy, evaluate_robustness, plot_robustness, predict
-from .shift import MNIST1D_SHIFTS, mnist1d_shifted_sets, shifted_sets
+from .evaluate import DEFAULT_EPS_FRACTIONS, accuracy, evaluate_robustness, plot_robustness, predict_classes
+from .shift import shifted_sets
 
 __all__ = [
     "Attack",
     "DEFAULT_EPS_FRACTIONS",
     "FGSM",
-    "MNIST1D_SHIFTS",
     "PGD",
     "accuracy",
     "attack_mode",
@@ -20,10 +19,9 @@ __all__ = [
     "input_gradient",
     "input_layout",
     "list_corruptions",
-    "mnist1d_shifted_sets",
     "per_example_loss",
     "pgd",
     "plot_robustness",
-    "predict",
+    "predict_classes",
     "shifted_sets",
 ]

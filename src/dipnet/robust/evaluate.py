@@ -21,7 +21,7 @@ DEFAULT_EPS_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, mode: str = "eval", samples: int = 1, batch_size: int = 1000) -> torch.Tensor:
+def predict_classes(model: nn.Module, x: torch.Tensor, mode: str = "eval", samples: int = 1, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes; a stochastic mode averages the softmax of ``samples`` passes."""
     out = []
     with attack_mode(model, mode):
@@ -34,7 +34,7 @@ def predict(model: nn.Module, x: torch.Tensor, mode: str = "eval", samples: int 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str = "eval", samples: int = 1,
              batch_size: int = 1000) -> float:
-    return float((predict(model, x, mode, samples, batch_size) == y).float().mean())
+    return float((predict_classes(model, x, mode, samples, batch_size) == y).float().mean())
 
 
 def range_width(bounds: Any, x: torch.Tensor) -> float:

@@ -618,6 +618,10 @@ def test_cli_compare_and_report_with_the_real_engine(tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert main(["compare", str(suite), "--store", str(store), "--resume"]) == 0
     assert "0 trained, 0 failed, 4 kept" in capsys.readouterr().out
+    sibling = tmp_path / "sibling.toml"  # another suite holding the same configs reuses them, no flag needed
+    sibling.write_text(E2E_SUITE.replace('name = "e2e"', 'name = "sibling"'))
+    assert main(["compare", str(sibling), "--store", str(store)]) == 0
+    assert "0 trained, 0 failed, 4 kept" in capsys.readouterr().out
     assert main(["report", str(store), "-o", str(tmp_path / "rep2")]) == 0
     assert (tmp_path / "rep2" / "report.html").exists()
     assert main(["compare", str(tmp_path / "nope.toml")]) == 2

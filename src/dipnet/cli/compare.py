@@ -28,13 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _existing(store_path: str, keys: list[str]) -> int:
+def _existing(store_path: str, suite: str, keys: list[str]) -> int:
+    """Finished runs this suite already ran (runs it shares with other suites are simply reused)."""
     from ..experiments import RunStore
 
     if not Path(store_path).is_file():
         return 0
     with RunStore(store_path) as store:
-        return sum(r.status in ("done", "failed") for r in store.runs(keys=keys))
+        return sum(r.status in ("done", "failed") for r in store.runs(suite=suite, keys=keys))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     suite = load_suite(args.suite)
     specs = suite.expand()
-    existing = _existing(args.store, [s.key for s in specs])
+    existing = _existing(args.store, suite.name, [s.key for s in specs])
     if existing and not (args.resume or args.fresh):
         raise ConfigError(
             f"{args.store} already holds {existing} finished run(s) of suite {suite.name!r}; "

@@ -163,7 +163,7 @@ class Mixup(Component):
 
 @register_component
 @dataclass
-class CutMix(Component):
+class CutMix(Mixup):
     """Paste a box (image) or segment (signal) of ``x[perm]`` into ``x``; labels mixed by the kept area.
 
     ``lam ~ Beta(alpha, alpha)``; the box has sides ``sqrt(1 - lam)`` (2-D) or ``1 - lam`` (1-D)
@@ -175,12 +175,6 @@ class CutMix(Component):
     description = "CutMix (Yun et al. 2019): paste a patch / 1-D segment from another example, labels by area"
 
     alpha: float = 1.0
-    num_classes: int = 0
-
-    def __post_init__(self) -> None:
-        check_number(self.name, "alpha", self.alpha, low=0.0, low_open=True)
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ConfigError(f"{self.name}.num_classes must be an integer >= 0 (0 = from the model), not {self.num_classes!r}")
 
     def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
         d = spatial_dims(x, self.name)

@@ -12,26 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dipnet.data import Dataset, DatasetInfo, list_datasets, load_dataset
+from dipnet.data import load_dataset
 from dipnet.engine import TrainConfig, train
 from dipnet.robust import evaluate_robustness
 
 HERE = Path(__file__).resolve().parent
 EPS = [0.0, 0.05, 0.1, 0.2, 0.3]  # data units; MNIST-1D is standardized (std 1)
-
-
-def mnist1d() -> Dataset:
-    if "mnist1d" in list_datasets():
-        return load_dataset("mnist1d")
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())
-    x, xt = torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["x_test"], dtype=torch.float32)
-    lo, hi = float(min(x.min(), xt.min())), float(max(x.max(), xt.max()))
-    info = DatasetInfo("mnist1d", (40,), 10, tuple(map(str, range(10))), (lo, hi))
-    return Dataset(x, torch.tensor(d["y"]).long(), xt, torch.tensor(d["y_test"]).long(), info)
 
 
 def main() -> None:
@@ -47,7 +34,7 @@ def main() -> None:
     ap.add_argument("--eot", type=int, default=8,
                     help="DIPNet runs are also evaluated with noise on (mode='noise'), K-sample EOT attacks")
     args = ap.parse_args()
-    ds = mnist1d() if args.data == "mnist1d" else load_dataset(args.data)
+    ds = load_dataset(args.data)
     out_json = HERE / f"robust_{args.data}.json"
     bounds = ds.info.bounds  # None for MNIST-1D: standardized, unbounded
     settings = {"none": ("", {}), "gaussian": ("gaussian-examples", {"gaussian-examples.sigma": 0.3}),

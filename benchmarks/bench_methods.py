@@ -82,6 +82,14 @@ def bench(quick: bool = False) -> list[dict]:
                 times[spec].append(_time(fn, n))
         b = statistics.median(base)
         rows.append({"area": "methods", "name": f"erm update {model_name} batch {batch}", "value": b * 1e3, "unit": "ms"})
+        # RWP cannot cost less than ERM plus one Gaussian draw per parameter (torch.randn is the
+        # fastest sampler here; numpy's ziggurat measured 3x slower): the floor of its ratio.
+        info = DatasetInfo("bench", tuple(shape), 10, tuple(map(str, range(10))), (0.0, 1.0))
+        numel = sum(p.numel() for p in build_model(model_name, info).parameters())
+        draw = statistics.median(_time(lambda: torch.randn(numel), n) for _ in range(reps))
+        rows.append({"area": "methods", "name": f"rwp floor {model_name}: erm + randn of its {numel} weights",
+                     "value": (b + draw) * 1e3, "unit": "ms", "baseline_name": f"erm update {model_name} batch {batch}",
+                     "ratio": (b + draw) / b})
         for spec, _, target in runners:
             v = statistics.median(times[spec])
             row = {"area": "methods", "name": f"{spec} update {model_name} batch {batch}", "value": v * 1e3, "unit": "ms",

@@ -65,6 +65,7 @@ class _Layout:
         self.device = device
         self.numel = sum(self.sizes)
         self.lengths = torch.tensor(lengths, dtype=torch.long, device=device)
+        self.row_of = torch.repeat_interleave(torch.arange(rows, device=device), self.lengths, output_size=self.numel)
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def per_row(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
@@ -79,7 +80,7 @@ class _Layout:
 
     def expand(self, per_row: torch.Tensor) -> torch.Tensor:
         """Row values repeated over each row's elements (flat layout)."""
-        return torch.repeat_interleave(per_row, self.lengths, output_size=self.numel)
+        return per_row.index_select(0, self.row_of)
 
     def index(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(self.params) if q is p)
@@ -153,10 +154,12 @@ class RWP(WrappedOptimizer):
         return self.layout.per_row(self.param_groups, key)
 
     @torch.no_grad()
-    def noise_std(self) -> torch.Tensor:
-        """Per-filter std ``sigma ||w_j|| / sqrt(1 + eta F_j)`` (the ARWP factor only if adaptive)."""
+    def noise_std(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-filter std ``sigma ||w_j|| / sqrt(1 + eta F_j)`` (the ARWP factor only if adaptive);
+        ``w``: the flat weights when the caller already has them."""
         lay = self.layout
-        w = lay.flat([p.detach() for p in lay.params])
+        if w is None:
+            w = lay.flat([p.detach() for p in lay.params])
         std = lay.row_sums(w * w).sqrt_() * self._group_tensor("sigma")
         if self.F is not None:
             adaptive = self._group_tensor("adaptive") > 0
@@ -165,11 +168,11 @@ class RWP(WrappedOptimizer):
         return std
 
     @torch.no_grad()
-    def sample_noise(self) -> list[torch.Tensor]:
+    def sample_noise(self, w: torch.Tensor | None = None) -> list[torch.Tensor]:
         """One draw of ``eps``, as tensors shaped like the parameters."""
         lay = self.layout
         flat = torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.device)
-        flat.mul_(lay.expand(self.noise_std()))
+        flat.mul_(lay.expand(self.noise_std(w)))
         return lay.views(flat)
 
     @torch.no_grad()
@@ -177,7 +180,7 @@ class RWP(WrappedOptimizer):
         """``w <- w + eps`` in place (the clean ``w`` kept for an exact restore)."""
         params = self.layout.params
         self._old = self.layout.flat([p.detach() for p in params])
-        torch._foreach_add_(params, self.sample_noise())
+        torch._foreach_add_(params, self.sample_noise(self._old))
 
     @torch.no_grad()
     def restore(self) -> None:

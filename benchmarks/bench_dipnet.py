@@ -4,8 +4,6 @@ forward of a projected model over its stripped twin (<= 1.02x); peak memory of m
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -13,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipnet.projection import DIPNetLoss, project, strip
+
+from _timing import interleaved
 
 
 def _mnist_mlp() -> nn.Module:
@@ -29,20 +29,6 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[], to
         loss_fn().backward()
         opt.step()
     return run
-
-
-def _interleaved(fns: dict[str, Callable[[], None]], reps: int, inner: int) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[k].append((time.perf_counter() - t) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _peak_mb(fn: Callable[[], None]) -> float:
@@ -85,7 +71,7 @@ def bench(quick: bool = False) -> list[dict]:
     fns["erm, input requires grad"] = _step(erm, torch.optim.SGD(erm.parameters(), lr=0.01),
                                             lambda: F.cross_entropy(erm(xg), y))
     fns["randn"] = lambda: torch.randn(n_noise)
-    t = _interleaved(fns, reps, inner)
+    t = interleaved(fns, reps, inner, warmup=3)
     floor = (t["erm, input requires grad"] + t["randn"]) / t["erm"]
     rows = [{"area": "dipnet", "name": "train step erm (mnist mlp, B=128)", "value": t["erm"] * 1e3, "unit": "ms"}]
     for m, target in ((1, 1.25), (4, 4.0)):
@@ -101,7 +87,7 @@ def bench(quick: bool = False) -> list[dict]:
     stripped = strip(copy.deepcopy(projected)).eval()
     xe = torch.rand(512, 1, 28, 28)
     with torch.no_grad():
-        te = _interleaved({"stripped": lambda: stripped(xe), "projected": lambda: projected(xe)}, reps, inner * 2)
+        te = interleaved({"stripped": lambda: stripped(xe), "projected": lambda: projected(xe)}, reps, inner * 2, warmup=3)
     r = te["projected"] / te["stripped"]
     rows.append({"area": "dipnet", "name": "eval forward stripped (mnist mlp, B=512)", "value": te["stripped"] * 1e3, "unit": "ms"})
     rows.append({"area": "dipnet", "name": "eval forward projected (mnist mlp, B=512)", "value": te["projected"] * 1e3,

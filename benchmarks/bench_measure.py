@@ -12,6 +12,8 @@ from torch import nn
 
 from dipnet.measure import jacobian_norm, lipschitz_bounds, random_anchors, region_transitions
 
+from _timing import interleaved
+
 
 def mnist_mlp() -> nn.Module:
     try:
@@ -47,16 +49,6 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def _interleaved(fns: dict, reps: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench(quick: bool = False) -> list[dict]:
     torch.manual_seed(0)
     model, desc = mnist_mlp()
@@ -69,7 +61,7 @@ def bench(quick: bool = False) -> list[dict]:
     ours = jacobian_norm(model, x)
     assert torch.allclose(ours[:8], loop_jacobian_norm(model, x[:8]), rtol=1e-4)
     assert torch.allclose(ours, vmap_jacobian_norm(model, x), rtol=1e-4)
-    t = _interleaved({
+    t = interleaved({
         "ours": lambda: jacobian_norm(model, x),
         "vmap": lambda: vmap_jacobian_norm(model, x),
         "loop": lambda: loop_jacobian_norm(model, x[:n_loop]),

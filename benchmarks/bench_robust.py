@@ -3,14 +3,14 @@ PGD-20 over 20 forward+backward passes (target <= 1.1x), FGSM over one, EOT's co
 corruption throughput on MNIST-sized images and MNIST-1D signals."""
 from __future__ import annotations
 
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dipnet.robust import corrupt, fgsm, list_corruptions, pgd
+
+from _timing import interleaved
 
 
 def models() -> list[tuple[str, nn.Module, torch.Tensor]]:
@@ -33,16 +33,6 @@ def plain_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> 
         F.cross_entropy(model(x), y).backward()
 
 
-def _interleaved(fns: dict, reps: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench(quick: bool = False) -> list[dict]:
     reps = 3 if quick else 15
     rows: list[dict] = []
@@ -59,7 +49,7 @@ def bench(quick: bool = False) -> list[dict]:
         }
         for fn in fns.values():
             fn()  # warm-up
-        t = _interleaved(fns, reps)
+        t = interleaved(fns, reps)
         b = x.shape[0]
         rows += [
             {"area": "robust", "name": f"PGD-20 (L-inf, random start) vs 20 forward+backward passes, {name}, batch {b}",
@@ -76,7 +66,7 @@ def bench(quick: bool = False) -> list[dict]:
     signals = torch.randn(1000, 40).clamp(-5, 5)
     for layout, x, bounds in (("image", images, (0.0, 1.0)), ("signal", signals, (-5.0, 5.0))):
         for cname in list_corruptions(layout):
-            ct = _interleaved({"c": lambda: corrupt(x, cname, 3, bounds=bounds)}, max(1, reps // 3))["c"]
+            ct = interleaved({"c": lambda: corrupt(x, cname, 3, bounds=bounds)}, max(1, reps // 3))["c"]
             rows.append({"area": "robust", "name": f"corrupt {cname} severity 3, {tuple(x.shape)}",
                          "value": x.shape[0] / ct, "unit": "inputs/s"})
     return rows

@@ -46,41 +46,27 @@ def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
 
 
 class _Layout:
-    """All parameters as one flat vector split into filters (rows), for a handful of fused ops per step."""
+    """All parameters as one flat vector (one copy for the exact restore, one draw of noise) with
+    per-parameter views; filter norms are taken per parameter (:func:`filter_norms`), measured
+    several times faster than a segmented reduction over the flat vector."""
 
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.params = [p for g in groups for p in g["params"]]
+        self.group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.sizes = [p.numel() for p in self.params]
-        rows, row_group, lengths = 0, [], []
-        device = self.params[0].device if self.params else torch.device("cpu")
-        for gi, g in enumerate(groups):
-            for p in g["params"]:
-                n_rows = p.shape[0] if p.ndim >= 2 else 1
-                per_row = p.numel() // max(n_rows, 1)
-                lengths += [per_row] * n_rows
-                row_group += [gi] * n_rows
-                rows += n_rows
-        self.rows = rows
-        self.row_group = torch.tensor(row_group, dtype=torch.long, device=device)
-        self.device = device
+        self.device = self.params[0].device if self.params else torch.device("cpu")
         self.numel = sum(self.sizes)
-        self.lengths = torch.tensor(lengths, dtype=torch.long, device=device)
-        self.row_of = torch.repeat_interleave(torch.arange(rows, device=device), self.lengths, output_size=self.numel)
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def per_row(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
-        """A group hyperparameter broadcast to the rows (cached while the values stay the same)."""
+    def per_element(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
+        """A group hyperparameter broadcast to every element of the flat vector (cached while the values stay)."""
         vals = tuple(float(g[key]) for g in groups)
         hit = self._cache.get((key, vals))
         if hit is None:
-            hit = torch.tensor(vals, device=self.row_group.device)[self.row_group]
+            hit = torch.cat([torch.full((n,), vals[gi], device=self.device) for n, gi in zip(self.sizes, self.group_of)])
             self._cache = {k: v for k, v in self._cache.items() if k[0] != key}
             self._cache[(key, vals)] = hit
         return hit
-
-    def expand(self, per_row: torch.Tensor) -> torch.Tensor:
-        """Row values repeated over each row's elements (flat layout)."""
-        return per_row.index_select(0, self.row_of)
 
     def index(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(self.params) if q is p)
@@ -90,9 +76,6 @@ class _Layout:
 
     def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
-
-    def row_sums(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.segment_reduce(flat, "sum", lengths=self.lengths)
 
 
 class RWP(WrappedOptimizer):
@@ -150,37 +133,37 @@ class RWP(WrappedOptimizer):
         for g in self.param_groups:
             g["sigma"] = float(sigma)
 
-    def _group_tensor(self, key: str) -> torch.Tensor:
-        return self.layout.per_row(self.param_groups, key)
-
     @torch.no_grad()
-    def noise_std(self, w: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-filter std ``sigma ||w_j|| / sqrt(1 + eta F_j)`` (the ARWP factor only if adaptive);
-        ``w``: the flat weights when the caller already has them."""
+    def noise_std(self, w: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Per-filter std ``sigma ||w_j|| / sqrt(1 + eta F_j)`` (the ARWP factor only if adaptive), one
+        tensor per parameter, broadcastable to it; ``w``: the weights, when the caller has them."""
         lay = self.layout
-        if w is None:
-            w = lay.flat([p.detach() for p in lay.params])
-        std = lay.row_sums(w * w).sqrt_() * self._group_tensor("sigma")
-        if self.F is not None:
-            adaptive = self._group_tensor("adaptive") > 0
-            factor = torch.rsqrt(1.0 + self._group_tensor("eta") * lay.row_sums(self.F))
-            std = torch.where(adaptive, std * factor, std)
-        return std
+        w = [p.detach() for p in lay.params] if w is None else w
+        F = lay.views(self.F) if self.F is not None else None
+        out = []
+        for i, wi in enumerate(w):
+            group = self.param_groups[lay.group_of[i]]
+            std = filter_norms(wi).mul_(group["sigma"])
+            if F is not None and group["adaptive"]:
+                std.mul_(torch.rsqrt(filter_sums(F[i]).mul_(group["eta"]).add_(1.0)))
+            out.append(std)
+        return out
 
     @torch.no_grad()
-    def sample_noise(self, w: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def sample_noise(self, w: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """One draw of ``eps``, as tensors shaped like the parameters."""
         lay = self.layout
-        flat = torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.device)
-        flat.mul_(lay.expand(self.noise_std(w)))
-        return lay.views(flat)
+        noise = lay.views(torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.device))
+        for n, std in zip(noise, self.noise_std(w)):
+            n.mul_(std)
+        return noise
 
     @torch.no_grad()
     def perturb(self) -> None:
         """``w <- w + eps`` in place (the clean ``w`` kept for an exact restore)."""
         params = self.layout.params
         self._old = self.layout.flat([p.detach() for p in params])
-        torch._foreach_add_(params, self.sample_noise(self._old))
+        torch._foreach_add_(params, self.sample_noise(self.layout.views(self._old)))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -202,7 +185,7 @@ class RWP(WrappedOptimizer):
         """Given ``.grad`` at ``w + eps`` (noise already removed): update ``F``, mix with ``g0``, base step."""
         if any(g["adaptive"] for g in self.param_groups):
             g = self._flat_grad()
-            beta = self.layout.expand(self._group_tensor("beta"))
+            beta = self.layout.per_element(self.param_groups, "beta")
             self.F = g * g if self.F is None else self.F.mul_(beta).addcmul_(g, g)
         if self.clean_grad is not None:
             g0 = self.layout.views(self.clean_grad)

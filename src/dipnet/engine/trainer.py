@@ -167,7 +167,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices and kernels only, not on biases, norms or 1-D scales."""
+    """Weight decay on weight matrices and kernels only, not on biases, norms or 1-D scales (one
+    group when there is no weight decay: each group costs the optimizer its own kernels per step)."""
+    if weight_decay == 0:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": trainable, "weight_decay": 0.0}] if trainable else []
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

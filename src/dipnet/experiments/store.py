@@ -165,41 +165,46 @@ class RunStore:
 
     # -- writing
     def add(self, specs: Iterable[RunSpec]) -> int:
-        """Insert runs not yet in the store as ``pending``; returns how many were new.
+        """Insert runs not yet in the store as ``pending`` and make them members of their suites;
+        returns how many were new.
 
         A run already stored (same config, same key) keeps its status and results but takes the
         suite, task and method labels given now, so renaming a suite or a method keeps its runs.
         """
-        now = time.time()
-        new = 0
         with self._tx():
-            for s in specs:
-                blob = json.dumps(s.to_dict(), sort_keys=True)
-                cur = self.conn.execute(
-                    "UPDATE runs SET suite=?, task=?, method=?, seed=?, config=? WHERE key=?",
-                    (s.suite, s.task, s.method, s.seed, blob, s.key),
-                )
-                if cur.rowcount == 0:
-                    self.conn.execute(
-                        "INSERT INTO runs (key, suite, task, method, seed, status, config, created) "
-                        "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                        (s.key, s.suite, s.task, s.method, s.seed, blob, now),
-                    )
-                    new += 1
-                self.conn.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
-                                  (s.suite, s.key, s.task, s.method, s.seed))
-        return new
+            return self._add(specs)
 
     def set_suite(self, suite: str, specs: Iterable[RunSpec]) -> int:
-        """Make ``specs`` the runs of ``suite`` (adding new ones as ``pending``); runs the suite held
-        before but not now stay in the store, outside the suite. Returns how many runs were new."""
+        """Make ``specs`` the runs of ``suite``, in one transaction (adding new ones as ``pending``);
+        runs the suite held before but not now stay in the store, outside the suite. Returns how
+        many runs were new."""
         specs = list(specs)
         strangers = sorted({s.suite for s in specs} - {suite})
         if strangers:
             raise ConfigError(f"set_suite({suite!r}) got runs labelled for other suites: {', '.join(strangers)}")
         with self._tx():
             self.conn.execute("DELETE FROM members WHERE suite=?", (suite,))
-        return self.add(specs)
+            return self._add(specs)
+
+    def _add(self, specs: Iterable[RunSpec]) -> int:
+        now = time.time()
+        new = 0
+        for s in specs:
+            blob = json.dumps(s.to_dict(), sort_keys=True)
+            cur = self.conn.execute(
+                "UPDATE runs SET suite=?, task=?, method=?, seed=?, config=? WHERE key=?",
+                (s.suite, s.task, s.method, s.seed, blob, s.key),
+            )
+            if cur.rowcount == 0:
+                self.conn.execute(
+                    "INSERT INTO runs (key, suite, task, method, seed, status, config, created) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (s.key, s.suite, s.task, s.method, s.seed, blob, now),
+                )
+                new += 1
+            self.conn.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
+                              (s.suite, s.key, s.task, s.method, s.seed))
+        return new
 
     def recover(self, keys: Iterable[str] | None = None) -> list[str]:
         """Put ``running`` rows whose owner process is gone back to ``pending``; returns their keys.
@@ -271,19 +276,18 @@ class RunStore:
 
     def runs(self, *, suite: str | None = None, status: str | None = None,
              keys: Iterable[str] | None = None) -> list[RunRecord]:
-        """Runs in insertion order, optionally filtered."""
-        if suite is None:
-            sql, args = "SELECT * FROM runs WHERE 1=1", []
-        else:
+        """Runs in insertion order, optionally filtered; ``suite``: that suite's runs, with its labels."""
+        if suite is None:  # every run under its latest labels
+            sql, args, order = "SELECT * FROM runs r WHERE 1=1", [], " ORDER BY r.rowid"
+        else:  # the suite's members under the suite's labels
             cols = ", ".join(f"m.{c}" if c in ("suite", "task", "method", "seed") else f"r.{c}" for c in _RUN_COLUMNS)
-            sql = f"SELECT {cols} FROM members m JOIN runs r ON r.key = m.key WHERE m.suite=?"
-            args = [suite]
+            sql, args = f"SELECT {cols} FROM members m JOIN runs r ON r.key = m.key WHERE m.suite=?", [suite]
+            order = " ORDER BY m.rowid"
         if status is not None:
             if status not in STATUSES:
                 raise ConfigError(f"unknown run status {status!r}; choose one of: {', '.join(STATUSES)}")
-            sql += " AND status=?" if suite is None else " AND r.status=?"
+            sql += " AND r.status=?"
             args.append(status)
-        order = " ORDER BY rowid" if suite is None else " ORDER BY m.rowid"
         rows = [self._record(r) for r in self.conn.execute(sql + order, args)]
         if keys is not None:
             wanted = set(keys)

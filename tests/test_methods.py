@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dipnet import noise_table
 from dipnet.engine.method import StepContext, build_method
 from dipnet.errors import ConfigError
 from dipnet.methods.baselines import Cutout
@@ -235,10 +236,19 @@ def test_rwp_noise_removed_bit_identical():
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), w0))
 
 
-def _hand_noise(params, sigma, seed):
-    """Replays the RNG (one standard-normal draw for all parameters, in order) with per-filter scales."""
+def _hand_noise(params, sigma, seed, source="fresh"):
+    """Replays the RNG (one standard-normal draw for all parameters, in order) with per-filter scales:
+    ``torch.randn``, or for the noise table the window at the offset the generator picks (the table
+    rebuilt here from its seed)."""
     torch.manual_seed(seed)
-    z = torch.randn(sum(p.numel() for p in params)).split([p.numel() for p in params])
+    n = sum(p.numel() for p in params)
+    if source == "fresh":
+        z = torch.randn(n)
+    else:
+        table = torch.randn(noise_table.TABLE_SIZE, generator=torch.Generator().manual_seed(noise_table._TABLE_SEED))
+        offset = int(torch.randint(0, noise_table.TABLE_SIZE - n + 1, ()))
+        z = table[offset:offset + n]
+    z = z.split([p.numel() for p in params])
     out = []
     for p, zi in zip(params, z):
         norm = p.detach().reshape(p.shape[0], -1).norm(dim=1).reshape(-1, *[1] * (p.ndim - 1)) if p.ndim > 1 else p.detach().norm()
@@ -246,16 +256,17 @@ def _hand_noise(params, sigma, seed):
     return out
 
 
-def test_mrwp_update_equals_mixed_gradient():
+@pytest.mark.parametrize("source", ["fresh", "table"])
+def test_mrwp_update_equals_mixed_gradient(source):
     x, y = toy_data()
     xa, ya, xb, yb = x[:B], y[:B], x[B:2 * B], y[B:2 * B]
     model, ref = toy_model(), toy_model()
     sigma, lam, lr = 0.05, 0.3, 0.2
-    opt = RWP(model.parameters(), torch.optim.SGD, sigma=sigma, mix=lam, lr=lr)
+    opt = RWP(model.parameters(), torch.optim.SGD, sigma=sigma, mix=lam, lr=lr, noise=source)
     # hand: g0 clean on batch a, g1 at w + eps on batch b, w <- w - lr (lam g1 + (1 - lam) g0)
     w0 = [p.detach().clone() for p in ref.parameters()]
     g0 = _grad(ref, xa, ya)
-    eps = _hand_noise(list(ref.parameters()), sigma, seed=123)
+    eps = _hand_noise(list(ref.parameters()), sigma, seed=123, source=source)
     with torch.no_grad():
         for p, e in zip(ref.parameters(), eps):
             p.add_(e)
@@ -279,13 +290,14 @@ def test_mrwp_update_equals_mixed_gradient():
         torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
 
 
-def test_plain_rwp_update_uses_perturbed_gradient_and_clean_base_step():
+@pytest.mark.parametrize("source", ["fresh", "table"])
+def test_plain_rwp_update_uses_perturbed_gradient_and_clean_base_step(source):
     x, y = toy_data()
     model, ref = toy_model(), toy_model()
     sigma, lr, wd = 0.05, 0.2, 0.1
-    opt = RWP(model.parameters(), torch.optim.SGD, sigma=sigma, lr=lr, weight_decay=wd)
+    opt = RWP(model.parameters(), torch.optim.SGD, sigma=sigma, lr=lr, weight_decay=wd, noise=source)
     w0 = [p.detach().clone() for p in ref.parameters()]
-    eps = _hand_noise(list(ref.parameters()), sigma, seed=7)
+    eps = _hand_noise(list(ref.parameters()), sigma, seed=7, source=source)
     with torch.no_grad():
         for p, e in zip(ref.parameters(), eps):
             p.add_(e)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .noise_table import check_source, standard_normal
 
 __all__ = [
     "DIPNetLoss",
@@ -45,6 +47,7 @@ __all__ = [
 
 ATTR = "dipnet_projection"
 _HOOK_ATTR = "_dipnet_hook_id"
+_OUT_HOOK_ATTR = "_dipnet_output_hook_id"
 SCALES = ("absolute", "relative")
 GRANULARITIES = ("feature", "layer")
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -52,19 +55,30 @@ _BLOCK_WORDS = ("attention", "attn", "mlp", "feedforward", "ffn")
 
 
 def gaussian_projection(
-    x: torch.Tensor, sigma: torch.Tensor | float, training: bool = True, feature_dim: int = -1
+    x: torch.Tensor, sigma: torch.Tensor | float, training: bool = True, feature_dim: int = -1,
+    noise: str = "fresh",
 ) -> torch.Tensor:
     """``x + sigma * eps`` with ``eps ~ N(0, I)`` in training, ``x`` otherwise (DIPNet, "The layer").
 
     ``sigma`` is a scalar, or a vector over ``x``'s ``feature_dim`` (the last dimension for a
-    Linear input, the channel dimension 1 for a convolution input).
+    Linear input, the channel dimension 1 for a convolution input). ``noise``: where ``eps`` comes
+    from, ``"fresh"`` (``torch.randn``) or ``"table"`` (a random window of a shared table,
+    :mod:`dipnet.noise_table`).
     """
     if not training:
         return x
-    if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
-        if feature_dim != -1 and feature_dim != x.ndim - 1:
-            sigma = sigma.view(sigma.shape[0], *([1] * (x.ndim - 1 - feature_dim)))
-    return torch.addcmul(x, sigma, torch.randn_like(x))
+    sigma, eps = _feature_view(sigma, x, feature_dim), _eps(x, noise)
+    return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
+
+
+def _feature_view(sigma: torch.Tensor | float, x: torch.Tensor, feature_dim: int) -> torch.Tensor | float:
+    if isinstance(sigma, torch.Tensor) and sigma.ndim == 1 and feature_dim != -1 and feature_dim != x.ndim - 1:
+        return sigma.view(sigma.shape[0], *([1] * (x.ndim - 1 - feature_dim)))
+    return sigma
+
+
+def _eps(x: torch.Tensor, noise: str) -> torch.Tensor:
+    return standard_normal(x.shape, device=x.device, dtype=x.dtype, source=noise)
 
 
 class GaussianProjection(nn.Module):
@@ -74,6 +88,17 @@ class GaussianProjection(nn.Module):
     ``features=0`` one shared variance. ``scale="relative"`` multiplies sigma by a running RMS of
     the input (momentum ``momentum``, updated in train mode), so one sigma fits layers of any scale.
     ``learnable=False`` keeps sigma fixed (fixed-sigma noise layers, Random Self-Ensemble).
+    ``noise``: ``"fresh"`` calls ``torch.randn``; ``"table"`` draws ``eps`` as a random window of a
+    shared N(0, 1) table (exactly i.i.d. within a draw, entries reused across draws;
+    :mod:`dipnet.noise_table`); ``"auto"`` (default) is the table on a CPU, fresh on accelerators.
+
+    ``input_grad_fraction`` (our choice, for speed): when the projected input needs no gradient of
+    its own (the raw input), sigma's gradient ``sum_rows eps * dL/du`` costs one extra
+    input-gradient pass through the layer. Below 1, for a Linear or Conv layer called by
+    :func:`project`'s hooks, it is computed on a random cyclic window of ``k = ceil(f N)`` of the
+    N rows and scaled by ``N / k``: every row is in the window with probability ``k / N``, so the
+    estimate is unbiased, at about ``f`` of the cost. 1.0 computes it exactly; None (default) is
+    1/8 on a CPU and 1.0 on accelerators, where that pass is cheap.
     """
 
     is_noise_module = True
@@ -87,6 +112,8 @@ class GaussianProjection(nn.Module):
         scale: str = "absolute",
         learnable: bool = True,
         momentum: float = 0.1,
+        noise: str = "auto",
+        input_grad_fraction: float | None = None,
     ) -> None:
         super().__init__()
         _check_sigma(sigma)
@@ -96,7 +123,13 @@ class GaussianProjection(nn.Module):
             raise ConfigError(f"features must be an integer >= 0 (0: one shared sigma), not {features!r}")
         if not 0.0 < momentum <= 1.0:
             raise ConfigError(f"momentum must be in (0, 1], not {momentum!r}")
+        check_source(noise)
+        _check_fraction(input_grad_fraction)
         self.features, self.feature_dim, self.scale, self.momentum = features, feature_dim, scale, momentum
+        self.noise = noise
+        self.input_grad_fraction = None if input_grad_fraction is None else float(input_grad_fraction)
+        self.__dict__["_caller"] = None  # the layer whose pre-hook makes this call (not a child module)
+        self._pending: tuple[Any, ...] | None = None
         init = torch.full((features,) if features else (), math.log(sigma))
         if learnable:
             self.log_sigma = nn.Parameter(init)
@@ -119,22 +152,46 @@ class GaussianProjection(nn.Module):
         sigma = self.sigma
         return sigma * self.running_rms if self.scale == "relative" else sigma
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        if self.features and x.shape[self.feature_dim] != self.features:
+    def _training_sigma(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if self.features and (x.ndim == 0 or x.shape[dim] != self.features):
+            found = x.shape[dim] if x.ndim else "none"
             raise ConfigError(
                 f"GaussianProjection has {self.features} features but its input has "
-                f"{x.shape[self.feature_dim]} in dimension {self.feature_dim} (shape {tuple(x.shape)})"
+                f"{found} in dimension {dim} (shape {tuple(x.shape)})"
             )
-        sigma = self.sigma
+        sigma = self.log_sigma.exp()
         if self.scale == "relative":
             with torch.no_grad():
                 rms = x.detach().pow(2).mean().sqrt().to(self.running_rms.dtype)
                 r = self.running_rms
                 r.copy_(torch.where(r > 0, r + self.momentum * (rms - r), rms))
             sigma = sigma * self.running_rms
-        return gaussian_projection(x, sigma, True, self.feature_dim)
+        return sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        layer = self.__dict__.get("_caller")
+        if layer is None:
+            return gaussian_projection(x, self._training_sigma(x, self.feature_dim), True, self.feature_dim, self.noise)
+        self.__dict__["_caller"] = None
+        unbatched = isinstance(layer, _CONVS) and x.ndim == len(layer.kernel_size) + 1
+        dim = 0 if unbatched else self.feature_dim
+        sigma = self._training_sigma(x, dim)
+        n = x.shape[0] if x.ndim else 0
+        fraction = self.input_grad_fraction
+        if fraction is None:
+            fraction = AUTO_INPUT_GRAD_FRACTION if x.device.type == "cpu" else 1.0
+        k = math.ceil(fraction * n)
+        if not (k < n and not unbatched and x.ndim >= 2 and not x.requires_grad and sigma.requires_grad
+                and layer.__dict__.get(_OUT_HOOK_ATTR) is not None and torch.is_grad_enabled()
+                and not _functorch_wrapped(x)):
+            return gaussian_projection(x, sigma, True, dim, self.noise)
+        # the raw input: sigma's gradient from a window of rows, attached by the layer's output hook
+        eps = _eps(x, self.noise)
+        start = _window_start(n)
+        self._pending = (sigma, _cyclic_rows(eps, start, k), start, n / k)
+        return torch.addcmul(x, _feature_view(sigma.detach(), x, self.feature_dim), eps)
 
     def extra_repr(self) -> str:
         s = self.sigma.detach()
@@ -142,7 +199,78 @@ class GaussianProjection(nn.Module):
             f"features={self.features}, sigma mean={s.mean().item():.4g} min={s.min().item():.4g} max={s.max().item():.4g}"
         )
         extra = "" if self.learnable else ", fixed"
-        return f"{stats}, scale={self.scale}, feature_dim={self.feature_dim}{extra}"
+        fraction = "auto" if self.input_grad_fraction is None else f"{self.input_grad_fraction:g}"
+        return (f"{stats}, scale={self.scale}, feature_dim={self.feature_dim}, noise={self.noise}, "
+                f"input_grad_fraction={fraction}{extra}")
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+AUTO_INPUT_GRAD_FRACTION = 0.125  # input_grad_fraction=None on a CPU (exact, 1.0, on accelerators)
+_generation = 0  # bumped by project() and strip(): invalidates DIPNetLoss's cached sigma list
+
+
+def _window_start(n: int) -> int:
+    return int(torch.randint(0, n, ()))
+
+
+def _subsampling_layer(layer: nn.Module) -> bool:
+    """A layer whose input gradient the output hook can compute: a Linear or Conv with the stock forward."""
+    if isinstance(layer, nn.Linear):
+        return type(layer).forward is nn.Linear.forward
+    return isinstance(layer, _CONVS) and type(layer).forward in (c.forward for c in _CONVS)
+
+
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check is not None and check(x))
+
+
+def _cyclic_rows(t: torch.Tensor, start: int, k: int) -> torch.Tensor:
+    """Rows ``start, start + 1, ... (mod N)``, k of them: a view unless the window wraps."""
+    end = start + k
+    return t[start:end] if end <= t.shape[0] else torch.cat((t[start:], t[:end - t.shape[0]]))
+
+
+def _layer_input_grad(layer: nn.Module, weight: torch.Tensor, grad_out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``dL/du`` of a Linear/Conv layer (linear in ``u``) for the output gradient ``grad_out``."""
+    if isinstance(layer, nn.Linear):
+        return grad_out @ weight
+    with torch.enable_grad():
+        z = torch.zeros(shape, dtype=grad_out.dtype, device=grad_out.device, requires_grad=True)
+        (du,) = torch.autograd.grad(layer._conv_forward(z, weight, None), z, grad_out)
+    return du
+
+
+class _SubsampledSigmaGrad(torch.autograd.Function):
+    """Identity on the layer's output; backward adds ``(N / k) sum_{rows in window} eps * dL/du``
+    to sigma's gradient (the unbiased window estimate of :class:`GaussianProjection`)."""
+
+    @staticmethod
+    def forward(ctx, output, sigma, eps_rows, start, scale, layer, feature_dim):  # type: ignore[override]
+        ctx.save_for_backward(eps_rows, layer.weight.detach())
+        ctx.layer, ctx.start, ctx.scale, ctx.feature_dim, ctx.shared = layer, start, scale, feature_dim, sigma.ndim == 0
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        eps_rows, weight = ctx.saved_tensors
+        du = _layer_input_grad(ctx.layer, weight, _cyclic_rows(grad, ctx.start, eps_rows.shape[0]), eps_rows.shape)
+        prod = du.mul_(eps_rows)
+        if ctx.shared:
+            g_sigma = prod.sum()
+        else:
+            dim = ctx.feature_dim % prod.ndim
+            g_sigma = prod.sum(tuple(d for d in range(prod.ndim) if d != dim))
+        return grad, g_sigma.mul_(ctx.scale), None, None, None, None, None
+
+
+def _check_fraction(fraction: Any) -> None:
+    if fraction is None:
+        return
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ConfigError(
+            f"input_grad_fraction must be a number in (0, 1] (1: exact sigma gradient) or None (auto), not {fraction!r}"
+        )
 
 
 def _check_sigma(sigma: Any) -> None:
@@ -160,15 +288,28 @@ def _projection_hook(
     proj = module._modules[ATTR]
     if not proj.training:  # eval: the mean passes through, skip the module call
         return None
+    proj.__dict__["_caller"] = module
     if args:
         return (proj(args[0]), *args[1:]), kwargs
     for key in _KWARG_INPUTS:
         if key in kwargs:
             return args, {**kwargs, key: proj(kwargs[key])}
+    proj.__dict__["_caller"] = None
     raise ConfigError(
         f"{type(module).__name__} was called without a positional input or one of the keywords "
         f"{', '.join(_KWARG_INPUTS)}, so its DIPNet projection has nothing to project; exclude it"
     )
+
+
+def _projection_output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    """Attach the window estimate of sigma's gradient that the pre-hook set up (if it did)."""
+    proj = module._modules.get(ATTR)
+    pending = getattr(proj, "_pending", None)
+    if pending is None:
+        return None
+    proj._pending = None
+    sigma, eps_rows, start, scale = pending
+    return _SubsampledSigmaGrad.apply(output, sigma, eps_rows, start, scale, module, proj.feature_dim)
 
 
 def _layer_features(module: nn.Module) -> tuple[int, int] | None:
@@ -226,6 +367,8 @@ def project(
     exclude: Iterable[str | type] | str | type | None = None,
     project_input: bool = True,
     learnable: bool = True,
+    noise: str = "auto",
+    input_grad_fraction: float | None = None,
 ) -> nn.Module:
     """Insert a :class:`GaussianProjection` in front of every targeted layer, in place; returns ``model``.
 
@@ -233,8 +376,12 @@ def project(
     before each attention and MLP sub-block of a transformer (modules whose class name contains
     Attention/Attn/MLP/FeedForward/FFN, outermost only). ``include``/``exclude`` filter by module
     name (fnmatch pattern, e.g. ``"blocks.*.mlp.fc1"``) or type. ``project_input=False`` skips the
-    first targeted layer (the one reading the raw input). Call before building the optimizer.
-    A second call on a projected model is an error: :func:`strip` it first.
+    first targeted layer (the one reading the raw input). ``noise`` and ``input_grad_fraction``:
+    see :class:`GaussianProjection`; their defaults ("auto", None) mean the noise table and a 1/8
+    window for the raw input's sigma gradient on a CPU, fresh noise and the exact gradient on an
+    accelerator: the measured speed/accuracy choice (docs/dipnet.md, "Speed").
+    Call before building the optimizer. A second call on a projected model is an error:
+    :func:`strip` it first.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"project() needs an nn.Module, not {type(model).__name__}")
@@ -243,6 +390,9 @@ def project(
         raise ConfigError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
     if granularity not in GRANULARITIES:
         raise ConfigError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
+    global _generation
+    check_source(noise)
+    _check_fraction(input_grad_fraction)
     if is_projected(model):
         raise ConfigError("the model already has DIPNet projections; call dipnet.strip(model) before projecting again")
     if isinstance(targets, str):
@@ -288,13 +438,17 @@ def project(
                     f"cannot tell the input features of {name!r} ({type(module).__name__}); use granularity='layer'"
                 )
             features, dim = found
-        proj = GaussianProjection(features, sigma, feature_dim=dim, scale=scale, learnable=learnable)
+        proj = GaussianProjection(features, sigma, feature_dim=dim, scale=scale, learnable=learnable, noise=noise,
+                                  input_grad_fraction=input_grad_fraction)
         ref = next(iter(module.parameters()), None)
         if ref is not None:
             proj.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         module.add_module(ATTR, proj)
         handle = module.register_forward_pre_hook(_projection_hook, with_kwargs=True)
         setattr(module, _HOOK_ATTR, handle.id)
+        if _subsampling_layer(module):
+            setattr(module, _OUT_HOOK_ATTR, module.register_forward_hook(_projection_output_hook).id)
+    _generation += 1
     return model
 
 
@@ -314,14 +468,18 @@ def sigma_summary(model: nn.Module) -> dict[str, float]:
 
 
 def strip(model: nn.Module) -> nn.Module:
-    """Remove every projection and its hook, in place; the plain model gives the eval outputs bit for bit."""
+    """Remove every projection and its hooks, in place; the plain model gives the eval outputs bit for bit."""
+    global _generation
+    _generation += 1
     for _, module in list(model.named_modules()):
         if isinstance(module._modules.get(ATTR), GaussianProjection):
-            hook_id = getattr(module, _HOOK_ATTR, None)
-            if hook_id is not None:
-                module._forward_pre_hooks.pop(hook_id, None)
-                module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
-                delattr(module, _HOOK_ATTR)
+            for attr in (_HOOK_ATTR, _OUT_HOOK_ATTR):
+                hook_id = getattr(module, attr, None)
+                if hook_id is not None:
+                    for hooks in (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs,
+                                  module._forward_hooks):
+                        hooks.pop(hook_id, None)
+                    delattr(module, attr)
             del module._modules[ATTR]
     return model
 
@@ -366,18 +524,32 @@ class DIPNetLoss:
         self.criterion, self.trajectories, self.stability = criterion, trajectories, float(stability)
         self.alpha, self.beta = _check_prior(prior)
         self.parts: dict[str, torch.Tensor] = {}
+        self._cache: tuple[Any, int, list[torch.Tensor]] | None = None
 
     def __repr__(self) -> str:
         return (f"DIPNetLoss(trajectories={self.trajectories}, stability={self.stability}, "
                 f"prior=({self.alpha}, {self.beta}))")
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}
+
+    def _log_sigmas(self, model: nn.Module) -> list[torch.Tensor]:
+        cached = self._cache
+        if cached is not None and cached[0]() is model and cached[1] == _generation:
+            return cached[2]
+        logs = [p.log_sigma for _, p in projections(model) if p.learnable]
+        self._cache = (weakref.ref(model), _generation, logs)
+        return logs
+
     def prior(self, model: nn.Module) -> torch.Tensor:
         """``sum_l sum_j (alpha * lambda_lj - beta * ln lambda_lj)`` over the learnable projections."""
-        logs = [p.log_sigma.reshape(-1) for _, p in projections(model) if p.learnable]
+        logs = self._log_sigmas(model)
         if not logs:
             return torch.zeros(())
-        log_lam = 2 * torch.cat(logs)
-        return self.alpha * log_lam.exp().sum() - self.beta * log_lam.sum()
+        log_lam = torch.cat([log if log.ndim == 1 else log.reshape(-1) for log in logs]).mul(2)
+        if not self.alpha:
+            return log_lam.sum().mul(-self.beta)
+        return torch.sub(log_lam.exp(), log_lam, alpha=self.beta / self.alpha).sum().mul(self.alpha)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m, batch = self.trajectories, x.shape[0]

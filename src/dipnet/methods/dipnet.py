@@ -17,6 +17,7 @@ from torch import nn
 
 from ..engine.method import Component, StepContext, register_component
 from ..errors import ConfigError
+from ..noise_table import NOISE_SOURCES
 from ..projection import DEFAULT_PRIOR, GRANULARITIES, SCALES, DIPNetLoss, project, projections
 
 
@@ -53,6 +54,8 @@ class DIPNet(Component):
     alpha: float = DEFAULT_PRIOR[0]
     beta: float = DEFAULT_PRIOR[1]
     project_input: bool = True
+    noise: str = "auto"
+    input_grad_fraction: float | None = None
 
     learnable = True
 
@@ -64,6 +67,11 @@ class DIPNet(Component):
             raise ConfigError(f"{self.name}.granularity must be one of {', '.join(GRANULARITIES)}, not {self.granularity!r}")
         if isinstance(self.trajectories, bool) or not isinstance(self.trajectories, int) or self.trajectories < 1:
             raise ConfigError(f"{self.name}.trajectories must be an integer >= 1, not {self.trajectories!r}")
+        if self.noise not in NOISE_SOURCES:
+            raise ConfigError(f"{self.name}.noise must be one of {', '.join(NOISE_SOURCES)}, not {self.noise!r}")
+        f = self.input_grad_fraction
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1):
+            raise ConfigError(f"{self.name}.input_grad_fraction must be a number in (0, 1] (1: exact) or None (auto), not {f!r}")
         for key in ("stability", "alpha", "beta"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
@@ -73,7 +81,8 @@ class DIPNet(Component):
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         return project(model, sigma=self.sigma, scale=self.scale, granularity=self.granularity,
-                       project_input=self.project_input, learnable=self.learnable)
+                       project_input=self.project_input, learnable=self.learnable, noise=self.noise,
+                       input_grad_fraction=self.input_grad_fraction)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         ctx.count(self.trajectories * x.shape[0])

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..engine.method import Closure, Component, StepContext, register_component
 from ..errors import ConfigError
+from ..noise_table import check_source, standard_normal
 from ._wrapper import WrappedOptimizer, check_number, disable_running_stats, enable_running_stats, has_batchnorm
 
 
@@ -81,6 +82,9 @@ class _Layout:
 class RWP(WrappedOptimizer):
     """``RWP(params, torch.optim.SGD, sigma=0.015, mix=None, adaptive=False, eta=0.1, beta=0.99, lr=...)``.
 
+    ``noise``: where the standard-normal draws come from, as in DIPNet (:mod:`dipnet.noise_table`):
+    ``"auto"`` (the shared table on a CPU, ``torch.randn`` on accelerators), ``"table"``, ``"fresh"``.
+
     ``step(closure)`` runs ``closure`` (forward+loss+backward) once; it returns the loss and
     sets ``updated`` to whether the weights moved (False on m-RWP's clean half-steps).
     Custom loops: ``perturb()``, forward/backward, ``restore()``, then ``second_step()``.
@@ -88,8 +92,9 @@ class RWP(WrappedOptimizer):
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], sigma: float = 0.015,
                  mix: float | None = None, adaptive: bool = False, eta: float = 0.1, beta: float = 0.99,
-                 **base_kwargs: Any) -> None:
+                 noise: str = "auto", **base_kwargs: Any) -> None:
         check_number("RWP", "sigma", sigma, low=0.0)
+        check_source(noise)
         if mix is not None:
             check_number("RWP", "mix", mix, low=0.0, high=1.0)
         check_number("RWP", "eta", eta, low=0.0)
@@ -98,6 +103,7 @@ class RWP(WrappedOptimizer):
                         eta=float(eta), beta=float(beta))
         super().__init__(params, base_optimizer, defaults, **base_kwargs)
         self.layout = _Layout(self.param_groups)
+        self.noise = noise
         self.phase = 0  # m-RWP: 0 = next call is the clean half-step, 1 = the perturbed one
         self.updated = False
         self._old: torch.Tensor | None = None
@@ -153,10 +159,8 @@ class RWP(WrappedOptimizer):
     def sample_noise(self, w: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """One draw of ``eps``, as tensors shaped like the parameters."""
         lay = self.layout
-        noise = lay.views(torch.randn(lay.numel, dtype=lay.params[0].dtype, device=lay.device))
-        for n, std in zip(noise, self.noise_std(w)):
-            n.mul_(std)
-        return noise
+        z = standard_normal((lay.numel,), device=lay.device, dtype=lay.params[0].dtype, source=self.noise)
+        return [n * std for n, std in zip(lay.views(z), self.noise_std(w))]  # out of place: z may be the table
 
     @torch.no_grad()
     def perturb(self) -> None:
@@ -246,6 +250,7 @@ class _RWPBase(Component):
     sigma: float = 0.015
     sigma_schedule: Literal["constant", "cosine"] = "constant"
     sigma_ramp: float = 11.0
+    noise: Literal["auto", "table", "fresh"] = "auto"
 
     adaptive_default = False
 
@@ -254,13 +259,14 @@ class _RWPBase(Component):
         if self.sigma_schedule not in ("constant", "cosine"):
             raise ConfigError(f"{self.name}.sigma_schedule must be 'constant' or 'cosine', not {self.sigma_schedule!r}")
         check_number(self.name, "sigma_ramp", self.sigma_ramp, low=1.0)
+        check_source(self.noise)
 
     def __post_init__(self) -> None:
         self._validate()
 
     def _kwargs(self) -> dict[str, Any]:
         return dict(mix=getattr(self, "mix", None), adaptive=self.adaptive_default,
-                    eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99))
+                    eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99), noise=self.noise)
 
     def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> RWP:
         return RWP(params, base, sigma=self.sigma, **self._kwargs(), **base_kwargs)

@@ -13,19 +13,22 @@ from dipnet.engine.method import StepContext, build_method
 from dipnet.models import build_model
 
 CASES = [("mnist1d-mlp", (40,), 128), ("mnist1d-cnn", (40,), 128), ("mlp", (1, 28, 28), 128)]
-# (spec, params, batches per update, target on the per-update time ratio to ERM)
+# (label, spec, params, batches per update, target on the per-update time ratio to ERM); the RWP
+# family draws its noise from the shared table on a CPU (noise="auto"), timed beside torch.randn
 METHODS = [
-    ("sam", {}, 1, 2.2),
-    ("asam", {}, 1, 2.2),
-    ("rwp", {}, 1, 1.15),
-    ("arwp", {}, 1, 1.15),
-    ("mrwp", {}, 2, 2.2),
-    ("marwp", {}, 2, 2.2),
-    ("icp", {"steps": 5}, 1, 7.0),
-    ("input-noise", {}, 1, None),
-    ("mixup", {}, 1, None),
-    ("cutmix", {}, 1, None),
-    ("cutout", {}, 1, None),
+    ("sam", "sam", {}, 1, 2.2),
+    ("asam", "asam", {}, 1, 2.2),
+    ("rwp", "rwp", {}, 1, 1.15),
+    ("rwp (fresh randn noise)", "rwp", {"noise": "fresh"}, 1, None),
+    ("arwp", "arwp", {}, 1, 1.15),
+    ("arwp (fresh randn noise)", "arwp", {"noise": "fresh"}, 1, None),
+    ("mrwp", "mrwp", {}, 2, 2.2),
+    ("marwp", "marwp", {}, 2, 2.2),
+    ("icp", "icp", {"steps": 5}, 1, 7.0),
+    ("input-noise", "input-noise", {}, 1, None),
+    ("mixup", "mixup", {}, 1, None),
+    ("cutmix", "cutmix", {}, 1, None),
+    ("cutout", "cutout", {}, 1, None),
 ]
 
 
@@ -71,7 +74,7 @@ def bench(quick: bool = False) -> list[dict]:
     rows = []
     for model_name, shape, batch in cases:
         erm = _runner("erm", {}, model_name, shape, batch, 1)
-        runners = [(spec, _runner(spec, p, model_name, shape, batch, k), target) for spec, p, k, target in METHODS]
+        runners = [(label, _runner(spec, p, model_name, shape, batch, k), target) for label, spec, p, k, target in METHODS]
         for fn in [erm] + [r for _, r, _ in runners]:
             _time(fn, 3)
         times = {spec: [] for spec, _, _ in runners}
@@ -82,14 +85,6 @@ def bench(quick: bool = False) -> list[dict]:
                 times[spec].append(_time(fn, n))
         b = statistics.median(base)
         rows.append({"area": "methods", "name": f"erm update {model_name} batch {batch}", "value": b * 1e3, "unit": "ms"})
-        # RWP cannot cost less than ERM plus one Gaussian draw per parameter (torch.randn is the
-        # fastest sampler here; numpy's ziggurat measured 3x slower): the floor of its ratio.
-        info = DatasetInfo("bench", tuple(shape), 10, tuple(map(str, range(10))), (0.0, 1.0))
-        numel = sum(p.numel() for p in build_model(model_name, info).parameters())
-        draw = statistics.median(_time(lambda: torch.randn(numel), n) for _ in range(reps))
-        rows.append({"area": "methods", "name": f"rwp floor {model_name}: erm + randn of its {numel} weights",
-                     "value": (b + draw) * 1e3, "unit": "ms", "baseline_name": f"erm update {model_name} batch {batch}",
-                     "ratio": (b + draw) / b})
         for spec, _, target in runners:
             v = statistics.median(times[spec])
             row = {"area": "methods", "name": f"{spec} update {model_name} batch {batch}", "value": v * 1e3, "unit": "ms",

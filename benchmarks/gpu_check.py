@@ -153,12 +153,13 @@ def _runner(spec: str, params: dict, model_name: str, shape: tuple, batch: int, 
     return one_update
 
 
-CASES = [("mlp", (1, 28, 28), 128), ("resnet20", (3, 32, 32), 128)]
+CASES = [("mlp", (1, 28, 28), 128), ("resnet20", (3, 32, 32), 128), ("resnet20", (3, 32, 32), 512)]
+_CPU_ESTIMATOR = {"noise": "table", "input_grad_fraction": 0.125}
 RUNS = [
-    ("dipnet m=1 (default: table, window 1/8)", "dipnet", {}, 1, 1.25),
-    ("dipnet m=1 exact (fresh randn, full input grad)", "dipnet", {"noise": "fresh", "input_grad_fraction": 1.0}, 1, None),
+    ("dipnet m=1 (default on a GPU: fresh randn, exact gradient)", "dipnet", {}, 1, 1.25),
+    ("dipnet m=1, CPU default forced (table, 1/8 window)", "dipnet", _CPU_ESTIMATOR, 1, None),
     ("dipnet m=4 (default)", "dipnet", {"trajectories": 4}, 1, 4.0),
-    ("dipnet m=4 exact", "dipnet", {"trajectories": 4, "noise": "fresh", "input_grad_fraction": 1.0}, 1, None),
+    ("dipnet m=4, CPU default forced", "dipnet", {"trajectories": 4, **_CPU_ESTIMATOR}, 1, None),
     ("sam", "sam", {}, 1, 2.2),
     ("asam", "asam", {}, 1, 2.2),
     ("rwp", "rwp", {}, 1, 1.15),

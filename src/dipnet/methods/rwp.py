@@ -27,20 +27,6 @@ from ..noise_table import check_source, standard_normal
 from ._wrapper import WrappedOptimizer, check_number, disable_running_stats, enable_running_stats, has_batchnorm
 
 
-def filter_norms(p: torch.Tensor) -> torch.Tensor:
-    """``||w_j||_2`` per output filter (rows of a 2+-D tensor) broadcastable to ``p``; ``||p||`` for 1-D."""
-    if p.ndim >= 2:
-        return torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1).reshape(-1, *([1] * (p.ndim - 1)))
-    return torch.linalg.vector_norm(p)
-
-
-def filter_sums(t: torch.Tensor) -> torch.Tensor:
-    """Per-filter sums of ``t`` (ARWP's ``F_filter``), broadcastable to ``t``."""
-    if t.ndim >= 2:
-        return t.reshape(t.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (t.ndim - 1)))
-    return t.sum()
-
-
 def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
     """ARWP's released schedule: ``sigma`` at the start, rising by half a cosine to ``ramp * sigma``."""
     return sigma * (1.0 + (ramp - 1.0) * 0.5 * (1.0 - math.cos(math.pi * min(max(progress, 0.0), 1.0))))
@@ -48,26 +34,46 @@ def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
 
 class _Layout:
     """All parameters as one flat vector (one copy for the exact restore, one draw of noise) with
-    per-parameter views; filter norms are taken per parameter (:func:`filter_norms`), measured
-    several times faster than a segmented reduction over the flat vector."""
+    per-parameter views, and their filters (rows of 2+-D parameters; a 1-D parameter is one filter)
+    as one flat vector of per-filter values: per-filter sums take one reduction per parameter and
+    the rest of a step's noise arithmetic runs on whole vectors, since on a CPU each small op's
+    fixed cost, not its arithmetic, dominates RWP's overhead on small models."""
 
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.params = [p for g in groups for p in g["params"]]
         self.group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.sizes = [p.numel() for p in self.params]
+        self.rows = [p.shape[0] if p.ndim >= 2 else 1 for p in self.params]
+        self.cols = [n // r if r else 0 for n, r in zip(self.sizes, self.rows)]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.numel = sum(self.sizes)
         self._cache: dict[tuple, torch.Tensor] = {}
 
+    def _broadcast(self, groups: list[dict[str, Any]], key: str, counts: list[int]) -> torch.Tensor:
+        vals = tuple(float(g[key]) for g in groups)
+        hit = self._cache.get((key, len(counts), vals))
+        if hit is None:
+            hit = torch.cat([torch.full((n,), vals[gi], device=self.device) for n, gi in zip(counts, self.group_of)])
+            self._cache = {k: v for k, v in self._cache.items() if k[:2] != (key, len(counts))}
+            self._cache[(key, len(counts), vals)] = hit
+        return hit
+
     def per_element(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
         """A group hyperparameter broadcast to every element of the flat vector (cached while the values stay)."""
-        vals = tuple(float(g[key]) for g in groups)
-        hit = self._cache.get((key, vals))
-        if hit is None:
-            hit = torch.cat([torch.full((n,), vals[gi], device=self.device) for n, gi in zip(self.sizes, self.group_of)])
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != key}
-            self._cache[(key, vals)] = hit
-        return hit
+        return self._broadcast(groups, key, self.sizes)
+
+    def per_filter(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
+        """A group hyperparameter, one value per filter (cached while the values stay)."""
+        return self._broadcast(groups, key, self.rows)
+
+    def filter_sums(self, flat: torch.Tensor) -> torch.Tensor:
+        """Per-filter sums of a flat per-element vector: ``[sum_k t_jk]`` over all filters j."""
+        return torch.cat([v.view(r, c).sum(1) for v, r, c in zip(flat.split(self.sizes), self.rows, self.cols)])
+
+    def filter_views(self, per_filter: torch.Tensor) -> list[torch.Tensor]:
+        """A per-filter vector as one tensor per parameter, broadcastable to it."""
+        return [v.view(r, *([1] * (p.ndim - 1))) if p.ndim >= 2 else v.view(())
+                for v, r, p in zip(per_filter.split(self.rows), self.rows, self.params)]
 
     def index(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(self.params) if q is p)
@@ -139,35 +145,41 @@ class RWP(WrappedOptimizer):
         for g in self.param_groups:
             g["sigma"] = float(sigma)
 
+    def _filter_std(self, w_flat: torch.Tensor) -> torch.Tensor:
+        """``sigma ||w_j|| / sqrt(1 + eta F_j)`` per filter (the ARWP factor in adaptive groups only)."""
+        lay, groups = self.layout, self.param_groups
+        std = lay.filter_sums(w_flat * w_flat).sqrt_().mul_(lay.per_filter(groups, "sigma"))
+        if self.F is not None and any(g["adaptive"] for g in groups):
+            factor = lay.filter_sums(self.F).mul_(lay.per_filter(groups, "eta")).add_(1.0).rsqrt_()
+            if not all(g["adaptive"] for g in groups):
+                factor = torch.where(lay.per_filter(groups, "adaptive").bool(), factor, 1.0)
+            std.mul_(factor)
+        return std
+
     @torch.no_grad()
     def noise_std(self, w: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Per-filter std ``sigma ||w_j|| / sqrt(1 + eta F_j)`` (the ARWP factor only if adaptive), one
-        tensor per parameter, broadcastable to it; ``w``: the weights, when the caller has them."""
+        tensor per parameter, broadcastable to it; ``w``: the weights (default: the current ones)."""
         lay = self.layout
-        w = [p.detach() for p in lay.params] if w is None else w
-        F = lay.views(self.F) if self.F is not None else None
-        out = []
-        for i, wi in enumerate(w):
-            group = self.param_groups[lay.group_of[i]]
-            std = filter_norms(wi).mul_(group["sigma"])
-            if F is not None and group["adaptive"]:
-                std.mul_(torch.rsqrt(filter_sums(F[i]).mul_(group["eta"]).add_(1.0)))
-            out.append(std)
-        return out
+        return lay.filter_views(self._filter_std(lay.flat([p.detach() for p in lay.params] if w is None else w)))
+
+    def _unit_noise(self) -> list[torch.Tensor]:
+        lay = self.layout
+        z = standard_normal((lay.numel,), device=lay.device, dtype=lay.params[0].dtype, source=self.noise)
+        return lay.views(z)  # may be views of the shared table: read only
 
     @torch.no_grad()
     def sample_noise(self, w: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """One draw of ``eps``, as tensors shaped like the parameters."""
-        lay = self.layout
-        z = standard_normal((lay.numel,), device=lay.device, dtype=lay.params[0].dtype, source=self.noise)
-        return [n * std for n, std in zip(lay.views(z), self.noise_std(w))]  # out of place: z may be the table
+        return torch._foreach_mul(self._unit_noise(), self.noise_std(w))
 
     @torch.no_grad()
     def perturb(self) -> None:
         """``w <- w + eps`` in place (the clean ``w`` kept for an exact restore)."""
-        params = self.layout.params
-        self._old = self.layout.flat([p.detach() for p in params])
-        torch._foreach_add_(params, self.sample_noise(self.layout.views(self._old)))
+        lay = self.layout
+        self._old = lay.flat([p.detach() for p in lay.params])
+        std = lay.filter_views(self._filter_std(self._old))
+        torch._foreach_addcmul_(lay.params, self._unit_noise(), std)
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -1,4 +1,4 @@
-"""Shared timing helper of the benchmarks: interleaved repetitions, medians (robust to a shared machine)."""
+"""Shared timing helpers of the benchmarks: interleaved repetitions, medians (robust to a shared machine)."""
 from __future__ import annotations
 
 import statistics
@@ -20,3 +20,33 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, inner: int = 1,
                 fn()
             times[k].append((time.perf_counter() - t) / inner)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired(fns: dict[str, Callable[[], object]], baseline: str, reps: int, inner: int = 1, warmup: int = 0,
+           clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, float], dict[str, float]]:
+    """(median seconds per call, median ratio to ``baseline``): each round times the baseline right
+    before each other function, so a ratio compares neighbouring timings and the slow drifts of a
+    shared machine's speed cancel (the ratio of two overall medians keeps them)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+
+    def timed(fn: Callable[[], object]) -> float:
+        t = clock()
+        for _ in range(inner):
+            fn()
+        return (clock() - t) / inner
+
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    ratios: dict[str, list[float]] = {k: [] for k in fns if k != baseline}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            if k == baseline:
+                continue
+            b = timed(fns[baseline])
+            v = timed(fn)
+            times[baseline].append(b)
+            times[k].append(v)
+            ratios[k].append(v / b)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return medians, {baseline: 1.0, **{k: statistics.median(v) for k, v in ratios.items()}}

@@ -13,7 +13,7 @@ from torch import nn
 
 from dipnet.projection import DIPNetLoss, project, strip
 
-from _timing import interleaved
+from _timing import interleaved, paired
 
 
 def _mnist_mlp() -> nn.Module:
@@ -69,11 +69,11 @@ def bench(quick: bool = False) -> list[dict]:
                 losses[m] = (net, dl)
             fns[f"dipnet m={m}{label}"] = _step(net, torch.optim.SGD(net.parameters(), lr=0.01),
                                                 lambda net=net, dl=dl: dl(net, x, y))
-    t = interleaved(fns, reps, inner, warmup=3)
+    t, ratio = paired(fns, "erm", reps, inner, warmup=3)
     rows = [{"area": "dipnet", "name": "train step erm (mnist mlp, B=128)", "value": t["erm"] * 1e3, "unit": "ms"}]
     for m, target in ((1, 1.25), (4, 4.0)):
         for label, what in (("", "default"), (" exact", "exact: fresh randn, full input grad")):
-            r = t[f"dipnet m={m}{label}"] / t["erm"]
+            r = ratio[f"dipnet m={m}{label}"]
             row = {"area": "dipnet", "name": f"train step dipnet m={m}, {what} (mnist mlp, B=128)",
                    "value": t[f"dipnet m={m}{label}"] * 1e3, "unit": "ms",
                    "baseline_name": "train step erm (mnist mlp, B=128)", "ratio": r}
@@ -84,8 +84,9 @@ def bench(quick: bool = False) -> list[dict]:
     stripped = strip(copy.deepcopy(projected)).eval()
     xe = torch.rand(512, 1, 28, 28)
     with torch.no_grad():
-        te = interleaved({"stripped": lambda: stripped(xe), "projected": lambda: projected(xe)}, reps, inner * 2, warmup=3)
-    r = te["projected"] / te["stripped"]
+        te, tr = paired({"stripped": lambda: stripped(xe), "projected": lambda: projected(xe)}, "stripped",
+                        reps, inner * 2, warmup=3)
+    r = tr["projected"]
     rows.append({"area": "dipnet", "name": "eval forward stripped (mnist mlp, B=512)", "value": te["stripped"] * 1e3, "unit": "ms"})
     rows.append({"area": "dipnet", "name": "eval forward projected (mnist mlp, B=512)", "value": te["projected"] * 1e3,
                  "unit": "ms", "baseline_name": "eval forward stripped (mnist mlp, B=512)", "ratio": r,

@@ -1,9 +1,8 @@
 """Cost of one weight update of each comparison method against a plain SGD step (ERM) on the
-same model and batch, measured interleaved in the same run (medians of thread CPU time, with
-torch on one thread, so that other processes on a shared machine do not distort the ratios)."""
+same model and batch: thread CPU time (torch on one thread, so other processes on a shared
+machine do not count), each method timed right after an ERM timing, median of the ratios."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -11,6 +10,8 @@ import torch
 from dipnet.data import DatasetInfo
 from dipnet.engine.method import StepContext, build_method
 from dipnet.models import build_model
+
+from _timing import paired
 
 CASES = [("mnist1d-mlp", (40,), 128), ("mnist1d-cnn", (40,), 128), ("mlp", (1, 28, 28), 128)]
 # (label, spec, params, batches per update, target on the per-update time ratio to ERM); the RWP
@@ -59,14 +60,6 @@ def _runner(spec, params, model_name, shape, batch, per_update):
     return one_update
 
 
-def _time(fn, n: int) -> float:
-    """CPU seconds of this thread per call (torch runs single-threaded here), robust on a shared machine."""
-    t = time.thread_time()
-    for _ in range(n):
-        fn()
-    return (time.thread_time() - t) / n
-
-
 def bench(quick: bool = False) -> list[dict]:
     torch.set_num_threads(1)
     reps, n = (3, 10) if quick else (7, 30)
@@ -75,22 +68,14 @@ def bench(quick: bool = False) -> list[dict]:
     for model_name, shape, batch in cases:
         erm = _runner("erm", {}, model_name, shape, batch, 1)
         runners = [(label, _runner(spec, p, model_name, shape, batch, k), target) for label, spec, p, k, target in METHODS]
-        for fn in [erm] + [r for _, r, _ in runners]:
-            _time(fn, 3)
-        times = {spec: [] for spec, _, _ in runners}
-        base = []
-        for _ in range(reps):  # interleaved repetitions, medians
-            base.append(_time(erm, n))
-            for spec, fn, _ in runners:
-                times[spec].append(_time(fn, n))
-        b = statistics.median(base)
-        rows.append({"area": "methods", "name": f"erm update {model_name} batch {batch}", "value": b * 1e3, "unit": "ms"})
-        for spec, _, target in runners:
-            v = statistics.median(times[spec])
-            row = {"area": "methods", "name": f"{spec} update {model_name} batch {batch}", "value": v * 1e3, "unit": "ms",
-                   "baseline_name": f"erm update {model_name} batch {batch}", "ratio": v / b}
+        fns = {"erm": erm, **{label: fn for label, fn, _ in runners}}
+        t, ratio = paired(fns, "erm", reps, n, warmup=3, clock=time.thread_time)
+        rows.append({"area": "methods", "name": f"erm update {model_name} batch {batch}", "value": t["erm"] * 1e3, "unit": "ms"})
+        for label, _, target in runners:
+            row = {"area": "methods", "name": f"{label} update {model_name} batch {batch}", "value": t[label] * 1e3,
+                   "unit": "ms", "baseline_name": f"erm update {model_name} batch {batch}", "ratio": ratio[label]}
             if target is not None:
-                row.update(target=f"<= {target}x", ok=v / b <= target)
+                row.update(target=f"<= {target}x", ok=ratio[label] <= target)
             rows.append(row)
     return rows
 

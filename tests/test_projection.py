@@ -563,7 +563,7 @@ def test_auto_defaults_on_a_cpu_draw_from_the_table_and_window_the_input_gradien
         pending.append(proj._pending)
 
     net[0].register_forward_pre_hook(look)
-    net[0].register_forward_hook(lambda mod, args, out: grad_fns.append(type(out.grad_fn).__name__))
+    net[1].register_forward_pre_hook(lambda mod, args: grad_fns.append(type(args[0].grad_fn).__name__))
     net.train()
     x = torch.randn(16, 4)
     torch.manual_seed(0)
@@ -573,5 +573,27 @@ def test_auto_defaults_on_a_cpu_draw_from_the_table_and_window_the_input_gradien
     offset = int(torch.randint(0, noise_table.TABLE_SIZE - 64 + 1, ()))
     assert torch.allclose(seen[0], x + 0.3 * table[offset:offset + 64].view(16, 4))
     assert pending[0] is not None and pending[0][1].shape == (2, 4)  # ceil(16 / 8) rows
-    assert grad_fns == ["_SubsampledSigmaGradBackward"]
+    assert grad_fns == ["_SubsampledSigmaGradBackward"] and not net[0]._forward_hooks  # the one-shot hook is gone
     assert proj.log_sigma.grad is not None and proj.log_sigma.grad.abs().sum() > 0
+
+
+def test_a_forward_that_raises_leaves_no_output_hook_behind():
+    """The window estimate's one-shot output hook is removed by the next forward, or by strip, when
+    the layer raised before reaching it."""
+    for then_strip in (False, True):
+        net = project(nn.Sequential(nn.Linear(4, 3)), sigma=0.3)
+        net.train()
+
+        def broken(x):
+            raise RuntimeError("boom")
+
+        net[0].forward = broken
+        with pytest.raises(RuntimeError, match="boom"):
+            net(torch.randn(16, 4))
+        assert len(net[0]._forward_hooks) == 1
+        del net[0].forward
+        if then_strip:
+            strip(net)
+        else:
+            net(torch.randn(16, 4)).sum().backward()
+        assert not net[0]._forward_hooks

@@ -47,7 +47,6 @@ __all__ = [
 
 ATTR = "dipnet_projection"
 _HOOK_ATTR = "_dipnet_hook_id"
-_OUT_HOOK_ATTR = "_dipnet_output_hook_id"
 SCALES = ("absolute", "relative")
 GRANULARITIES = ("feature", "layer")
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -184,13 +183,16 @@ class GaussianProjection(nn.Module):
             fraction = AUTO_INPUT_GRAD_FRACTION if x.device.type == "cpu" else 1.0
         k = math.ceil(fraction * n)
         if not (k < n and not unbatched and x.ndim >= 2 and not x.requires_grad and sigma.requires_grad
-                and layer.__dict__.get(_OUT_HOOK_ATTR) is not None and torch.is_grad_enabled()
+                and _subsampling_layer(layer) and torch.is_grad_enabled()
                 and not _functorch_wrapped(x)):
             return gaussian_projection(x, sigma, True, dim, self.noise)
         # the raw input: sigma's gradient from a window of rows, attached by the layer's output hook
         eps = _eps(x, self.noise)
         start = _window_start(n)
-        self._pending = (sigma, _cyclic_rows(eps, start, k), start, n / k)
+        if self._pending is not None:  # left by a forward that raised before the layer's output
+            self._pending[-1].remove()
+        handle = layer.register_forward_hook(_projection_output_hook)  # one-shot: removes itself
+        self._pending = (sigma, _cyclic_rows(eps, start, k), start, n / k, handle)
         return torch.addcmul(x, _feature_view(sigma.detach(), x, self.feature_dim), eps)
 
     def extra_repr(self) -> str:
@@ -302,13 +304,15 @@ def _projection_hook(
 
 
 def _projection_output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    """Attach the window estimate of sigma's gradient that the pre-hook set up (if it did)."""
+    """One-shot hook of a forward whose projection chose the window estimate: attach it to the
+    layer's output and remove itself (so eval and the other layers pay for no output hook)."""
     proj = module._modules.get(ATTR)
     pending = getattr(proj, "_pending", None)
     if pending is None:
         return None
     proj._pending = None
-    sigma, eps_rows, start, scale = pending
+    sigma, eps_rows, start, scale, handle = pending
+    handle.remove()
     return _SubsampledSigmaGrad.apply(output, sigma, eps_rows, start, scale, module, proj.feature_dim)
 
 
@@ -446,8 +450,6 @@ def project(
         module.add_module(ATTR, proj)
         handle = module.register_forward_pre_hook(_projection_hook, with_kwargs=True)
         setattr(module, _HOOK_ATTR, handle.id)
-        if _subsampling_layer(module):
-            setattr(module, _OUT_HOOK_ATTR, module.register_forward_hook(_projection_output_hook).id)
     _generation += 1
     return model
 
@@ -473,13 +475,14 @@ def strip(model: nn.Module) -> nn.Module:
     _generation += 1
     for _, module in list(model.named_modules()):
         if isinstance(module._modules.get(ATTR), GaussianProjection):
-            for attr in (_HOOK_ATTR, _OUT_HOOK_ATTR):
-                hook_id = getattr(module, attr, None)
-                if hook_id is not None:
-                    for hooks in (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs,
-                                  module._forward_hooks):
-                        hooks.pop(hook_id, None)
-                    delattr(module, attr)
+            hook_id = getattr(module, _HOOK_ATTR, None)
+            if hook_id is not None:
+                module._forward_pre_hooks.pop(hook_id, None)
+                module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
+                delattr(module, _HOOK_ATTR)
+            pending = module._modules[ATTR]._pending
+            if pending is not None:  # a forward that raised before its output hook ran
+                pending[-1].remove()
             del module._modules[ATTR]
     return model
 

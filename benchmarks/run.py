@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Produced by `{cmd}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {elapsed:.0f} s.",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), device {device}. Shared machine: compare ratios (each measured "
-        "against a baseline in the same run), not absolute times.",
+        "against a baseline in the same run), not absolute times. GPU figures: BENCHMARKS_GPU.md "
+        "(`benchmarks/gpu_check.py` on a CUDA machine).",
         "",
         "| area | benchmark | value | ratio | target | meets target |",
         "|---|---|---|---|---|---|",

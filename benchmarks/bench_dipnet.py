@@ -13,7 +13,7 @@ from torch import nn
 
 from dipnet.projection import DIPNetLoss, project, strip
 
-from _timing import interleaved, paired
+from _timing import paired
 
 
 def _mnist_mlp() -> nn.Module:

@@ -33,17 +33,18 @@ METHODS = [
 ]
 
 
-def _runner(spec, params, model_name, shape, batch, per_update):
+def _runner(spec, params, model_name, shape, batch, per_update, device="cpu"):
+    """One weight update of method ``spec`` on a fixed batch (``per_update`` batches for m-RWP)."""
     info = DatasetInfo("bench", tuple(shape), 10, tuple(map(str, range(10))), (0.0, 1.0))
     torch.manual_seed(0)
-    model = build_model(model_name, info)
+    model = build_model(model_name, info).to(device)
     method = build_method(spec, params)
     model = method.transform_model(model)
     opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.01, momentum=0.9)
     ctx = StepContext(epoch=3, epochs=4, bounds=(0.0, 1.0), batch_size=batch, progress=0.5)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, *shape, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    x = torch.rand(batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
     model.train()
 
     def one_update() -> None:

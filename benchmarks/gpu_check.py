@@ -32,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from dipnet import noise_table  # noqa: E402
 import dipnet.projection as projection_module  # noqa: E402
 from dipnet.data import DatasetInfo  # noqa: E402
-from dipnet.engine.method import StepContext, build_method  # noqa: E402
 from dipnet.methods import SAM  # noqa: E402
 from dipnet.models import build_model  # noqa: E402
 from dipnet.projection import DIPNetLoss, project, strip  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_methods import _runner  # noqa: E402
 
 
 def check_window_estimate(dev: torch.device) -> str:
@@ -126,33 +128,6 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, n: int, dev: torc
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _runner(spec: str, params: dict, model_name: str, shape: tuple, batch: int, dev: torch.device,
-            per_update: int = 1) -> Callable[[], None]:
-    info = DatasetInfo("bench", tuple(shape), 10, tuple(map(str, range(10))), (0.0, 1.0))
-    torch.manual_seed(0)
-    model = build_model(model_name, info).to(dev)
-    method = build_method(spec, params)
-    model = method.transform_model(model)
-    opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.01, momentum=0.9)
-    ctx = StepContext(epoch=3, epochs=4, bounds=(0.0, 1.0), batch_size=batch, progress=0.5)
-    x = torch.rand(batch, *shape, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
-    model.train()
-
-    def one_update() -> None:
-        for _ in range(per_update):
-            xb, yb = method.transform_batch(model, x, y, ctx)
-
-            def closure():
-                loss = method.loss(model, xb, yb, ctx)
-                loss.backward()
-                return loss.detach()
-
-            method.update(model, opt, closure, ctx)
-
-    return one_update
-
-
 CASES = [("mlp", (1, 28, 28), 128), ("resnet20", (3, 32, 32), 128), ("resnet20", (3, 32, 32), 512)]
 _CPU_ESTIMATOR = {"noise": "table", "input_grad_fraction": 0.125}
 RUNS = [
@@ -174,9 +149,9 @@ def timings(dev: torch.device, quick: bool) -> list[str]:
     reps, n = (3, 5) if quick else (7, 20)
     lines = ["| model | update | time | ratio to ERM | target | meets |", "|---|---|---|---|---|---|"]
     for model_name, shape, batch in CASES:
-        fns = {"erm": _runner("erm", {}, model_name, shape, batch, dev)}
+        fns = {"erm": _runner("erm", {}, model_name, shape, batch, 1, dev)}
         for label, spec, params, k, _ in RUNS:
-            fns[label] = _runner(spec, params, model_name, shape, batch, dev, k)
+            fns[label] = _runner(spec, params, model_name, shape, batch, k, dev)
         t = interleaved(fns, reps, n, dev)
         lines.append(f"| {model_name} B={batch} | erm | {t['erm'] * 1e3:.3f} ms | 1.000x | | |")
         for label, _, _, _, target in RUNS:

@@ -422,7 +422,7 @@ def test_docs_user_loop_example_runs_verbatim(monkeypatch):
     scope: dict = {}
     torch.manual_seed(0)
     exec(compile(code, str(doc), "exec"), scope)
-    model, plain, x, probs = scope["model"], scope["plain"], scope["x"], scope["probs"]
+    plain, x, probs = scope["plain"], scope["x"], scope["probs"]
     assert projections(plain) == [] and torch.allclose(probs.sum(1), torch.ones(len(x)))
 
 

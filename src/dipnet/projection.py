@@ -18,6 +18,11 @@ checkpoints) are unchanged, the optimizer sees ``...dipnet_projection.log_sigma`
 ``deepcopy``/pickling/``state_dict`` work. Positivity: ``sigma = exp(log_sigma)`` (our choice).
 The ``log_sigma`` tensors are 0-D or 1-D, so the engine puts them in its no-weight-decay group;
 their regularizer is the variance prior of :class:`DIPNetLoss`.
+
+Speed (docs/dipnet.md, "Speed"): on a CPU the noise comes from :mod:`dipnet.noise_table`, and the
+raw input's sigma gradient, which would cost an input-gradient pass ERM never makes, is estimated
+without bias from a window of rows: the projection's forward picks the window and registers a
+one-shot output hook on its layer that wraps the output in :class:`_SubsampledSigmaGrad`.
 """
 from __future__ import annotations
 

@@ -45,27 +45,6 @@ def test_speed_options_reach_every_projection():
     assert all((p.noise, p.input_grad_fraction) == ("fresh", 1.0) for _, p in projections(exact))
 
 
-def test_interrupted_dipnet_run_resumes_to_identical_weights(tmp_path):
-    """Table offsets and window starts come from torch's global generator, which the checkpoint
-    saves: a run stopped after epoch 2 and resumed ends bit-identical to an uninterrupted one."""
-    ds = _toy()
-    base = dict(data="toy", method="dipnet", epochs=4, batch_size=50, lr=1e-2, seed=3, progress="none")
-    full = train(TrainConfig(**base, out=str(tmp_path / "full")), dataset=ds, model=lambda info: _mlp())
-
-    class Stop(Exception):
-        pass
-
-    def stop(row):
-        if row["epoch"] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(TrainConfig(**base, out=str(tmp_path / "cut")), dataset=ds, model=lambda info: _mlp(), callbacks=[stop])
-    resumed = train(TrainConfig(**base, out=str(tmp_path / "cut")), dataset=ds, model=lambda info: _mlp())
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[k], v), k
-
-
 def test_noise_layers_is_fixed_and_has_no_prior():
     method = build_method("noise-layers", {"sigma": 0.3})
     model = method.transform_model(_mlp())

@@ -28,16 +28,15 @@ NOISE_SOURCES = ("auto", "table", "fresh")
 TABLE_SIZE = 1 << 22
 _MAX_DRAW = TABLE_SIZE // 4
 _TABLE_SEED = 20250605
-_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_tables: dict[tuple[torch.device | str, torch.dtype], torch.Tensor] = {}
 
 
-def _table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    key = (device, dtype)
-    table = _tables.get(key)
+def _table(device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    table = _tables.get((device, dtype))
     if table is None:
         gen = torch.Generator().manual_seed(_TABLE_SEED)
-        table = torch.randn(TABLE_SIZE, generator=gen).to(device=device, dtype=dtype)
-        _tables[key] = table
+        table = torch.randn(TABLE_SIZE, generator=gen).to(device=torch.device(device), dtype=dtype)
+        _tables[(device, dtype)] = table
     return table
 
 
@@ -60,9 +59,6 @@ def standard_normal(
     if source != "table" or n > _MAX_DRAW or not dtype.is_floating_point:
         check_source(source)
         return torch.randn(tuple(shape), device=device, dtype=dtype)
-    table = _tables.get((device, dtype))
-    if table is None:
-        table = _table(torch.device(device), dtype)
-        _tables[(device, dtype)] = table
+    table = _table(device, dtype)
     offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
     return table[offset:offset + n].view(shape)

@@ -198,7 +198,7 @@ class GaussianProjection(nn.Module):
             self._pending[-1].remove()
         handle = layer.register_forward_hook(_projection_output_hook)  # one-shot: removes itself
         self._pending = (sigma, _cyclic_rows(eps, start, k), start, n / k, handle)
-        return torch.addcmul(x, _feature_view(sigma.detach(), x, self.feature_dim), eps)
+        return torch.addcmul(x, _feature_view(sigma.detach(), x, dim), eps)
 
     def extra_repr(self) -> str:
         s = self.sigma.detach()

@@ -49,22 +49,23 @@ class _Layout:
         self.numel = sum(self.sizes)
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def _broadcast(self, groups: list[dict[str, Any]], key: str, counts: list[int]) -> torch.Tensor:
+    def _broadcast(self, groups: list[dict[str, Any]], key: str, unit: str) -> torch.Tensor:
+        counts = self.sizes if unit == "element" else self.rows
         vals = tuple(float(g[key]) for g in groups)
-        hit = self._cache.get((key, len(counts), vals))
+        hit = self._cache.get((unit, key, vals))
         if hit is None:
             hit = torch.cat([torch.full((n,), vals[gi], device=self.device) for n, gi in zip(counts, self.group_of)])
-            self._cache = {k: v for k, v in self._cache.items() if k[:2] != (key, len(counts))}
-            self._cache[(key, len(counts), vals)] = hit
+            self._cache = {k: v for k, v in self._cache.items() if k[:2] != (unit, key)}
+            self._cache[(unit, key, vals)] = hit
         return hit
 
     def per_element(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
         """A group hyperparameter broadcast to every element of the flat vector (cached while the values stay)."""
-        return self._broadcast(groups, key, self.sizes)
+        return self._broadcast(groups, key, "element")
 
     def per_filter(self, groups: list[dict[str, Any]], key: str) -> torch.Tensor:
         """A group hyperparameter, one value per filter (cached while the values stay)."""
-        return self._broadcast(groups, key, self.rows)
+        return self._broadcast(groups, key, "filter")
 
     def filter_sums(self, flat: torch.Tensor) -> torch.Tensor:
         """Per-filter sums of a flat per-element vector: ``[sum_k t_jk]`` over all filters j."""

@@ -597,3 +597,33 @@ def test_a_forward_that_raises_leaves_no_output_hook_behind():
         else:
             net(torch.randn(16, 4)).sum().backward()
         assert not net[0]._forward_hooks
+
+
+def test_the_benchmarks_hand_written_step_is_the_librarys_step():
+    """benchmarks/bench_dipnet.py times the default m=1 loss written out op by op as a lower bound
+    for the library's step; it must compute the same loss and gradients, bit for bit."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_dipnet_under_test", bench_dir / "bench_dipnet.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(bench_dir))
+    torch.manual_seed(0)
+    net = project(bench._mnist_mlp(), sigma=0.1).train()
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    results = []
+    for loss_fn in (bench._hand_written(net, x, y, window=True, prior=True), lambda: DIPNetLoss()(net, x, y)):
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        loss = loss_fn()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in net.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))

@@ -618,7 +618,7 @@ def test_the_benchmarks_hand_written_step_is_the_librarys_step():
     net = project(bench._mnist_mlp(), sigma=0.1).train()
     x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
     results = []
-    for loss_fn in (bench._hand_written(net, x, y, window=True, prior=True), lambda: DIPNetLoss()(net, x, y)):
+    for loss_fn in (bench._hand_written(net, x, y, bench.HAND_WRITTEN["dipnet m=1, + prior (= the default loss)"]), lambda: DIPNetLoss()(net, x, y)):
         net.zero_grad(set_to_none=True)
         torch.manual_seed(7)
         loss = loss_fn()
@@ -627,3 +627,28 @@ def test_the_benchmarks_hand_written_step_is_the_librarys_step():
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)),
+    lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)),
+])
+def test_hooks_on_a_projection_run_and_do_not_change_the_result(build):
+    """Without hooks of its own a projection is applied without Module.__call__ (speed); with a
+    forward hook on it, the module call runs the hook. Same seed, same outputs and gradients."""
+    torch.manual_seed(0)
+    net = project(build(), sigma=0.2).train()
+    x = torch.randn(16, 6) if isinstance(net[0], nn.Linear) else torch.randn(16, 2, 6)
+    results, seen = [], []
+    for hooked in (False, True):
+        handles = [p.register_forward_hook(lambda mod, args, out: seen.append(out.shape)) for _, p in projections(net)] if hooked else []
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = net(x)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+        for h in handles:
+            h.remove()
+    assert len(seen) == 2
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))

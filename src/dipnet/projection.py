@@ -13,7 +13,8 @@ Three lines in a user's loop::
     loss = dip_loss(model, x, y); loss.backward()
 
 Mechanics: the projection is registered as a child ``dipnet_projection`` of the layer it feeds
-and called from a forward pre-hook, so the layer's own parameter names (and pre-trained
+and applied by the layer's forward pre-hook (directly, or through the module call when hooks are
+registered on the projection itself), so the layer's own parameter names (and pre-trained
 checkpoints) are unchanged, the optimizer sees ``...dipnet_projection.log_sigma``, and
 ``deepcopy``/pickling/``state_dict`` work. Positivity: ``sigma = exp(log_sigma)`` (our choice).
 The ``log_sigma`` tensors are 0-D or 1-D, so the engine puts them in its no-weight-decay group;

@@ -174,7 +174,7 @@ class GaussianProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        layer = self.__dict__["_caller"]
+        layer = self.__dict__.get("_caller")
         if layer is None:
             return gaussian_projection(x, self._training_sigma(x, self.feature_dim), True, self.feature_dim, self.noise)
         self.__dict__["_caller"] = None

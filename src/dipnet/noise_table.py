@@ -40,9 +40,16 @@ def _table(device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     return table
 
 
-def check_source(source: str) -> None:
+def _window(n: int, shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """n table values at a uniformly random offset from torch's global generator, as ``shape``."""
+    table = _table(device, dtype)
+    offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
+    return table[offset:offset + n].view(shape)
+
+
+def check_source(source: str, what: str = "noise") -> None:
     if source not in NOISE_SOURCES:
-        raise ConfigError(f"noise must be one of {', '.join(NOISE_SOURCES)}, not {source!r}")
+        raise ConfigError(f"{what} must be one of {', '.join(NOISE_SOURCES)}, not {source!r}")
 
 
 def standard_normal(
@@ -59,9 +66,7 @@ def standard_normal(
     if source != "table" or n > _MAX_DRAW or not dtype.is_floating_point:
         check_source(source)
         return torch.randn(tuple(shape), device=device, dtype=dtype)
-    table = _table(device, dtype)
-    offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
-    return table[offset:offset + n].view(shape)
+    return _window(n, shape, device, dtype)
 
 
 def standard_normal_like(x: torch.Tensor, source: str = "auto") -> torch.Tensor:
@@ -69,13 +74,8 @@ def standard_normal_like(x: torch.Tensor, source: str = "auto") -> torch.Tensor:
     in fewer Python steps: DIPNet calls it once per projected layer and training step."""
     if source == "table" or (source == "auto" and x.is_cpu):
         n = x.numel()
-        dtype = x.dtype
-        if n <= _MAX_DRAW and dtype.is_floating_point:
-            table = _tables.get((x.device, dtype))
-            if table is None:
-                table = _table(x.device, dtype)
-            offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
-            return table[offset:offset + n].view(x.shape)
+        if n <= _MAX_DRAW and x.dtype.is_floating_point:
+            return _window(n, x.shape, x.device, x.dtype)
     elif source not in NOISE_SOURCES:
         check_source(source)
     return torch.randn(x.shape, device=x.device, dtype=x.dtype)

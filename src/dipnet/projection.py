@@ -127,7 +127,7 @@ class GaussianProjection(nn.Module):
         if not 0.0 < momentum <= 1.0:
             raise ConfigError(f"momentum must be in (0, 1], not {momentum!r}")
         check_source(noise)
-        _check_fraction(input_grad_fraction)
+        check_input_grad_fraction(input_grad_fraction)
         self.features, self.feature_dim, self.scale, self.momentum = features, feature_dim, scale, momentum
         self.noise = noise
         self.input_grad_fraction = None if input_grad_fraction is None else float(input_grad_fraction)
@@ -280,12 +280,12 @@ class _SubsampledSigmaGrad(torch.autograd.Function):
         return grad, g_sigma.mul_(ctx.scale), None, None, None, None, None
 
 
-def _check_fraction(fraction: Any) -> None:
+def check_input_grad_fraction(fraction: Any, what: str = "input_grad_fraction") -> None:
     if fraction is None:
         return
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise ConfigError(
-            f"input_grad_fraction must be a number in (0, 1] (1: exact sigma gradient) or None (auto), not {fraction!r}"
+            f"{what} must be a number in (0, 1] (1: exact sigma gradient) or None (auto), not {fraction!r}"
         )
 
 
@@ -414,7 +414,7 @@ def project(
         raise ConfigError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
     global _generation
     check_source(noise)
-    _check_fraction(input_grad_fraction)
+    check_input_grad_fraction(input_grad_fraction)
     if is_projected(model):
         raise ConfigError("the model already has DIPNet projections; call dipnet.strip(model) before projecting again")
     if isinstance(targets, str):

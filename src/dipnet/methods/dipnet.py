@@ -17,8 +17,9 @@ from torch import nn
 
 from ..engine.method import Component, StepContext, register_component
 from ..errors import ConfigError
-from ..noise_table import NOISE_SOURCES
-from ..projection import DEFAULT_PRIOR, GRANULARITIES, SCALES, DIPNetLoss, project, projections
+from ..noise_table import check_source
+from ..projection import (DEFAULT_PRIOR, GRANULARITIES, SCALES, DIPNetLoss, check_input_grad_fraction, project,
+                          projections)
 
 
 def _positive(value: Any, where: str) -> None:
@@ -67,11 +68,8 @@ class DIPNet(Component):
             raise ConfigError(f"{self.name}.granularity must be one of {', '.join(GRANULARITIES)}, not {self.granularity!r}")
         if isinstance(self.trajectories, bool) or not isinstance(self.trajectories, int) or self.trajectories < 1:
             raise ConfigError(f"{self.name}.trajectories must be an integer >= 1, not {self.trajectories!r}")
-        if self.noise not in NOISE_SOURCES:
-            raise ConfigError(f"{self.name}.noise must be one of {', '.join(NOISE_SOURCES)}, not {self.noise!r}")
-        f = self.input_grad_fraction
-        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1):
-            raise ConfigError(f"{self.name}.input_grad_fraction must be a number in (0, 1] (1: exact) or None (auto), not {f!r}")
+        check_source(self.noise, f"{self.name}.noise")
+        check_input_grad_fraction(self.input_grad_fraction, f"{self.name}.input_grad_fraction")
         for key in ("stability", "alpha", "beta"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):

@@ -272,7 +272,7 @@ class _RWPBase(Component):
         if self.sigma_schedule not in ("constant", "cosine"):
             raise ConfigError(f"{self.name}.sigma_schedule must be 'constant' or 'cosine', not {self.sigma_schedule!r}")
         check_number(self.name, "sigma_ramp", self.sigma_ramp, low=1.0)
-        check_source(self.noise)
+        check_source(self.noise, f"{self.name}.noise")
 
     def __post_init__(self) -> None:
         self._validate()

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipnet.noise_table import standard_normal
-from dipnet.projection import (AUTO_INPUT_GRAD_FRACTION, DIPNetLoss, _SubsampledSigmaGrad, _cyclic_rows,
-                               _window_start, project, strip)
+from dipnet.projection import AUTO_INPUT_GRAD_FRACTION, DIPNetLoss, project, strip
+from dipnet.projection._fast import SubsampledSigmaGrad, cyclic_rows, window_start
 
 from _timing import paired
 
@@ -58,8 +58,8 @@ def _hand_written(net: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: froze
                 eps = standard_normal(h.shape, source="table")
                 h = layer.forward(torch.addcmul(h, sigma.detach(), eps))
                 if "window" in parts:
-                    start = _window_start(n)
-                    h = _SubsampledSigmaGrad.apply(h, sigma, _cyclic_rows(eps, start, k), start, n / k, layer, -1)
+                    start = window_start(n)
+                    h = SubsampledSigmaGrad.apply(h, sigma, cyclic_rows(eps, start, k), start, n / k, layer, -1)
             else:
                 h = layer.forward(torch.addcmul(h, proj.log_sigma.exp(), standard_normal(h.shape, source="table")))
             if i < 2:

@@ -8,7 +8,7 @@ import time
 import torch
 
 from dipnet.data import DatasetInfo
-from dipnet.engine.method import StepContext, build_method
+from dipnet.methods import StepContext, build_method
 from dipnet.models import build_model
 
 from _timing import paired

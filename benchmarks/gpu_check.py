@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dipnet import noise_table  # noqa: E402
-import dipnet.projection as projection_module  # noqa: E402
+import dipnet.projection._fast as projection_module  # noqa: E402
 from dipnet.data import DatasetInfo  # noqa: E402
 from dipnet.methods import SAM  # noqa: E402
 from dipnet.models import build_model  # noqa: E402
@@ -52,14 +52,14 @@ def check_window_estimate(dev: torch.device) -> str:
         return net[0].dipnet_projection.log_sigma.grad.clone()
 
     exact = grad(1.0)
-    original = projection_module._window_start
+    original = projection_module.window_start
     estimates = []
     try:
         for start in range(16):
-            projection_module._window_start = lambda n, start=start: start
+            projection_module.window_start = lambda n, start=start: start
             estimates.append(grad(0.25))
     finally:
-        projection_module._window_start = original
+        projection_module.window_start = original
     err = (torch.stack(estimates).mean(0) - exact).abs().max().item()
     assert err < 1e-9 * exact.abs().max().item() + 1e-12, err
     return f"windowed input-sigma gradient, mean over 16 starts = exact (max abs diff {err:.1e})"

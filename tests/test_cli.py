@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dipnet.cli import COMMANDS, build_parser, main
-from dipnet.cli._common import parse_assignments, parse_extra, parse_value
+from dipnet.cli._common import parse_assignments, parse_method_options, parse_value
 from dipnet.errors import ConfigError
 
 
@@ -56,11 +56,12 @@ def test_parsers_for_values_and_hyperparameters():
     assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("true") is True
     assert parse_value("none") is None and parse_value("64,64") == [64, 64] and parse_value("relu") == "relu"
     assert parse_assignments(["width=64", "act-fn=relu"], "--x") == {"width": 64, "act_fn": "relu"}
-    assert parse_extra(["--sigma", "0.1", "--sam.rho=0.05"]) == {"sigma": 0.1, "sam.rho": 0.05}
+    # method options stay raw strings: each component's schema coerces them
+    assert parse_method_options(["--sigma", "0.1", "--sam.rho=0.05"]) == {"sigma": "0.1", "sam.rho": "0.05"}
     with pytest.raises(ConfigError, match="needs a value"):
-        parse_extra(["--sigma"])
+        parse_method_options(["--sigma"])
     with pytest.raises(ConfigError, match="unexpected argument"):
-        parse_extra(["sigma"])
+        parse_method_options(["sigma"])
 
 
 def test_console_script_reports_errors_as_one_line():

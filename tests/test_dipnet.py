@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from dipnet.engine import StepContext, TrainConfig, build_method, load_run, train
-from dipnet.engine.method import Component
+from dipnet.engine import TrainConfig, load_run, train
+from dipnet.methods import StepContext, build_method
+from dipnet.methods import Component
 from dipnet.errors import ConfigError
 from dipnet.projection import projections
 
@@ -71,7 +72,7 @@ def test_bad_hyperparameters(params, match):
 
 
 def test_composes_with_an_update_method_and_rejects_a_second_loss():
-    from dipnet.engine import Method
+    from dipnet.methods import Method
     from dipnet.methods.dipnet import DIPNet
 
     class _Update(Component):
@@ -134,7 +135,7 @@ def test_train_config_on_synthetic_records_sigma_per_epoch(tmp_path):
 
 @pytest.mark.parametrize("update", ["sam", "mrwp"])
 def test_dipnet_composes_with_registered_update_methods(tmp_path, update):
-    from dipnet.engine import method_names
+    from dipnet.methods import method_names
 
     if update not in method_names():
         pytest.skip(f"{update} is not registered")

@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dipnet.data import Dataset, DatasetInfo
-from dipnet.engine import Component, TrainConfig, evaluate, load_run, lr_at, register_component, train
+from dipnet.engine import TrainConfig, evaluate, load_run, lr_at, train
+from dipnet.methods import Component, register_component
 from dipnet.engine.checkpoint import from_json_tree, load_checkpoint, save_checkpoint, to_json_tree
-from dipnet.engine.trainer import param_groups
+from dipnet.engine import param_groups
 from dipnet.errors import ConfigError, DataError, NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_warmup_then_cosine_and_step_decay():
         lr_at(0, 10, 1.0, "linear")
 
 
-def test_trainer_applies_schedule_each_step():
+def test_trainer_applies_schedule_each_step(monkeypatch):
     seen = []
 
     @dataclass
@@ -121,19 +122,15 @@ def test_trainer_applies_schedule_each_step():
             seen.append(ctx.lr)
             return x, y
 
-    from dipnet.engine.method import Method
+    from dipnet.methods import Method
 
     ds = toy_dataset(n_train=100)
     cfg = TrainConfig(epochs=3, batch_size=25, lr=0.01, schedule="cosine", warmup_epochs=1, progress="none")
     train(cfg, dataset=ds, model=toy_model, callbacks=())  # sanity: runs
-    from dipnet.engine import trainer as tr
+    from dipnet.engine import setup
 
-    orig = tr.build_method
-    tr.build_method = lambda spec, params: Method([Spy()])
-    try:
-        train(cfg, dataset=ds, model=toy_model)
-    finally:
-        tr.build_method = orig
+    monkeypatch.setattr(setup, "build_method", lambda spec, params: Method([Spy()]))
+    train(cfg, dataset=ds, model=toy_model)
     expected = [lr_at(s, 12, 0.01, "cosine", warmup_steps=4) for s in range(12)]
     assert seen == pytest.approx(expected)
 

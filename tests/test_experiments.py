@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dipnet.data import Dataset, DatasetInfo, list_datasets, register_dataset
-from dipnet.engine import Component, register_component
+from dipnet.methods import Component, register_component
 from dipnet.errors import ConfigError
 from dipnet.experiments import (
     RunStore,
@@ -193,9 +193,9 @@ def test_equal_compute_budget_scales_epochs_by_cost():
     [
         (lambda t: t.replace("[train]", "[train\n"), "invalid TOML"),
         (lambda t: t + "\nunknown_top = 1\n", "unknown_top: unknown key"),
-        (lambda t: t.replace("epochs = 2", "epochs = 0"), "train.epochs: must be a positive integer"),
+        (lambda t: t.replace("epochs = 2", "epochs = 0"), "train.epochs must be an integer >= 1"),
         (lambda t: t.replace("epochs = 2", "epochs = 2\nlearning_rate = 1"), "train.learning_rate: unknown key"),
-        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr: must be > 0"),
+        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a number > 0"),
         (lambda t: t.replace("seeds = [0, 1, 2]", "seeds = [0, 0]"), "seeds: repeats a seed"),
         (lambda t: t.replace("seeds = [0, 1, 2]", 'seeds = ["a"]'), "seeds: must be a non-empty list"),
         (lambda t: t.replace('baseline = "base"', 'baseline = "nope"'), "baseline: 'nope' is not one of"),
@@ -204,7 +204,7 @@ def test_equal_compute_budget_scales_epochs_by_cost():
         (lambda t: t.replace('method = "fake-b"', 'method = "fake-b"\ncosts = 2'), "methods.fast.costs: unknown key"),
         (lambda t: t.replace('method = "fake-b"', "method = 3"), "methods.fast.method: must be a method spec"),
         (lambda t: t.replace('method = "fake-b"', 'method = "fake-b"\nsweep = { rho = 1 }'), "methods.fast.sweep"),
-        (lambda t: t.replace("epochs = 2", 'epochs = 2\noptimizer = "lbfgs"'), "unknown optimizer 'lbfgs'"),
+        (lambda t: t.replace("epochs = 2", 'epochs = 2\noptimizer = "lbfgs"'), "train.optimizer must be one of sgd, adamw, adam, not 'lbfgs'"),
         (lambda t: t.replace('method = "fake-b"\nlr = 1e-2', 'method = "fake-a"\nlr = 1e-3'),
          "identical configs"),
         (lambda t: t + '\nmeasure = ["no-such-instrument"]\n', "unknown key"),
@@ -686,7 +686,7 @@ def test_real_engine_on_synthetic_data_in_two_worker_processes(tmp_path):
     """Built-in dataset, model and methods through spawned workers; resume trains nothing."""
     import dipnet.data  # noqa: F401
     import dipnet.methods  # noqa: F401
-    from dipnet.engine import method_names
+    from dipnet.methods import method_names
 
     if "synthetic" not in list_datasets() or "mlp" not in list_models() or "gaussian-examples" not in method_names():
         pytest.skip("needs the synthetic dataset, the mlp model and the gaussian-examples method")

@@ -358,14 +358,17 @@ def test_landscape_of_linear_least_squares_is_the_closed_form_quadratic():
 # ---------------------------------------------------------------- smoothed DIPNet-style nets
 
 class Noise(nn.Module):
-    is_noise_module = True
+    """A noise layer by the dipnet.projection.noise protocol."""
+
+    is_noise_layer = True
+    sample_in_eval = False
 
     def __init__(self, sigma: float):
         super().__init__()
         self.sigma = sigma
 
     def forward(self, x):
-        return x + self.sigma * torch.randn_like(x) if self.training else x
+        return x + self.sigma * torch.randn_like(x) if self.training or self.sample_in_eval else x
 
 
 def test_smoothed_model_averages_probabilities_over_noise_and_is_deterministic():
@@ -382,7 +385,7 @@ def test_smoothed_model_averages_probabilities_over_noise_and_is_deterministic()
     quiet = smoothed(nn.Sequential(Noise(0.0), nn.Linear(4, 3)).double(), samples=3)
     assert torch.allclose(quiet(x), torch.log_softmax(quiet.model(x), -1))
     assert jacobian_norm(sm, x).shape == (6,)
-    with pytest.raises(ConfigError, match="no noise modules"):
+    with pytest.raises(ConfigError, match="no noise layers"):
         smoothed(nn.Linear(4, 3))
 
 

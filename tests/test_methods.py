@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipnet import noise_table
-from dipnet.engine.method import StepContext, build_method
+from dipnet.methods import StepContext, build_method
 from dipnet.errors import ConfigError
 from dipnet.methods.baselines import Cutout
 from dipnet.methods.icp import ICP, icp_alpha, layer_weights
@@ -432,7 +432,7 @@ def test_icp_loss_equals_hand_formula():
     x, y = toy_data()
     x, y = x[:B], y[:B]
     model = toy_model()
-    icp = ICP(steps=3, step_size=0.1, optimizer="sgd", warmup=0.2)
+    icp = ICP(steps=3, step_size=0.1, direction="sgd", warmup=0.2)
     ctx = StepContext(epoch=4, epochs=10)
     alpha = math.cos(math.pi * (4 - 2) / (2 * (10 - 2)))
     got = icp.loss(model, x, y, ctx)
@@ -450,7 +450,7 @@ def test_icp_each_input_step_lowers_the_loss(variant):
     model.train()
     losses = []
     for t in range(0, 5):
-        xi = ICP(steps=t, step_size=0.02, optimizer=variant).constructive_input(model, x, y)
+        xi = ICP(steps=t, step_size=0.02, direction=variant).constructive_input(model, x, y)
         with torch.no_grad():
             losses.append(F.cross_entropy(model(xi), y).item())
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
@@ -460,7 +460,7 @@ def test_icp_each_input_step_lowers_the_loss(variant):
 def test_icp_adam_first_step_is_signed_gradient():
     x, y = toy_data()
     model = toy_model()
-    xi = ICP(steps=1, step_size=0.01, optimizer="adam").constructive_input(model, x, y)
+    xi = ICP(steps=1, step_size=0.01, direction="adam").constructive_input(model, x, y)
     xr = x.clone().requires_grad_(True)
     g, = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
     torch.testing.assert_close(xi, x - 0.01 * g.sign(), rtol=0, atol=1e-6)
@@ -572,7 +572,7 @@ def test_cutout_fill_respects_bounds():
 @pytest.mark.parametrize("spec,params,needle", [
     ("sam", {"rho": -1}, "rho"), ("asam", {"eta": -0.1}, "eta"), ("rwp", {"sigma": -0.1}, "sigma"),
     ("mrwp", {"mix": 1.5}, "mix"), ("arwp", {"beta": 2}, "beta"), ("arwp", {"sigma_schedule": "linear"}, "sigma_schedule"),
-    ("icp", {"steps": -1}, "steps"), ("icp", {"optimizer": "lbfgs"}, "optimizer"), ("icp", {"warmup": 1.0}, "warmup"),
+    ("icp", {"steps": -1}, "steps"), ("icp", {"direction": "lbfgs"}, "direction"), ("icp", {"warmup": 1.0}, "warmup"),
     ("cutout", {"size": 0}, "size"), ("mixup", {"alpha": 0}, "alpha"), ("input-noise", {"sigma": float("nan")}, "sigma"),
     ("sam+mrwp", {}, "update"), ("icp+sam", {"rho": "abc"}, "rho")])
 def test_bad_hyperparameters_raise_config_error(spec, params, needle):

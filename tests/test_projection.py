@@ -13,7 +13,7 @@ from torch import nn
 from dipnet.data import DatasetInfo
 from dipnet.errors import ConfigError
 from dipnet.models import build_model
-import dipnet.projection as projection_module
+import dipnet.projection._fast as projection_module
 from dipnet import noise_table
 from dipnet.projection import (
     DIPNetLoss,
@@ -279,7 +279,8 @@ def test_three_line_user_loop_reduces_loss():
     (lambda: project(nn.Linear(2, 2), targets=()), "targets must be"),
     (lambda: project(nn.Linear(2, 2), include="nothing*"), "left no layer"),
     (lambda: DIPNetLoss(trajectories=0), "trajectories must be"),
-    (lambda: DIPNetLoss(prior=(-1.0, 0.0)), "prior"),
+    (lambda: DIPNetLoss(prior=(-1.0, 0.0)), "alpha must be"),
+        (lambda: DIPNetLoss(prior=0.1), "pair"),
     (lambda: DIPNetLoss(stability=-0.1), "stability"),
     (lambda: predict(nn.Linear(2, 2), torch.randn(1, 2), samples=2), "projected model"),
 ])
@@ -465,7 +466,7 @@ def test_window_estimate_of_the_input_sigma_gradient_averages_to_the_exact_one(
     first = "0.dipnet_projection.log_sigma"
     starts = []
     for start in range(shape[0]):
-        monkeypatch.setattr(projection_module, "_window_start", lambda n, start=start: start)
+        monkeypatch.setattr(projection_module, "window_start", lambda n, start=start: start)
         g = grads(0.25)
         for k in exact:
             if k != first:
@@ -590,7 +591,7 @@ def test_auto_defaults_on_a_cpu_draw_from_the_table_and_window_the_input_gradien
     offset = int(torch.randint(0, noise_table.TABLE_SIZE - 64 + 1, ()))
     assert torch.allclose(seen[0], x + 0.3 * table[offset:offset + 64].view(16, 4))
     assert pending[0] is not None and pending[0][1].shape == (2, 4)  # ceil(16 / 8) rows
-    assert grad_fns == ["_SubsampledSigmaGradBackward"] and not net[0]._forward_hooks  # the one-shot hook is gone
+    assert grad_fns == ["SubsampledSigmaGradBackward"] and not net[0]._forward_hooks  # the one-shot hook is gone
     assert proj.log_sigma.grad is not None and proj.log_sigma.grad.abs().sum() > 0
 
 

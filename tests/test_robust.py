@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dipnet.data import Dataset, DatasetInfo
-from dipnet.engine import StepContext, build_method
+from dipnet.methods import StepContext, build_method
 from dipnet.errors import ConfigError
 from dipnet.robust import (
     FGSM,
@@ -172,20 +172,30 @@ def test_pgd_loss_at_least_fgsm_loss_at_least_clean_loss_on_average():
             assert (model(pgd(model, x, y, eps, steps=10)).argmax(1) == y).float().mean() <= (model(x).argmax(1) == y).float().mean()
 
 
+class HiddenNoise(nn.Module):
+    """A user's noise layer (dipnet.projection.noise protocol): adds N(0, s^2) when sampling."""
+
+    is_noise_layer = True
+    sample_in_eval = False
+
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def forward(self, h):
+        return h + self.s * torch.randn_like(h) if self.training or self.sample_in_eval else h
+
+
 class NoisyNet(nn.Module):
-    """Adds N(0, s^2) to its hidden layer when the noise module is in train mode."""
+    """Adds N(0, s^2) to its hidden layer when its noise layer samples."""
 
     def __init__(self, s: float = 0.5) -> None:
         super().__init__()
-        self.body, self.head, self.s = nn.Linear(6, 16), nn.Linear(16, 3), s
-        self.noise = nn.Identity()
-        self.noise.is_noise_module = True
+        self.body, self.head = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.noise = HiddenNoise(s)
 
     def forward(self, x):
-        h = torch.tanh(self.body(x))
-        if self.noise.training:
-            h = h + self.s * torch.randn_like(h)
-        return self.head(h)
+        return self.head(self.noise(torch.tanh(self.body(x))))
 
 
 def test_eot_gradient_is_average_of_hand_loop_gradients():
@@ -196,7 +206,7 @@ def test_eot_gradient_is_average_of_hand_loop_gradients():
     with attack_mode(model, "noise"):
         grad, loss, _ = input_gradient(model, x, y, eot_samples=4)
     torch.manual_seed(7)
-    model.noise.train()
+    model.noise.sample_in_eval = True
     grads = []
     for _ in range(4):
         xr = x.clone().requires_grad_(True)
@@ -479,11 +489,11 @@ def test_shifted_sets_are_seeded_named_and_leave_global_rng_alone():
 
 
 def test_fgsm_examples_component_is_closed_form_fgsm_and_counts_cost():
-    method = build_method("fgsm-examples", {"eps": 0.1, "fraction": 1.0, "lo": 0.0, "hi": 1.0})
+    method = build_method("fgsm-examples", {"eps": 0.1, "fraction": 1.0})
     model = linear(12, 3, dtype=torch.float32)
     model.train()
     x, y = torch.rand(8, 12), torch.randint(0, 3, (8,))
-    ctx = StepContext()
+    ctx = StepContext(bounds=(0.0, 1.0))
     xa, ya = method.transform_batch(model, x, y, ctx)
     W, b = model[1].weight.detach(), model[1].bias.detach()
     g = (torch.softmax(x @ W.T + b, 1) - F.one_hot(y, 3)) @ W
@@ -501,15 +511,12 @@ def test_gaussian_examples_component_adds_noise_of_stated_std():
     torch.manual_seed(0)
     xn, _ = method.transform_batch(nn.Identity(), x, torch.zeros(200, dtype=torch.long), StepContext())
     assert abs(float(xn.std()) / 0.3 - 1) < 4 * math.sqrt(2 / x.numel())
-    clipped, _ = build_method("gaussian-examples", {"sigma": 1.0, "lo": -0.5, "hi": 0.5}).transform_batch(
-        nn.Identity(), x, None, StepContext())
-    assert clipped.min() >= -0.5 and clipped.max() <= 0.5
     ctx = StepContext()
     ctx.bounds = (-0.25, 0.25)  # a training loop that knows the dataset's bounds
     from_ctx, _ = build_method("gaussian-examples", {"sigma": 1.0}).transform_batch(nn.Identity(), x, None, ctx)
     assert from_ctx.min() >= -0.25 and from_ctx.max() <= 0.25 and (from_ctx.abs() == 0.25).any()
     for spec, params in (("gaussian-examples", {"sigma": -1}), ("fgsm-examples", {"eps": -0.1}),
-                         ("fgsm-examples", {"fraction": 0}), ("fgsm-examples", {"lo": 1, "hi": 0}),
+                         ("fgsm-examples", {"fraction": 0}),
                          ("fgsm-examples", {"mode": "sideways"})):
         with pytest.raises(ConfigError):
             build_method(spec, params)
@@ -528,7 +535,7 @@ def test_training_with_fgsm_examples_and_robust_cli(tmp_path, capsys):
     from dipnet.engine import TrainConfig, train
 
     cfg = TrainConfig(data="robust-test-tiny", model="mlp", method="fgsm-examples", epochs=2, batch_size=40,
-                      method_params={"eps": 0.05, "lo": 0.0, "hi": 1.0}, out=str(tmp_path / "run"), progress="none")
+                      method_params={"eps": 0.05}, out=str(tmp_path / "run"), progress="none")
     result = train(cfg)
     assert result.final["example_grads"] == 2 * (80 + 40)  # clean step B + FGSM half batch
     out = tmp_path / "r.json"

@@ -2,26 +2,17 @@
 instruments that show why a network generalizes.
 
 The DIPNet API lives at the top level (``dipnet.project``, ``dipnet.DIPNetLoss``, ...); the
-rest is in subpackages: ``dipnet.data``, ``dipnet.models``, ``dipnet.engine``,
-``dipnet.methods``, ``dipnet.measure``, ``dipnet.robust``, ``dipnet.experiments``.
+rest is in subpackages, layered (docs/architecture.md): ``dipnet.data``, ``dipnet.models``,
+``dipnet.projection``, ``dipnet.measure``, ``dipnet.robust``, ``dipnet.methods``,
+``dipnet.engine``, ``dipnet.experiments``, and the ``dipnet`` command line.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data, engine, experiments, measure, methods, models, robust
+from . import data, engine, experiments, measure, methods, models, projection, robust
 from .data import Dataset, DatasetInfo, list_datasets, load_dataset
-from .engine import (
-    Component,
-    Method,
-    StepContext,
-    TrainConfig,
-    build_method,
-    load_run,
-    method_names,
-    register_component,
-    train,
-)
+from .engine import TrainConfig, load_run, train
 from .errors import ConfigError, DataError, DipnetError, NonFiniteLossError
 from .experiments import load_suite, run_suite, write_report
 from .measure import (
@@ -34,16 +25,18 @@ from .measure import (
     sharpness,
     smoothed,
 )
-from .methods import ICP, RWP, SAM
+from .methods import ICP, RWP, SAM, Component, Method, StepContext, build_method, method_names, register_component
 from .models import build_model, list_models
 from .projection import (
     DIPNetLoss,
     GaussianProjection,
     gaussian_projection,
     is_projected,
+    noise_layers,
     predict,
     project,
     projections,
+    sampling,
     sigma_summary,
     strip,
 )
@@ -91,13 +84,16 @@ __all__ = [
     "method_names",
     "methods",
     "models",
+    "noise_layers",
     "predict",
     "project",
+    "projection",
     "projections",
     "region_transitions",
     "register_component",
     "robust",
     "run_suite",
+    "sampling",
     "sharpness",
     "sigma_summary",
     "smoothed",

@@ -16,15 +16,16 @@ fixed (its own seed), so it needs no saving.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 
-from .errors import ConfigError
+from .schema import check
 
-__all__ = ["NOISE_SOURCES", "TABLE_SIZE", "standard_normal", "standard_normal_like"]
+__all__ = ["NOISE_SOURCES", "NoiseSource", "TABLE_SIZE", "standard_normal", "standard_normal_like"]
 
-NOISE_SOURCES = ("auto", "table", "fresh")
+NoiseSource = Literal["auto", "table", "fresh"]
+NOISE_SOURCES: tuple[str, ...] = get_args(NoiseSource)
 TABLE_SIZE = 1 << 22
 _MAX_DRAW = TABLE_SIZE // 4
 _TABLE_SEED = 20250605
@@ -48,8 +49,7 @@ def _window(n: int, shape: Sequence[int], device: torch.device | str, dtype: tor
 
 
 def check_source(source: str, what: str = "noise") -> None:
-    if source not in NOISE_SOURCES:
-        raise ConfigError(f"{what} must be one of {', '.join(NOISE_SOURCES)}, not {source!r}")
+    check(source, NoiseSource, what)
 
 
 def standard_normal(

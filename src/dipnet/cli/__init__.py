@@ -7,6 +7,7 @@ Errors the user can fix (:class:`~dipnet.errors.DipnetError`) print one line and
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -19,11 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(
-        prog="dipnet",
+        prog="dipnet", allow_abbrev=False,
         description="Train networks with DIPNet and the methods it is compared with; measure why they generalize.",
     )
     parser.add_argument("--version", action="version", version=f"dipnet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # no abbreviations anywhere: "--warm" is never taken for "--warmup-epochs"
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"{__name__}.{name}")

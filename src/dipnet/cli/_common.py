@@ -8,7 +8,8 @@ from ..errors import ConfigError
 
 
 def parse_value(text: str) -> Any:
-    """``3`` -> 3, ``0.1`` -> 0.1, ``true`` -> True, ``none`` -> None, ``a,b`` -> list, else the string."""
+    """``3`` -> 3, ``0.1`` -> 0.1, ``true`` -> True, ``none`` -> None, ``a,b`` -> list, else the string
+    (for dataset and model options, whose loaders check their own arguments)."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
@@ -33,9 +34,10 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def parse_extra(extra: list[str]) -> dict[str, Any]:
-    """Unknown ``--key value`` / ``--key=value`` pairs (method hyperparameters)."""
-    out: dict[str, Any] = {}
+def parse_method_options(extra: list[str]) -> dict[str, str]:
+    """The ``--name VALUE`` / ``--name=VALUE`` pairs that are not trainer options: method
+    hyperparameters, passed raw (each component's schema coerces them)."""
+    out: dict[str, str] = {}
     i = 0
     while i < len(extra):
         tok = extra[i]
@@ -50,7 +52,7 @@ def parse_extra(extra: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"option --{key} needs a value (e.g. --{key} 0.1)")
             value = extra[i + 1]
             i += 2
-        out[key.replace("-", "_")] = parse_value(value)
+        out[key] = value
     return out
 
 

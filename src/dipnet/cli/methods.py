@@ -1,15 +1,25 @@
-"""``dipnet methods``: the method components and their hyperparameters."""
+"""``dipnet methods``: the method components, their hyperparameters and the flag that sets each."""
 from __future__ import annotations
 
 import argparse
 
-from ..engine import method_fields, method_names
+from ..methods import method_fields, method_names
+from .train import trainer_flags
+
+
+def cli_flag(component: str, field: str) -> str:
+    """The ``dipnet train`` flag for a hyperparameter: ``--field``, or ``--component.field`` when
+    a trainer option has that name (the trainer's option wins the bare name)."""
+    bare = field.replace("_", "-")
+    return f"--{component}.{bare}" if bare in trainer_flags() else f"--{bare}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "methods", help="list methods",
-        description="List the method components; combine them with + (e.g. dipnet+sam).",
+        description="List the method components with the flag, default and allowed values of each "
+        "hyperparameter; combine components with + (e.g. dipnet+sam). A flag shared by two "
+        "components of a spec is written --component.name (e.g. --dipnet.sigma).",
     )
     p.set_defaults(func=run)
 
@@ -19,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")
-        if name != "erm":
-            fields = method_fields(name)[name]
-            if fields:
-                print(" " * (width + 2) + "  ".join(f"--{k} {v}" for k, v in fields.items()))
+        if name == "erm":
+            continue
+        for field, (default, accepts, doc) in method_fields(name)[name].items():
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            print(" " * (width + 2) + f"{cli_flag(name, field)} {shown}   ({accepts}) {doc}")
     return 0

@@ -1,4 +1,10 @@
-"""``dipnet train``: one training run into a run directory (resumes if the directory holds one)."""
+"""``dipnet train``: one training run into a run directory (resumes if the directory holds one).
+
+Trainer options are the fields of :class:`~dipnet.engine.TrainConfig` (``--batch-size``, ...);
+every other ``--name VALUE`` is a method hyperparameter. Values go to the schema raw. A method
+field whose name is also a trainer option is written with its component (``--icp.warmup``):
+the trainer's option wins the bare name.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,57 +12,51 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..engine import TrainConfig, build_method, train
-from ..engine.trainer import OPTIMIZERS, PROGRESS_MODES
-from ..engine.schedule import SCHEDULES
+from ..engine import TrainConfig, Trainer
 from ..errors import ConfigError, NonFiniteLossError
-from ._common import parse_assignments, parse_extra, percent
+from ..schema import field_docs
+from ._common import parse_assignments, parse_method_options, percent
 
-# --train-perturbation maps to batch components of dipnet.methods.adversarial.
+# --train-perturbation: a batch component put in front of the method (DIPNet paper, Table 1).
 TRAIN_PERTURBATIONS = {"none": None, "gaussian": "gaussian-examples", "fgsm": "fgsm-examples"}
+# TrainConfig fields with a flag of their own (the dict fields have --data-arg / --model-arg).
+TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum",
+               "weight_decay", "schedule", "warmup_epochs", "milestones", "gamma", "grad_clip",
+               "eval_batch_size", "train_eval_max", "device", "progress")
+
+
+def trainer_flags() -> set[str]:
+    """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
+    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite"}
+    return names | {n.replace("_", "-") for n in names}
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--data", default=d.data, help="dataset name (see `dipnet datasets`)")
-    p.add_argument("--model", default=d.model, help="model name (see `dipnet models`)")
-    p.add_argument("--method", default=d.method, help="method spec, e.g. erm, dipnet, sam, dipnet+mrwp (see `dipnet methods`)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm to this value")
+    docs = field_docs(TrainConfig)
+    for name in TRAIN_FLAGS:
+        default, accepts, doc = docs[name]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
+                       help=f"{doc}: {accepts} (default {shown})")
     p.add_argument("--train-perturbation", choices=tuple(TRAIN_PERTURBATIONS), default="none",
                    help="train on perturbed inputs: gaussian noise or FGSM adversarial examples")
     p.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="dataset option, repeatable (e.g. seed=0)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, repeatable (e.g. widths=256,256)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--progress", choices=PROGRESS_MODES, default=d.progress)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    method = args.method
+    """The TrainConfig of a command line: given options raw, the rest the TrainConfig defaults."""
+    given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    method = given.get("method", TrainConfig.method)
     extra = TRAIN_PERTURBATIONS[args.train_perturbation]
     if extra:
         method = f"{extra}+{method}" if method != "erm" else extra
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
-    cfg = TrainConfig(
-        data=args.data, model=args.model, method=method, epochs=args.epochs, batch_size=args.batch_size,
-        seed=args.seed, optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
-        data_kwargs=parse_assignments(args.data_arg, "--data-arg"),
-        model_kwargs=parse_assignments(args.model_arg, "--model-arg"),
-        method_params=parse_extra(getattr(args, "extra", [])),
-        device=args.device, progress=args.progress,
-    )
-    cfg.validate()
-    build_method(cfg.method, cfg.method_params)
-    return cfg
+    given["method"] = method
+    if "lr" not in given and given.get("optimizer") == "sgd":
+        given["lr"] = 0.05
+    return TrainConfig(**given, data_kwargs=parse_assignments(args.data_arg, "--data-arg"),
+                       model_kwargs=parse_assignments(args.model_arg, "--model-arg"),
+                       method_params=parse_method_options(getattr(args, "extra", [])))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train one model",
         description="Train one model and save it in a run directory. Method hyperparameters follow as "
-        "--name VALUE (e.g. --sigma 0.1, --sam.rho 0.05). Re-running the same command resumes an interrupted run.",
+        "--name VALUE (e.g. --sigma 0.1, --sam.rho 0.05; see `dipnet methods`). Re-running the same "
+        "command resumes an interrupted run.",
     )
     add_training_arguments(p)
     p.add_argument("--out", default=None, help="run directory (default runs/DATA-MODEL-METHOD-sSEED)")
@@ -75,13 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.data}-{cfg.model}-{cfg.method}-s{cfg.seed}".replace("+", "_"))
+    cfg.out = str(out)
+    trainer = Trainer(cfg)  # every check (method, data, model) before anything on disk changes
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
     if out.exists() and not (out / "run.json").exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not a dipnet run directory; choose another --out")
-    cfg.out = str(out)
     try:
-        result = train(cfg)
+        result = trainer.fit()
     except NonFiniteLossError as exc:
         print(f"dipnet train: stopped: {exc}", file=sys.stderr)
         return 1

@@ -1,37 +1,29 @@
-"""The training engine: method interface, loop, checkpoints and run directories."""
-from .method import (
-    Component,
-    Method,
-    StepContext,
-    build_method,
-    component_class,
-    cross_entropy_loss,
-    method_fields,
-    method_names,
-    plain_update,
-    register_component,
-)
+"""The training engine: configuration, setup, the loop, run directories and checkpoints."""
+from .config import OPTIMIZERS, PROGRESS_MODES, SCHEDULES, TrainConfig
+from .loop import RunResult, Trainer, evaluate, train
 from .run import LoadedRun, load_run, read_record
+from .rundir import RunDirectory, TrainState
 from .schedule import lr_at
-from .trainer import RunResult, TrainConfig, evaluate, train
+from .setup import build_optimizer, param_groups, prepare, resolve_device, seed_everything
 
 __all__ = [
-    "Component",
     "LoadedRun",
-    "Method",
+    "OPTIMIZERS",
+    "PROGRESS_MODES",
+    "RunDirectory",
     "RunResult",
-    "StepContext",
+    "SCHEDULES",
     "TrainConfig",
-    "build_method",
-    "component_class",
-    "cross_entropy_loss",
+    "TrainState",
+    "Trainer",
+    "build_optimizer",
     "evaluate",
     "load_run",
     "lr_at",
-    "method_fields",
-    "method_names",
-    "plain_update",
+    "param_groups",
+    "prepare",
     "read_record",
-    "register_component",
+    "resolve_device",
+    "seed_everything",
     "train",
 ]

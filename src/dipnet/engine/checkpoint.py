@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -134,3 +136,26 @@ def save_weights(path: Path, model_state: dict[str, torch.Tensor], metadata: dic
     """Plain safetensors weights a user can load with ``safetensors.torch.load_file``."""
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()}
     save_tensors_atomic(path, tensors, metadata or {})
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and Python generators' states, checkpointable."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

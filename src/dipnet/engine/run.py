@@ -12,8 +12,9 @@ from torch import nn
 from ..data import Dataset
 from ..errors import DataError
 from .checkpoint import load_checkpoint
-from .method import Method
-from .trainer import ModelArg, TrainConfig, prepare
+from ..methods import Method
+from .config import TrainConfig
+from .setup import ModelArg, prepare
 
 
 @dataclass

@@ -9,8 +9,7 @@ import math
 from typing import Sequence
 
 from ..errors import ConfigError
-
-SCHEDULES = ("constant", "cosine", "step")
+from .config import SCHEDULES
 
 
 def lr_at(

@@ -1,5 +1,6 @@
 """Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
-from .compare import SuiteOutcome, engine_train, measure_names, register_measure, run_suite
+from .compare import SuiteOutcome, engine_train, run_suite
+from .instruments import get_measure, measure_names, register_measure
 from .report import ReportFiles, format_text_table, task_tables, write_report
 from .stats import PairedComparison, Summary, paired_compare, paired_t_test, summarize, t_quantile, wilcoxon_signed_rank
 from .store import RunRecord, RunStore
@@ -15,6 +16,7 @@ __all__ = [
     "SuiteOutcome",
     "Summary",
     "engine_train",
+    "get_measure",
     "format_text_table",
     "load_suite",
     "measure_names",

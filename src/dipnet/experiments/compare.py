@@ -22,41 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..engine import TrainConfig, train
+from ..engine.runinfo import run_info
 from ..errors import ConfigError
+from .instruments import MeasureFn, get_measure
 from .store import RunStore, owner_id
 from .suite import RunSpec, Suite, load_suite
 
 TrainFn = Callable[[dict[str, Any], str], Any]
 """``train_fn(config, run_dir)``: trains one run; returns a RunResult or a dict with final/history."""
-MeasureFn = Callable[[Any, RunSpec], Mapping[str, Any]]
-"""``measure(result, spec)``: JSON-able measurements of a trained run (result as train_fn returned it)."""
 EventFn = Callable[[str, RunSpec, Mapping[str, Any]], None]
-
-_MEASURES: dict[str, MeasureFn] = {}
-
-
-def register_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
-    """Decorator: make an instrument available to suites as ``measure = ["name"]``.
-
-    The function must be importable at module level (workers receive it by reference) and is
-    called after training as ``fn(result, spec)``; its dict lands in ``results["measures"][name]``.
-    """
-
-    def deco(fn: MeasureFn) -> MeasureFn:
-        _MEASURES[name] = fn
-        return fn
-
-    return deco
-
-
-def measure_names() -> list[str]:
-    return sorted(_MEASURES)
 
 
 def engine_train(config: dict[str, Any], run_dir: str) -> Any:
     """The default ``train_fn``: :func:`dipnet.engine.train` with checkpoints in ``run_dir``."""
-    from ..engine import TrainConfig, train
-
     return train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}))
 
 
@@ -132,8 +111,6 @@ def execute_run(spec_dict: dict[str, Any], run_dir: str, train_fn: TrainFn,
         if measures:
             out["measures"] = {name: _plain(fn(result, spec)) for name, fn in measures.items()}
         if env is None:
-            from ..engine.runinfo import run_info
-
             env = run_info()
         out["env"] = _plain(env)
         out["run_dir"] = run_dir
@@ -194,7 +171,7 @@ def run_suite(
     t0 = time.perf_counter()
     outcome = SuiteOutcome(suite.name, Path(store_path), len(specs), keys=keys)
     emit = on_event or (lambda kind, spec, info: None)
-    measures = {name: _measure(name) for name in suite.measure}
+    measures = {name: get_measure(name) for name in suite.measure}
 
     with RunStore(store_path) as store:
         store.set_meta(f"suite:{suite.name}", {
@@ -247,12 +224,6 @@ def run_suite(
                           threads or max(1, (os.cpu_count() or 1) // workers), emit, finish)
     outcome.wall_s = time.perf_counter() - t0
     return outcome
-
-
-def _measure(name: str) -> MeasureFn:
-    if name not in _MEASURES:
-        raise ConfigError(f"unknown instrument {name!r}; registered: {', '.join(measure_names()) or 'none'}")
-    return _MEASURES[name]
 
 
 def _run_parallel(store: RunStore, todo: list[RunSpec], runs_root: Path, train_fn: TrainFn,

@@ -11,7 +11,7 @@ Format (every key is checked; unknown keys are errors naming the file and the ke
     baseline = "erm"              # the method every other one is compared with
     budget = "epochs"             # or "example_grads": a method that costs 2x per batch
                                   # gets half the epochs (cost measured or given as `cost`)
-    measure = []                  # instruments run after training (see compare.register_measure)
+    measure = []                  # instruments run after training (see instruments.register_measure)
 
     [train]                       # defaults for every run: any TrainConfig field but `out`
     epochs = 20
@@ -43,28 +43,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..data import list_datasets
+from ..engine import TrainConfig, build_optimizer, prepare
 from ..errors import ConfigError
+from ..methods import StepContext, build_method, method_names
+from ..models import list_models
+from ..schema import check_field
+from .instruments import measure_names
 
 BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "measure", "train", "tasks", "methods")
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")
-# TrainConfig fields a suite may set when the engine cannot be imported to list them.
-FALLBACK_TRAIN_FIELDS = (
-    "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-    "data_kwargs", "model_kwargs",
-)
 SET_BY_SUITE = ("data", "model", "method", "method_params", "seed", "out", "progress")
-_TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0,
-    "schedule": "cosine", "data_kwargs": {}, "model_kwargs": {},
-}
-_POSITIVE_INT = ("epochs", "batch_size")
-_POSITIVE_FLOAT = ("lr",)
-_NONNEG_FLOAT = ("weight_decay",)
-_DICTS = ("data_kwargs", "model_kwargs")
-_STRINGS = ("optimizer", "schedule")
+# The core training fields every run's config (and so its key) carries; a run's key stays the
+# same when the engine grows an option.
+CORE_TRAIN_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "data_kwargs", "model_kwargs")
 
 
 def _load_toml(text: str, where: str) -> dict[str, Any]:
@@ -85,39 +80,20 @@ def _load_toml(text: str, where: str) -> dict[str, Any]:
 
 def train_fields() -> tuple[str, ...]:
     """TrainConfig fields a suite may set ([train], tasks, methods): all but data/model/method/seed/out."""
-    try:
-        from ..engine import TrainConfig  # type: ignore[attr-defined]
-    except ImportError:
-        return FALLBACK_TRAIN_FIELDS
-    names = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.init)
-    return tuple(n for n in names if n not in SET_BY_SUITE)
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.init and f.name not in SET_BY_SUITE)
 
 
 def _train_defaults() -> dict[str, Any]:
-    """Defaults of the core training fields, written into every run's config (and so its key).
-
-    Only the core fields: a run's key then stays the same when the engine grows an option.
-    """
-    try:
-        from ..engine import TrainConfig  # type: ignore[attr-defined]
-    except ImportError:
-        return dict(_TRAIN_DEFAULTS)
     defaults = TrainConfig()
-    return {k: getattr(defaults, k) for k in _TRAIN_DEFAULTS}
+    return {k: getattr(defaults, k) for k in CORE_TRAIN_FIELDS}
 
 
 def _check_train_config(cfg: dict[str, Any], where: str) -> None:
-    """Let the engine validate a run's config (all fields, their types and ranges)."""
+    """Let the engine validate a run's whole config (rules between fields included)."""
     try:
-        from ..engine import TrainConfig  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    try:
-        TrainConfig.from_dict(cfg).validate()
+        TrainConfig.from_dict(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: a training option has the wrong type ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -160,9 +136,6 @@ def run_key(config: Mapping[str, Any], measure: tuple[str, ...] | list[str] = ()
 def resolved_hyperparameters(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """``{component: {field: value}}`` of a registered method with its defaults filled in; ``{}``
     for a name the registry does not know (test doubles, methods registered only in workers)."""
-    from ..engine.method import build_method, method_names
-
-    _import_builtins()
     if any(part not in method_names() for part in method.split("+") if part != "erm"):
         return {}
     hp = build_method(method, dict(params)).hyperparameters()
@@ -274,36 +247,21 @@ def probe_cost(config: Mapping[str, Any], batches: int = 2) -> float:
     step counts B, SAM 2B, DIPNet with m trajectories mB). The learning rate is 0, so the
     probe does not depend on how far training has gone.
     """
-    import torch
-
-    from ..data import load_dataset
-    from ..engine.method import StepContext, build_method
-    from ..models import build_model
-
-    ds = load_dataset(config["data"], **dict(config.get("data_kwargs") or {}))
-    torch.manual_seed(0)
-    model = build_model(config["model"], ds.info, **dict(config.get("model_kwargs") or {}))
-    method = build_method(config["method"], dict(config.get("method_params") or {}))
-    model = method.transform_model(model)
-    optimizer = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.0)
-    bs = min(int(config.get("batch_size", 32)), len(ds.x_train))
-    ctx = StepContext(epoch=0, epochs=1, batch_size=bs)
+    cfg = TrainConfig.from_dict({**config, "seed": 0, "optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0})
+    ds, model, method = prepare(cfg)
+    optimizer = build_optimizer(cfg, model, method)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    bs = min(cfg.batch_size, len(ds.x_train))
+    ctx = StepContext(epoch=0, epochs=1, batch_size=bs, bounds=ds.info.bounds)
     method.on_epoch_start(model, optimizer, 0, 1)
     seen = 0
     for i in range(batches):
-        x = torch.as_tensor(ds.x_train[i * bs:(i + 1) * bs])
-        y = torch.as_tensor(ds.y_train[i * bs:(i + 1) * bs])
+        x, y = ds.x_train[i * bs:(i + 1) * bs], ds.y_train[i * bs:(i + 1) * bs]
         if len(x) == 0:
             break
         ctx.step = i
-        xb, yb = method.transform_batch(model, x, y, ctx)
-
-        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
-            loss = method.loss(model, xb, yb, ctx)
-            loss.backward()
-            return loss.detach()
-
-        method.update(model, optimizer, closure, ctx)
+        method.step(model, optimizer, x, y, ctx)
         seen += len(x)
     return ctx.example_grads / max(seen, 1)
 
@@ -323,33 +281,14 @@ class _Checker:
             if k not in allowed:
                 raise self.fail(f"{where}{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
 
-    def train_value(self, key: str, value: Any, where: str) -> Any:
-        loc = f"{where}.{key}" if where else key
-        if key in _POSITIVE_INT:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise self.fail(loc, f"must be a positive integer, got {value!r}")
-        elif key in _POSITIVE_FLOAT or key in _NONNEG_FLOAT:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise self.fail(loc, f"must be a number, got {value!r}")
-            if key in _POSITIVE_FLOAT and value <= 0:
-                raise self.fail(loc, f"must be > 0, got {value!r}")
-            if key in _NONNEG_FLOAT and value < 0:
-                raise self.fail(loc, f"must be >= 0, got {value!r}")
-            value = float(value)
-        elif key in _DICTS:
-            if not isinstance(value, dict):
-                raise self.fail(loc, f"must be a table such as {{ width = 64 }}, got {value!r}")
-        elif key in _STRINGS:
-            if not isinstance(value, str) or not value:
-                raise self.fail(loc, f"must be a non-empty string, got {value!r}")
-        return value
-
     def train_table(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """A table of TrainConfig fields, each checked by the engine's schema."""
         out = {}
         for k, v in table.items():
+            loc = f"{where}.{k}" if where else k
             if k not in allowed:
-                raise self.fail(f"{where}.{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
-            out[k] = self.train_value(k, v, where)
+                raise self.fail(loc, f"unknown key; allowed: {', '.join(allowed)}")
+            out[k] = check_field(TrainConfig, k, v, f"{self.source}: {loc}")
         return out
 
 
@@ -389,8 +328,6 @@ def parse_suite(
     measure = raw.get("measure", [])
     if not isinstance(measure, list) or any(not isinstance(m, str) for m in measure):
         raise ck.fail("measure", f"must be a list of instrument names, got {measure!r}")
-    from .compare import measure_names
-
     known_measures = measure_names()
     for m in measure:
         if m not in known_measures:
@@ -473,11 +410,6 @@ def _str_list(ck: _Checker, value: Any, loc: str) -> list[str]:
 
 
 def _check_names(suite: Suite, ck: _Checker) -> None:
-    from ..data import list_datasets
-    from ..engine.method import build_method
-    from ..models import list_models
-
-    _import_builtins()
     datasets, models = list_datasets(), list_models()
     for t in suite.tasks:
         if t.data not in datasets:
@@ -498,14 +430,6 @@ def _check_names(suite: Suite, ck: _Checker) -> None:
                 build_method(cfg["method"], cfg["method_params"])
             except ConfigError as exc:
                 raise ck.fail(f"tasks.{t.label}.compose with methods.{m.label}", str(exc)) from None
-
-
-def _import_builtins() -> None:
-    """Register the built-in datasets, models and methods (their packages register on import)."""
-    import importlib
-
-    for mod in ("dipnet.data", "dipnet.models", "dipnet.methods"):
-        importlib.import_module(mod)
 
 
 def packaged_suites() -> list[str]:

@@ -23,7 +23,7 @@ from .regions import (
 )
 from .sharpness import HessianOperator, Sharpness, sharpness
 from .smoothing import SmoothedModel, smoothed
-from .suite import MEASURES, measure_model, spearman
+from .all_instruments import MEASURES, measure_model, spearman
 
 __all__ = [
     "HessianOperator",

@@ -16,16 +16,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..projection import is_noise_layer, sampling
 from ._checks import positive_int
 
 
-def is_noise_module(module: nn.Module) -> bool:
-    """DIPNet's projections (``dipnet.GaussianProjection`` or modules flagged ``is_noise_module = True``)."""
-    return type(module).__name__ == "GaussianProjection" or bool(getattr(module, "is_noise_module", False))
-
-
 class SmoothedModel(nn.Module):
-    """``log mean_k softmax(model(x; noise_k))`` with the noise modules in train mode, the rest in eval."""
+    """``log mean_k softmax(model(x; noise_k))`` with the noise layers sampling, the rest in eval
+    (:func:`dipnet.projection.sampling`: no buffer of the model changes)."""
 
     def __init__(self, model: nn.Module, samples: int = 16, seed: int = 0,
                  noise_modules: Iterable[nn.Module] | Callable[[nn.Module], bool] | None = None) -> None:
@@ -34,14 +31,14 @@ class SmoothedModel(nn.Module):
         self.samples = positive_int(samples, "samples")
         self.seed = seed
         if noise_modules is None or callable(noise_modules):
-            pred = noise_modules or is_noise_module
+            pred = noise_modules or is_noise_layer
             found = [m for m in model.modules() if pred(m)]
         else:
             found = list(noise_modules)
         if not found:
             raise ConfigError(
-                "the model has no noise modules (DIPNet projections) to smooth over; measure it directly, "
-                "or pass noise_modules= the modules that sample noise in train mode"
+                "the model has no noise layers (DIPNet projections) to smooth over; measure it directly, "
+                "or pass noise_modules= the noise layers to sample (see dipnet.projection.noise)"
             )
         self._noise = found
 
@@ -49,17 +46,11 @@ class SmoothedModel(nn.Module):
         return f"samples={self.samples}, seed={self.seed}, noise_modules={len(self._noise)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flags = [m.training for m in self._noise]
-        for m in self._noise:
-            m.train()
-        try:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                xr = x.repeat(self.samples, *([1] * (x.ndim - 1)))
-                logits = self.model(xr)
-        finally:
-            for m, flag in zip(self._noise, flags):
-                m.train(flag)
+        with sampling(self.model, self._noise), \
+                torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            xr = x.repeat(self.samples, *([1] * (x.ndim - 1)))
+            logits = self.model(xr)
         probs = torch.softmax(logits, dim=-1).view(self.samples, x.shape[0], -1).mean(0)
         return probs.clamp_min(1e-30).log()
 

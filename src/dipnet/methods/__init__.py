@@ -1,21 +1,26 @@
-"""Training methods that plug into :mod:`dipnet.engine` (see :mod:`dipnet.engine.method`).
+"""Training methods: the component interface (:mod:`.base`), the registry (:mod:`.registry`)
+and the built-in components, each registered by its module on import.
 
-Importing this package registers every built-in component (each module registers its own with
-``@register_component``). ``SAM`` and ``RWP`` are also plain optimizer wrappers for a user's own
-loop (``first_step`` / ``second_step`` / ``step(closure)``, davda54/sam style).
+``SAM`` and ``RWP`` are also plain optimizer wrappers for a user's own loop (``first_step`` /
+``second_step`` / ``step(closure)``, davda54/sam style).
 """
 from __future__ import annotations
 
-from .adversarial import FGSMExamples, GaussianExamples
-from .baselines import CutMix, Cutout, InputNoise, Mixup
+from ._wrapper import disable_running_stats, enable_running_stats, frozen_running_stats
+from .adversarial import FGSMExamples
+from .base import Closure, Component, Method, StepContext, cross_entropy_loss, plain_update
+from .baselines import CutMix, Cutout, GaussianExamples, InputNoise, Mixup
 from .dipnet import DIPNet, NoiseLayers
 from .icp import ICP
+from .registry import build_method, component_class, method_fields, method_names, register_component
 from .rwp import RWP, ARWPMethod, MARWPMethod, MRWPMethod, RWPMethod
 from .sam import SAM, ASAMMethod, SAMMethod, sam_update
 
 __all__ = [
     "ARWPMethod",
     "ASAMMethod",
+    "Closure",
+    "Component",
     "CutMix",
     "Cutout",
     "DIPNet",
@@ -25,11 +30,23 @@ __all__ = [
     "InputNoise",
     "MARWPMethod",
     "MRWPMethod",
+    "Method",
     "Mixup",
     "NoiseLayers",
     "RWP",
     "RWPMethod",
     "SAM",
     "SAMMethod",
+    "StepContext",
+    "build_method",
+    "component_class",
+    "cross_entropy_loss",
+    "disable_running_stats",
+    "enable_running_stats",
+    "frozen_running_stats",
+    "method_fields",
+    "method_names",
+    "plain_update",
+    "register_component",
     "sam_update",
 ]

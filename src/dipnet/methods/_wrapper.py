@@ -3,7 +3,6 @@ that includes the base optimizer's moments, and BatchNorm running-statistics swi
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -11,18 +10,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError
-
-
-def check_number(owner: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """Validate a finite real hyperparameter in [low, high] (open ends where asked)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{owner}.{name} must be a finite number, not {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ConfigError(f"{owner}.{name} must be {'>' if low_open else '>='} {low}, not {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ConfigError(f"{owner}.{name} must be {'<' if high_open else '<='} {high}, not {value!r}")
-    return float(value)
 
 
 def disable_running_stats(model: nn.Module) -> None:

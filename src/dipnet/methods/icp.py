@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.method import Component, StepContext, register_component
 from ..errors import ConfigError
-from ._wrapper import check_number
+from ..schema import param
+from .base import Component, StepContext
+from .registry import register_component
 
 _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Mish, nn.Softplus)
 
@@ -52,17 +53,9 @@ def auto_feature_layers(model: nn.Module) -> list[str]:
     return children[:-1] or children
 
 
-def _soft_ce(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    return F.cross_entropy(logits, y, reduction=reduction)
-
-
 class _Capture:
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ConfigError(f"icp.layers: the model has no module named {', '.join(map(repr, missing))}; "
-                              f"choose among {', '.join(n for n in modules if n) or 'none'}")
         self.names = names
         self.out: dict[str, torch.Tensor] = {}
         self.active = False
@@ -92,50 +85,45 @@ class _Capture:
 class ICP(Component):
     """ICP self-distillation as a ``"loss"`` component; also callable standalone as ``icp.loss(model, x, y, ctx)``.
 
-    ``warmup`` is a fraction of the epochs (paper: 25 of 100). ``layers``: comma-separated
-    module names, or "auto" (every activation module). Counts ``B`` for the clean pass, ``T B``
-    for the input steps and ``B`` for the target forward.
+    ``warmup`` is a fraction of the epochs (paper: 25 of 100). ``layers``: module names, or
+    empty (every activation module); names the model lacks are an error before the first step.
+    Counts ``B`` for the clean pass, ``T B`` for the input steps and ``B`` for the target forward.
     """
 
     name = "icp"
     slots = frozenset({"loss"})
     description = "ICP self-distillation (Dave et al. 2025): match features of loss-decreasing input perturbations"
 
-    steps: int = 5
-    step_size: float = 0.01
-    optimizer: Literal["sgd", "adam", "ademamix"] = "adam"
-    warmup: float = 0.25
-    layers: str = "auto"
-    weighting: Literal["cosine", "uniform"] = "cosine"
-    eps: float | None = None
-    clamp: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.999
-    beta3: float = 0.9999
-    ademamix_alpha: float = 5.0
+    steps: int = param(5, ge=0, doc="T: loss-decreasing input steps (0: targets are the clean features)")
+    step_size: float = param(0.01, ge=0, doc="eta of the input steps")
+    direction: Literal["sgd", "adam", "ademamix"] = param("adam", doc="rule for the input steps: raw gradient, Adam, AdEMAMix")
+    warmup: float = param(0.25, ge=0, lt=1, doc="fraction of the epochs trained with cross-entropy only")
+    layers: tuple[str, ...] = param((), doc="feature modules by name, comma-separated (empty or auto: every activation)")
+    weighting: Literal["cosine", "uniform"] = param("cosine", doc="per-layer weights of the distillation loss")
+    eps: float | None = param(None, gt=0, doc="L-inf radius around x for the input steps (none: unbounded)")
+    clamp: bool = param(False, doc="keep the input steps inside the dataset's valid range")
+    beta1: float = param(0.9, ge=0, lt=1, doc="Adam/AdEMAMix first moment")
+    beta2: float = param(0.999, ge=0, lt=1, doc="Adam/AdEMAMix second moment")
+    beta3: float = param(0.9999, ge=0, lt=1, doc="AdEMAMix slow moment")
+    ademamix_alpha: float = param(5.0, ge=0, doc="AdEMAMix weight of the slow moment")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ConfigError(f"icp.steps must be an integer >= 0 (T; 0 = targets are the clean features), not {self.steps!r}")
-        check_number(self.name, "step_size", self.step_size, low=0.0)
-        if self.optimizer not in ("sgd", "adam", "ademamix"):
-            raise ConfigError(f"icp.optimizer must be one of sgd, adam, ademamix, not {self.optimizer!r}")
-        check_number(self.name, "warmup", self.warmup, low=0.0, high=1.0, high_open=True)
-        if self.weighting not in ("cosine", "uniform"):
-            raise ConfigError(f"icp.weighting must be 'cosine' or 'uniform', not {self.weighting!r}")
-        if self.eps is not None:
-            check_number(self.name, "eps", self.eps, low=0.0, low_open=True)
-        for b in ("beta1", "beta2", "beta3"):
-            check_number(self.name, b, getattr(self, b), low=0.0, high=1.0, high_open=True)
-        check_number(self.name, "ademamix_alpha", self.ademamix_alpha, low=0.0)
-        if not isinstance(self.layers, str) or not self.layers.strip():
-            raise ConfigError("icp.layers must be 'auto' or comma-separated module names")
+    def _check(self) -> None:
+        if self.layers == ("auto",):
+            self.layers = ()
 
     def feature_layers(self, model: nn.Module) -> list[str]:
-        names = auto_feature_layers(model) if self.layers == "auto" else [n.strip() for n in self.layers.split(",") if n.strip()]
+        names = list(self.layers) or auto_feature_layers(model)
         if not names:
             raise ConfigError("icp: the model has no activation or hidden module to take features from; set icp.layers")
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ConfigError(f"icp.layers: the model has no module named {', '.join(map(repr, missing))}; "
+                              f"choose among {', '.join(n for n in modules if n) or 'none'}")
         return names
+
+    def check_model(self, model: nn.Module) -> None:
+        self.feature_layers(model)
 
     def warmup_epochs(self, epochs: int) -> int:
         return int(round(self.warmup * epochs))
@@ -152,12 +140,12 @@ class ICP(Component):
             for t in range(1, self.steps + 1):
                 xi.requires_grad_(True)
                 with torch.enable_grad():
-                    loss = _soft_ce(model(xi), y, reduction="sum")
+                    loss = F.cross_entropy(model(xi), y, reduction="sum")
                     (g,) = torch.autograd.grad(loss, xi)
                 if ctx is not None:
                     ctx.count(x.shape[0])
                 with torch.no_grad():
-                    if self.optimizer == "sgd":
+                    if self.direction == "sgd":
                         d = g
                     else:
                         if m is None:
@@ -166,7 +154,7 @@ class ICP(Component):
                         v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
                         m_hat = m / (1 - self.beta1**t)
                         v_hat = v / (1 - self.beta2**t)
-                        if self.optimizer == "ademamix":
+                        if self.direction == "ademamix":
                             m_slow.mul_(self.beta3).add_(g, alpha=1 - self.beta3)
                             m_hat = m_hat + self.ademamix_alpha * m_slow
                         d = m_hat / (v_hat.sqrt() + 1e-8)
@@ -183,7 +171,7 @@ class ICP(Component):
         alpha = icp_alpha(ctx.epoch, ctx.epochs, self.warmup_epochs(ctx.epochs))
         ctx.count(x.shape[0])
         if alpha >= 1.0:
-            return _soft_ce(model(x), y)
+            return F.cross_entropy(model(x), y)
         cap = _Capture(model, self.feature_layers(model))
         try:
             logits, feats = cap.run(lambda: model(x))
@@ -193,7 +181,7 @@ class ICP(Component):
             ctx.count(x.shape[0])
         finally:
             cap.remove()
-        ce = _soft_ce(logits, y)
+        ce = F.cross_entropy(logits, y)
         weights = layer_weights(len(feats), self.weighting)
         distill = sum(w * F.mse_loss(h, t.detach()) for w, h, t in zip(weights, feats, targets))
         ctx.log(icp_alpha=alpha, icp_distill=float(distill.detach()))

@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import nn
 
-from ..engine.method import Closure, Component, StepContext, register_component
-from ..errors import ConfigError
-from ..noise_table import check_source, standard_normal
-from ._wrapper import WrappedOptimizer, check_number, disable_running_stats, enable_running_stats, has_batchnorm
+from ..noise_table import NoiseSource, standard_normal
+from ..schema import Validated, override, param
+from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm
+from .base import Closure, Component, StepContext
+from .registry import register_component
 
 
 def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
@@ -86,6 +87,33 @@ class _Layout:
         return torch.cat([t.reshape(-1) for t in tensors])
 
 
+@dataclass
+class RWPNoise(Validated):
+    sigma: float = param(0.015, ge=0, doc="noise std per filter, relative to the filter's norm")
+    noise: NoiseSource = param("auto", doc="normal draws: auto (table on a CPU), table, fresh")
+
+    def _owner(self) -> str:
+        return "RWP"
+
+
+@dataclass
+class Mixing(Validated):
+    mix: float = param(0.5, ge=0, le=1, doc="lambda: weight of the perturbed gradient (m-RWP)")
+
+
+@dataclass
+class Adaptivity(Validated):
+    eta: float = param(0.1, ge=0, doc="ARWP: noise divided by sqrt(1 + eta F)")
+    beta: float = param(0.99, ge=0, le=1, doc="ARWP: F <- beta F + g^2")
+
+
+@dataclass
+class RWPSettings(RWPNoise, Adaptivity):
+    """Every setting of the :class:`RWP` optimizer, with its limits."""
+
+    mix: float | None = override(Mixing, "mix", None)
+
+
 class RWP(WrappedOptimizer):
     """``RWP(params, torch.optim.SGD, sigma=0.015, mix=None, adaptive=False, eta=0.1, beta=0.99, lr=...)``.
 
@@ -100,17 +128,11 @@ class RWP(WrappedOptimizer):
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], sigma: float = 0.015,
                  mix: float | None = None, adaptive: bool = False, eta: float = 0.1, beta: float = 0.99,
                  noise: str = "auto", **base_kwargs: Any) -> None:
-        check_number("RWP", "sigma", sigma, low=0.0)
-        check_source(noise)
-        if mix is not None:
-            check_number("RWP", "mix", mix, low=0.0, high=1.0)
-        check_number("RWP", "eta", eta, low=0.0)
-        check_number("RWP", "beta", beta, low=0.0, high=1.0)
-        defaults = dict(sigma=float(sigma), mix=None if mix is None else float(mix), adaptive=bool(adaptive),
-                        eta=float(eta), beta=float(beta))
+        cfg = RWPSettings(sigma=sigma, noise=noise, mix=mix, eta=eta, beta=beta)
+        defaults = dict(sigma=cfg.sigma, mix=cfg.mix, adaptive=bool(adaptive), eta=cfg.eta, beta=cfg.beta)
         super().__init__(params, base_optimizer, defaults, **base_kwargs)
         self.layout = _Layout(self.param_groups)
-        self.noise = noise
+        self.noise = cfg.noise
         self.phase = 0  # m-RWP: 0 = next call is the clean half-step, 1 = the perturbed one
         self.updated = False
         self._old: torch.Tensor | None = None
@@ -257,32 +279,17 @@ class RWP(WrappedOptimizer):
 
 
 @dataclass
-class _RWPBase(Component):
+class _RWPBase(Component, RWPNoise):
     slots = frozenset({"update"})
 
-    sigma: float = 0.015
-    sigma_schedule: Literal["constant", "cosine"] = "constant"
-    sigma_ramp: float = 11.0
-    noise: Literal["auto", "table", "fresh"] = "auto"
+    sigma_schedule: Literal["constant", "cosine"] = param("constant", doc="cosine: ramp sigma up by half a cosine")
+    sigma_ramp: float = param(11.0, ge=1, doc="final sigma / initial sigma of the cosine ramp")
 
     adaptive_default = False
 
-    def _validate(self) -> None:
-        check_number(self.name, "sigma", self.sigma, low=0.0)
-        if self.sigma_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"{self.name}.sigma_schedule must be 'constant' or 'cosine', not {self.sigma_schedule!r}")
-        check_number(self.name, "sigma_ramp", self.sigma_ramp, low=1.0)
-        check_source(self.noise, f"{self.name}.noise")
-
-    def __post_init__(self) -> None:
-        self._validate()
-
-    def _kwargs(self) -> dict[str, Any]:
-        return dict(mix=getattr(self, "mix", None), adaptive=self.adaptive_default,
-                    eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99), noise=self.noise)
-
     def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> RWP:
-        return RWP(params, base, sigma=self.sigma, **self._kwargs(), **base_kwargs)
+        return RWP(params, base, sigma=self.sigma, mix=getattr(self, "mix", None), adaptive=self.adaptive_default,
+                   eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99), noise=self.noise, **base_kwargs)
 
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
         assert isinstance(optimizer, RWP)
@@ -303,56 +310,33 @@ class RWPMethod(_RWPBase):
 
 @register_component
 @dataclass
-class MRWPMethod(_RWPBase):
+class MRWPMethod(_RWPBase, Mixing):
     """m-RWP: ``lambda g(w + eps; batch t+1) + (1 - lambda) g(w; batch t)``, one update per 2 batches."""
 
     name = "mrwp"
     description = "mixed RWP (Li et al. 2022/2024): lambda * perturbed + (1 - lambda) * clean gradient, 2 batches/update"
 
-    mix: float = 0.5
-
-    def __post_init__(self) -> None:
-        self._validate()
-        check_number(self.name, "mix", self.mix, low=0.0, high=1.0)
-
 
 @register_component
 @dataclass
-class ARWPMethod(_RWPBase):
+class ARWPMethod(_RWPBase, Adaptivity):
     """ARWP: RWP with noise divided by ``sqrt(1 + eta F_filter)``; sigma ramps by a cosine (x11)."""
 
     name = "arwp"
     description = "adaptive RWP (Li et al. 2024): noise shrunk where past gradients are large, cosine sigma ramp"
 
-    sigma: float = 0.001
-    sigma_schedule: Literal["constant", "cosine"] = "cosine"
-    eta: float = 0.1
-    beta: float = 0.99
+    sigma: float = override(RWPNoise, "sigma", 0.001)
+    sigma_schedule: Literal["constant", "cosine"] = override(_RWPBase, "sigma_schedule", "cosine")
 
     adaptive_default = True
-
-    def __post_init__(self) -> None:
-        self._validate()
-        check_number(self.name, "eta", self.eta, low=0.0)
-        check_number(self.name, "beta", self.beta, low=0.0, high=1.0)
 
 
 @register_component
 @dataclass
-class MARWPMethod(_RWPBase):
+class MARWPMethod(_RWPBase, Mixing, Adaptivity):
     """m-ARWP: m-RWP with ARWP's adaptive noise."""
 
     name = "marwp"
     description = "mixed adaptive RWP (Li et al. 2024): m-RWP with ARWP's adaptive noise"
 
-    mix: float = 0.5
-    eta: float = 0.1
-    beta: float = 0.99
-
     adaptive_default = True
-
-    def __post_init__(self) -> None:
-        self._validate()
-        check_number(self.name, "mix", self.mix, low=0.0, high=1.0)
-        check_number(self.name, "eta", self.eta, low=0.0)
-        check_number(self.name, "beta", self.beta, low=0.0, high=1.0)

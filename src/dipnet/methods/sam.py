@@ -14,12 +14,25 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..engine.method import Closure, Component, StepContext, register_component
-from ._wrapper import (WrappedOptimizer, check_number, disable_running_stats, enable_running_stats,
-                       frozen_running_stats, has_batchnorm)
+from ..schema import Validated, override, param
+from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm
+from .base import Closure, Component, StepContext
+from .registry import register_component
 
-__all__ = ["SAM", "sam_update", "disable_running_stats", "enable_running_stats", "frozen_running_stats",
-           "SAMMethod", "ASAMMethod"]
+__all__ = ["SAM", "sam_update", "SAMMethod", "ASAMMethod"]
+
+
+@dataclass
+class SAMSettings(Validated):
+    rho: float = param(0.05, gt=0, doc="radius of the ascent step")
+
+    def _owner(self) -> str:
+        return "SAM"
+
+
+@dataclass
+class ASAMSettings(SAMSettings):
+    eta: float = param(0.01, ge=0, doc="T_w = |w| + eta")
 
 
 class SAM(WrappedOptimizer):
@@ -32,9 +45,9 @@ class SAM(WrappedOptimizer):
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  adaptive: bool = False, eta: float = 0.01, **base_kwargs: Any) -> None:
-        check_number("SAM", "rho", rho, low=0.0, low_open=True)
-        check_number("SAM", "eta", eta, low=0.0)
-        super().__init__(params, base_optimizer, dict(rho=rho, adaptive=bool(adaptive), eta=eta), **base_kwargs)
+        settings = ASAMSettings(rho=rho, eta=eta)
+        super().__init__(params, base_optimizer, dict(rho=settings.rho, adaptive=bool(adaptive), eta=settings.eta),
+                         **base_kwargs)
         self._perturbed: list[list[torch.Tensor]] = []
 
     def _with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -135,23 +148,15 @@ def sam_update(model: nn.Module, optimizer: SAM, closure: Closure) -> torch.Tens
 
 @register_component
 @dataclass
-class SAMMethod(Component):
+class SAMMethod(Component, SAMSettings):
     """SAM as an engine component (two passes per step; each pass is counted by the loss)."""
 
     name = "sam"
     slots = frozenset({"update"})
     description = "sharpness-aware minimization (Foret et al. 2021): gradient at w + rho g/||g||, 2 passes"
 
-    rho: float = 0.05
-
-    adaptive = False
-    eta = 0.01
-
-    def __post_init__(self) -> None:
-        check_number(self.name, "rho", self.rho, low=0.0, low_open=True)
-
     def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> SAM:
-        return SAM(params, base, rho=self.rho, adaptive=self.adaptive, eta=self.eta, **base_kwargs)
+        return SAM(params, base, rho=self.rho, adaptive=self.name == "asam", eta=getattr(self, "eta", 0.01), **base_kwargs)
 
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
         sam_update(model, optimizer, closure)  # type: ignore[arg-type]
@@ -160,18 +165,10 @@ class SAMMethod(Component):
 
 @register_component
 @dataclass
-class ASAMMethod(SAMMethod):
+class ASAMMethod(SAMMethod, ASAMSettings):
     """Adaptive SAM (Kwon et al. 2021): ``e = rho T^2 g / ||T g||``, ``T = |w| + eta``."""
 
     name = "asam"
-    slots = frozenset({"update"})
     description = "adaptive SAM (Kwon et al. 2021): scale-invariant ascent with T_w = |w| + eta, 2 passes"
 
-    rho: float = 0.5
-    eta: float = 0.01  # type: ignore[misc]
-
-    adaptive = True
-
-    def __post_init__(self) -> None:
-        check_number(self.name, "rho", self.rho, low=0.0, low_open=True)
-        check_number(self.name, "eta", self.eta, low=0.0)
+    rho: float = override(SAMSettings, "rho", 0.5)

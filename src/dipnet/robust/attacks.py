@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..projection import noise_layers, sampling
 
 Bound = Union[float, torch.Tensor]
 Bounds = Union[tuple[Bound, Bound], None]
@@ -31,36 +32,27 @@ LOSSES = ("ce", "cw")
 MODES = ("eval", "noise", "keep")
 
 
-def _is_noise_module(module: nn.Module) -> bool:
-    from ..measure.smoothing import is_noise_module
-
-    return is_noise_module(module)
-
-
 @contextlib.contextmanager
 def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
-    """Put ``model`` in the attack's mode with frozen weights; restore every flag on exit."""
+    """Put ``model`` in the attack's mode with frozen weights; restore every flag on exit.
+    No buffer changes: ``"noise"`` samples through :func:`dipnet.projection.sampling`."""
     _choice(mode, "mode", MODES)
-    training = [(m, m.training) for m in model.modules()]
     requires = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        if mode != "keep":
-            model.eval()
-        if mode == "noise":
-            noisy = [m for m in model.modules() if _is_noise_module(m)]
-            if not noisy:
-                raise ConfigError(
-                    "mode='noise' needs a model with noise modules (DIPNet projections); "
-                    "use mode='eval' for a deterministic model"
-                )
-            for m in noisy:
-                m.train()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield model
+        with contextlib.ExitStack() as stack:
+            if mode == "eval":
+                stack.enter_context(sampling(model, layers=()))
+            elif mode == "noise":
+                if not noise_layers(model):
+                    raise ConfigError(
+                        "mode='noise' needs a model with noise layers (DIPNet projections); "
+                        "use mode='eval' for a deterministic model"
+                    )
+                stack.enter_context(sampling(model))
+            for p in model.parameters():
+                p.requires_grad_(False)
+            yield model
     finally:
-        for m, flag in training:
-            m.training = flag
         for p, flag in requires:
             p.requires_grad_(flag)
 
@@ -122,17 +114,23 @@ def _check_batch(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ConfigError(f"x must be a non-empty floating-point batch of shape (B, *input_shape), got {got}")
-    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]:
+    soft = isinstance(y, torch.Tensor) and y.is_floating_point() and y.ndim == 2 and y.shape[0] == x.shape[0]
+    if not soft and (not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]):
         got = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ConfigError(f"y must be int64 class labels of shape ({x.shape[0]},), got {got}")
+        raise ConfigError(f"y must be int64 class labels of shape ({x.shape[0]},) or soft labels (B, classes), got {got}")
     return x.detach(), y.to(x.device)
 
 
 def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
-    """The attacker's objective per example: cross-entropy, or the Carlini-Wagner margin
-    ``max_{j != y} z_j - z_y`` (Carlini & Wagner 2017, eq. 6 without the confidence clamp)."""
+    """The attacker's objective per example: cross-entropy (soft labels (B, C) too), or the
+    Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (Carlini & Wagner 2017, eq. 6 without the
+    confidence clamp)."""
     if logits.ndim != 2:
         raise ConfigError(f"the model must return logits of shape (B, classes), got {tuple(logits.shape)}")
+    if y.is_floating_point():
+        if loss != "ce" or y.shape != logits.shape:
+            raise ConfigError(f"soft labels need loss='ce' and the logits' shape {tuple(logits.shape)}, got {tuple(y.shape)}")
+        return -(y * logits.log_softmax(-1)).sum(-1)
     if int(y.max()) >= logits.shape[1] or int(y.min()) < 0:
         raise ConfigError(f"labels must lie in [0, {logits.shape[1] - 1}] for a model with {logits.shape[1]} outputs")
     if loss == "ce":

@@ -18,7 +18,8 @@ from .landscape import loss_landscape, plot_landscape
 from .lipschitz import lipschitz_bounds
 from .regions import PIECEWISE_LINEAR, draw_anchors, random_anchors, region_transitions
 from .sharpness import sharpness
-from .smoothing import is_noise_module, smoothed
+from ..projection import is_noise_layer
+from .smoothing import smoothed
 
 MEASURES = ("jacobian", "regions", "lipschitz", "curvature", "sharpness", "landscape")
 
@@ -132,5 +133,5 @@ def measure_model(
                 out["landscape"]["plot"] = str(plot_landscape(land, Path(out_dir) / "landscape.png"))
         timings[name] = time.perf_counter() - t0
     out["seconds"] = timings
-    out["noise_modules"] = sum(1 for m in model.modules() if is_noise_module(m))
+    out["noise_layers"] = sum(1 for m in model.modules() if is_noise_layer(m))
     return out

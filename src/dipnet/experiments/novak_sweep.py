@@ -1,7 +1,7 @@
 """Novak et al. (2018) on our data: train a sweep of small models and relate their sensitivity
 (mean test Jacobian norm, region transitions) to their generalization gap.
 
-``python -m dipnet.measure.sweep --data mnist1d --out docs/measure_sweep_mnist1d.json`` trains
+``python -m dipnet.experiments.novak_sweep --data mnist1d --out docs/measure_sweep_mnist1d.json`` trains
 every configuration of :func:`sweep_configs` (a few seconds each on one CPU thread), measures it
 and appends one JSON record per model; :func:`summarize` computes the rank correlations and
 :func:`plot_sweep` draws the figures used in docs/measure.md.
@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, load_dataset
-from .jacobian import jacobian_norm
-from .lipschitz import lipschitz_bounds
-from .regions import circle_through, draw_anchors, random_anchors, region_transitions, transitions_along
-from .sharpness import sharpness
-from .suite import spearman
+from ..engine import TrainConfig, evaluate, train
+from ..measure import (circle_through, draw_anchors, jacobian_norm, lipschitz_bounds, measure_model, random_anchors,
+                       region_transitions, sharpness, spearman, transitions_along)
+from ..projection import noise_layers
 
 
 @dataclass
@@ -109,8 +108,6 @@ def _treated(ds: Dataset, run: SweepRun) -> Dataset:
 
 def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajectories: int = 8, points: int = 1000) -> dict[str, Any]:
     """Train one configuration with the engine and take the Novak et al. measures on it."""
-    from ..engine import TrainConfig, evaluate, train
-
     t0 = time.perf_counter()
     cfg = TrainConfig(data=ds.info.name, model=run.model, method=run.method, epochs=run.epochs,
                       batch_size=run.batch_size, seed=run.seed, optimizer=run.optimizer, lr=run.lr,
@@ -265,10 +262,6 @@ def plot_sweep(records: list[dict[str, Any]], out_png: str | Path, title: str) -
 def compare_methods(ds: Dataset, methods: list[str], seeds: tuple[int, ...] = (0, 1), samples: int = 16) -> list[dict[str, Any]]:
     """Train the MNIST-1D MLP and reference CNN with each method and measure the deterministic net
     and, where the method leaves noise modules in the model (DIPNet, noise layers), the smoothed net."""
-    from ..engine import TrainConfig, evaluate, train
-    from .smoothing import is_noise_module
-    from .suite import measure_model
-
     models = [("mlp", {"widths": (128, 128)}, 1e-3, 120), ("mnist1d-cnn", {}, 3e-3, 30)]
     records = []
     for model_name, kwargs, lr, epochs in models:
@@ -278,7 +271,7 @@ def compare_methods(ds: Dataset, methods: list[str], seeds: tuple[int, ...] = (0
                 cfg = TrainConfig(data=ds.info.name, model=model_name, model_kwargs=dict(kwargs), method=method,
                                   epochs=epochs, lr=lr, seed=seed, progress="none", train_eval_max=1)
                 model = train(cfg, dataset=ds).model.eval()
-                noisy = any(is_noise_module(m) for m in model.modules())
+                noisy = bool(noise_layers(model))
                 m = measure_model(model, ds, names="jacobian,lipschitz,curvature,sharpness", n_examples=1000,
                                   seed=seed, smoothed_samples=samples if noisy else 0)
                 tr = evaluate(model, ds.x_train, ds.y_train)
@@ -299,7 +292,7 @@ def compare_methods(ds: Dataset, methods: list[str], seeds: tuple[int, ...] = (0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dipnet.measure.sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dipnet.experiments.novak_sweep", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist1d", choices=("mnist1d", "mnist"))
     p.add_argument("--out", required=True, help="JSON-lines file; finished runs in it are skipped (resume)")
     p.add_argument("--figure", default=None, help="PNG for the three-panel figure")

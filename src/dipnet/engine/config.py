@@ -1,0 +1,77 @@
+"""What defines a training run: :class:`TrainConfig`, its fields' limits stated once (:mod:`dipnet.schema`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from ..errors import ConfigError
+from ..schema import Validated, param
+
+Optimizer = Literal["sgd", "adamw", "adam"]
+Schedule = Literal["constant", "cosine", "step"]
+ProgressMode = Literal["auto", "rich", "plain", "none"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
+# Fields that do not change the numbers a run produces: a resume may differ in these.
+NON_IDENTITY = ("out", "progress")
+
+
+@dataclass
+class TrainConfig(Validated):
+    """Everything that defines a training run (``method_params`` go to the method's components)."""
+
+    data: str = param("mnist1d", doc="dataset name (see `dipnet datasets`)")
+    model: str = param("mlp", doc="model name (see `dipnet models`)")
+    method: str = param("erm", doc="method spec, e.g. erm, dipnet, sam, dipnet+mrwp (see `dipnet methods`)")
+    epochs: int = param(10, ge=1, doc="passes over the training set")
+    batch_size: int = param(128, ge=1, doc="examples per step")
+    seed: int = param(0, ge=0, le=2**63 - 1, doc="seeds initialization, data order and noise")
+    optimizer: Optimizer = param("adamw", doc="base optimizer")
+    lr: float = param(1e-3, gt=0, doc="peak learning rate")
+    momentum: float = param(0.9, ge=0, doc="SGD momentum")
+    weight_decay: float = param(0.0, ge=0, doc="decoupled (AdamW) or L2 (SGD) weight decay on weight matrices")
+    schedule: Schedule = param("cosine", doc="learning-rate schedule after warm-up")
+    warmup_epochs: float = param(0.0, ge=0, doc="linear warm-up length, in epochs")
+    milestones: tuple[float, ...] = param((0.5, 0.75), gt=0, le=1, doc="step schedule: fractions of training")
+    gamma: float = param(0.1, gt=0, doc="step schedule: factor at each milestone")
+    grad_clip: float | None = param(None, gt=0, doc="clip the global gradient norm to this value")
+    out: str | None = param(None, doc="run directory (checkpoints, record, weights)")
+    data_kwargs: dict[str, Any] = param(default_factory=dict, doc="dataset options")
+    model_kwargs: dict[str, Any] = param(default_factory=dict, doc="model options")
+    method_params: dict[str, Any] = param(default_factory=dict, doc="method hyperparameters")
+    eval_batch_size: int = param(1000, ge=1, doc="batch size of evaluation")
+    train_eval_max: int = param(10000, ge=1, doc="training examples evaluated each epoch")
+    device: str = param("cpu", doc="cpu, cuda, cuda:N or auto")
+    progress: ProgressMode = param("auto", doc="progress display")
+
+    def _check(self) -> None:
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+
+    def validate(self) -> "TrainConfig":
+        """Check the fields again (after changing one in place); returns ``self``."""
+        self.__post_init__()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the run's numbers (JSON-normalized): what a resume must match."""
+        d = self.to_dict()
+        for k in NON_IDENTITY:
+            d.pop(k, None)
+        return json.loads(json.dumps(d))

@@ -1,0 +1,97 @@
+"""Method components by name: ``build_method("dipnet+mrwp", {"dipnet.sigma": 0.1})``.
+
+Specs join component names with ``+``; ``"erm"`` is the empty method (cross-entropy and a plain
+optimizer step). Hyperparameters are passed raw (CLI strings, TOML values): each component's
+schema coerces and checks them once (:mod:`dipnet.schema`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..errors import ConfigError, unknown_name
+from ..schema import field_docs
+from .base import SLOTS, Component, Method
+
+ERM_DESCRIPTION = "empirical risk minimization: cross-entropy and a plain optimizer step"
+_COMPONENTS: dict[str, type[Component]] = {}
+
+
+def register_component(cls: type[Component]) -> type[Component]:
+    """Class decorator: make a component available by its ``name`` in method specs."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a non-empty class attribute 'name'")
+    bad = set(cls.slots) - set(SLOTS)
+    if bad:
+        raise TypeError(f"{cls.__name__}: unknown slots {sorted(bad)}; allowed: {SLOTS}")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass (its fields are its hyperparameters)")
+    _COMPONENTS[cls.name] = cls
+    return cls
+
+
+def method_names() -> dict[str, str]:
+    """Registered component names with their descriptions (``erm`` included)."""
+    return {"erm": ERM_DESCRIPTION, **{n: c.description for n, c in sorted(_COMPONENTS.items())}}
+
+
+def component_class(name: str) -> type[Component]:
+    if name not in _COMPONENTS:
+        raise unknown_name("method", name, ["erm", *_COMPONENTS])
+    return _COMPONENTS[name]
+
+
+def spec_names(spec: str) -> list[str]:
+    """The component names of a spec, ``erm`` dropped: ``"erm+sam"`` -> ``["sam"]``."""
+    names = [n.strip() for n in str(spec).split("+") if n.strip() and n.strip() != "erm"]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method {spec!r} names a component twice")
+    return names
+
+
+def _field_names(cls: type[Component]) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def assign_hyperparameters(spec: str, params: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Route ``{"rho": v, "dipnet.sigma": w, "input-noise.sigma": u}`` to ``{component: {field: value}}``.
+
+    A plain key goes to the one component that declares it; ``component.field`` names the
+    component (needed when two share a field such as ``sigma``). Hyphens in a field name are
+    read as underscores (``--sigma-schedule``); component names keep theirs.
+    """
+    classes = {n: component_class(n) for n in spec_names(spec)}
+    fields = {n: _field_names(c) for n, c in classes.items()}
+    out: dict[str, dict[str, Any]] = {n: {} for n in classes}
+    for key, value in (params or {}).items():
+        comp, dot, attr = str(key).rpartition(".")
+        attr = attr.replace("-", "_")
+        if dot:
+            if comp not in fields:
+                raise ConfigError(f"hyperparameter {key!r} names {comp!r}, which is not part of method {spec!r}")
+            targets = [comp] if attr in fields[comp] else []
+        else:
+            targets = [c for c in fields if attr in fields[c]]
+        if not targets:
+            allowed = sorted({f"{c}.{a}" for c in fields for a in fields[c]})
+            raise ConfigError(f"method {spec!r} has no hyperparameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
+        if len(targets) > 1:
+            raise ConfigError(f"hyperparameter {key!r} is ambiguous in {spec!r}; write one of "
+                              + ", ".join(f"{t}.{attr}" for t in targets))
+        out[targets[0]][attr] = value
+    return out
+
+
+def build_method(spec: str | Method, params: dict[str, Any] | None = None) -> Method:
+    """Build a :class:`Method` from ``"name[+name...]"`` and raw hyperparameter values."""
+    if isinstance(spec, Method):
+        if params:
+            raise ConfigError("hyperparameters given with an already-built Method; set them on its components")
+        return spec
+    assigned = assign_hyperparameters(spec, params)
+    return Method([component_class(name)(**kwargs) for name, kwargs in assigned.items()])
+
+
+def method_fields(spec: str) -> dict[str, dict[str, tuple[Any, str, str]]]:
+    """``{component: {field: (default, what it accepts, doc)}}`` of a spec (for help texts)."""
+    return {n: field_docs(component_class(n)) for n in spec_names(spec)}

@@ -1,0 +1,196 @@
+"""Placing projections in a model and taking them out: :func:`project`, :func:`strip`.
+
+The projection is registered as a child ``dipnet_projection`` of the layer it feeds and applied
+by the layer's forward pre-hook, so the layer's own parameter names (and pre-trained
+checkpoints) are unchanged, the optimizer sees ``...dipnet_projection.log_sigma``, and
+``deepcopy``/pickling/``state_dict`` work. The ``log_sigma`` tensors are 0-D or 1-D, so the
+engine puts them in its no-weight-decay group; their regularizer is the variance prior of
+:class:`~dipnet.projection.DIPNetLoss`.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..schema import check, param
+from . import _fast
+from .layer import GaussianProjection, ProjectionConfig
+
+__all__ = ["DEFAULT_TARGETS", "PlacementConfig", "is_projected", "project", "projections", "sigma_summary", "strip"]
+
+DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_BLOCK_WORDS = ("attention", "attn", "mlp", "feedforward", "ffn")
+
+
+@dataclass
+class PlacementConfig(ProjectionConfig):
+    """Where :func:`project` puts projections, besides their own settings."""
+
+    granularity: Literal["feature", "layer"] = param(
+        "feature", doc="feature: one sigma per input feature (channel); layer: one per layer")
+    project_input: bool = param(True, doc="also project the raw input (the first targeted layer)")
+
+
+def _layer_features(module: nn.Module) -> tuple[int, int] | None:
+    """(number of input features, feature dimension) of a targeted module, or None if unknown."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.in_channels, 1
+    if isinstance(module, nn.Linear):
+        return module.in_features, -1
+    for sub in module.modules():  # a block (attention, MLP): its first Linear reads the last dim
+        if isinstance(sub, nn.Linear):
+            return sub.in_features, -1
+        if type(sub).__name__ == "Conv1D" and hasattr(sub, "weight") and sub.weight.ndim == 2:  # HF GPT-2
+            return sub.weight.shape[0], -1
+    return None
+
+
+def _matches(name: str, module: nn.Module, patterns: Sequence[Any]) -> bool:
+    for p in patterns:
+        if isinstance(p, type):
+            if isinstance(module, p):
+                return True
+        elif isinstance(p, str):
+            if fnmatch.fnmatchcase(name, p) or name == p:
+                return True
+        else:
+            raise ConfigError(f"include/exclude entries must be module-name patterns or module types, not {p!r}")
+    return False
+
+
+def _is_block(name: str, module: nn.Module) -> bool:
+    cls = type(module).__name__.lower()
+    return any(w in cls for w in _BLOCK_WORDS) and not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, type)):
+        return [value]
+    return list(value)
+
+
+def is_projected(model: nn.Module) -> bool:
+    return any(isinstance(m, GaussianProjection) for m in model.modules())
+
+
+def _selector(targets: Iterable[type[nn.Module]] | str) -> Callable[[str, nn.Module], bool]:
+    if isinstance(targets, str):
+        if targets != "blocks":
+            raise ConfigError(f"targets must be layer types or 'blocks', not {targets!r}")
+        return _is_block
+    types = tuple(targets)
+    if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise ConfigError(f"targets must be a non-empty tuple of nn.Module types or 'blocks', not {targets!r}")
+    return lambda name, m: isinstance(m, types)
+
+
+def _chosen_layers(model: nn.Module, targets: Iterable[type[nn.Module]] | str, project_input: bool,
+                   include: Any, exclude: Any) -> list[tuple[str, nn.Module]]:
+    select = _selector(targets)
+    chosen: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside) or (not name and isinstance(targets, str)):
+            continue
+        if select(name, module):
+            inside.append(name)
+            chosen.append((name, module))
+            if not name:
+                break
+    if not chosen:
+        raise ConfigError(
+            f"the model has no layers to project (targets={targets!r}); pass targets= the layer types "
+            "its forward uses (e.g. (nn.Linear,)) or targets='blocks' for transformer sub-blocks"
+        )
+    if not project_input:
+        chosen = chosen[1:]
+    inc, exc = _as_list(include), _as_list(exclude)
+    if inc:
+        chosen = [(n, m) for n, m in chosen if _matches(n, m, inc)]
+    if exc:
+        chosen = [(n, m) for n, m in chosen if not _matches(n, m, exc)]
+    if not chosen:
+        raise ConfigError("include/exclude/project_input left no layer to project; loosen the filters")
+    return chosen
+
+
+def project(
+    model: nn.Module,
+    *,
+    targets: Iterable[type[nn.Module]] | str = DEFAULT_TARGETS,
+    include: Iterable[str | type] | str | type | None = None,
+    exclude: Iterable[str | type] | str | type | None = None,
+    learnable: bool = True,
+    config: PlacementConfig | None = None,
+    **settings: Any,
+) -> nn.Module:
+    """Insert a :class:`GaussianProjection` in front of every targeted layer, in place; returns ``model``.
+
+    ``settings`` are the fields of :class:`PlacementConfig`: ``sigma`` (default 0.1), ``scale``
+    (absolute/relative), ``granularity`` (feature/layer), ``project_input`` (False skips the first
+    targeted layer, the one reading the raw input), ``noise``, ``input_grad_fraction`` and
+    ``rms_momentum`` (see :class:`GaussianProjection`; the defaults "auto"/None mean the noise
+    table and a 1/8 window on a CPU, fresh noise and the exact gradient on an accelerator: the
+    measured speed/accuracy choice, docs/dipnet.md "Speed"); or pass a validated ``config``.
+    ``targets``: layer types (default Linear, Conv1d, Conv2d), or ``"blocks"`` for one projection
+    before each attention and MLP sub-block of a transformer (modules whose class name contains
+    Attention/Attn/MLP/FeedForward/FFN, outermost only). ``include``/``exclude`` filter by module
+    name (fnmatch pattern, e.g. ``"blocks.*.mlp.fc1"``) or type. Call before building the
+    optimizer. A second call on a projected model is an error: :func:`strip` it first.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"project() needs an nn.Module, not {type(model).__name__}")
+    if config is None:
+        config = PlacementConfig(**settings)
+    elif settings:
+        raise ConfigError(f"pass either config= or settings, not both (got {', '.join(settings)})")
+    learnable = check(learnable, bool, "learnable")
+    if is_projected(model):
+        raise ConfigError("the model already has DIPNet projections; call dipnet.strip(model) before projecting again")
+    for name, module in _chosen_layers(model, targets, config.project_input, include, exclude):
+        if config.granularity == "layer":
+            features, dim = 0, -1
+        else:
+            found = _layer_features(module)
+            if found is None:
+                raise ConfigError(
+                    f"cannot tell the input features of {name!r} ({type(module).__name__}); use granularity='layer'"
+                )
+            features, dim = found
+        proj = GaussianProjection.from_config(features, dim, config, learnable)
+        ref = next(iter(module.parameters()), None)
+        if ref is not None:
+            proj.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+        _fast.attach(module, proj)
+    _fast.bump()
+    return model
+
+
+def projections(model: nn.Module) -> list[tuple[str, GaussianProjection]]:
+    """The inserted projections with their names (the name of the layer they feed)."""
+    out = []
+    for name, module in model.named_modules():
+        proj = module._modules.get(_fast.ATTR)
+        if isinstance(proj, GaussianProjection):
+            out.append((name, proj))
+    return out
+
+
+def sigma_summary(model: nn.Module) -> dict[str, float]:
+    """Mean learned sigma of every projection (effective: in input units), by layer name."""
+    return {name: float(p.effective_sigma().detach().mean()) for name, p in projections(model)}
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Remove every projection and its hooks, in place; the plain model gives the eval outputs bit for bit."""
+    _fast.bump()
+    for _, module in list(model.named_modules()):
+        if isinstance(module._modules.get(_fast.ATTR), GaussianProjection):
+            _fast.detach(module)
+    return model

@@ -1,0 +1,149 @@
+"""DIPNet's objective with m trajectories in one batched forward, and deterministic or sampled
+prediction (Hao et al., arXiv 2506.04690, "Training objective" and Algorithm 3)."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..schema import Limits, Validated, check, param
+from . import _fast
+from .insert import projections
+from .noise import noise_layers, sampling
+
+__all__ = ["DEFAULT_PRIOR", "DIPNetLoss", "LossConfig", "predict"]
+
+# (alpha, beta) of the variance prior; its minimum is at lambda = sigma^2 = beta / alpha (sigma 0.5).
+DEFAULT_PRIOR: tuple[float, float] = (1e-2, 2.5e-3)
+
+
+@dataclass
+class LossConfig(Validated):
+    """The settings of :class:`DIPNetLoss`, with their limits."""
+
+    trajectories: int = param(1, ge=1, doc="m: noise draws per example, stacked in one forward")
+    stability: float = param(0.0, ge=0, doc="weight of the trajectories' prediction spread (m > 1)")
+    alpha: float = param(DEFAULT_PRIOR[0], ge=0, doc="variance prior: alpha * lambda")
+    beta: float = param(DEFAULT_PRIOR[1], ge=0, doc="variance prior: - beta * ln lambda")
+
+
+def _prior_pair(prior: Any) -> tuple[Any, Any]:
+    try:
+        alpha, beta = prior
+    except (TypeError, ValueError):
+        raise ConfigError(f"prior must be a pair (alpha, beta), not {prior!r}") from None
+    return alpha, beta
+
+
+class DIPNetLoss:
+    """DIPNet's objective (spec "Training objective"), m trajectories in ONE batched forward:
+
+    ``L = mean_t criterion(f(x; eps_t), y) + stability * mean_t ||p_t - mean_t p||^2
+    + sum_l sum_j (alpha * lambda_lj - beta * ln lambda_lj)``, ``lambda = sigma^2`` (learnable only).
+
+    ``parts`` holds the detached terms of the last call: ``loss``, and ``stability`` / ``prior``
+    when they are active. The default prior :data:`DEFAULT_PRIOR` pulls each sigma towards
+    ``sqrt(beta / alpha) = 0.5``; without it the data term shrinks sigma and DIPNet trains like ERM
+    (measured: docs/dipnet.md, "Experiments"). ``prior=(0, 0)`` turns it off.
+    """
+
+    def __init__(
+        self,
+        criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        trajectories: int = 1,
+        stability: float = 0.0,
+        prior: tuple[float, float] = DEFAULT_PRIOR,
+    ) -> None:
+        alpha, beta = _prior_pair(prior)
+        self._setup(criterion, LossConfig(trajectories=trajectories, stability=stability, alpha=alpha, beta=beta))
+
+    @classmethod
+    def from_config(cls, config: LossConfig,
+                    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> "DIPNetLoss":
+        self = cls.__new__(cls)
+        self._setup(criterion, config)
+        return self
+
+    def _setup(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], config: LossConfig) -> None:
+        self.criterion, self.trajectories, self.stability = criterion, config.trajectories, config.stability
+        self.alpha, self.beta = config.alpha, config.beta
+        self.parts: dict[str, torch.Tensor] = {}
+        self._cache: tuple[Any, int, list[torch.Tensor]] | None = None
+
+    def __repr__(self) -> str:
+        return (f"DIPNetLoss(trajectories={self.trajectories}, stability={self.stability}, "
+                f"prior=({self.alpha}, {self.beta}))")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}
+
+    def _log_sigmas(self, model: nn.Module) -> list[torch.Tensor]:
+        cached = self._cache
+        if cached is not None and cached[0]() is model and cached[1] == _fast.version():
+            return cached[2]
+        logs = [p.log_sigma for _, p in projections(model) if p.learnable]
+        self._cache = (weakref.ref(model), _fast.version(), logs)
+        return logs
+
+    def prior(self, model: nn.Module) -> torch.Tensor:
+        """``sum_l sum_j (alpha * lambda_lj - beta * ln lambda_lj)`` over the learnable projections."""
+        logs = self._log_sigmas(model)
+        if not logs:
+            return torch.zeros(())
+        log_lam = torch.cat([log if log.ndim == 1 else log.reshape(-1) for log in logs]).mul(2)
+        if not self.alpha:
+            return log_lam.sum().mul(-self.beta)
+        return torch.sub(log_lam.exp(), log_lam, alpha=self.beta / self.alpha).sum().mul(self.alpha)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        m, batch = self.trajectories, x.shape[0]
+        xr = x.repeat(m, *([1] * (x.ndim - 1))) if m > 1 else x
+        try:
+            logits = model(xr)
+        except RuntimeError as exc:
+            if m == 1:
+                raise
+            raise ConfigError(
+                f"the model's forward failed on the repeated batch of {m} x {batch} examples ({exc}); "
+                "DIPNet stacks its trajectories along dimension 0, so the forward must accept any batch size"
+            ) from None
+        if not isinstance(logits, torch.Tensor) or logits.ndim < 1 or logits.shape[0] != m * batch:
+            raise ConfigError(
+                f"the model returned {getattr(logits, 'shape', type(logits).__name__)} for a batch of {m * batch}; "
+                "DIPNet needs a forward that maps a batch of N examples to N rows of logits"
+            )
+        yr = y.repeat(m, *([1] * (y.ndim - 1))) if m > 1 else y
+        data = self.criterion(logits, yr)
+        total = data
+        self.parts = {"loss": data.detach()}
+        if self.stability > 0 and m > 1:
+            p = logits.softmax(-1).view(m, batch, -1)
+            stab = (p - p.mean(0)).pow(2).sum(-1).mean()
+            total = total + self.stability * stab
+            self.parts["stability"] = stab.detach()
+        if self.alpha or self.beta:
+            prior = self.prior(model)
+            total = total + prior
+            self.parts["prior"] = prior.detach()
+        return total
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, samples: int = 0) -> torch.Tensor:
+    """Class probabilities. ``samples=0``: deterministic (eval, the paper's Algorithm 3);
+    ``samples=k``: mean softmax of k stochastic passes (noise layers sampling, the rest in eval,
+    no buffer updated), as one batched forward. The model's train/eval flags are restored."""
+    samples = check(samples, int, "samples", Limits(ge=0))
+    if samples == 0:
+        with sampling(model, layers=()):
+            return model(x).softmax(-1)
+    if not noise_layers(model):
+        raise ConfigError("samples > 0 needs a projected model (dipnet.project); use samples=0")
+    with sampling(model):
+        xr = x.repeat(samples, *([1] * (x.ndim - 1)))
+        return model(xr).softmax(-1).view(samples, x.shape[0], -1).mean(0)

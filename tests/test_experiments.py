@@ -195,7 +195,7 @@ def test_equal_compute_budget_scales_epochs_by_cost():
         (lambda t: t + "\nunknown_top = 1\n", "unknown_top: unknown key"),
         (lambda t: t.replace("epochs = 2", "epochs = 0"), "train.epochs must be an integer >= 1"),
         (lambda t: t.replace("epochs = 2", "epochs = 2\nlearning_rate = 1"), "train.learning_rate: unknown key"),
-        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a number > 0"),
+        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a positive number"),
         (lambda t: t.replace("seeds = [0, 1, 2]", "seeds = [0, 0]"), "seeds: repeats a seed"),
         (lambda t: t.replace("seeds = [0, 1, 2]", 'seeds = ["a"]'), "seeds: must be a non-empty list"),
         (lambda t: t.replace('baseline = "base"', 'baseline = "nope"'), "baseline: 'nope' is not one of"),

@@ -265,7 +265,7 @@ def test_mlp_activation_modules(activation: str, cls: type) -> None:
         ("mlp", (40,), {"widths": "wide"}, "widths"),
         ("mlp", (40,), {"width": 64, "widths": [64]}, "either"),
         ("mlp", (40,), {"depth": 1.5}, "depth"),
-        ("mlp", (40,), {"residual": "yes"}, "residual"),
+        ("mlp", (40,), {"residual": "maybe"}, "residual"),
         ("mlp", (40,), {"dropout": 0.1}, "widths, width, depth, activation, residual"),
         ("mnist1d-cnn", (40,), {"channels": 0}, "channels"),
         ("cnn2d", (1, 8, 8), {"channels": [8, 8, 8, 8]}, "at most 3"),

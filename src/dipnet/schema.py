@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["Limits", "Validated", "check", "check_field", "describe", "field_docs", "override", "param", "validate"]
+__all__ = ["Limits", "Validated", "check", "check_field", "choice", "describe", "field_docs", "override", "param", "validate"]
 
 _MISSING = dataclasses.MISSING
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -105,6 +105,8 @@ def describe(annotation: Any, limits: Limits = Limits()) -> str:
         text = "one of " + ", ".join(map(str, typing.get_args(inner)))
     elif inner is bool:
         text = "true or false"
+    elif inner in (int, float) and limits == Limits(gt=0):
+        text = "a positive integer" if inner is int else "a positive number"
     elif inner is int:
         text = f"an integer{bound}"
     elif inner is float:
@@ -248,3 +250,8 @@ def check_field(cls: type, name: str, value: Any, where: str) -> Any:
     """``value`` checked as dataclass ``cls``'s field ``name`` would be (errors name ``where``)."""
     found = {f.name: f for f in dataclasses.fields(cls)}[name]
     return check(value, _hints(cls).get(name, Any), where, _limits(found))
+
+
+def choice(value: Any, where: str, allowed: Any) -> Any:
+    """``value`` if it is one of ``allowed`` (a sequence, or a dict's keys); ConfigError otherwise."""
+    return check(value, Literal[tuple(allowed)], where)

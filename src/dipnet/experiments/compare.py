@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 from ..engine import TrainConfig, train
 from ..engine.runinfo import run_info
 from ..errors import ConfigError
+from ..schema import Limits, check
 from .instruments import MeasureFn, get_measure
 from .store import RunStore, owner_id
 from .suite import RunSpec, Suite, load_suite
@@ -162,8 +163,7 @@ def run_suite(
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    workers = check(workers, int, "workers", Limits(ge=1))
     train_fn = train_fn or engine_train
     specs = suite.expand(cost_fn)
     keys = [s.key for s in specs]

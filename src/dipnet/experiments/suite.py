@@ -48,7 +48,7 @@ from ..engine import TrainConfig, build_optimizer, prepare
 from ..errors import ConfigError
 from ..methods import StepContext, build_method, method_names
 from ..models import list_models
-from ..schema import check_field
+from ..schema import Limits, check, check_field
 from .instruments import measure_names
 
 BUDGETS = ("epochs", "example_grads")
@@ -59,6 +59,8 @@ COMPOSE_KEYS = ("compose", "compose_params")
 SET_BY_SUITE = ("data", "model", "method", "method_params", "seed", "out", "progress")
 # The core training fields every run's config (and so its key) carries; a run's key stays the
 # same when the engine grows an option.
+_SEED_LIMITS = Limits(ge=0, le=2**63 - 1)
+MAX_SEEDS = 1000
 CORE_TRAIN_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "data_kwargs", "model_kwargs")
 
 
@@ -312,12 +314,15 @@ def parse_suite(
     if not isinstance(description, str):
         raise ck.fail("description", "must be a string")
 
-    seeds = raw.get("seeds", [0])
+    raw_seeds = seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = list(range(seeds)) if seeds > 0 else seeds
-    if (not isinstance(seeds, list) or not seeds
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise ck.fail("seeds", f"must be a non-empty list of non-negative integers (or a count), got {seeds!r}")
+        seeds = list(range(check(seeds, int, f"{source}: seeds (a count)", Limits(ge=1, le=MAX_SEEDS))))
+    try:
+        seeds = check(seeds, list[int], "seeds", _SEED_LIMITS) if isinstance(seeds, list) else None
+    except ConfigError:
+        seeds = None
+    if not seeds:
+        raise ck.fail("seeds", f"must be a non-empty list of non-negative integers (or a count), got {raw_seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ck.fail("seeds", f"repeats a seed: {seeds!r}")
 
@@ -380,8 +385,7 @@ def parse_suite(
         if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
             raise ck.fail(f"{where}.sweep", "must be a table of non-empty lists such as { rho = [0.02, 0.05] }")
         cost = m.get("cost")
-        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost <= 0):
-            raise ck.fail(f"{where}.cost", f"must be a positive number (example-gradients per example), got {cost!r}")
+        cost = check(cost, float | None, f"{source}: {where}.cost (example-gradients per example)", Limits(gt=0))
         overrides = ck.train_table({k: v for k, v in m.items() if k not in METHOD_KEYS}, where, fields)
         combos = [dict(zip(sweep, vals)) for vals in itertools.product(*sweep.values())] if sweep else [{}]
         for combo in combos:

@@ -8,24 +8,22 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..schema import Limits, check
+from ..schema import choice as schema_choice
+
+_POSITIVE = Limits(gt=0)
 
 
 def positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, not {value!r}")
-    return value
+    return check(value, int, name, _POSITIVE)
 
 
 def positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
-        raise ConfigError(f"{name} must be a positive number, not {value!r}")
-    return float(value)
+    return check(value, float, name, _POSITIVE)
 
 
 def choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
-    return value  # type: ignore[return-value]
+    return schema_choice(value, name, allowed)
 
 
 def model_device(model: nn.Module) -> torch.device:

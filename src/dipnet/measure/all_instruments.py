@@ -11,6 +11,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import ConfigError
+from ..schema import Limits, check
 from ._checks import eval_mode, positive_int
 from .curvature import input_curvature
 from .jacobian import jacobian_norm
@@ -74,8 +75,7 @@ def measure_model(
     positive_int(n_examples, "n_examples")
     x_test, y_test = _subset(dataset.x_test, dataset.y_test, n_examples, seed)
     x_train, y_train = _subset(dataset.x_train, dataset.y_train, n_examples, seed + 1)
-    if isinstance(smoothed_samples, bool) or not isinstance(smoothed_samples, int) or smoothed_samples < 0:
-        raise ConfigError(f"smoothed_samples must be an integer >= 0, not {smoothed_samples!r}")
+    smoothed_samples = check(smoothed_samples, int, "smoothed_samples", Limits(ge=0))
     variants: list[tuple[str, nn.Module]] = [("", model)]
     if smoothed_samples:
         variants.append(("_smoothed", smoothed(model, smoothed_samples, seed)))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..schema import Limits, check
 from ._checks import check_inputs, check_labels, chunks, eval_mode, positive_int
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,8 +111,7 @@ def sharpness(
     """
     positive_int(top_k, "top_k")
     positive_int(iters, "iters")
-    if isinstance(trace_samples, bool) or not isinstance(trace_samples, int) or trace_samples < 0:
-        raise ConfigError(f"trace_samples must be an integer >= 0, not {trace_samples!r}")
+    trace_samples = check(trace_samples, int, "trace_samples", Limits(ge=0))
     loss_fn = loss_fn or F.cross_entropy
     x, y = _data(model, data)
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data.base import DatasetInfo
 from ..errors import ConfigError
+from ..schema import Limits, check, choice
 from .registry import _REGISTRY, register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -31,36 +32,28 @@ def make_activation(name: str, owner: str) -> nn.Module:
 
 
 def check_choice(owner: str, key: str, value: Any, allowed: Sequence[str] | dict[str, Any]) -> str:
-    names = list(allowed)
-    if not isinstance(value, str) or value not in names:
-        raise ConfigError(f"{owner}: {key}={value!r} is not supported; choose one of: {', '.join(names)}")
-    return value
+    return choice(value, f"{owner}.{key}", allowed)
 
 
 def check_int(owner: str, key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{owner}: {key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check(value, int, f"{owner}.{key}", Limits(ge=minimum))
 
 
 def check_float(owner: str, key: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-        raise ConfigError(f"{owner}: {key} must be a number >= {minimum}, got {value!r}")
-    return float(value)
+    return check(value, float, f"{owner}.{key}", Limits(ge=minimum))
 
 
 def check_bool(owner: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {key} must be true or false, got {value!r}")
-    return value
+    return check(value, bool, f"{owner}.{key}")
 
 
 def check_int_seq(owner: str, key: str, value: Any, minimum: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
     """An int or a sequence of ints (``256`` -> ``(256,)``; CLI ``widths=256,256`` -> ``(256, 256)``)."""
     items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(items, (list, tuple)) or (not items and not allow_empty):
-        raise ConfigError(f"{owner}: {key} must be a list of integers >= {minimum} (e.g. 256,256), got {value!r}")
-    return tuple(check_int(owner, key, v, minimum) for v in items)
+    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum))
+    if not out and not allow_empty:
+        raise ConfigError(f"{owner}.{key} must be a list of integers >= {minimum} (e.g. 256,256), not {value!r}")
+    return out
 
 
 def flat_features(input_shape: Sequence[int]) -> int:

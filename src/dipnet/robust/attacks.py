@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..projection import noise_layers, sampling
+from ..schema import Limits, check, choice
 
 Bound = Union[float, torch.Tensor]
 Bounds = Union[tuple[Bound, Bound], None]
@@ -58,21 +59,15 @@ def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
 
 
 def _choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
-    return value  # type: ignore[return-value]
+    return choice(value, name, allowed)
 
 
 def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, not {value!r}")
-    return value
+    return check(value, int, name, Limits(gt=0))
 
 
 def _nonneg_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
-    return float(value)
+    return check(value, float, name, Limits(ge=0))
 
 
 def bounds_tensors(bounds: Bounds, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, unknown_name
+from ..schema import Limits, check
 from .attacks import Bounds, bounds_tensors
 
 Layout = str  # "image" (N, C, H, W) / (N, H, W) or "signal" (N, L) / (N, C, L)
@@ -311,8 +312,7 @@ def corrupt(
                 f"for {layout}s choose one of: {', '.join(table)}"
             )
         raise unknown_name("corruption", name, list_corruptions())
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 0 <= severity <= 5:
-        raise ConfigError(f"severity must be an integer from 0 (none) to 5, not {severity!r}")
+    severity = check(severity, int, "severity (0: none)", Limits(ge=0, le=5))
     if severity == 0:
         return x.clone()
     x = x.detach()

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import ConfigError
+from ..schema import Limits, check
 from .attacks import ATTACKS, MODES, NORMS, _choice, _positive_int, attack_mode, bounds_tensors
 from .corruptions import corrupt, input_layout, list_corruptions
 from .shift import shifted_sets
@@ -85,9 +86,7 @@ def evaluate_robustness(
     _positive_int(batch_size, "batch_size")
     if n_examples is not None:
         _positive_int(n_examples, "n_examples")
-    for s in severities:
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-            raise ConfigError(f"severities must be integers 1-5, not {s!r}")
+    check(list(severities), list[int], "severities", Limits(ge=1, le=5))
 
     info = dataset.info
     x_all, y_all = dataset.x_test, dataset.y_test

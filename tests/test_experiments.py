@@ -43,7 +43,7 @@ from dipnet.experiments import (
 )
 from dipnet.experiments import register_measure, probe_cost
 from dipnet.experiments.store import owner_id
-from dipnet.experiments.suite import run_key
+from dipnet.experiments import run_key
 from dipnet.models import list_models, register_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ rest is in subpackages, layered (docs/architecture.md): ``dipnet.data``, ``dipne
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import data, engine, experiments, measure, methods, models, projection, robust
 from .data import Dataset, DatasetInfo, list_datasets, load_dataset

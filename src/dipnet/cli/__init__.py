@@ -11,14 +11,13 @@ import functools
 import importlib
 import sys
 
+from .._version import __version__
 from ..errors import DipnetError
 
 COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="dipnet", allow_abbrev=False,
         description="Train networks with DIPNet and the methods it is compared with; measure why they generalize.",

@@ -1,10 +1,13 @@
 """Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
 from .compare import SuiteOutcome, engine_train, run_suite
 from .instruments import get_measure, measure_names, register_measure
-from .report import ReportFiles, format_text_table, task_tables, write_report
+from .report import ReportFiles, write_report
+from .tables import format_text_table, task_tables
 from .stats import PairedComparison, Summary, paired_compare, paired_t_test, summarize, t_quantile, wilcoxon_signed_rank
 from .store import RunRecord, RunStore
-from .suite import RunSpec, Suite, load_suite, packaged_suites, parse_suite, probe_cost
+from .budget import probe_cost
+from .runspec import RunSpec, run_key
+from .suite import Suite, load_suite, packaged_suites, parse_suite
 
 __all__ = [
     "PairedComparison",
@@ -26,6 +29,7 @@ __all__ = [
     "parse_suite",
     "probe_cost",
     "register_measure",
+    "run_key",
     "run_suite",
     "summarize",
     "t_quantile",

@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping
 
 from ..engine import TrainConfig, train
 from ..engine.runinfo import run_info
-from ..errors import ConfigError
 from ..schema import Limits, check
 from .instruments import MeasureFn, get_measure
 from .store import RunStore, owner_id
-from .suite import RunSpec, Suite, load_suite
+from .runspec import RunSpec
+from .suite import Suite, load_suite
 
 TrainFn = Callable[[dict[str, Any], str], Any]
 """``train_fn(config, run_dir)``: trains one run; returns a RunResult or a dict with final/history."""

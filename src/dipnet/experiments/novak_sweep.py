@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..data import Dataset, load_dataset
 from ..engine import TrainConfig, evaluate, train
+from ..methods import method_names
 from ..measure import (circle_through, draw_anchors, jacobian_norm, lipschitz_bounds, measure_model, random_anchors,
                        region_transitions, sharpness, spearman, transitions_along)
 from ..projection import noise_layers
@@ -301,8 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-methods", default=None, metavar="M1,M2",
                    help="instead of the sweep: train the MLP and CNN with these methods, 2 seeds, and measure them")
     args = p.parse_args(argv)
-    import dipnet.methods  # noqa: F401  (registers the training methods)
-    from ..engine import method_names
 
     torch.set_num_threads(1)
     ds = load_dataset(args.data)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import ConfigError, DataError
-from .suite import RunSpec
+from .runspec import RunSpec
 
 STATUSES = ("pending", "running", "done", "failed")
 SCHEMA_VERSION = 1

@@ -34,22 +34,21 @@ Format (every key is checked; unknown keys are errors naming the file and the ke
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..data import list_datasets
-from ..engine import TrainConfig, build_optimizer, prepare
+from ..engine import TrainConfig
 from ..errors import ConfigError
-from ..methods import StepContext, build_method, method_names
+from ..methods import build_method
 from ..models import list_models
 from ..schema import Limits, check, check_field
+from .budget import checked_cost, probe_cost
 from .instruments import measure_names
+from .runspec import RunSpec, resolved_hyperparameters
 
 BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "measure", "train", "tasks", "methods")
@@ -96,52 +95,6 @@ def _check_train_config(cfg: dict[str, Any], where: str) -> None:
         TrainConfig.from_dict(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run of a suite: a task, a method, a seed and the full TrainConfig kwargs."""
-
-    suite: str
-    task: str
-    method: str
-    seed: int
-    config: dict[str, Any]
-    measure: tuple[str, ...] = ()
-    resolved: dict[str, Any] = field(default_factory=dict)  # every method hyperparameter, defaults included
-
-    @property
-    def key(self) -> str:
-        return run_key(self.config, self.measure, self.resolved)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "task": self.task, "method": self.method, "seed": self.seed,
-                "config": self.config, "measure": list(self.measure), "resolved": self.resolved}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
-        return cls(d["suite"], d["task"], d["method"], int(d["seed"]), dict(d["config"]), tuple(d.get("measure", ())),
-                   dict(d.get("resolved") or {}))
-
-
-def run_key(config: Mapping[str, Any], measure: tuple[str, ...] | list[str] = (),
-            resolved: Mapping[str, Any] | None = None) -> str:
-    """Stable 16-hex-digit key: sha256 of the canonical JSON of the config, the measures and the
-    method's resolved hyperparameters (so a changed library default is a new run, never a stale hit)."""
-    body: dict[str, Any] = {"config": config, "measure": sorted(measure)}
-    if resolved:
-        body["resolved"] = resolved
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def resolved_hyperparameters(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``{component: {field: value}}`` of a registered method with its defaults filled in; ``{}``
-    for a name the registry does not know (test doubles, methods registered only in workers)."""
-    if any(part not in method_names() for part in method.split("+") if part != "erm"):
-        return {}
-    hp = build_method(method, dict(params)).hyperparameters()
-    return json.loads(json.dumps(hp, sort_keys=True, default=str))
 
 
 @dataclass
@@ -206,7 +159,7 @@ class Suite:
                 fn = cost_fn or probe_cost
                 for m in self.methods:
                     known = self.costs.get(f"{task.label}/{m.label}", m.cost)
-                    costs[m.label] = known if known is not None else _checked_cost(fn, self.task_config(task, m), self.source, m.label)
+                    costs[m.label] = known if known is not None else checked_cost(fn, self.task_config(task, m), self.source, m.label)
                     self.costs[f"{task.label}/{m.label}"] = costs[m.label]
             for m in self.methods:
                 base_cfg = self.task_config(task, m)
@@ -225,50 +178,6 @@ class Suite:
                     seen[spec.key] = where
                     runs.append(spec)
         return runs
-
-
-def _checked_cost(fn: Callable[[dict[str, Any]], float], cfg: dict[str, Any], source: str, label: str) -> float:
-    try:
-        cost = float(fn(cfg))
-    except ConfigError:
-        raise
-    except Exception as exc:  # the probe runs user code: report, do not crash with a traceback
-        raise ConfigError(
-            f"{source}: could not measure the cost of method {label!r} ({type(exc).__name__}: {exc}); "
-            f"set it by hand with `cost = ...` in [methods.{label}]"
-        ) from None
-    if not math.isfinite(cost) or cost <= 0:
-        raise ConfigError(f"{source}: method {label!r} has cost {cost}; set a positive `cost` in [methods.{label}]")
-    return cost
-
-
-def probe_cost(config: Mapping[str, Any], batches: int = 2) -> float:
-    """Example-gradients per training example of a method: run ``batches`` steps and read the count.
-
-    The count is what the method's components record with ``StepContext.count`` (a plain CE
-    step counts B, SAM 2B, DIPNet with m trajectories mB). The learning rate is 0, so the
-    probe does not depend on how far training has gone.
-    """
-    cfg = TrainConfig.from_dict({**config, "seed": 0, "optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0})
-    ds, model, method = prepare(cfg)
-    optimizer = build_optimizer(cfg, model, method)
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    bs = min(cfg.batch_size, len(ds.x_train))
-    ctx = StepContext(epoch=0, epochs=1, batch_size=bs, bounds=ds.info.bounds)
-    method.on_epoch_start(model, optimizer, 0, 1)
-    seen = 0
-    for i in range(batches):
-        x, y = ds.x_train[i * bs:(i + 1) * bs], ds.y_train[i * bs:(i + 1) * bs]
-        if len(x) == 0:
-            break
-        ctx.step = i
-        method.step(model, optimizer, x, y, ctx)
-        seen += len(x)
-    return ctx.example_grads / max(seen, 1)
-
-
-# ---------------------------------------------------------------- parsing and validation
 
 
 class _Checker:

@@ -14,7 +14,6 @@ as given) and its train/eval flags and ``requires_grad`` flags are restored afte
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator, Literal, Union
 
 import torch

@@ -1,0 +1,163 @@
+"""Summary tables of a suite from a run store: per task, each method's mean ± 95% CI over seeds
+and its paired comparison with the baseline; the learned DIPNet sigma per layer."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .stats import PairedComparison, Summary, compute_account, format_p, paired_compare, summarize
+from .store import RunRecord, RunStore
+
+METRICS = (  # key in final, column title, scale, digits
+    ("test_acc", "test acc (%)", 100.0, 2),
+    ("test_loss", "test loss", 1.0, 3),
+    ("gap", "gap (pp)", 100.0, 2),
+    ("train_acc", "train acc (%)", 100.0, 2),
+)
+
+
+@dataclass
+class MethodRow:
+    method: str
+    seeds: list[int]
+    metrics: dict[str, Summary]
+    vs_baseline: PairedComparison | None
+    grads_ratio: float
+    example_grads: Summary
+    wall_s: Summary
+    failed: int = 0
+
+
+@dataclass
+class TaskTable:
+    suite: str
+    task: str
+    baseline: str
+    rows: list[MethodRow]
+    runs: dict[str, list[RunRecord]] = field(default_factory=dict)
+
+
+def _ordered(found: list[str], preferred: list[str]) -> list[str]:
+    return [x for x in preferred if x in found] + [x for x in found if x not in preferred]
+
+
+def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
+    """Per (suite, task): the summary rows of every method, the baseline first."""
+    tables = []
+    for name in [suite] if suite else store.suites():
+        meta = store.get_meta(f"suite:{name}", {}) or {}
+        records = store.runs(suite=name)
+        by_task: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+        for r in records:
+            by_task[r.task][r.method].append(r)
+        for task in _ordered(list(by_task), meta.get("tasks", [])):
+            methods = _ordered(list(by_task[task]), meta.get("methods", []))
+            baseline = meta.get("baseline") or methods[0]
+            done = {m: [r for r in by_task[task][m] if r.status == "done"] for m in methods}
+            base_runs = done.get(baseline, [])
+            base_acc = {r.seed: r.final.get("test_acc") for r in base_runs}
+            rows = []
+            for m in methods:
+                runs = done[m]
+                metrics = {k: summarize(r.final.get(k) for r in runs) for k, *_ in METRICS}
+                acct = compute_account([r.final for r in runs], [r.final for r in base_runs])
+                vs = None
+                if m != baseline and runs and base_runs:
+                    vs = paired_compare({r.seed: r.final.get("test_acc") for r in runs}, base_acc)
+                rows.append(MethodRow(m, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
+                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][m])))
+            tables.append(TaskTable(name, task, baseline, rows, {m: by_task[task][m] for m in methods}))
+    return tables
+
+
+def _diff_cells(row: MethodRow) -> list[str]:
+    vs = row.vs_baseline
+    if vs is None:
+        return ["baseline" if not row.failed or row.seeds else "", "", "", ""]
+    d = vs.diff
+    diff = f"{100 * d.mean:+.2f}" + (f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if math.isfinite(d.half_width) else "")
+    return [diff, format_p(vs.t_p), format_p(vs.wilcoxon_p), vs.verdict]
+
+
+def table_cells(table: TaskTable) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a task's table as strings (shared by text, Markdown and HTML)."""
+    header = ["method", "seeds"] + [title for _, title, _, _ in METRICS[:1]] + [
+        "Δ acc vs " + table.baseline + " (pp, 95% CI)", "p (paired t)", "p (Wilcoxon)", "verdict"
+    ] + [title for _, title, _, _ in METRICS[1:]] + ["example grads (× baseline)", "wall s"]
+    body = []
+    for row in table.rows:
+        seeds = str(len(row.seeds)) + (f" ({row.failed} failed)" if row.failed else "")
+        cells = [row.method, seeds, row.metrics["test_acc"].format(100.0, 2)] + _diff_cells(row)
+        cells += [row.metrics[k].format(scale, digits) for k, _, scale, digits in METRICS[1:]]
+        cells.append(f"{row.example_grads.mean:.3g} ({row.grads_ratio:.2f}×)" if row.example_grads.n else "n/a")
+        cells.append(row.wall_s.format(1.0, 1 if row.wall_s.mean >= 10 else 2))
+        body.append(cells)
+    return header, body
+
+
+def format_text_table(table: TaskTable) -> str:
+    """A plain-text table for the terminal."""
+    header, body = table_cells(table)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [f"{table.suite} / {table.task}  (mean ± 95% CI over seeds)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _sigma_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Per-layer sigma values from a method's epoch metrics.
+
+    A dict or list under a 'sigma' key is per layer; scalar 'sigma...' keys (summaries such as
+    sigma_mean) are used only when no per-layer values exist.
+    """
+    structured = {k: v for k, v in metrics.items() if isinstance(v, (Mapping, list, tuple))}
+    if any("sigma" in k.lower() for k in structured):
+        metrics = structured
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if "sigma" not in key.lower():
+            continue
+        if isinstance(value, (list, tuple)):
+            for j, v in enumerate(value):
+                if isinstance(v, (int, float)):
+                    out[f"{key}[{j}]" if len(metrics) > 1 else f"layer {j}"] = float(v)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if isinstance(v, (int, float)):
+                    out[str(k)] = float(v)
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def sigma_series(table: TaskTable) -> dict[str, tuple[list[str], list[Summary]]]:
+    """``{method: (layers, per-layer Summary over seeds)}`` of the learned sigma at the end of training."""
+    series = {}
+    for row in table.rows:
+        per_seed = [_sigma_values((r.history[-1].get("method") or {}) if r.history else {})
+                    for r in table.runs.get(row.method, []) if r.status == "done"]
+        per_seed = [p for p in per_seed if p]
+        if per_seed:
+            layers = list(per_seed[0])
+            series[row.method] = (layers, [summarize(p.get(layer) for p in per_seed) for layer in layers])
+    return series
+
+
+def sigma_cells(table: TaskTable) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of the learned-sigma table (mean ± 95% CI over seeds per layer), or None."""
+    series = sigma_series(table)
+    if not series:
+        return None
+    layers = list(dict.fromkeys(layer for names, _ in series.values() for layer in names))
+    rows = []
+    for method, (names, stats) in series.items():
+        by_layer = dict(zip(names, stats))
+        rows.append([method] + [by_layer[layer].format(digits=3) if layer in by_layer else "" for layer in layers])
+    return ["method"] + layers, rows

@@ -49,14 +49,7 @@ def _runner(spec, params, model_name, shape, batch, per_update, device="cpu"):
 
     def one_update() -> None:
         for _ in range(per_update):
-            xb, yb = method.transform_batch(model, x, y, ctx)
-
-            def closure():
-                loss = method.loss(model, xb, yb, ctx)
-                loss.backward()
-                return loss.detach()
-
-            method.update(model, opt, closure, ctx)
+            method.step(model, opt, x, y, ctx)
 
     return one_update
 

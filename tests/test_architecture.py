@@ -135,3 +135,40 @@ def test_no_long_source_file_without_a_reason():
         if lines > LONG_FILE and "Long because" not in doc:
             long.append(f"{p.relative_to(SRC)} ({lines} lines)")
     assert not long, "split these or give the reason in the docstring: " + ", ".join(long)
+
+
+def test_the_documented_way_to_add_a_method_works():
+    """docs/architecture.md's example component, as written, registers and trains."""
+    import re
+
+    import torch
+
+    from dipnet.methods import StepContext, build_method, registry
+
+    text = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    code = code.replace("from ..schema", "from dipnet.schema").replace("from .base", "from dipnet.methods.base") \
+               .replace("from .registry", "from dipnet.methods.registry")
+    import sys
+    import types
+
+    module = types.ModuleType("docs_architecture_example")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(code, "docs/architecture.md", "exec"), module.__dict__)
+        method = build_method("label-smoothing", {"eps": "0.2"})
+        model = torch.nn.Linear(4, 3)
+        opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.1)
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        with torch.no_grad():  # oracle: the smoothed targets written out, before the step
+            logp = model(x).log_softmax(-1)
+            target = torch.full((8, 3), 0.2 / 3).scatter_(1, y[:, None], 1 - 0.2 + 0.2 / 3)
+            expected = float(-(target * logp).sum(1).mean())
+        ctx = StepContext()
+        loss = method.step(model, opt, x, y, ctx)
+        assert ctx.example_grads == 8 and abs(loss - expected) < 1e-6
+        with pytest.raises(Exception, match="label-smoothing.eps must be"):
+            build_method("label-smoothing", {"eps": 1.0})
+    finally:
+        registry._COMPONENTS.pop("label-smoothing", None)
+        sys.modules.pop(module.__name__, None)

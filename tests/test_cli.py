@@ -85,3 +85,102 @@ def test_train_then_eval_round_trip(capsys, tmp_path):
     code, stdout, err = run_cli(capsys, "eval", str(out), "--json")
     assert code == 0, err
     assert json.loads(stdout)["test_acc"] == pytest.approx(record["final"]["test_acc"])
+
+
+def _train_record(capsys, tmp_path, *extra: str) -> dict:
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", "synthetic", "--model", "mlp", "--epochs", "1",
+                           "--batch-size", "64", "--out", str(out), "--progress", "none", *extra)
+    assert code == 0, err
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.parametrize("extra, component, field, value", [
+    (["--method", "input-noise", "--input-noise.sigma", "0.3"], "input-noise", "sigma", 0.3),
+    (["--method", "mrwp", "--mrwp.sigma-schedule=cosine"], "mrwp", "sigma_schedule", "cosine"),
+    (["--train-perturbation", "gaussian", "--method", "input-noise", "--gaussian-examples.sigma", "0.2",
+      "--input-noise.sigma", "0.05"], "gaussian-examples", "sigma", 0.2),
+    (["--method", "icp", "--layers", "blocks.0.act,blocks.1.act"], "icp", "layers", ["blocks.0.act", "blocks.1.act"]),
+    (["--method", "icp", "--icp.warmup", "0.5"], "icp", "warmup", 0.5),
+])
+def test_hyphenated_components_and_list_values_reach_the_method(capsys, tmp_path, extra, component, field, value):
+    record = _train_record(capsys, tmp_path, *extra)
+    assert record["method"]["hyperparameters"][component][field] == value
+
+
+def test_trainer_option_wins_its_bare_name_and_no_abbreviation_is_taken(capsys, tmp_path):
+    record = _train_record(capsys, tmp_path, "--method", "icp", "--warmup-epochs", "0")
+    assert record["config"]["warmup_epochs"] == 0 and record["method"]["hyperparameters"]["icp"]["warmup"] == 0.25
+    code, _, err = run_cli(capsys, "train", "--data", "synthetic", "--method", "icp", "--warmup", "0.5", "--mom", "0.5",
+                           "--out", str(tmp_path / "r2"), "--progress", "none", "--epochs", "1")
+    assert code == 2 and "no hyperparameter 'mom'" in err  # --mom is not --momentum
+
+
+def test_icp_layers_from_a_suite_file(tmp_path):
+    from dipnet.experiments import parse_suite
+
+    suite = parse_suite('[tasks.t]\ndata = "synthetic"\nmodel = "mlp"\n[methods.icp]\n'
+                        'params = { layers = ["blocks.0.act", "blocks.1.act"] }\n', "s.toml")
+    assert suite.expand()[0].resolved["icp"]["layers"] == ["blocks.0.act", "blocks.1.act"]
+
+
+def test_wrong_icp_layer_is_reported_before_the_first_step(capsys, tmp_path, monkeypatch):
+    from dipnet.methods import Method
+
+    steps = []
+    monkeypatch.setattr(Method, "step", lambda self, *a, **k: steps.append(1))
+    code, _, err = run_cli(capsys, "train", "--data", "synthetic", "--method", "icp", "--layers", "blocks.0.act,nope",
+                           "--out", str(tmp_path / "r"), "--progress", "none")
+    assert code == 2 and "icp.layers: the model has no module named 'nope'" in err and not steps
+    assert not (tmp_path / "r").exists()
+
+
+def _documented_flags() -> set[str]:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [p.read_text(encoding="utf-8") for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))]]
+    flags = set()
+    for text in texts:
+        for line in text.splitlines():
+            if "dipnet " in line or line.lstrip().startswith("--") or "`--" in line:
+                flags |= set(re.findall(r"(?<![\w-])--[a-z][a-z0-9.-]*[a-z0-9]", line))
+    return flags
+
+
+# flags of other programs that the docs quote (pip, torchrun), and the placeholder for a method option
+FOREIGN_FLAGS = {"--no-deps", "--standalone", "--nproc-per-node", "--upgrade", "--name", "--component.field"}
+
+
+def _script_flags() -> set[str]:
+    """Options of the repository's own scripts (benchmarks, experiment drivers), read from their source."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    flags = set()
+    for p in [*root.glob("benchmarks/*.py"), *root.glob("docs/*.py"), *root.glob("src/dipnet/experiments/*.py")]:
+        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", p.read_text(encoding="utf-8")))
+    return flags
+
+
+def test_every_flag_in_the_docs_exists():
+    """A flag quoted in README.md or docs/*.md is accepted by some dipnet parser, or is a method
+    hyperparameter (``--field`` or ``--component.field``)."""
+    import dataclasses
+
+    from dipnet.methods import component_class, method_names
+
+    parser = build_parser()
+    accepted = {s for a in parser._actions for s in a.option_strings}
+    for sub in parser._subparsers._group_actions[0].choices.values():
+        accepted |= {s for a in sub._actions for s in a.option_strings}
+    for name in method_names():
+        if name == "erm":
+            continue
+        for f in dataclasses.fields(component_class(name)):
+            for form in (f.name, f.name.replace("_", "-")):
+                accepted |= {f"--{form}", f"--{name}.{form}"}
+    missing = sorted(_documented_flags() - accepted - FOREIGN_FLAGS - _script_flags())
+    assert not missing, f"documented flags that no dipnet parser accepts: {missing}"

@@ -3,7 +3,11 @@ closed-form perturbations, hand-computed updates, statistical noise tests, repla
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import math
+import re
+import typing
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipnet import noise_table
-from dipnet.methods import StepContext, build_method
+from dipnet.methods import StepContext, build_method, component_class, method_names
 from dipnet.errors import ConfigError
 from dipnet.methods.baselines import Cutout
 from dipnet.methods.icp import ICP, icp_alpha, layer_weights
@@ -49,36 +53,88 @@ def train_steps(spec, params, model, x, y, steps, epochs=4, lr=0.05, ctx=None):
         ctx.step, ctx.progress = step, step / steps
         idx = torch.arange(step * B, step * B + B) % n
         ctx.batch_size = B
-        xb, yb = method.transform_batch(model, x[idx], y[idx], ctx)
-
-        def closure():
-            loss = method.loss(model, xb, yb, ctx)
-            loss.backward()
-            return loss.detach()
-
-        method.update(model, opt, closure, ctx)
+        method.step(model, opt, x[idx], y[idx], ctx)
     return model, ctx
 
 
-ALL = ["erm", "sam", "asam", "rwp", "mrwp", "arwp", "marwp", "icp", "input-noise", "cutout", "mixup", "cutmix",
-       "input-noise+sam", "mixup+mrwp", "input-noise+icp", "cutmix+arwp"]
-PARAMS = {"icp": {"steps": 2, "step_size": 0.05}, "input-noise": {"sigma": 0.05}, "arwp": {"sigma": 0.01},
-          "input-noise+icp": {"steps": 2, "step_size": 0.05}, "cutmix+arwp": {"sigma": 0.01}}
+def builtin_components():
+    """Every component the library registers (test doubles registered by other test modules left out)."""
+    return sorted(n for n in method_names() if n != "erm" and component_class(n).__module__.startswith("dipnet."))
 
 
-@pytest.mark.parametrize("spec", ALL)
+def valid_pairs():
+    """Every two-component composition the slots allow (at most one loss and one update)."""
+    out = []
+    for a, b in itertools.combinations(builtin_components(), 2):
+        slots = [component_class(a).slots, component_class(b).slots]
+        if not any(("loss" in s1 and "loss" in s2) or ("update" in s1 and "update" in s2) for s1, s2 in [slots]):
+            out.append(f"{a}+{b}")
+    return out
+
+
+# settings that make a component bite within 60 steps of the toy problem
+PARAMS = {"icp": {"steps": 2, "step_size": 0.05}, "input-noise": {"sigma": 0.05}, "gaussian-examples": {"sigma": 0.05},
+          "arwp": {"sigma": 0.01}, "marwp": {"sigma": 0.01}}
+
+
+def _params(spec):
+    out = {}
+    for name in spec.split("+"):
+        out.update({f"{name}.{k}": v for k, v in PARAMS.get(name, {}).items()})
+    return out
+
+
+@pytest.mark.parametrize("spec", ["erm", *builtin_components()])
 def test_method_reduces_loss(spec):
     torch.manual_seed(0)
     x, y = toy_data()
     model = toy_model()
     with torch.no_grad():
         before = F.cross_entropy(model(x), y).item()
-    steps = 120 if "mrwp" in spec or "marwp" in spec else 60  # m-RWP updates once per two batches
-    model, _ = train_steps(spec, PARAMS.get(spec, {}), model, x, y, steps=steps)
+    steps = 120 if spec in ("mrwp", "marwp") else 60  # m-RWP updates once per two batches
+    model, _ = train_steps(spec, _params(spec), model, x, y, steps=steps)
     model.eval()
     with torch.no_grad():
         after = F.cross_entropy(model(x), y).item()
     assert after < 0.8 * before, (spec, before, after)
+
+
+@pytest.mark.parametrize("spec", valid_pairs())
+def test_every_composition_trains_and_counts(spec):
+    """Each pair of components the slots allow runs four steps, stays finite and counts at least
+    one example-gradient per example."""
+    torch.manual_seed(0)
+    x, y = toy_data()
+    model, ctx = train_steps(spec, _params(spec), toy_model(), x, y, steps=4)
+    assert ctx.example_grads >= 4 * B
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _bad_values(cls):
+    """(field, value) pairs the field's own schema must refuse: just past each limit, and a wrong type."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        lim, kind = f.metadata.get("limits"), hints[f.name]
+        step = 1 if kind is int else 1e-3
+        for edge, past in (("gt", 0), ("ge", -step), ("lt", 0), ("le", step)):
+            bound = getattr(lim, edge, None) if lim else None
+            if bound is not None:
+                yield f.name, bound + past
+        yield f.name, object()
+        if typing.get_origin(kind) is typing.Literal:
+            yield f.name, "no-such-choice"
+
+
+@pytest.mark.parametrize("name", builtin_components())
+def test_every_component_refuses_every_bad_value_with_the_field_named(name):
+    cls = component_class(name)
+    cases = list(_bad_values(cls))
+    assert cases, f"{name} declares no hyperparameters"
+    for field, value in cases:
+        with pytest.raises(ConfigError, match=rf"{re.escape(name)}\.{field} must be"):
+            build_method(name, {field: value})
+    with pytest.raises(ConfigError, match="has no hyperparameter"):
+        build_method(name, {"no_such_field": 1})
 
 
 @pytest.mark.parametrize("spec,per_step", [

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from ..engine import load_run
-from ..errors import ConfigError
 from ..measure import MEASURES, measure_model
 
 
@@ -31,9 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag in ("n", "trajectories", "points"):
-        if getattr(args, flag) <= 0:
-            raise ConfigError(f"--{flag} must be a positive integer, not {getattr(args, flag)}")
     run_ = load_run(args.run_dir)
     out_path = Path(args.out) if args.out else Path(run_.run_dir) / "measures.json"
     result = measure_model(

@@ -51,9 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import load_run
     from ..robust import evaluate_robustness
 
-    for flag in ("n", "steps", "restarts", "eot"):
-        if getattr(args, flag) <= 0:
-            raise ConfigError(f"--{flag} must be a positive integer, not {getattr(args, flag)}")
     run_ = load_run(args.run_dir)
     out_path = Path(args.out) if args.out else Path(run_.run_dir) / "robust.json"
     result = evaluate_robustness(

@@ -58,7 +58,6 @@ COMPOSE_KEYS = ("compose", "compose_params")
 SET_BY_SUITE = ("data", "model", "method", "method_params", "seed", "out", "progress")
 # The core training fields every run's config (and so its key) carries; a run's key stays the
 # same when the engine grows an option.
-_SEED_LIMITS = Limits(ge=0, le=2**63 - 1)
 MAX_SEEDS = 1000
 CORE_TRAIN_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "data_kwargs", "model_kwargs")
 
@@ -227,7 +226,7 @@ def parse_suite(
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(check(seeds, int, f"{source}: seeds (a count)", Limits(ge=1, le=MAX_SEEDS))))
     try:
-        seeds = check(seeds, list[int], "seeds", _SEED_LIMITS) if isinstance(seeds, list) else None
+        seeds = [check_field(TrainConfig, "seed", s, "seed") for s in seeds] if isinstance(seeds, list) else None
     except ConfigError:
         seeds = None
     if not seeds:

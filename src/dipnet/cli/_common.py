@@ -1,7 +1,10 @@
 """Small parsing helpers shared by the subcommands."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from typing import Any
 
 from ..errors import ConfigError
@@ -58,3 +61,58 @@ def parse_method_options(extra: list[str]) -> dict[str, str]:
 
 def percent(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyperthread siblings counted once)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        pairs = set()
+        core = phys = None
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                phys = value.strip()
+            elif key == "core id":
+                core = value.strip()
+            elif not line.strip() and core is not None:
+                pairs.add((phys, core))
+                core = phys = None
+        if core is not None:
+            pairs.add((phys, core))
+        return max(1, min(usable, len(pairs) or usable))
+    except OSError:
+        return max(1, usable)
+
+
+def default_threads() -> int:
+    """Threads for one process: the physical cores not already busy (1-minute load average), at least 1."""
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, physical_cores() - busy)
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads (default: the physical cores not busy with other work)")
+
+
+def apply_threads(args: argparse.Namespace, workers: int = 1) -> int:
+    """Set torch's thread count from ``--threads`` (or the default); warn in one line when
+    ``threads x workers`` exceeds the idle physical cores. Returns the threads per worker."""
+    import torch
+
+    from ..schema import Limits, check
+
+    chosen = getattr(args, "threads", None)
+    if chosen is None:
+        threads = max(1, default_threads() // max(workers, 1))
+    else:
+        threads = check(chosen, int, "--threads", Limits(ge=1))
+    torch.set_num_threads(threads)
+    idle = default_threads()
+    if threads * workers > idle:
+        print(f"dipnet: warning: {threads * workers} threads on {idle} idle physical core(s) (load "
+              f"{os.getloadavg()[0]:.1f}); each step will wait for the others: try --threads {max(1, idle // max(workers, 1))}",
+              file=sys.stderr)
+    return threads

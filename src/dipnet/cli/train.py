@@ -8,14 +8,13 @@ the trainer's option wins the bare name.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from ..engine import TrainConfig, Trainer
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import DivergenceError
 from ..schema import field_docs
-from ._common import parse_assignments, parse_method_options, percent
+from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
 
 # --train-perturbation: a batch component put in front of the method (DIPNet paper, Table 1).
 TRAIN_PERTURBATIONS = {"none": None, "gaussian": "gaussian-examples", "fgsm": "fgsm-examples"}
@@ -27,7 +26,7 @@ TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optim
 
 def trainer_flags() -> set[str]:
     """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
-    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite"}
+    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads"}
     return names | {n.replace("_", "-") for n in names}
 
 
@@ -69,7 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_training_arguments(p)
     p.add_argument("--out", default=None, help="run directory (default runs/DATA-MODEL-METHOD-sSEED)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: delete the files of the dipnet run in --out first (only those; a folder "
+                        "that holds no dipnet run is refused)")
+    add_threads_argument(p)
     p.set_defaults(func=run, accepts_extra=True)
 
 
@@ -77,14 +79,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.data}-{cfg.model}-{cfg.method}-s{cfg.seed}".replace("+", "_"))
     cfg.out = str(out)
+    apply_threads(args)
     trainer = Trainer(cfg)  # every check (method, data, model) before anything on disk changes
-    if out.exists() and args.overwrite:
-        shutil.rmtree(out)
-    if out.exists() and not (out / "run.json").exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not a dipnet run directory; choose another --out")
     try:
-        result = trainer.fit()
-    except NonFiniteLossError as exc:
+        result = trainer.fit(overwrite=args.overwrite)
+    except DivergenceError as exc:
         print(f"dipnet train: stopped: {exc}", file=sys.stderr)
         return 1
     f = result.final

@@ -19,16 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import ConfigError, DivergenceError
 from ..methods import Method, StepContext
 from .config import TrainConfig
 from .progress import Progress
-from .rundir import RunDirectory, TrainState
+from .rundir import RunDirectory, TrainState, dataset_fingerprint
 from .runinfo import run_info
 from .schedule import lr_at
 from .setup import ModelArg, build_optimizer, epoch_permutation, prepare, resolve_device
 
 Callback = Callable[[dict[str, Any]], None]
+# Divergence rule: a run fails when its step loss stays above DIVERGENCE_FACTOR x max(1, |L0|),
+# L0 the mean loss of its first START_STEPS steps, for `patience` steps in a row, where patience is
+# PATIENCE_STEPS, or a tenth of the run's steps when the run is short (at least 5).
+DIVERGENCE_FACTOR = 100.0
+START_STEPS = 10
+PATIENCE_STEPS = 50
 
 
 @dataclass
@@ -83,12 +89,27 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.ctx = StepContext(epochs=cfg.epochs, bounds=self.dataset.info.bounds)
+        self.patience = min(PATIENCE_STEPS, max(5, self.total_steps // 10))
+        self._first: list[float] = []
         self.run = RunDirectory(cfg.out, cfg)
 
-    def fit(self) -> RunResult:
+    def fit(self, overwrite: bool = False) -> RunResult:
         """Train (resuming from the run directory's checkpoint if it holds one) and return the result.
-        Raises :class:`~dipnet.errors.NonFiniteLossError` naming the step of a NaN/inf loss."""
+
+        The run directory is locked while training; ``overwrite`` first deletes the files of a
+        previous run there (and only those). Raises :class:`~dipnet.errors.DivergenceError`
+        (:class:`~dipnet.errors.NonFiniteLossError` for NaN/inf) naming the step where the
+        loss diverged (rule: ``DIVERGENCE_FACTOR``)."""
+        self.run.check_target(overwrite)
+        with self.run.locked():
+            if overwrite and self.run.path is not None:
+                self.run.clear()
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         cfg, model, method, optimizer, run = self.cfg, self.model, self.method, self.optimizer, self.run
+        if run.path is not None:
+            run.fingerprint = dataset_fingerprint(self.dataset)
         run.header = {"method": {"name": method.name, "hyperparameters": method.hyperparameters()},
                       "dataset": self.dataset.info.to_dict(), "run_info": run_info(self.device)}
         state = run.resume(model, optimizer)
@@ -108,8 +129,8 @@ class Trainer:
                     cb(row)
                 run.checkpoint(model, optimizer, state)
                 run.record("running", state)
-        except NonFiniteLossError as exc:
-            exc = NonFiniteLossError(exc.step, exc.epoch, exc.value, run.last_checkpoint())
+        except DivergenceError as exc:
+            exc = exc.with_checkpoint(run.last_checkpoint())
             run.record("failed", state, error=str(exc))
             raise exc from None
         except BaseException as exc:
@@ -123,6 +144,18 @@ class Trainer:
         run.save_final(model, method.name)
         run.record("done", state, final)
         return RunResult(run.path, cfg, state.history, final, model, method, self.dataset)
+
+    def _watch(self, state: TrainState, value: float) -> None:
+        if state.loss_start is None:
+            self._first.append(value)
+            if len(self._first) >= min(START_STEPS, self.total_steps):
+                state.loss_start = sum(self._first) / len(self._first)
+            return
+        if _diverged(state, value, self.patience):
+            limit = DIVERGENCE_FACTOR * max(1.0, abs(state.loss_start))
+            raise DivergenceError(self.ctx.step, self.ctx.epoch, value,
+                                  detail=f", above {limit:.3g} = {DIVERGENCE_FACTOR:g} x max(1, starting loss "
+                                         f"{state.loss_start:.3g}) for {self.patience} steps in a row")
 
     def epoch(self, state: TrainState, progress: Progress, wall_before: float, t_run: float) -> dict[str, Any]:
         """Train one epoch (``state.epoch``), evaluate, and return its record; advances ``state``."""
@@ -143,6 +176,7 @@ class Trainer:
             ctx.epoch, ctx.step, ctx.progress, ctx.lr = epoch, state.step, state.step / self.total_steps, lr
             ctx.batch_size = int(idx.shape[0])
             value = method.step(model, optimizer, self.x_train[idx], self.y_train[idx], ctx, grad_clip=cfg.grad_clip)
+            self._watch(state, value)
             objective_sum += value * ctx.batch_size
             objective_n += ctx.batch_size
             if ctx.logs:
@@ -168,6 +202,15 @@ class Trainer:
         return row
 
 
+def _diverged(state: TrainState, value: float, patience: int) -> bool:
+    """Update the divergence watch with one step's loss; True when the run has diverged."""
+    if value > DIVERGENCE_FACTOR * max(1.0, abs(state.loss_start)):
+        state.steps_above += 1
+    else:
+        state.steps_above = 0
+    return state.steps_above >= patience
+
+
 def _final(history: list[dict[str, Any]], example_grads: int) -> dict[str, Any]:
     last = history[-1] if history else {}
     return {"test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
@@ -186,6 +229,7 @@ def train(
 
     ``dataset`` and ``model`` (a module, or a factory ``info -> module`` called after seeding)
     override the registry lookups, for a user's own data or network. ``callbacks`` get each
-    epoch's record. Raises :class:`~dipnet.errors.NonFiniteLossError` naming the step of a NaN/inf loss.
+    epoch's record. Raises :class:`~dipnet.errors.DivergenceError` naming the step where the loss
+    diverged (a NaN/inf loss: :class:`~dipnet.errors.NonFiniteLossError`).
     """
     return Trainer(cfg, dataset=dataset, model=model, callbacks=callbacks).fit()

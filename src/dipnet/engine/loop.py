@@ -30,10 +30,9 @@ from .setup import ModelArg, build_optimizer, epoch_permutation, prepare, resolv
 
 Callback = Callable[[dict[str, Any]], None]
 # Divergence rule: a run fails when its step loss stays above DIVERGENCE_FACTOR x max(1, |L0|),
-# L0 the mean loss of its first START_STEPS steps, for `patience` steps in a row, where patience is
-# PATIENCE_STEPS, or a tenth of the run's steps when the run is short (at least 5).
+# L0 the loss of its first step (at the initial weights), for `patience` steps in a row, where
+# patience is PATIENCE_STEPS, or a tenth of the run's steps when the run is short (at least 5).
 DIVERGENCE_FACTOR = 100.0
-START_STEPS = 10
 PATIENCE_STEPS = 50
 
 
@@ -90,7 +89,6 @@ class Trainer:
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.ctx = StepContext(epochs=cfg.epochs, bounds=self.dataset.info.bounds)
         self.patience = min(PATIENCE_STEPS, max(5, self.total_steps // 10))
-        self._first: list[float] = []
         self.run = RunDirectory(cfg.out, cfg)
 
     def fit(self, overwrite: bool = False) -> RunResult:
@@ -147,9 +145,7 @@ class Trainer:
 
     def _watch(self, state: TrainState, value: float) -> None:
         if state.loss_start is None:
-            self._first.append(value)
-            if len(self._first) >= min(START_STEPS, self.total_steps):
-                state.loss_start = sum(self._first) / len(self._first)
+            state.loss_start = value
             return
         if _diverged(state, value, self.patience):
             limit = DIVERGENCE_FACTOR * max(1.0, abs(state.loss_start))

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset, DatasetInfo, register_dataset
-from ._util import data_root, strict_options, stratified_split, to_tensors
+from .base import stratified_split
+from ._util import data_root, strict_options, to_tensors
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 CLASS_NAMES = {

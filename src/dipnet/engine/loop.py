@@ -80,6 +80,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model, self.method)
         self.x_train, self.y_train = self.dataset.x_train.to(device), self.dataset.y_train.to(device)
         self.x_test, self.y_test = self.dataset.x_test.to(device), self.dataset.y_test.to(device)
+        self.val = (self.dataset.x_val.to(device), self.dataset.y_val.to(device)) if self.dataset.has_val else None
         self.n = n = self.x_train.shape[0]
         if n == 0:
             raise ConfigError(f"dataset {self.dataset.info.name!r} has no training examples")
@@ -184,11 +185,13 @@ class Trainer:
         train_s = time.perf_counter() - t_epoch
         tr = evaluate(model, self.x_train[self.eval_idx], self.y_train[self.eval_idx], cfg.eval_batch_size)
         te = evaluate(model, self.x_test, self.y_test, cfg.eval_batch_size)
+        va = evaluate(model, *self.val, cfg.eval_batch_size) if self.val is not None else {"loss": None, "acc": None}
         now = time.perf_counter()
         state.epoch, state.example_grads, state.wall_s = epoch + 1, ctx.example_grads, wall_before + now - t_run
         row = {
             "epoch": epoch, "step": state.step, "lr": lr, "objective": objective_sum / max(objective_n, 1),
-            "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
+            "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
+            "test_loss": te["loss"], "test_acc": te["acc"],
             "gap": tr["acc"] - te["acc"], "example_grads": ctx.example_grads, "epoch_s": now - t_epoch,
             "train_s": train_s, "wall_s": state.wall_s,
             "logs": {k: v / self.steps_per_epoch for k, v in log_sums.items()},
@@ -209,7 +212,8 @@ def _diverged(state: TrainState, value: float, patience: int) -> bool:
 
 def _final(history: list[dict[str, Any]], example_grads: int) -> dict[str, Any]:
     last = history[-1] if history else {}
-    return {"test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+    return {"val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
+            "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
             "train_acc": last.get("train_acc"), "train_loss": last.get("train_loss"), "gap": last.get("gap"),
             "example_grads": example_grads, "wall_s": last.get("wall_s"), "epochs": len(history)}
 

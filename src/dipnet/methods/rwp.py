@@ -10,7 +10,13 @@ the clean weights restored exactly, and only then the base optimizer steps.
   mini-batch and ``g1`` the perturbed gradient of the next (the official single-process
   semantics): odd calls of ``step`` only store ``g0`` and do not update (2 passes per update).
 - ARWP / m-ARWP (``adaptive=True``): ``F <- beta F + g^2`` from perturbed gradients (no
-  ``1 - beta``), summed per filter, and the noise divided by ``sqrt(1 + eta F_filter)``.
+  ``1 - beta``), summed per filter, and the noise divided by ``sqrt(1 + eta F_filter)``. As in
+  the released code (``train_marwp.py`` sums ``F.view(n, -1)`` over dim 1), the sum runs over
+  rows of a 2+-D parameter and over single elements of a 1-D one: a bias's noise std is
+  ``sigma ||b||`` shared, divided by ``sqrt(1 + eta F_i)`` element by element.
+
+Parameter groups with ``perturb=False`` (the engine's group of DIPNet's log-sigmas) get no
+noise: weight-perturbation methods perturb only the model's own weights (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -35,16 +41,17 @@ def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
 
 class _Layout:
     """All parameters as one flat vector (one copy for the exact restore, one draw of noise) with
-    per-parameter views, and their filters (rows of 2+-D parameters; a 1-D parameter is one filter)
-    as one flat vector of per-filter values: per-filter sums take one reduction per parameter and
-    the rest of a step's noise arithmetic runs on whole vectors, since on a CPU each small op's
-    fixed cost, not its arithmetic, dominates RWP's overhead on small models."""
+    per-parameter views, and their *units* as one flat vector of per-unit values: a unit is a row
+    (output filter) of a 2+-D parameter and an element of a 1-D one (``p.view(n, -1)``'s rows, as
+    in the released code). Per-unit sums take one reduction per parameter and the rest of a step's
+    noise arithmetic runs on whole vectors, since on a CPU each small op's fixed cost, not its
+    arithmetic, dominates RWP's overhead on small models."""
 
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.params = [p for g in groups for p in g["params"]]
         self.group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.sizes = [p.numel() for p in self.params]
-        self.rows = [p.shape[0] if p.ndim >= 2 else 1 for p in self.params]
+        self.rows = [p.shape[0] if p.ndim >= 1 else 1 for p in self.params]
         self.cols = [n // r if r else 0 for n, r in zip(self.sizes, self.rows)]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.numel = sum(self.sizes)
@@ -69,12 +76,18 @@ class _Layout:
         return self._broadcast(groups, key, "filter")
 
     def filter_sums(self, flat: torch.Tensor) -> torch.Tensor:
-        """Per-filter sums of a flat per-element vector: ``[sum_k t_jk]`` over all filters j."""
+        """Per-unit sums of a flat per-element vector: ``[sum_k t_jk]`` over all units j."""
         return torch.cat([v.view(r, c).sum(1) for v, r, c in zip(flat.split(self.sizes), self.rows, self.cols)])
 
+    def norm_sq(self, flat: torch.Tensor) -> torch.Tensor:
+        """Per unit, the squared norm that scales its noise: its row's for a 2+-D parameter, the
+        whole vector's for a 1-D one (repeated over its elements)."""
+        return torch.cat([v.view(r, c).sum(1) if p.ndim >= 2 else v.sum().expand(r)
+                          for v, r, c, p in zip(flat.split(self.sizes), self.rows, self.cols, self.params)])
+
     def filter_views(self, per_filter: torch.Tensor) -> list[torch.Tensor]:
-        """A per-filter vector as one tensor per parameter, broadcastable to it."""
-        return [v.view(r, *([1] * (p.ndim - 1))) if p.ndim >= 2 else v.view(())
+        """A per-unit vector as one tensor per parameter, broadcastable to it."""
+        return [v.view(r, *([1] * (p.ndim - 1))) if p.ndim >= 1 else v.view(())
                 for v, r, p in zip(per_filter.split(self.rows), self.rows, self.params)]
 
     def index(self, p: torch.Tensor) -> int:
@@ -131,6 +144,9 @@ class RWP(WrappedOptimizer):
         cfg = RWPSettings(sigma=sigma, noise=noise, mix=mix, eta=eta, beta=beta)
         defaults = dict(sigma=cfg.sigma, mix=cfg.mix, adaptive=bool(adaptive), eta=cfg.eta, beta=cfg.beta)
         super().__init__(params, base_optimizer, defaults, **base_kwargs)
+        for g in self.param_groups:
+            if not g.get("perturb", True):
+                g["sigma"] = 0.0
         self.layout = _Layout(self.param_groups)
         self.noise = cfg.noise
         self.phase = 0  # m-RWP: 0 = next call is the clean half-step, 1 = the perturbed one
@@ -166,12 +182,13 @@ class RWP(WrappedOptimizer):
 
     def set_sigma(self, sigma: float) -> None:
         for g in self.param_groups:
-            g["sigma"] = float(sigma)
+            if g.get("perturb", True):
+                g["sigma"] = float(sigma)
 
     def _filter_std(self, w_flat: torch.Tensor) -> torch.Tensor:
         """``sigma ||w_j|| / sqrt(1 + eta F_j)`` per filter (the ARWP factor in adaptive groups only)."""
         lay, groups = self.layout, self.param_groups
-        std = lay.filter_sums(w_flat * w_flat).sqrt_().mul_(lay.per_filter(groups, "sigma"))
+        std = lay.norm_sq(w_flat * w_flat).sqrt_().mul_(lay.per_filter(groups, "sigma"))
         if self.F is not None and any(g["adaptive"] for g in groups):
             factor = lay.filter_sums(self.F).mul_(lay.per_filter(groups, "eta")).add_(1.0).rsqrt_()
             if not all(g["adaptive"] for g in groups):

@@ -51,6 +51,10 @@ class SAM(WrappedOptimizer):
         self._perturbed: list[list[torch.Tensor]] = []
 
     def _with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have a gradient and are perturbed (``perturb=False`` groups,
+        such as the engine's group of DIPNet's log-sigmas, are neither moved nor counted in the norm)."""
+        if not group.get("perturb", True):
+            return [], []
         params = [p for p in group["params"] if p.grad is not None]
         return params, [p.grad for p in params]
 

@@ -38,7 +38,10 @@ from dipnet.experiments import (
     summarize,
     t_quantile,
     task_tables,
-    wilcoxon_signed_rank,
+    effect_size,
+    holm,
+    resolvable_difference,
+    sign_flip_test,
     write_report,
 )
 from dipnet.experiments import register_measure, probe_cost
@@ -432,41 +435,54 @@ def test_paired_t_test_p_values_match_closed_forms():
     assert paired_t_test([0.0, 0.0]) == (0.0, 1.0)
 
 
-def brute_force_wilcoxon(d: list[float]) -> float:
-    """Two-sided exact p: share of sign flips whose min(W+, W-) is <= the observed one."""
-    d = [x for x in d if x != 0]
-    mags = sorted(abs(x) for x in d)
-    rank = {m: (2 * mags.index(m) + 1 + mags.count(m)) / 2 for m in mags}  # average ranks for ties
-    def stat(values):
-        wp = sum(rank[abs(v)] for v in values if v > 0)
-        wm = sum(rank[abs(v)] for v in values if v < 0)
-        return min(wp, wm)
-    obs = stat(d)
-    flips = [stat([s * abs(x) for s, x in zip(signs, d)]) for signs in itertools.product((1, -1), repeat=len(d))]
-    return sum(f <= obs + 1e-12 for f in flips) / len(flips)
+def brute_force_sign_flip(d: list[float]) -> float:
+    """Two-sided exact p by enumeration: share of sign patterns whose |sum| reaches the observed one."""
+    obs = abs(sum(d))
+    flips = [abs(sum(s * abs(x) for s, x in zip(signs, d))) for signs in itertools.product((1, -1), repeat=len(d))]
+    return sum(f >= obs - 1e-12 for f in flips) / len(flips)
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_wilcoxon_exact_p_matches_enumeration_of_sign_flips(seed):
+def test_sign_flip_p_matches_enumeration(seed):
     rng = random.Random(seed)
-    n = rng.randint(3, 10)
-    d = [round(rng.gauss(0.3, 1.0), 1) for _ in range(n)]  # rounding makes ties and zeros
-    w, p = wilcoxon_signed_rank(d)
-    assert p == pytest.approx(brute_force_wilcoxon(d), abs=1e-12)
-    nz = [x for x in d if x != 0]
-    assert w == pytest.approx(sum(r for r, x in zip(__import__("scipy").stats.rankdata(np.abs(nz)), nz) if x > 0))
+    d = [round(rng.gauss(0.3, 1.0), 2) for _ in range(rng.randint(2, 10))]
+    assert sign_flip_test(d) == pytest.approx(brute_force_sign_flip(d), abs=1e-12)
 
 
-def test_wilcoxon_matches_published_exact_values():
-    assert wilcoxon_signed_rank([1, 2, 3, 4, 5])[1] == pytest.approx(2 / 32)
-    assert wilcoxon_signed_rank([1, 2, 3, 4, 5, 6])[1] == pytest.approx(2 / 64)
-    assert wilcoxon_signed_rank([0.01, 0.02, 0.03])[1] == pytest.approx(0.25)  # the floor with 3 seeds
-    # n = 8, W- = 3 (tables: P(W <= 3) = 5/256, two-sided 10/256)
-    assert wilcoxon_signed_rank([-1, -2, 3, 4, 5, 6, 7, 8])[1] == pytest.approx(10 / 256)
+def test_sign_flip_floor_with_few_seeds():
+    assert sign_flip_test([0.01, 0.02, 0.03]) == pytest.approx(2 / 8)
+    assert sign_flip_test([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx(2 / 32)
+
+
+def test_holm_matches_statsmodels():
+    multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = list(rng.uniform(0, 0.2, size=rng.integers(1, 15)))
+        expected = multipletests(p, alpha=0.05, method="holm")[1]
+        assert holm(p) == pytest.approx(list(expected), abs=1e-12)
+    assert math.isnan(holm([0.01, math.nan, 0.04])[1]) and holm([0.01, math.nan, 0.04])[2] == pytest.approx(0.04)
+
+
+def test_effect_size_and_resolvable_difference_by_hand():
+    d = [0.02, 0.04, 0.03, 0.05]
+    assert effect_size(d) == pytest.approx(np.mean(d) / np.std(d, ddof=1))
     from scipy import stats
 
-    d = [1.3, -0.4, 2.2, 0.7, 1.9, -1.1, 0.5]
-    assert wilcoxon_signed_rank(d)[1] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue, rel=1e-9)
+    assert resolvable_difference(0.02, 5) == pytest.approx(stats.t.ppf(0.975, 4) * 0.02 / math.sqrt(5))
+    assert math.isnan(resolvable_difference(0.02, 1))
+
+
+def test_holm_makes_the_verdict():
+    """A difference whose own interval excludes 0 is within noise once many comparisons share the
+    alpha: the verdict uses the Holm-adjusted p-value."""
+    base = {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69, 4: 0.70}
+    edge = paired_compare({0: 0.715, 1: 0.735, 2: 0.72, 3: 0.70, 4: 0.705}, base)
+    assert edge.t_p < 0.05 and edge.verdict in ("better",)
+    from dipnet.experiments import adjust
+
+    adjusted = adjust([edge] + [paired_compare({k: v + 0.001 * (k - 2) for k, v in base.items()}, base)] * 19)
+    assert adjusted[0].holm_p > 0.05 and adjusted[0].verdict == "within noise"
 
 
 def test_paired_compare_flags_noise():

@@ -20,7 +20,16 @@ from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, f
 from .store import RunStore
 from .tables import format_text_table, sigma_cells, table_cells, task_tables
 
-__all__ = ["ReportFiles", "format_text_table", "task_tables", "write_report"]
+__all__ = ["ReportFiles", "STATISTICS_NOTE", "format_text_table", "task_tables", "write_report"]
+
+STATISTICS_NOTE = (
+    "Accuracy in %, differences in percentage points (pp); ± is the half-width of the 95% Student-t "
+    "interval over seeds (standard deviations with ddof = 1). Test figures are reported for the settings "
+    "as run (a swept method: the value chosen on validation); nothing is chosen on test. Comparisons with "
+    "the baseline are paired by seed: paired t-test, its p-value Holm-adjusted over every comparison of "
+    "the suite (the verdict uses it: better/worse when below 0.05), the exact sign-flip test, and the "
+    "effect size d_z = mean / sd of the differences."
+)
 
 
 @dataclass
@@ -66,17 +75,15 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
     md: list[str] = ["# dipnet comparison report", ""]
     body: list[str] = []
     figures: list[Path] = []
-    md.append(f"Store: `{Path(store_path).name}`. Accuracy in %, differences in percentage points (pp); "
-              "intervals are 95% Student-t intervals over seeds; comparisons with the baseline are paired by seed.")
-    body.append(f"<p>Store: <code>{html.escape(Path(store_path).name)}</code>. Accuracy in %, differences in "
-                "percentage points (pp); intervals are 95% Student-t intervals over seeds; comparisons with the "
-                "baseline are paired by seed.</p>")
+    intro = (f"Store: `{Path(store_path).name}`. {STATISTICS_NOTE}")
+    md.append(intro)
+    body.append(f"<p>{html.escape(intro)}</p>")
     if pending:
         note = f"{len(pending)} run(s) not finished yet (pending or interrupted): the numbers below leave them out."
         md += ["", f"**{note}**"]
         body.append(f"<p class='warn'>{html.escape(note)}</p>")
     for table in tables:
-        title = f"{table.suite} / {table.task}"
+        title = table.title
         md += ["", f"## {title}", ""]
         body.append(f"<h2>{html.escape(title)}</h2>")
         header, rows = table_cells(table)
@@ -95,12 +102,9 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
                         + "".join(f"<th>{html.escape(h)}</th>" for h in sigma[0]) + "</tr></thead><tbody>"
                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in sigma[1])
                         + "</tbody></table>")
-        small = [r.method for r in table.rows if r.vs_baseline is not None and r.vs_baseline.n < 6]
-        if small:
-            note = ("With fewer than 6 seeds the two-sided Wilcoxon p-value cannot go below 0.05 "
-                    "(its minimum is 2/2^n); the verdict uses the t interval.")
-            md += ["", note]
-            body.append(f"<p class='note'>{html.escape(note)}</p>")
+        if table.resolution():
+            md += ["", table.resolution()]
+            body.append(f"<p class='note'>{html.escape(table.resolution())}</p>")
         plots = [("test accuracy", fig_accuracy(table)), ("learning curves", fig_learning_curves(table)),
                  ("accuracy per training cost", fig_accuracy_per_time(table)), ("learned sigma", fig_sigma(table))]
         plots += fig_measures(table)

@@ -7,7 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .stats import PairedComparison, Summary, compute_account, format_p, paired_compare, summarize
+from .stats import (PairedComparison, Summary, adjust, compute_account, format_p, paired_compare,
+                    resolvable_difference, summarize)
 from .store import RunRecord, RunStore
 
 METRICS = (  # key in final, column title, scale, digits
@@ -37,6 +38,39 @@ class TaskTable:
     baseline: str
     rows: list[MethodRow]
     runs: dict[str, list[RunRecord]] = field(default_factory=dict)
+    setting: str = ""  # dataset, model and training recipe, in words
+
+    @property
+    def title(self) -> str:
+        return f"{self.suite} / {self.task}" + (f" ({self.setting})" if self.setting else "")
+
+    def resolution(self) -> str:
+        """One line: the seeds, and the smallest difference they resolve (median spread of the
+        paired differences in this table)."""
+        comps = [r.vs_baseline for r in self.rows if r.vs_baseline is not None and r.vs_baseline.n >= 2]
+        if not comps:
+            return ""
+        n = min(c.n for c in comps)
+        sds = sorted(c.diff.std for c in comps if math.isfinite(c.diff.std))
+        if not sds:
+            return ""
+        half = resolvable_difference(sds[len(sds) // 2], n)
+        return (f"{n} seeds per method: with the median spread of the paired differences here (sd {100 * sds[len(sds) // 2]:.2f} pp, "
+                f"ddof = 1) a 95% interval is ±{100 * half:.2f} pp, so smaller differences cannot be told from noise; "
+                f"the smallest two-sided sign-flip p-value {n} seeds allow is {2 / 2**n:.3g}.")
+
+
+def describe_setting(runs: list[RunRecord]) -> str:
+    """"mnist1d, mnist1d-mlp; adamw lr 0.01 cosine, batch 100, 40 epochs" from a task's run configs."""
+    cfgs = [r.spec.config for r in runs if r.spec.config]
+    if not cfgs:
+        return ""
+    c = cfgs[0]
+    epochs = sorted({x.get("epochs") for x in cfgs if x.get("epochs") is not None})
+    ep = f"{epochs[0]} epochs" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]} epochs"
+    wd = f", weight decay {c['weight_decay']:g}" if c.get("weight_decay") else ""
+    return (f"{c.get('data')}, {c.get('model')}; {c.get('optimizer')} lr {c.get('lr'):g} {c.get('schedule')}, "
+            f"batch {c.get('batch_size')}, {ep}{wd}")
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:
@@ -44,7 +78,8 @@ def _ordered(found: list[str], preferred: list[str]) -> list[str]:
 
 
 def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
-    """Per (suite, task): the summary rows of every method, the baseline first."""
+    """Per (suite, task): the summary rows of every method, the baseline first; the paired
+    comparisons' p-values are Holm-adjusted over every comparison of the suite."""
     tables = []
     for name in [suite] if suite else store.suites():
         meta = store.get_meta(f"suite:{name}", {}) or {}
@@ -52,6 +87,7 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
         by_task: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
         for r in records:
             by_task[r.task][r.method].append(r)
+        suite_tables = []
         for task in _ordered(list(by_task), meta.get("tasks", [])):
             methods = _ordered(list(by_task[task]), meta.get("methods", []))
             baseline = meta.get("baseline") or methods[0]
@@ -68,23 +104,31 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
                     vs = paired_compare({r.seed: r.final.get("test_acc") for r in runs}, base_acc)
                 rows.append(MethodRow(m, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
                                       acct.wall_s, sum(r.status == "failed" for r in by_task[task][m])))
-            tables.append(TaskTable(name, task, baseline, rows, {m: by_task[task][m] for m in methods}))
+            every = [r for m in methods for r in by_task[task][m]]
+            suite_tables.append(TaskTable(name, task, baseline, rows, {m: by_task[task][m] for m in methods},
+                                          describe_setting(every)))
+        all_rows = [row for t in suite_tables for row in t.rows]
+        for row, vs in zip(all_rows, adjust([row.vs_baseline for row in all_rows])):
+            row.vs_baseline = vs
+        tables += suite_tables
     return tables
 
 
 def _diff_cells(row: MethodRow) -> list[str]:
     vs = row.vs_baseline
     if vs is None:
-        return ["baseline" if not row.failed or row.seeds else "", "", "", ""]
+        return ["baseline" if not row.failed or row.seeds else "", "", "", "", "", ""]
     d = vs.diff
     diff = f"{100 * d.mean:+.2f}" + (f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if math.isfinite(d.half_width) else "")
-    return [diff, format_p(vs.t_p), format_p(vs.wilcoxon_p), vs.verdict]
+    dz = f"{vs.effect_size:+.2f}" if math.isfinite(vs.effect_size) else "n/a"
+    return [diff, format_p(vs.t_p), format_p(vs.p), format_p(vs.sign_flip_p), dz, vs.verdict]
 
 
 def table_cells(table: TaskTable) -> tuple[list[str], list[list[str]]]:
     """Header and body of a task's table as strings (shared by text, Markdown and HTML)."""
     header = ["method", "seeds"] + [title for _, title, _, _ in METRICS[:1]] + [
-        "Δ acc vs " + table.baseline + " (pp, 95% CI)", "p (paired t)", "p (Wilcoxon)", "verdict"
+        "Δ acc vs " + table.baseline + " (pp, 95% CI)", "p (paired t)", "p (t, Holm)", "p (sign-flip)", "d_z",
+        "verdict"
     ] + [title for _, title, _, _ in METRICS[1:]] + ["example grads (× baseline)", "wall s"]
     body = []
     for row in table.rows:
@@ -101,10 +145,12 @@ def format_text_table(table: TaskTable) -> str:
     """A plain-text table for the terminal."""
     header, body = table_cells(table)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [f"{table.suite} / {table.task}  (mean ± 95% CI over seeds)"]
+    lines = [f"{table.title}  (mean ± 95% CI over seeds)"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    if table.resolution():
+        lines.append(table.resolution())
     return "\n".join(lines)
 
 

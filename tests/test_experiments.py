@@ -751,3 +751,63 @@ def test_run_key_covers_the_methods_resolved_defaults(monkeypatch):
     moved = fake_suite(text).expand()
     assert [r.key for r in moved if r.method == "fast"] == [r.key for r in runs if r.method == "fast"]
     assert not {r.key for r in moved if r.method == "base"} & {r.key for r in dip}
+
+
+# ---------------------------------------------------------------- choosing on validation
+
+
+def selection_train(config: dict, run_dir: str) -> dict:
+    """A stand-in whose validation and test accuracies disagree on the best sweep value:
+    validation peaks at rho = 0.05, test at rho = 0.1."""
+    rho = (config.get("method_params") or {}).get("rho")
+    val = {0.02: 0.70, 0.05: 0.80, 0.1: 0.75}.get(rho, 0.72) + 0.001 * config["seed"]
+    test = {0.02: 0.60, 0.05: 0.65, 0.1: 0.90}.get(rho, 0.62) + 0.002 * config["seed"]
+    final = {"val_acc": val, "test_acc": test, "test_loss": 1 - test, "train_acc": 1.0, "train_loss": 0.0,
+             "gap": 1 - test, "example_grads": 10, "wall_s": 0.0}
+    return {"final": final, "history": []}
+
+
+SELECTION_SUITE = """
+name = "selection"
+seeds = [0, 1, 2]
+[tasks.t]
+data = "synthetic"
+model = "mlp"
+[methods.erm]
+[methods.sam]
+sweep = { rho = [0.02, 0.05, 0.1] }
+"""
+
+
+def test_a_sweep_is_won_on_validation_and_reported_on_test(tmp_path):
+    from dipnet.experiments.tables import task_tables
+
+    suite = parse_suite(SELECTION_SUITE, "selection.toml")
+    run_suite(suite, tmp_path / "s.sqlite", train_fn=selection_train)
+    with RunStore(tmp_path / "s.sqlite") as store:
+        (table,) = task_tables(store, "selection")
+    rows = {r.method: r for r in table.rows}
+    assert set(rows) == {"erm", "sam [rho=0.05]"}  # the best validation mean, not the best test one (0.1)
+    chosen = rows["sam [rho=0.05]"]
+    assert chosen.metrics["test_acc"].mean == pytest.approx(0.65 + 0.002)  # its own test runs, mean over seeds
+    assert chosen.metrics["val_acc"].mean == pytest.approx(0.80 + 0.001)
+    assert chosen.vs_baseline.diff.mean == pytest.approx(0.65 - 0.62)
+    sweep = {label: (val.mean, test.mean, pick) for label, val, test, pick in table.sweeps["sam"]}
+    assert sweep["sam(rho=0.1)"][1] > sweep["sam(rho=0.05)"][1] and sweep["sam(rho=0.05)"][2]
+
+
+def test_equal_tuning_gives_every_method_its_grid():
+    from dipnet.experiments.suite import ERM_TUNE
+    from dipnet.methods import component_class
+
+    suite = parse_suite(SELECTION_SUITE.replace("[methods.sam]\nsweep = { rho = [0.02, 0.05, 0.1] }",
+                                                "[methods.sam]\n[methods.noise]\nmethod = \"input-noise\"\n"
+                                                "params = { sigma = 0.3 }\n[methods.rwp]")
+                        .replace('name = "selection"', 'name = "tuned"\ntune = true'), "tuned.toml")
+    groups = suite.groups()
+    assert len(groups["erm"]) == len(ERM_TUNE["weight_decay"]) and len(groups["sam"]) == 3 and len(groups["rwp"]) == 3
+    assert groups["noise"] == ["noise"]  # its knob is set by hand: not tuned
+    wd = sorted(m.overrides["weight_decay"] for m in suite.methods if m.group == "erm")
+    assert wd == sorted(ERM_TUNE["weight_decay"])
+    rhos = sorted(m.params["rho"] for m in suite.methods if m.group == "sam")
+    assert rhos == sorted(component_class("sam").tune["rho"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, fig_measures, fig_sigma
 from .store import RunStore
-from .tables import format_text_table, sigma_cells, table_cells, task_tables
+from .tables import format_text_table, sigma_cells, sweep_cells, table_cells, task_tables
 
 __all__ = ["ReportFiles", "STATISTICS_NOTE", "format_text_table", "task_tables", "write_report"]
 
@@ -93,14 +93,17 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
                     + "</tbody></table>")
-        sigma = sigma_cells(table)
-        if sigma is not None:
-            caption = "Learned sigma per layer at the end of training (mean ± 95% CI over seeds):"
-            md += ["", caption, "", "| " + " | ".join(sigma[0]) + " |", "|" + "---|" * len(sigma[0])]
-            md += ["| " + " | ".join(r) + " |" for r in sigma[1]]
+        for caption, cells in (
+                ("Every configuration of the swept methods (mean ± 95% CI over seeds); the row above is the one "
+                 "with the best validation accuracy:", sweep_cells(table)),
+                ("Learned sigma per layer at the end of training (mean ± 95% CI over seeds):", sigma_cells(table))):
+            if cells is None:
+                continue
+            md += ["", caption, "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+            md += ["| " + " | ".join(r) + " |" for r in cells[1]]
             body.append(f"<p>{html.escape(caption)}</p><table><thead><tr>"
-                        + "".join(f"<th>{html.escape(h)}</th>" for h in sigma[0]) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in sigma[1])
+                        + "".join(f"<th>{html.escape(h)}</th>" for h in cells[0]) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1])
                         + "</tbody></table>")
         if table.resolution():
             md += ["", table.resolution()]

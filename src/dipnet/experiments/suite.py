@@ -43,7 +43,8 @@ from typing import Any, Callable, Mapping
 from ..data import list_datasets
 from ..engine import TrainConfig
 from ..errors import ConfigError
-from ..methods import build_method
+from ..methods import build_method, component_class, method_names
+from ..methods.registry import spec_names
 from ..models import list_models
 from ..schema import Limits, check, check_field
 from .budget import checked_cost, probe_cost
@@ -51,7 +52,9 @@ from .instruments import measure_names
 from .runspec import RunSpec, resolved_hyperparameters
 
 BUDGETS = ("epochs", "example_grads")
-TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "measure", "train", "tasks", "methods")
+TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods")
+# ERM's main knob for equal tuning (`tune = true`): its regularization strength, the weight decay.
+ERM_TUNE: dict[str, tuple[Any, ...]] = {"weight_decay": (0.0, 0.01, 0.1)}
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")
@@ -98,11 +101,16 @@ def _check_train_config(cfg: dict[str, Any], where: str) -> None:
 
 @dataclass
 class MethodEntry:
+    """One configuration of a method. A swept method has one entry per value, sharing ``group``
+    (the table's label) and differing in ``choice``; reports keep the one best on validation."""
+
     label: str
     spec: str
     params: dict[str, Any]
     overrides: dict[str, Any]
     cost: float | None = None
+    group: str = ""
+    choice: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,9 +139,17 @@ class Suite:
     methods: list[MethodEntry]
     description: str = ""
     costs: dict[str, float] = field(default_factory=dict)
+    tune: bool = False
 
     def method_labels(self) -> list[str]:
         return [m.label for m in self.methods]
+
+    def groups(self) -> dict[str, list[str]]:
+        """``{method: [its configurations' labels]}``: more than one label means a sweep."""
+        out: dict[str, list[str]] = {}
+        for m in self.methods:
+            out.setdefault(m.group or m.label, []).append(m.label)
+        return out
 
     def task_config(self, task: TaskEntry, method: MethodEntry) -> dict[str, Any]:
         cfg = {**self.train, **task.overrides, **method.overrides}
@@ -164,7 +180,8 @@ class Suite:
                 base_cfg = self.task_config(task, m)
                 resolved = resolved_hyperparameters(base_cfg["method"], base_cfg["method_params"])
                 if costs:
-                    base_cfg["epochs"] = max(1, round(base_cfg["epochs"] * costs[self.baseline] / costs[m.label]))
+                    base = costs[self.groups()[self.baseline][0]]
+                    base_cfg["epochs"] = max(1, round(base_cfg["epochs"] * base / costs[m.label]))
                 for seed in self.seeds:
                     cfg = {**base_cfg, "seed": seed}
                     spec = RunSpec(self.name, task.label, m.label, seed, cfg, self.measure, resolved)
@@ -275,6 +292,9 @@ def parse_suite(
             tasks.append(TaskEntry(f"{label}:{d}-{m}" if grid else label, d, m, overrides,
                                    compose.strip(), dict(compose_params)))
 
+    tune = raw.get("tune", False)
+    if not isinstance(tune, bool):
+        raise ck.fail("tune", f"must be true or false, got {tune!r}")
     methods_raw = raw.get("methods")
     if not isinstance(methods_raw, dict) or not methods_raw:
         raise ck.fail("methods", "the suite needs at least one [methods.NAME] table (e.g. [methods.erm])")
@@ -292,26 +312,45 @@ def parse_suite(
         sweep = m.get("sweep", {})
         if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
             raise ck.fail(f"{where}.sweep", "must be a table of non-empty lists such as { rho = [0.02, 0.05] }")
+        if not sweep and tune:
+            sweep = {k: list(v) for k, v in tuning_grid(spec).items() if k not in params}
         cost = m.get("cost")
         cost = check(cost, float | None, f"{source}: {where}.cost (example-gradients per example)", Limits(gt=0))
         overrides = ck.train_table({k: v for k, v in m.items() if k not in METHOD_KEYS}, where, fields)
         combos = [dict(zip(sweep, vals)) for vals in itertools.product(*sweep.values())] if sweep else [{}]
         for combo in combos:
             lab = label if not combo else label + "(" + ",".join(f"{k}={v}" for k, v in combo.items()) + ")"
-            methods.append(MethodEntry(lab, spec, {**params, **combo}, overrides, None if cost is None else float(cost)))
-    labels = [m.label for m in methods]
+            trained = ck.train_table({k: v for k, v in combo.items() if k in fields}, f"{where}.sweep", fields)
+            chosen = {k: v for k, v in combo.items() if k not in fields}
+            methods.append(MethodEntry(lab, spec, {**params, **chosen}, {**overrides, **trained},
+                                       None if cost is None else float(cost), label, dict(combo)))
+    groups = list(dict.fromkeys(m.group for m in methods))
 
-    baseline = raw.get("baseline", labels[0])
-    if baseline not in labels:
-        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(labels)}")
+    baseline = raw.get("baseline", groups[0])
+    if baseline not in groups:
+        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(groups)}")
 
-    suite = Suite(name, source, text, list(seeds), baseline, budget, tuple(measure), train, tasks, methods, description)
+    suite = Suite(name, source, text, list(seeds), baseline, budget, tuple(measure), train, tasks, methods, description,
+                  tune=tune)
     for t in suite.tasks:
         for m in suite.methods:
             _check_train_config({**suite.task_config(t, m), "seed": suite.seeds[0]}, f"{source}: tasks.{t.label} with methods.{m.label}")
     if check_names:
         _check_names(suite, ck)
     return suite
+
+
+def tuning_grid(spec: str) -> dict[str, tuple[Any, ...]]:
+    """The values an equal-tuning suite tries for a method: its first component's ``tune`` grid
+    (ERM: :data:`ERM_TUNE`); {} for a component without one."""
+    names = spec_names(spec)
+    if not names:
+        return dict(ERM_TUNE)
+    for name in names:
+        grid = getattr(component_class(name), "tune", {}) if name in method_names() else {}
+        if grid:
+            return dict(grid)
+    return {}
 
 
 def _str_list(ck: _Checker, value: Any, loc: str) -> list[str]:

@@ -1,5 +1,10 @@
 """Summary tables of a suite from a run store: per task, each method's mean ± 95% CI over seeds
-and its paired comparison with the baseline; the learned DIPNet sigma per layer."""
+and its paired comparison with the baseline; the learned DIPNet sigma per layer.
+
+A swept method (several configurations under one label) is represented by the configuration
+with the best mean validation accuracy over its seeds, chosen per task; its row reports that
+configuration's test figures, and :attr:`TaskTable.sweeps` lists every configuration's validation
+and test accuracy, so the choice can be checked. Test accuracy never chooses anything."""
 from __future__ import annotations
 
 import math
@@ -13,6 +18,7 @@ from .store import RunRecord, RunStore
 
 METRICS = (  # key in final, column title, scale, digits
     ("test_acc", "test acc (%)", 100.0, 2),
+    ("val_acc", "val acc (%)", 100.0, 2),
     ("test_loss", "test loss", 1.0, 3),
     ("gap", "gap (pp)", 100.0, 2),
     ("train_acc", "train acc (%)", 100.0, 2),
@@ -29,6 +35,7 @@ class MethodRow:
     example_grads: Summary
     wall_s: Summary
     failed: int = 0
+    label: str = ""  # the configuration's own label (the swept value chosen on validation)
 
 
 @dataclass
@@ -39,6 +46,7 @@ class TaskTable:
     rows: list[MethodRow]
     runs: dict[str, list[RunRecord]] = field(default_factory=dict)
     setting: str = ""  # dataset, model and training recipe, in words
+    sweeps: dict[str, list[tuple[str, Summary, Summary, bool]]] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -77,9 +85,25 @@ def _ordered(found: list[str], preferred: list[str]) -> list[str]:
     return [x for x in preferred if x in found] + [x for x in found if x not in preferred]
 
 
+def select_on_validation(candidates: dict[str, list[RunRecord]]) -> tuple[str | None, list[tuple[str, Summary, Summary, bool]]]:
+    """The configuration with the best mean validation accuracy over its finished seeds (the first
+    on ties), and every configuration's (label, validation, test, chosen); None when a
+    configuration has no validation accuracy to compare."""
+    stats = []
+    for label, runs in candidates.items():
+        done = [r for r in runs if r.status == "done"]
+        stats.append((label, summarize(r.final.get("val_acc") for r in done), summarize(r.final.get("test_acc") for r in done)))
+    usable = [(label, val) for label, val, _ in stats if val.n]
+    if len(usable) < len(stats):
+        return None, [(label, val, test, False) for label, val, test in stats]
+    best = max(usable, key=lambda item: item[1].mean)[0] if usable else None
+    return best, [(label, val, test, label == best) for label, val, test in stats]
+
+
 def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
-    """Per (suite, task): the summary rows of every method, the baseline first; the paired
-    comparisons' p-values are Holm-adjusted over every comparison of the suite."""
+    """Per (suite, task): the summary rows of every method (a swept one: its configuration chosen
+    on validation), the baseline first; the paired comparisons' p-values are Holm-adjusted over
+    every comparison of the suite."""
     tables = []
     for name in [suite] if suite else store.suites():
         meta = store.get_meta(f"suite:{name}", {}) or {}
@@ -89,29 +113,52 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
             by_task[r.task][r.method].append(r)
         suite_tables = []
         for task in _ordered(list(by_task), meta.get("tasks", [])):
-            methods = _ordered(list(by_task[task]), meta.get("methods", []))
-            baseline = meta.get("baseline") or methods[0]
-            done = {m: [r for r in by_task[task][m] if r.status == "done"] for m in methods}
+            labels = _ordered(list(by_task[task]), meta.get("methods", []))
+            groups = {g: [m for m in members if m in by_task[task]]
+                      for g, members in (meta.get("groups") or {m: [m] for m in labels}).items()}
+            groups = {g: members for g, members in groups.items() if members}
+            chosen, sweeps = {}, {}
+            for g, members in groups.items():
+                if len(members) == 1:
+                    chosen[g] = members[0]
+                    continue
+                best, sweeps[g] = select_on_validation({m: by_task[task][m] for m in members})
+                if best is not None:
+                    chosen[g] = best
+            baseline = meta.get("baseline") or next(iter(groups))
+            done = {g: [r for r in by_task[task][m] if r.status == "done"] for g, m in chosen.items()}
             base_runs = done.get(baseline, [])
             base_acc = {r.seed: r.final.get("test_acc") for r in base_runs}
             rows = []
-            for m in methods:
-                runs = done[m]
+            for g, label in chosen.items():
+                runs = done[g]
                 metrics = {k: summarize(r.final.get(k) for r in runs) for k, *_ in METRICS}
                 acct = compute_account([r.final for r in runs], [r.final for r in base_runs])
                 vs = None
-                if m != baseline and runs and base_runs:
+                if g != baseline and runs and base_runs:
                     vs = paired_compare({r.seed: r.final.get("test_acc") for r in runs}, base_acc)
-                rows.append(MethodRow(m, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
-                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][m])))
-            every = [r for m in methods for r in by_task[task][m]]
-            suite_tables.append(TaskTable(name, task, baseline, rows, {m: by_task[task][m] for m in methods},
-                                          describe_setting(every)))
+                shown = g if label == g else f"{g} [{label[len(g) + 1:-1]}]" if label.startswith(g + "(") else label
+                rows.append(MethodRow(shown, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
+                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][label]), label))
+            every = [r for m in labels for r in by_task[task][m]]
+            suite_tables.append(TaskTable(name, task, baseline, rows, {row.method: by_task[task][row.label] for row in rows},
+                                          describe_setting(every), sweeps))
         all_rows = [row for t in suite_tables for row in t.rows]
         for row, vs in zip(all_rows, adjust([row.vs_baseline for row in all_rows])):
             row.vs_baseline = vs
         tables += suite_tables
     return tables
+
+
+def sweep_cells(table: TaskTable) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of the sweep table: every configuration's validation and test accuracy."""
+    if not table.sweeps:
+        return None
+    rows = []
+    for group, entries in table.sweeps.items():
+        for label, val, test, chosen in entries:
+            rows.append([group, label, val.format(100.0, 2), test.format(100.0, 2), "chosen" if chosen else ""])
+    return ["method", "configuration", "val acc (%)", "test acc (%)", "chosen on validation"], rows
 
 
 def _diff_cells(row: MethodRow) -> list[str]:

@@ -323,6 +323,7 @@ class RWPMethod(_RWPBase):
 
     name = "rwp"
     description = "random weight perturbation (Li et al. 2024): gradient at w + filter-wise noise, 1 pass"
+    tune = {"sigma": (0.005, 0.015, 0.03)}
 
 
 @register_component
@@ -332,6 +333,7 @@ class MRWPMethod(_RWPBase, Mixing):
 
     name = "mrwp"
     description = "mixed RWP (Li et al. 2022/2024): lambda * perturbed + (1 - lambda) * clean gradient, 2 batches/update"
+    tune = {"sigma": (0.005, 0.015, 0.03)}
 
 
 @register_component
@@ -341,6 +343,7 @@ class ARWPMethod(_RWPBase, Adaptivity):
 
     name = "arwp"
     description = "adaptive RWP (Li et al. 2024): noise shrunk where past gradients are large, cosine sigma ramp"
+    tune = {"sigma": (0.0005, 0.001, 0.002)}
 
     sigma: float = override(RWPNoise, "sigma", 0.001)
     sigma_schedule: Literal["constant", "cosine"] = override(_RWPBase, "sigma_schedule", "cosine")
@@ -355,5 +358,6 @@ class MARWPMethod(_RWPBase, Mixing, Adaptivity):
 
     name = "marwp"
     description = "mixed adaptive RWP (Li et al. 2024): m-RWP with ARWP's adaptive noise"
+    tune = {"sigma": (0.005, 0.015, 0.03)}
 
     adaptive_default = True

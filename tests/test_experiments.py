@@ -797,7 +797,7 @@ def test_a_sweep_is_won_on_validation_and_reported_on_test(tmp_path):
 
 
 def test_equal_tuning_gives_every_method_its_grid():
-    from dipnet.experiments.suite import ERM_TUNE
+    from dipnet.experiments.budget import ERM_TUNE
     from dipnet.methods import component_class
 
     suite = parse_suite(SELECTION_SUITE.replace("[methods.sam]\nsweep = { rho = [0.02, 0.05, 0.1] }",

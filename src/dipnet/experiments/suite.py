@@ -43,18 +43,15 @@ from typing import Any, Callable, Mapping
 from ..data import list_datasets
 from ..engine import TrainConfig
 from ..errors import ConfigError
-from ..methods import build_method, component_class, method_names
-from ..methods.registry import spec_names
+from ..methods import build_method
 from ..models import list_models
 from ..schema import Limits, check, check_field
-from .budget import checked_cost, probe_cost
+from .budget import checked_cost, probe_cost, tuning_grid
 from .instruments import measure_names
 from .runspec import RunSpec, resolved_hyperparameters
 
 BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods")
-# ERM's main knob for equal tuning (`tune = true`): its regularization strength, the weight decay.
-ERM_TUNE: dict[str, tuple[Any, ...]] = {"weight_decay": (0.0, 0.01, 0.1)}
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")
@@ -338,19 +335,6 @@ def parse_suite(
     if check_names:
         _check_names(suite, ck)
     return suite
-
-
-def tuning_grid(spec: str) -> dict[str, tuple[Any, ...]]:
-    """The values an equal-tuning suite tries for a method: its first component's ``tune`` grid
-    (ERM: :data:`ERM_TUNE`); {} for a component without one."""
-    names = spec_names(spec)
-    if not names:
-        return dict(ERM_TUNE)
-    for name in names:
-        grid = getattr(component_class(name), "tune", {}) if name in method_names() else {}
-        if grid:
-            return dict(grid)
-    return {}
 
 
 def _str_list(ck: _Checker, value: Any, loc: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, fig_measures, fig_sigma
 from .store import RunStore
-from .tables import format_text_table, sigma_cells, sweep_cells, table_cells, task_tables
+from .tables import format_markdown, format_text_table, sigma_cells, sweep_cells, table_cells, task_tables
 
 __all__ = ["ReportFiles", "STATISTICS_NOTE", "format_text_table", "task_tables", "write_report"]
 
@@ -87,9 +87,7 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         md += ["", f"## {title}", ""]
         body.append(f"<h2>{html.escape(title)}</h2>")
         header, rows = table_cells(table)
-        md.append("| " + " | ".join(header) + " |")
-        md.append("|" + "---|" * len(header))
-        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        md += format_markdown(table)
         body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
                     + "</tbody></table>")

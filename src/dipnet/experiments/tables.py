@@ -188,6 +188,13 @@ def table_cells(table: TaskTable) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def format_markdown(table: TaskTable) -> list[str]:
+    """The task's table as Markdown lines."""
+    header, body = table_cells(table)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
+
+
 def format_text_table(table: TaskTable) -> str:
     """A plain-text table for the terminal."""
     header, body = table_cells(table)

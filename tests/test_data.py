@@ -209,7 +209,7 @@ def test_cifar_malicious_or_malformed_pickles_are_refused(tmp_path):
     write_cifar(tmp_path)
     with open(tmp_path / "test_batch", "wb") as fh:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, fh, protocol=2)
-    with pytest.raises(DataError, match=r"test_batch: b'data' must be uint8 of shape \(N, 3072\)"):
+    with pytest.raises(DataError, match=r"test_batch: b'data' must be a uint8 array of shape \(N, 3072\)"):
         load_dataset("cifar10", val_size=0, root=tmp_path)
     write_cifar(tmp_path)
     (tmp_path / "data_batch_2").write_bytes(b"\x80\x02}q")

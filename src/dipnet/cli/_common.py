@@ -93,8 +93,8 @@ def default_threads() -> int:
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads (default: the physical cores not busy with other work)")
+    p.add_argument("--threads", default=None, metavar="N",
+                   help="torch threads (default: the physical cores not busy with other work; 1 per worker in suites)")
 
 
 def apply_threads(args: argparse.Namespace, workers: int = 1) -> int:
@@ -106,7 +106,7 @@ def apply_threads(args: argparse.Namespace, workers: int = 1) -> int:
 
     chosen = getattr(args, "threads", None)
     if chosen is None:
-        threads = max(1, default_threads() // max(workers, 1))
+        threads = 1 if workers > 1 else default_threads()
     else:
         threads = check(chosen, int, "--threads", Limits(ge=1))
     torch.set_num_threads(threads)

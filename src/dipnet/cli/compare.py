@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..schema import Limits, check
+from ._common import add_threads_argument, apply_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("suite", metavar="SUITE", help="suite file (.toml) or shipped suite name")
     p.add_argument("--store", default="runs.sqlite", help="SQLite run store (default: runs.sqlite); "
                    "checkpoints go to STORE.d/")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--workers", default=1, help="parallel worker processes (default 1)")
+    add_threads_argument(p)
     p.add_argument("--resume", action="store_true", help="keep finished runs and train only the missing ones")
     p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
     p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
@@ -43,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.fresh:
         raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    args.workers = check(args.workers, int, "--workers", Limits(ge=1))
+    threads = apply_threads(args, args.workers)
     suite = load_suite(args.suite)
     specs = suite.expand()
     existing = _existing(args.store, suite.name, [s.key for s in specs])
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{where} ({info.get('status')}, kept)", flush=True)
 
-    outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=args.threads,
+    outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=threads,
                         on_event=on_event)
     with RunStore(args.store) as store:
         for table in task_tables(store, suite.name):

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from . import compare
+from ._common import add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default="report", help="report folder (default report/)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--fresh", action="store_true", help="retrain everything instead of resuming")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(args.store) or ".", exist_ok=True)
-    ns = argparse.Namespace(suite="default", store=args.store, workers=args.workers, threads=None,
+    ns = argparse.Namespace(suite="default", store=args.store, workers=args.workers, threads=args.threads,
                             resume=not args.fresh, fresh=args.fresh, report=args.report, quiet=False)
     return compare.run(ns)

@@ -16,6 +16,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
 from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, fig_measures, fig_sigma
 from .store import RunStore
 from .tables import format_markdown, format_text_table, sigma_cells, sweep_cells, table_cells, task_tables
@@ -63,6 +64,14 @@ def _environment(store: RunStore) -> list[tuple[str, str]]:
 def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | None = None) -> ReportFiles:
     """Write ``report.md`` (+ ``figures/*.png``) and a self-contained ``report.html`` into ``out_dir``."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report folder {out} is a file; give a folder with -o")
+    with RunStore(store_path, create=False) as store:
+        names = store.suites()
+        if not names:
+            raise ConfigError(f"{store_path} holds no runs yet; run `dipnet compare SUITE --store {store_path}` first")
+        if suite is not None and suite not in names:
+            raise ConfigError(f"{store_path} holds no suite {suite!r}; suites there: {', '.join(names)}")
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(store_path, create=False) as store:

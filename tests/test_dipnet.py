@@ -27,7 +27,7 @@ def test_build_method_routes_hyperparameters_and_projects():
 
 def test_loss_counts_m_times_batch_and_logs_parts():
     torch.manual_seed(0)
-    method = build_method("dipnet", {"trajectories": 4, "stability": 0.1, "alpha": 1e-3, "beta": 1e-3})
+    method = build_method("dipnet", {"trajectories": 4, "stability": 0.1, "alpha": 1e-3, "beta": 1e-3, "sigma": 0.1})
     model = method.transform_model(_mlp())
     ctx = StepContext()
     x, y = torch.randn(5, 10), torch.randint(0, 3, (5,))

@@ -198,7 +198,7 @@ def test_equal_compute_budget_scales_epochs_by_cost():
         (lambda t: t + "\nunknown_top = 1\n", "unknown_top: unknown key"),
         (lambda t: t.replace("epochs = 2", "epochs = 0"), "train.epochs must be an integer >= 1"),
         (lambda t: t.replace("epochs = 2", "epochs = 2\nlearning_rate = 1"), "train.learning_rate: unknown key"),
-        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a positive number"),
+        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a number in (0, 3.40282e+38)"),
         (lambda t: t.replace("seeds = [0, 1, 2]", "seeds = [0, 0]"), "seeds: repeats a seed"),
         (lambda t: t.replace("seeds = [0, 1, 2]", 'seeds = ["a"]'), "seeds: must be a non-empty list"),
         (lambda t: t.replace('baseline = "base"', 'baseline = "nope"'), "baseline: 'nope' is not one of"),
@@ -738,12 +738,12 @@ def test_run_key_covers_the_methods_resolved_defaults(monkeypatch):
     """A run is identified by every hyperparameter its method trains with, defaults included, so
     a library default that changes gives a new run instead of reusing a stale result."""
     import dipnet.experiments.suite as suite_mod
-    from dipnet.projection import DEFAULT_PRIOR
+    from dipnet.projection import DEFAULT_PRIOR, ProjectionConfig
 
     text = FAKE_SUITE.replace('method = "fake-a"', 'method = "dipnet"')
     runs = fake_suite(text).expand()
     dip = [r for r in runs if r.method == "base"]
-    assert dip[0].resolved["dipnet"]["alpha"] == DEFAULT_PRIOR[0] and dip[0].resolved["dipnet"]["sigma"] == 0.1
+    assert dip[0].resolved["dipnet"]["alpha"] == DEFAULT_PRIOR[0] and dip[0].resolved["dipnet"]["sigma"] == ProjectionConfig().sigma
     assert all(r.resolved == {} for r in runs if r.method == "fast")  # unregistered test double
     real = suite_mod.resolved_hyperparameters
     monkeypatch.setattr(suite_mod, "resolved_hyperparameters",

@@ -39,3 +39,41 @@ def difference(row: MethodRow) -> str:
 def row(table: TaskTable, group: str) -> MethodRow | None:
     """The row of a method (its chosen configuration, if swept)."""
     return next((r for r in table.rows if r.method == group or r.method.startswith(group + " [")), None)
+
+
+def mean_paired(table: TaskTable, method: str, key: str = "val_acc") -> float:
+    """Mean over shared seeds of ``method``'s ``key`` minus the baseline's (nan if none shared)."""
+    base = {r.seed: r.final.get(key) for r in table.runs.get(table.baseline, []) if r.status == "done"}
+    diffs = [r.final.get(key) - base[r.seed] for r in table.runs.get(method, [])
+             if r.status == "done" and base.get(r.seed) is not None and r.final.get(key) is not None]
+    return sum(diffs) / len(diffs) if diffs else math.nan
+
+
+def _variant(label: str, tables: list[TaskTable]) -> str:
+    cfg = next(r.spec.resolved.get("dipnet", {}) for t in tables for r in t.runs.get(label, []))
+    if not cfg:
+        return label
+    minimum = math.sqrt(cfg["beta"] / cfg["alpha"]) if cfg["alpha"] else math.inf
+    return f"{cfg['scale']}, prior minimum {minimum:.3g}"
+
+
+@claim("dipnet-defaults")
+def dipnet_defaults(evidence: Any) -> list[str]:
+    """The choice of DIPNet's defaults: each candidate's mean paired validation gain over ERM on
+    every task, their mean across tasks, and the winner (suites/dipnet-defaults.toml)."""
+    tables = evidence.tables("dipnet-defaults")
+    candidates = [r.method for r in tables[0].rows if r.method != tables[0].baseline]
+    gains = {c: [mean_paired(t, c) for t in tables] for c in candidates}
+    overall = {c: sum(g) / len(g) for c, g in gains.items()}
+    best = max(overall, key=lambda c: overall[c])
+    lines = ["| candidate | " + " | ".join(t.task for t in tables) + " | mean |",
+             "|---|" + "---|" * (len(tables) + 1)]
+    for c in candidates:
+        mark = " (chosen)" if c == best else ""
+        lines.append(f"| {c}: {_variant(c, tables)}{mark} | " + " | ".join(f"{100 * g:+.2f}" for g in gains[c])
+                     + f" | {100 * overall[c]:+.2f} |")
+    seeds = min(len(t.runs.get(best, [])) for t in tables)
+    lines += ["", f"Mean paired validation gain over ERM in points ({seeds} seeds per task). Chosen on validation "
+                  f"across the {len(tables)} tasks together: **{best}** ({_variant(best, tables)}), mean "
+                  f"{100 * overall[best]:+.2f} points. Test accuracy played no part in the choice."]
+    return lines

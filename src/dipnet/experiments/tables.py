@@ -116,7 +116,10 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
             labels = _ordered(list(by_task[task]), meta.get("methods", []))
             groups = {g: [m for m in members if m in by_task[task]]
                       for g, members in (meta.get("groups") or {m: [m] for m in labels}).items()}
-            groups = {g: members for g, members in groups.items() if members}
+            baseline = meta.get("baseline") or labels[0]
+            order = {m: i for i, m in enumerate(labels)}
+            groups = dict(sorted(((g, members) for g, members in groups.items() if members),
+                                 key=lambda item: (item[0] != baseline, min(order[m] for m in item[1]))))
             chosen, sweeps = {}, {}
             for g, members in groups.items():
                 if len(members) == 1:
@@ -125,7 +128,6 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
                 best, sweeps[g] = select_on_validation({m: by_task[task][m] for m in members})
                 if best is not None:
                     chosen[g] = best
-            baseline = meta.get("baseline") or next(iter(groups))
             done = {g: [r for r in by_task[task][m] if r.status == "done"] for g, m in chosen.items()}
             base_runs = done.get(baseline, [])
             base_acc = {r.seed: r.final.get("test_acc") for r in base_runs}

@@ -35,8 +35,11 @@ def check_choice(owner: str, key: str, value: Any, allowed: Sequence[str] | dict
     return choice(value, f"{owner}.{key}", allowed)
 
 
+MAX_SIZE = 100_000  # any one structural option (a width, a depth): larger ones are typos, and a depth of 10^9 modules would take the machine's memory before any estimate
+
+
 def check_int(owner: str, key: str, value: Any, minimum: int = 1) -> int:
-    return check(value, int, f"{owner}.{key}", Limits(ge=minimum))
+    return check(value, int, f"{owner}.{key}", Limits(ge=minimum, le=MAX_SIZE))
 
 
 def check_float(owner: str, key: str, value: Any, minimum: float = 0.0) -> float:
@@ -50,7 +53,9 @@ def check_bool(owner: str, key: str, value: Any) -> bool:
 def check_int_seq(owner: str, key: str, value: Any, minimum: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
     """An int or a sequence of ints (``256`` -> ``(256,)``; CLI ``widths=256,256`` -> ``(256, 256)``)."""
     items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum))
+    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum, le=MAX_SIZE))
+    if len(out) > MAX_SIZE:
+        raise ConfigError(f"{owner}.{key} lists {len(out)} values; at most {MAX_SIZE}")
     if not out and not allow_empty:
         raise ConfigError(f"{owner}.{key} must be a list of integers >= {minimum} (e.g. 256,256), not {value!r}")
     return out

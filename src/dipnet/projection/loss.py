@@ -20,8 +20,10 @@ from .noise import noise_layers, sampling
 
 __all__ = ["DEFAULT_PRIOR", "DIPNetLoss", "LossConfig", "predict"]
 
-# (alpha, beta) of the variance prior; its minimum is at lambda = sigma^2 = beta / alpha (sigma 0.5).
-DEFAULT_PRIOR: tuple[float, float] = (1e-2, 2.5e-3)
+# (alpha, beta) of the variance prior; its minimum is at lambda = sigma^2 = beta / alpha: sigma 0.2,
+# relative to each layer input's RMS at the default relative scale. Chosen on validation across
+# four tasks (suites/dipnet-defaults.toml, docs/dipnet.md "Defaults").
+DEFAULT_PRIOR: tuple[float, float] = (1e-2, 4e-4)
 
 
 @dataclass
@@ -55,8 +57,8 @@ class DIPNetLoss:
     (``batchnorm="pooled"``, the default and the fast path: one forward) or each trajectory as its
     own batch of B rows (``"per-trajectory"``: m forwards, running statistics updated m times,
     as m separate samples would). The default prior :data:`DEFAULT_PRIOR` pulls each sigma towards
-    ``sqrt(beta / alpha) = 0.5``; without it the data term shrinks sigma and DIPNet trains like ERM
-    (measured: docs/dipnet.md, "Experiments"). ``prior=(0, 0)`` turns it off.
+    ``sqrt(beta / alpha) = 0.2`` (relative to the layer input's RMS at the default relative scale);
+    without a prior the data term shrinks sigma and DIPNet trains like ERM. ``prior=(0, 0)`` turns it off.
     """
 
     def __init__(

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+
+LARGE_SUITE = 1000  # runs: a larger suite needs --yes
 from ..schema import Limits, check
 from ._common import add_threads_argument, apply_threads
 
@@ -27,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
     p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.add_argument("--yes", action="store_true",
+                   help=f"run a suite of more than {LARGE_SUITE} runs (refused without it: a sweep grows fast)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     args.workers = check(args.workers, int, "--workers", Limits(ge=1))
     threads = apply_threads(args, args.workers)
     suite = load_suite(args.suite)
+    if len(suite.tasks) * len(suite.methods) * len(suite.seeds) > LARGE_SUITE and not args.yes:
+        raise ConfigError(f"suite {suite.name!r} expands to {len(suite.tasks) * len(suite.methods) * len(suite.seeds):,} "
+                          f"runs ({len(suite.tasks)} tasks x {len(suite.methods)} method configurations x "
+                          f"{len(suite.seeds)} seeds), more than {LARGE_SUITE}; pass --yes to run them all")
     specs = suite.expand()
     existing = _existing(args.store, suite.name, [s.key for s in specs])
     if existing and not (args.resume or args.fresh):
@@ -64,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         counter["n"] += 1
         where = f"[{counter['n']}/{total}] {kind:6s} {spec.task} {spec.method} seed={spec.seed}"
         if kind == "done":
-            acc = info.get("final", {}).get("test_acc")
-            acc_s = f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""
+            final = info.get("final", {})
+            acc_s = "  ".join(f"{name} acc {100 * final[key]:.2f}%" for key, name in (("val_acc", "val"), ("test_acc", "test"))
+                              if isinstance(final.get(key), (int, float)))
             print(f"{where}: {acc_s} ({info.get('run_wall_s', 0.0):.1f} s)", flush=True)
         elif kind == "failed":
             print(f"{where}: {info.get('error')}", flush=True)

@@ -10,6 +10,7 @@ is chosen on validation and the test split is only ever reported.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -91,6 +92,16 @@ def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
         return fn
 
     return deco
+
+
+def dataset_options(name: str) -> list[str]:
+    """The options ``load_dataset(name, ...)`` takes (the loader's, plus ``val_size``/``val_seed``)."""
+    if name not in _REGISTRY:
+        raise unknown_name("dataset", name, list(_REGISTRY))
+    loader = _REGISTRY[name][0]
+    params = inspect.signature(loader).parameters.values()
+    named = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return named + list(getattr(loader, "options", ())) + ["val_size", "val_seed"]
 
 
 def list_datasets() -> dict[str, str]:

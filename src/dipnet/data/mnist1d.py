@@ -156,3 +156,6 @@ def load_mnist1d(**options: Any) -> Dataset:
         extra=extra,
     )
     return Dataset(x_train, y_train, x_test, y_test, info)
+
+
+load_mnist1d.options = tuple(f.name for f in dataclasses.fields(MNIST1DOptions))  # type: ignore[attr-defined]

@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..data import list_datasets
-from ..engine import TrainConfig
+from ..data.base import dataset_options
+from ..engine import TrainConfig, resolve_device
 from ..errors import ConfigError
 from ..methods import build_method
 from ..models import list_models
+from ..models.registry import model_options
 from ..schema import Limits, check, check_field
 from .budget import checked_cost, probe_cost, tuning_grid
 from .instruments import measure_names
@@ -351,6 +353,18 @@ def _check_names(suite: Suite, ck: _Checker) -> None:
             raise ck.fail(f"tasks.{t.label}.data", f"unknown dataset {t.data!r}; choose one of: {', '.join(datasets)}")
         if t.model not in models:
             raise ck.fail(f"tasks.{t.label}.model", f"unknown model {t.model!r}; choose one of: {', '.join(models)}")
+        for m in suite.methods:
+            cfg = suite.task_config(t, m)
+            where = f"tasks.{t.label} with methods.{m.label}"
+            for key, allowed in (("data_kwargs", dataset_options(t.data)), ("model_kwargs", model_options(t.model))):
+                unknown = sorted(set(cfg.get(key) or {}) - set(allowed))
+                if unknown:
+                    raise ck.fail(f"{where}: {key}", f"{(t.data if key == 'data_kwargs' else t.model)!r} has no option "
+                                  f"{', '.join(map(repr, unknown))}; its options: {', '.join(allowed) or 'none'}")
+            try:
+                resolve_device(cfg.get("device", "cpu"))
+            except ConfigError as exc:
+                raise ck.fail(f"{where}: device", str(exc)) from None
     for m in suite.methods:
         try:
             build_method(m.spec, m.params)

@@ -7,6 +7,7 @@ the machine's memory until the kernel kills the process.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable
 
@@ -28,6 +29,14 @@ def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
         return fn
 
     return deco
+
+
+def model_options(name: str) -> list[str]:
+    """The options ``build_model(name, info, ...)`` takes."""
+    if name not in _REGISTRY:
+        raise unknown_name("model", name, list(_REGISTRY))
+    params = inspect.signature(_REGISTRY[name][0]).parameters.values()
+    return [p.name for p in params if p.name != "info" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
 def list_models() -> dict[str, str]:

@@ -97,9 +97,10 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         body.append(f"<h2>{html.escape(title)}</h2>")
         header, rows = table_cells(table)
         md += format_markdown(table)
-        body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+        body.append("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                    + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-                    + "</tbody></table>")
+                    + "</tbody></table></div>")
         for caption, cells in (
                 ("Every configuration of the swept methods (mean ± 95% CI over seeds); the row above is the one "
                  "with the best validation accuracy:", sweep_cells(table)),
@@ -108,10 +109,10 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
                 continue
             md += ["", caption, "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
             md += ["| " + " | ".join(r) + " |" for r in cells[1]]
-            body.append(f"<p>{html.escape(caption)}</p><table><thead><tr>"
+            body.append(f"<p>{html.escape(caption)}</p><div class='scroll'><table><thead><tr>"
                         + "".join(f"<th>{html.escape(h)}</th>" for h in cells[0]) + "</tr></thead><tbody>"
                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1])
-                        + "</tbody></table>")
+                        + "</tbody></table></div>")
         if table.resolution():
             md += ["", table.resolution()]
             body.append(f"<p class='note'>{html.escape(table.resolution())}</p>")
@@ -164,7 +165,8 @@ table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
 th {{ background: #f3f3f3; }}
 td:first-child, th:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }}
+figure {{ display: inline-block; margin: 0.5em; max-width: 100%; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }}
 img {{ max-width: 100%; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 .warn {{ color: #a40; font-weight: bold; }}

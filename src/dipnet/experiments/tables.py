@@ -184,8 +184,8 @@ def table_cells(table: TaskTable) -> tuple[list[str], list[list[str]]]:
         seeds = str(len(row.seeds)) + (f" ({row.failed} failed)" if row.failed else "")
         cells = [row.method, seeds, row.metrics["test_acc"].format(100.0, 2)] + _diff_cells(row)
         cells += [row.metrics[k].format(scale, digits) for k, _, scale, digits in METRICS[1:]]
-        cells.append(f"{row.example_grads.mean:.3g} ({row.grads_ratio:.2f}×)" if row.example_grads.n else "n/a")
-        cells.append(row.wall_s.format(1.0, 1 if row.wall_s.mean >= 10 else 2))
+        cells.append(f"{row.example_grads.mean:,.0f} ({row.grads_ratio:.2f}×)" if row.example_grads.n else "n/a")
+        cells.append(row.wall_s.format(1.0, 1))
         body.append(cells)
     return header, body
 

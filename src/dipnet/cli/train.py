@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..engine import TrainConfig, Trainer
+from ..models import model_recipe
 from ..errors import DivergenceError
 from ..schema import field_docs
 from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
@@ -36,23 +37,30 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         default, accepts, doc = docs[name]
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
-                       help=f"{doc}: {accepts} (default {shown})")
+                       help=f"{doc}: {accepts} (default: the model's recipe, else {shown})")
     p.add_argument("--train-perturbation", choices=tuple(TRAIN_PERTURBATIONS), default="none",
                    help="train on perturbed inputs: gaussian noise or FGSM adversarial examples")
     p.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="dataset option, repeatable (e.g. seed=0)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, repeatable (e.g. widths=256,256)")
 
 
+# The learning rate for an optimizer the model's recipe does not use (when --lr is not given).
+OPTIMIZER_LR = {"sgd": 0.05, "adamw": 1e-3, "adam": 1e-3}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of a command line: given options raw, the rest the TrainConfig defaults."""
+    """The TrainConfig of a command line: the options given, raw; for the rest the model's
+    training recipe (``dipnet models``, docs/models.md), then the TrainConfig defaults."""
     given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    recipe = model_recipe(given.get("model", TrainConfig.model))
+    if "optimizer" in given and given["optimizer"] != recipe.get("optimizer") and "lr" not in given:
+        recipe["lr"] = OPTIMIZER_LR.get(given["optimizer"], TrainConfig.lr)
+    given = {**recipe, **given}
     method = given.get("method", TrainConfig.method)
     extra = TRAIN_PERTURBATIONS[args.train_perturbation]
     if extra:
         method = f"{extra}+{method}" if method != "erm" else extra
     given["method"] = method
-    if "lr" not in given and given.get("optimizer") == "sgd":
-        given["lr"] = 0.05
     return TrainConfig(**given, data_kwargs=parse_assignments(args.data_arg, "--data-arg"),
                        model_kwargs=parse_assignments(args.model_arg, "--model-arg"),
                        method_params=parse_method_options(getattr(args, "extra", [])))

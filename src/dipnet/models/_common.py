@@ -125,8 +125,10 @@ def compatible_models(input_shape: Sequence[int], num_classes: int = 10) -> list
     return fits
 
 
-def zoo_model(name: str, description: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``fn(info, **options)``; an unknown option is a ConfigError listing the known ones."""
+def zoo_model(name: str, description: str,
+              recipe: dict[str, Any] | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``fn(info, **options)`` with its training ``recipe``; an unknown option is a
+    ConfigError listing the known ones."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         options = [p for p in inspect.signature(fn).parameters if p != "info"]
@@ -140,7 +142,7 @@ def zoo_model(name: str, description: str) -> Callable[[Callable[..., nn.Module]
                 )
             return fn(info, **kwargs)
 
-        register_model(name, description)(builder)
+        register_model(name, description, recipe)(builder)
         return builder
 
     return deco

@@ -19,16 +19,27 @@ from ..errors import ConfigError, unknown_name
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, tuple[Builder, str]] = {}
+# The training recipe of each model: the settings ``dipnet train`` uses for the options not given.
+_RECIPES: dict[str, dict[str, Any]] = {}
 
 
-def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
-    """Register ``builder(info: DatasetInfo, **kwargs) -> nn.Module`` under ``name``."""
+def register_model(name: str, description: str, recipe: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
+    """Register ``builder(info: DatasetInfo, **kwargs) -> nn.Module`` under ``name``, with its
+    training ``recipe`` (optimizer, lr, schedule, batch size, epochs, weight decay)."""
 
     def deco(fn: Builder) -> Builder:
         _REGISTRY[name] = (fn, description)
+        _RECIPES[name] = dict(recipe or {})
         return fn
 
     return deco
+
+
+def model_recipe(name: str) -> dict[str, Any]:
+    """The documented training recipe of a registered model (docs/models.md, "Recipes")."""
+    if name not in _REGISTRY:
+        raise unknown_name("model", name, list(_REGISTRY))
+    return dict(_RECIPES.get(name, {}))
 
 
 def model_options(name: str) -> list[str]:

@@ -86,10 +86,24 @@ def physical_cores() -> int:
         return max(1, usable)
 
 
+def busy_cores() -> int:
+    """Cores other work keeps busy: the larger of the 1-minute load average and the processes
+    runnable right now (/proc/loadavg, this one not counted), since the average lags behind a
+    job that has just started."""
+    busy = 0
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            fields = fh.read().split()
+        busy = max(round(float(fields[0])), int(fields[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        if hasattr(os, "getloadavg"):
+            busy = round(os.getloadavg()[0])
+    return max(0, busy)
+
+
 def default_threads() -> int:
-    """Threads for one process: the physical cores not already busy (1-minute load average), at least 1."""
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, physical_cores() - busy)
+    """Threads for one process: the physical cores not already busy, at least 1."""
+    return max(1, physical_cores() - busy_cores())
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
@@ -112,7 +126,7 @@ def apply_threads(args: argparse.Namespace, workers: int = 1) -> int:
     torch.set_num_threads(threads)
     idle = default_threads()
     if threads * workers > idle:
-        print(f"dipnet: warning: {threads * workers} threads on {idle} idle physical core(s) (load "
-              f"{os.getloadavg()[0]:.1f}); each step will wait for the others: try --threads {max(1, idle // max(workers, 1))}",
+        print(f"dipnet: warning: {threads * workers} threads on {idle} idle physical core(s) ({busy_cores()} busy "
+              f"with other work); each step will wait for the others: try --threads {max(1, idle // max(workers, 1))}",
               file=sys.stderr)
     return threads

@@ -156,7 +156,7 @@ def fig_sigma(table: TaskTable) -> bytes | None:
         ax.bar(xs, [s.mean for s in vals], width, yerr=[s.half_width if math.isfinite(s.half_width) else 0 for s in vals],
                capsize=3, label=method, color=colour.get(method, f"C{i % 10}"))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))], layers, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("learned sigma (end of training)")
+    ax.set_ylabel("noise std in input units (end of training)")
     fig.legend(loc="outside right upper", fontsize=7)
     ax.set_title(f"{table.task}: learned DIPNet sigma per layer", fontsize=9)
     return _png(fig)

@@ -104,7 +104,8 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         for caption, cells in (
                 ("Every configuration of the swept methods (mean ± 95% CI over seeds); the row above is the one "
                  "with the best validation accuracy:", sweep_cells(table)),
-                ("Learned sigma per layer at the end of training (mean ± 95% CI over seeds):", sigma_cells(table))):
+                ("Learned noise std per layer at the end of training, in the units of the layer's input (relative "
+                 "scale: sigma times the input's running RMS), mean ± 95% CI over seeds:", sigma_cells(table))):
             if cells is None:
                 continue
             md += ["", caption, "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]

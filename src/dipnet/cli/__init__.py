@@ -14,7 +14,7 @@ import sys
 from .._version import __version__
 from ..errors import DipnetError
 
-COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo")
+COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ from ..models import list_models
 from ..schema import Limits, check, check_field
 from .budget import checked_cost, probe_cost
 from .instruments import measure_names
+from .kinds import suite_kind
 from .runspec import RunSpec, resolved_hyperparameters
 
 BUDGETS = ("epochs", "example_grads")
@@ -211,6 +212,8 @@ def parse_suite(
     are checked against the registries (``build_method`` validates the values too).
     """
     raw = _load_toml(text, source)
+    if "kind" in raw:
+        return suite_kind(raw["kind"], source)(raw, text, source, check_names)
     ck = _Checker(source)
     ck.keys(raw, TOP_KEYS, "")
     fields = train_fields()

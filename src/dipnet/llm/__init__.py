@@ -8,7 +8,7 @@ transformers, peft or reasoning-gym until it is used (they are the ``[llm]`` ext
 from .adapters import load_adapters, save_adapters, trainable_state
 from .config import FINETUNE_METHODS, FinetuneConfig
 from .evaluate import answer_loss, exact_match, generate
-from .finetune import FinetuneResult, Finetuner, finetune, finetune_step, prepare_model
+from .runner import FinetuneResult, Finetuner, finetune, finetune_step, prepare_model
 from .suite import FinetuneSuite, finetune_train, parse_finetune_suite
 from .models import llm_names, load_llm, register_llm, smollm2_folder
 from .tasks import Example, TaskData, collate, encode, extract_answer, load_task

@@ -37,7 +37,7 @@ from ..experiments import RunSpec, Suite, register_suite_kind
 from ..experiments.suite import MAX_SEEDS, MethodEntry, TaskEntry
 from ..schema import Limits, check, check_field
 from .config import FinetuneConfig
-from .finetune import FinetuneResult, finetune
+from .runner import FinetuneResult, finetune
 from .models import llm_names
 
 __all__ = ["FinetuneSuite", "finetune_train", "parse_finetune_suite"]

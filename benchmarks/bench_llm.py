@@ -11,22 +11,9 @@ import time
 
 import torch
 
-from _timing import paired
+from _timing import paired, saved_mb
 
 SEQ, BATCH, ANSWER = 64, 8, 16
-
-
-def _peak_mb(fn) -> float:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total / 2**20
 
 
 def bench(quick: bool = False) -> list[dict]:
@@ -78,8 +65,8 @@ def _bench(quick: bool, base: torch.nn.Module, tok) -> list[dict]:
         rows.append({"area": "llm", "name": f"training tokens/s {name}", "value": BATCH * SEQ / times[name],
                      "unit": "tokens/s"})
     sft.train(), dip.train()
-    mb = {"sft": _peak_mb(lambda: plain(sft, batch, labels)), "dipnet m=1": _peak_mb(lambda: plain(dip, batch, labels)),
-          "dipnet m=2": _peak_mb(lambda: two(dip, batch, labels))}
+    mb = {"sft": saved_mb(lambda: plain(sft, batch, labels)), "dipnet m=1": saved_mb(lambda: plain(dip, batch, labels)),
+          "dipnet m=2": saved_mb(lambda: two(dip, batch, labels))}
     rows.append({"area": "llm", "name": "saved activations sft (8 x 64)", "value": mb["sft"], "unit": "MiB"})
     for name in ("dipnet m=1", "dipnet m=2"):
         rows.append({"area": "llm", "name": f"saved activations {name} (8 x 64)", "value": mb[name], "unit": "MiB",

@@ -1,15 +1,13 @@
 """What defines a fine-tuning run: :class:`FinetuneConfig`, each limit stated once (:mod:`dipnet.schema`)."""
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
-from ..engine.config import ProgressMode
+from ..engine.config import ProgressMode, RunConfig
 from ..errors import ConfigError
 from ..projection.hf import LLM_PRIOR, LLM_SIGMA
-from ..schema import Validated, param
+from ..schema import param
 
 __all__ = ["FINETUNE_METHODS", "FinetuneConfig", "NON_IDENTITY"]
 
@@ -23,8 +21,11 @@ EVAL_FIELDS = ("eval_batch_size", "eval_samples")
 
 
 @dataclass
-class FinetuneConfig(Validated):
+class FinetuneConfig(RunConfig):
     """A LoRA fine-tuning run of a causal LM on a reasoning-gym task: SFT, DIPNet or NEFTune."""
+
+    non_identity: ClassVar[tuple[str, ...]] = NON_IDENTITY
+    what: ClassVar[str] = "fine-tuning"
 
     model: str = param("smollm2-135m", doc="language model: smollm2-135m, tiny-llama or a local folder")
     task: str = param("chain_sum", doc="reasoning-gym dataset name (chain_sum, basic_arithmetic, gsm_symbolic, ...)")
@@ -71,27 +72,3 @@ class FinetuneConfig(Validated):
             raise ConfigError("eval_samples (k sampled passes) needs method dipnet: the other methods have no noise at test time")
         if not self.lora_targets:
             raise ConfigError("lora_targets is empty; name the modules LoRA adapts, e.g. q_proj,v_proj")
-
-    def validate(self) -> "FinetuneConfig":
-        self.__post_init__()
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown fine-tuning option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that determine the trained adapters (JSON-normalized): what a resume must match."""
-        d = self.to_dict()
-        for k in NON_IDENTITY:
-            d.pop(k, None)
-        return json.loads(json.dumps(d))

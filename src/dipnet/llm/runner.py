@@ -16,6 +16,7 @@ evaluation settings is only evaluated again.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -241,8 +242,6 @@ def sigma_log(model: nn.Module) -> dict[str, Any]:
 def _read_final(run: RunDirectory) -> dict[str, Any] | None:
     if run.path is None or not (run.path / "run.json").is_file():
         return None
-    import json
-
     try:
         record = json.loads((run.path / "run.json").read_text())
     except ValueError:

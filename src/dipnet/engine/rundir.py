@@ -12,14 +12,15 @@ every epoch, each atomically. With no directory (``out=None``) every write is sk
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
 from .config import TrainConfig
 
@@ -79,6 +80,21 @@ class RunDirectory:
             "status": status, "config": self.cfg.to_dict(), **self.header,
             "history": state.history, "final": final, "error": error,
         })
+
+    @contextlib.contextmanager
+    def recording(self, state: TrainState) -> Iterator[None]:
+        """Training inside: an exception is recorded (``failed``, or ``interrupted`` for Ctrl-C)
+        and re-raised; a non-finite loss is re-raised naming the last good checkpoint."""
+        try:
+            yield
+        except NonFiniteLossError as exc:
+            exc = NonFiniteLossError(exc.step, exc.epoch, exc.value, self.last_checkpoint())
+            self.record("failed", state, error=str(exc))
+            raise exc from None
+        except BaseException as exc:
+            self.record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", state,
+                        error=f"{type(exc).__name__}: {exc}")
+            raise
 
     def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         """The end-of-epoch state everything a resume needs (weights, optimizer, generators)."""

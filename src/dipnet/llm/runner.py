@@ -150,15 +150,8 @@ class Finetuner:
         progress = Progress(cfg.progress, label=f"{cfg.method} {cfg.model}")
         run.record("running", state)
         try:
-            self._train(state, progress)
-        except NonFiniteLossError as exc:
-            err = NonFiniteLossError(exc.step, 0, exc.value, run.last_checkpoint())
-            run.record("failed", state, error=str(err))
-            raise err from None
-        except BaseException as exc:
-            run.record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", state,
-                       error=f"{type(exc).__name__}: {exc}")
-            raise
+            with run.recording(state):
+                self._train(state, progress)
         finally:
             progress.close()
         final = self.evaluate(state)

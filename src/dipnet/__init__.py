@@ -4,13 +4,15 @@ instruments that show why a network generalizes.
 The DIPNet API lives at the top level (``dipnet.project``, ``dipnet.DIPNetLoss``, ...); the
 rest is in subpackages, layered (docs/architecture.md): ``dipnet.data``, ``dipnet.models``,
 ``dipnet.projection``, ``dipnet.measure``, ``dipnet.robust``, ``dipnet.methods``,
-``dipnet.engine``, ``dipnet.experiments``, and the ``dipnet`` command line.
+``dipnet.engine``, ``dipnet.experiments``, ``dipnet.llm`` (LLM fine-tuning; its dependencies
+are the ``[llm]`` extra, imported on use), ``dipnet.integrations.hf`` (imported on its own) and
+the ``dipnet`` command line.
 """
 from __future__ import annotations
 
 from ._version import __version__
 
-from . import data, engine, experiments, measure, methods, models, projection, robust
+from . import data, engine, experiments, llm, measure, methods, models, projection, robust
 from .data import Dataset, DatasetInfo, list_datasets, load_dataset
 from .engine import TrainConfig, load_run, train
 from .errors import ConfigError, DataError, DipnetError, NonFiniteLossError
@@ -74,6 +76,7 @@ __all__ = [
     "jacobian_norm",
     "lipschitz_bounds",
     "list_datasets",
+    "llm",
     "list_models",
     "load_dataset",
     "load_run",

@@ -16,7 +16,7 @@ import sys
 from .._version import __version__
 from ..errors import DipnetError, DivergenceError
 
-COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo")
+COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo", "finetune")
 
 
 class Parser(argparse.ArgumentParser):

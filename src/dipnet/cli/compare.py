@@ -45,6 +45,7 @@ def _existing(store_path: str, suite: str, keys: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..llm import FinetuneSuite  # noqa: F401  (registers the "finetune" suite kind: `dipnet compare llm`)
     from ..experiments import RunStore, format_text_table, load_suite, run_suite, task_tables, write_report
 
     if args.resume and args.fresh:

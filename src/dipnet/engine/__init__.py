@@ -1,5 +1,5 @@
 """The training engine: configuration, setup, the loop, run directories and checkpoints."""
-from .config import OPTIMIZERS, PROGRESS_MODES, SCHEDULES, TrainConfig
+from .config import OPTIMIZERS, PROGRESS_MODES, SCHEDULES, RunConfig, TrainConfig
 from .loop import RunResult, Trainer, evaluate, train
 from .run import LoadedRun, load_run, read_record
 from .rundir import RunDirectory, TrainState
@@ -11,6 +11,7 @@ __all__ = [
     "OPTIMIZERS",
     "PROGRESS_MODES",
     "RunDirectory",
+    "RunConfig",
     "RunResult",
     "SCHEDULES",
     "TrainConfig",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from ..errors import ConfigError
 from ..schema import Validated, param
@@ -20,8 +20,42 @@ FLOAT32_MAX = 3.4028234663852886e38  # optimizers turn the learning rate into a 
 NON_IDENTITY = ("out", "progress")
 
 
+class RunConfig(Validated):
+    """What a run's config offers a :class:`~dipnet.engine.RunDirectory`: revalidation, JSON
+    round trips, and its identity (the fields a resume must match: all but ``non_identity``)."""
+
+    non_identity: ClassVar[tuple[str, ...]] = NON_IDENTITY
+    what: ClassVar[str] = "training"
+
+    def validate(self: C) -> C:
+        """Check the fields again (after changing one in place); returns ``self``."""
+        self.__post_init__()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.what} option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the run's numbers (JSON-normalized): what a resume must match."""
+        d = self.to_dict()
+        for k in self.non_identity:
+            d.pop(k, None)
+        return json.loads(json.dumps(d))
+
+
+C = TypeVar("C", bound=RunConfig)
+
+
 @dataclass
-class TrainConfig(Validated):
+class TrainConfig(RunConfig):
     """Everything that defines a training run (``method_params`` go to the method's components)."""
 
     data: str = param("mnist1d", doc="dataset name (see `dipnet datasets`)")
@@ -52,27 +86,3 @@ class TrainConfig(Validated):
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
 
-    def validate(self) -> "TrainConfig":
-        """Check the fields again (after changing one in place); returns ``self``."""
-        self.__post_init__()
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that determine the run's numbers (JSON-normalized): what a resume must match."""
-        d = self.to_dict()
-        for k in NON_IDENTITY:
-            d.pop(k, None)
-        return json.loads(json.dumps(d))

@@ -121,21 +121,14 @@ class Trainer:
         wall_before, t_run = state.wall_s, time.perf_counter()
         run.record("running", state)
         try:
-            while state.epoch < cfg.epochs:
-                row = self.epoch(state, progress, wall_before, t_run)
-                progress.end_epoch(row, cfg.epochs)
-                for cb in self.callbacks:
-                    cb(row)
-                run.checkpoint(model, optimizer, state)
-                run.record("running", state)
-        except DivergenceError as exc:
-            exc = exc.with_checkpoint(run.last_checkpoint())
-            run.record("failed", state, error=str(exc))
-            raise exc from None
-        except BaseException as exc:
-            run.record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", state,
-                       error=f"{type(exc).__name__}: {exc}")
-            raise
+            with run.recording(state):
+                while state.epoch < cfg.epochs:
+                    row = self.epoch(state, progress, wall_before, t_run)
+                    progress.end_epoch(row, cfg.epochs)
+                    for cb in self.callbacks:
+                        cb(row)
+                    run.checkpoint(model, optimizer, state)
+                    run.record("running", state)
         finally:
             progress.close()
         model.eval()

@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from ..data import Dataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DivergenceError
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
 from .config import TrainConfig
 
 RUN_FORMAT = "dipnet-run-1"
 LOCK = ".dipnet.lock"
-# Every file dipnet writes into a run directory (training, `dipnet measure`, `dipnet robust`).
-OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "measures.json", "robust.json",
+# Every file dipnet writes into a run directory (training, fine-tuning, `dipnet measure`, `dipnet robust`).
+OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "adapters.safetensors", "measures.json", "robust.json",
              "landscape.png", "robust_eps.png", "robust_severity.png", LOCK)
 
 
@@ -171,6 +171,21 @@ class RunDirectory:
             "format": RUN_FORMAT, "status": status, "config": self.cfg.to_dict(), **self.header,
             "data_fingerprint": self.fingerprint, "history": state.history, "final": final, "error": error,
         })
+
+    @contextlib.contextmanager
+    def recording(self, state: TrainState) -> Iterator[None]:
+        """Training inside: an exception is recorded (``failed``, or ``interrupted`` for Ctrl-C)
+        and re-raised; a divergence (a non-finite or exploding loss) is re-raised naming the last good checkpoint."""
+        try:
+            yield
+        except DivergenceError as exc:
+            exc = exc.with_checkpoint(self.last_checkpoint())
+            self.record("failed", state, error=str(exc))
+            raise exc from None
+        except BaseException as exc:
+            self.record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", state,
+                        error=f"{type(exc).__name__}: {exc}")
+            raise
 
     def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         """The end-of-epoch state: everything a resume needs (weights, optimizer, generators)."""

@@ -1,6 +1,7 @@
 """Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
 from .compare import SuiteOutcome, engine_train, run_suite
 from .instruments import get_measure, measure_names, register_measure
+from .kinds import register_suite_kind, suite_kinds
 from .report import ReportFiles, write_report
 from .tables import format_text_table, task_tables
 from .stats import (PairedComparison, Summary, adjust, effect_size, holm, paired_compare, paired_t_test,
@@ -35,8 +36,10 @@ __all__ = [
     "parse_suite",
     "probe_cost",
     "register_measure",
+    "register_suite_kind",
     "run_key",
     "run_suite",
+    "suite_kinds",
     "summarize",
     "t_quantile",
     "task_tables",

@@ -157,14 +157,15 @@ def run_suite(
     ``resume=False`` retrains every run of the suite from scratch (old results are replaced).
     ``workers > 1`` trains in that many processes (spawned), each with ``threads`` torch threads
     (default: CPU cores // workers); ``workers=1`` trains in this process. ``train_fn(config,
-    run_dir)`` defaults to :func:`engine_train`; it must be importable at module level when
+    run_dir)`` defaults to the suite's own ``train_fn`` (a suite kind's), else
+    :func:`engine_train`; it must be importable at module level when
     ``workers > 1``. ``on_event(kind, spec, info)`` is called with kind in
     ``skip``/``start``/``done``/``failed``.
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     workers = check(workers, int, "workers", Limits(ge=1))
-    train_fn = train_fn or engine_train
+    train_fn = train_fn or getattr(suite, "train_fn", None) or engine_train
     specs = suite.expand(cost_fn)
     keys = [s.key for s in specs]
     runs_root = Path(runs_dir) if runs_dir is not None else default_runs_dir(store_path)

@@ -45,6 +45,7 @@ from ..errors import ConfigError
 from ..schema import Limits, check, check_field
 from .budget import checked_cost, probe_cost, tuning_grid
 from .instruments import measure_names
+from .kinds import suite_kind
 from .runspec import RunSpec, resolved_hyperparameters
 from .suite_checks import Checker, check_names_and_options
 
@@ -204,6 +205,8 @@ def parse_suite(
     are checked against the registries (``build_method`` validates the values too).
     """
     raw = _load_toml(text, source)
+    if "kind" in raw:
+        return suite_kind(raw["kind"], source)(raw, text, source, check_names)
     ck = Checker(source)
     ck.keys(raw, TOP_KEYS, "")
     fields = train_fields()

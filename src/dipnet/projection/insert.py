@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schema import check, param
-from . import _fast
+from . import _fast, hf
 from .layer import GaussianProjection, ProjectionConfig
 
 __all__ = ["DEFAULT_TARGETS", "PlacementConfig", "is_projected", "project", "projection_parameters", "projections",
@@ -83,7 +83,7 @@ def is_projected(model: nn.Module) -> bool:
 def _selector(targets: Iterable[type[nn.Module]] | str) -> Callable[[str, nn.Module], bool]:
     if isinstance(targets, str):
         if targets != "blocks":
-            raise ConfigError(f"targets must be layer types or 'blocks', not {targets!r}")
+            raise ConfigError(f"targets must be layer types, 'blocks', 'decoder' or 'lora', not {targets!r}")
         return _is_block
     types = tuple(targets)
     if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
@@ -93,6 +93,43 @@ def _selector(targets: Iterable[type[nn.Module]] | str) -> Callable[[str, nn.Mod
 
 def _chosen_layers(model: nn.Module, targets: Iterable[type[nn.Module]] | str, project_input: bool,
                    include: Any, exclude: Any) -> list[tuple[str, nn.Module]]:
+    if isinstance(targets, str) and targets in hf.HF_TARGETS:
+        chosen = _hf_layers(model, targets)
+    else:
+        chosen = _typed_layers(model, targets)
+    if not project_input:
+        chosen = chosen[1:]
+    inc, exc = _as_list(include), _as_list(exclude)
+    if inc:
+        chosen = [(n, m) for n, m in chosen if _matches(n, m, inc)]
+    if exc:
+        chosen = [(n, m) for n, m in chosen if not _matches(n, m, exc)]
+    if not chosen:
+        raise ConfigError("include/exclude/project_input left no layer to project; loosen the filters")
+    return chosen
+
+
+def _hf_layers(model: nn.Module, targets: str) -> list[tuple[str, nn.Module]]:
+    """The sub-blocks of a Hugging Face decoder ("decoder") or its peft LoRA layers ("lora")."""
+    if targets == "decoder":
+        chosen = hf.decoder_sublayers(model)
+        if not chosen:
+            raise ConfigError(
+                f"{type(model).__name__} has no recognised decoder layers (a module with an attention child "
+                f"named {'/'.join(hf.ATTENTION_NAMES)} and an MLP child named {'/'.join(hf.MLP_NAMES)}); "
+                "use targets='lora' after peft's get_peft_model, or pass the layer types to project"
+            )
+        return chosen
+    chosen = hf.lora_layers(model)
+    if not chosen:
+        raise ConfigError(
+            f"{type(model).__name__} has no peft LoRA layers; call peft.get_peft_model(model, LoraConfig(...)) "
+            "before project(model, targets='lora'), or use targets='decoder'"
+        )
+    return chosen
+
+
+def _typed_layers(model: nn.Module, targets: Iterable[type[nn.Module]] | str) -> list[tuple[str, nn.Module]]:
     select = _selector(targets)
     chosen: list[tuple[str, nn.Module]] = []
     inside: list[str] = []
@@ -109,15 +146,6 @@ def _chosen_layers(model: nn.Module, targets: Iterable[type[nn.Module]] | str, p
             f"the model has no layers to project (targets={targets!r}); pass targets= the layer types "
             "its forward uses (e.g. (nn.Linear,)) or targets='blocks' for transformer sub-blocks"
         )
-    if not project_input:
-        chosen = chosen[1:]
-    inc, exc = _as_list(include), _as_list(exclude)
-    if inc:
-        chosen = [(n, m) for n, m in chosen if _matches(n, m, inc)]
-    if exc:
-        chosen = [(n, m) for n, m in chosen if not _matches(n, m, exc)]
-    if not chosen:
-        raise ConfigError("include/exclude/project_input left no layer to project; loosen the filters")
     return chosen
 
 
@@ -141,14 +169,18 @@ def project(
     measured speed/accuracy choice, docs/dipnet.md "Speed"); or pass a validated ``config``.
     ``targets``: layer types (default Linear, Conv1d, Conv2d), or ``"blocks"`` for one projection
     before each attention and MLP sub-block of a transformer (modules whose class name contains
-    Attention/Attn/MLP/FeedForward/FFN, outermost only). ``include``/``exclude`` filter by module
+    Attention/Attn/MLP/FeedForward/FFN, outermost only); for Hugging Face language models
+    ``"decoder"`` (before the attention and MLP sub-blocks of every decoder layer) or ``"lora"``
+    (the input of every peft LoRA layer), which default to ``scale="relative"`` and
+    ``sigma=LLM_SIGMA`` (:mod:`.hf` says why). ``include``/``exclude`` filter by module
     name (fnmatch pattern, e.g. ``"blocks.*.mlp.fc1"``) or type. Call before building the
     optimizer. A second call on a projected model is an error: :func:`strip` it first.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"project() needs an nn.Module, not {type(model).__name__}")
     if config is None:
-        config = PlacementConfig(**settings)
+        llm = isinstance(targets, str) and targets in hf.HF_TARGETS
+        config = PlacementConfig(**({"scale": "relative", "sigma": hf.LLM_SIGMA, **settings} if llm else settings))
     elif settings:
         raise ConfigError(f"pass either config= or settings, not both (got {', '.join(settings)})")
     learnable = check(learnable, bool, "learnable")

@@ -1,10 +1,15 @@
 """DIPNet's objective with m trajectories in one batched forward, and deterministic or sampled
-prediction (Hao et al., arXiv 2506.04690, "Training objective" and Algorithm 3)."""
+prediction (Hao et al., arXiv 2506.04690, "Training objective" and Algorithm 3).
+
+Models are called ``model(x)``, or ``model(**x)`` when ``x`` is a mapping of keyword inputs (a
+Hugging Face batch: ``input_ids``, ``attention_mask``, ...); an output with a ``.logits``
+attribute (Hugging Face's ``ModelOutput``) gives its logits.
+"""
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +23,7 @@ from . import _fast
 from .insert import projections
 from .noise import noise_layers, sampling
 
-__all__ = ["DEFAULT_PRIOR", "DIPNetLoss", "LossConfig", "predict"]
+__all__ = ["DEFAULT_PRIOR", "DIPNetLoss", "LossConfig", "call_model", "logits_of", "predict", "repeat_batch"]
 
 # (alpha, beta) of the variance prior; its minimum is at lambda = sigma^2 = beta / alpha: sigma 0.2,
 # relative to each layer input's RMS at the default relative scale. Chosen on validation across
@@ -36,6 +41,38 @@ class LossConfig(Validated):
     stability: float = param(0.0, ge=0, doc="weight of the trajectories' prediction spread (m > 1)")
     alpha: float = param(DEFAULT_PRIOR[0], ge=0, doc="variance prior: alpha * lambda")
     beta: float = param(DEFAULT_PRIOR[1], ge=0, doc="variance prior: - beta * ln lambda")
+
+
+def logits_of(output: Any) -> Any:
+    """The logits of a model's output: the tensor itself, or its ``.logits`` (Hugging Face)."""
+    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
+
+
+def batch_size_of(x: Any) -> int:
+    """Rows of a batch: a tensor's first dimension, or that of a keyword batch's first tensor."""
+    if isinstance(x, Mapping):
+        for value in x.values():
+            if isinstance(value, torch.Tensor) and value.ndim:
+                return value.shape[0]
+        raise ConfigError(f"the keyword batch has no tensor inputs (keys: {', '.join(map(str, x))})")
+    return x.shape[0]
+
+
+def repeat_batch(x: Any, m: int) -> Any:
+    """``x`` stacked m times along dimension 0; a keyword batch has each of its tensors of the
+    batch's rows stacked (other values, such as ``logits_to_keep=8``, pass through)."""
+    if m == 1:
+        return x
+    if isinstance(x, Mapping):
+        n = batch_size_of(x)
+        return {k: repeat_batch(v, m) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+                for k, v in x.items()}
+    return x.repeat(m, *([1] * (x.ndim - 1)))
+
+
+def call_model(model: nn.Module, x: Any) -> Any:
+    """``model(**x)`` for a keyword batch, else ``model(x)``; the logits of the output."""
+    return logits_of(model(**x) if isinstance(x, Mapping) else model(x))
 
 
 def _prior_pair(prior: Any) -> tuple[Any, Any]:
@@ -111,14 +148,30 @@ class DIPNetLoss:
             return log_lam.sum().mul(-self.beta)
         return torch.sub(log_lam.exp(), log_lam, alpha=self.beta / self.alpha).sum().mul(self.alpha)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        m, batch = self.trajectories, x.shape[0]
-        xr = x.repeat(m, *([1] * (x.ndim - 1))) if m > 1 else x
+    @torch.no_grad()
+    def prior_grad_(self, model: nn.Module) -> None:
+        """Add the prior's exact gradient ``2 alpha sigma^2 - 2 beta`` (per log sigma) to the
+        sigmas' ``.grad``: the prior applied outside the loss (a Hugging Face callback before
+        the optimizer step; elementwise, so sharded parameters work too)."""
+        if not (self.alpha or self.beta):
+            return
+        for log in self._log_sigmas(model):
+            grad = log.mul(2).exp_().mul_(2 * self.alpha).sub_(2 * self.beta)
+            if log.grad is None:
+                log.grad = grad
+            else:
+                log.grad.add_(grad)
+
+    def __call__(self, model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+        """The objective on a batch: ``x`` a tensor or a mapping of keyword inputs (each of its
+        tensors is repeated m times), ``y`` the targets (Hugging Face: ``labels``, repeated too)."""
+        m, batch = self.trajectories, batch_size_of(x)
+        xr = repeat_batch(x, m)
         try:
             if m > 1 and self.batchnorm == "per-trajectory" and any(isinstance(mod, _BatchNorm) for mod in model.modules()):
-                logits = torch.cat([model(x) for _ in range(m)])
+                logits = torch.cat([call_model(model, x) for _ in range(m)])
             else:
-                logits = model(xr)
+                logits = call_model(model, xr)
         except RuntimeError as exc:
             if m == 1:
                 raise
@@ -155,9 +208,8 @@ def predict(model: nn.Module, x: torch.Tensor, samples: int = 0) -> torch.Tensor
     samples = check(samples, int, "samples", Limits(ge=0))
     if samples == 0:
         with sampling(model, layers=()):
-            return model(x).softmax(-1)
+            return call_model(model, x).softmax(-1)
     if not noise_layers(model):
         raise ConfigError("samples > 0 needs a projected model (dipnet.project); use samples=0")
     with sampling(model):
-        xr = x.repeat(samples, *([1] * (x.ndim - 1)))
-        return model(xr).softmax(-1).view(samples, x.shape[0], -1).mean(0)
+        return call_model(model, repeat_batch(x, samples)).softmax(-1).view(samples, batch_size_of(x), -1).mean(0)

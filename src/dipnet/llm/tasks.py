@@ -1,0 +1,155 @@
+"""Fine-tuning tasks from reasoning-gym, split by question text, and their token batches.
+
+reasoning-gym (Apache-2.0) generates problems offline: ``create_dataset(name, size, seed,
+**config)``, item i of seed s built from ``Random(s + i)``. Seeds therefore overlap (the sets of
+seeds 1 and 2 share almost every item) and a small problem space repeats questions even across
+distant seeds, so the splits are made here by *question text*: items are drawn in order from
+one seed, duplicates dropped, the first distinct questions go to the test split, the next to
+validation, the rest to training. Changing the training size leaves the test set unchanged.
+
+Each item becomes a chat prompt (the tokenizer's chat template, with an optional system
+message) and an answer: reasoning-gym's answer, or with ``worked_solution`` the task's worked
+solution ending in ``#### n`` (``gsm_symbolic``'s ``answer_cot``), followed by the end-of-turn
+token. Labels are ``-100`` on the prompt, so the loss covers the answer tokens only. Batches are
+left-padded with explicit position ids, which lets training ask for the logits of the answer
+positions only (``logits_to_keep``) and generation continue every row from its last token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..projection.hf import IGNORE_INDEX
+from ._hf import require
+
+__all__ = ["Example", "TaskData", "collate", "encode", "extract_answer", "load_task"]
+
+MAX_DRAW_FACTOR = 20  # draws allowed per distinct question wanted before the task counts as too small
+
+
+@dataclass
+class TaskData:
+    """The splits of a task (items are reasoning-gym entries) and the generator that scores them."""
+
+    name: str
+    dataset: Any
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    draws: int = 0
+
+    def score(self, answer: str | None, item: dict[str, Any]) -> float:
+        """reasoning-gym's own scorer (1.0: the final answer is right)."""
+        return float(self.dataset.score_answer(answer, item))
+
+
+def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
+              options: dict[str, Any] | None = None) -> TaskData:
+    """Draw ``test + val + train`` distinct questions of reasoning-gym task ``name`` from ``seed``."""
+    rg = require("reasoning_gym")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("the task is empty; name a reasoning-gym dataset such as chain_sum or gsm_symbolic")
+    from reasoning_gym.factory import DATASETS
+
+    if name not in DATASETS:
+        raise ConfigError(f"unknown reasoning-gym task {name!r}; e.g. chain_sum, basic_arithmetic, gsm_symbolic "
+                          f"(all {len(DATASETS)}: reasoning_gym.factory.DATASETS)")
+    wanted = train + val + test
+    limit = MAX_DRAW_FACTOR * wanted
+    try:
+        dataset = rg.create_dataset(name, size=limit, seed=seed, **(options or {}))
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"task {name!r} refuses its options {options or {}}: {exc}") from None
+    seen: set[str] = set()
+    items: list[dict[str, Any]] = []
+    draws = 0
+    while len(items) < wanted and draws < limit:
+        item = dataset[draws]
+        draws += 1
+        question = item.get("question")
+        if not isinstance(question, str) or not question.strip() or question in seen:
+            continue
+        seen.add(question)
+        items.append(item)
+    if not items:
+        raise DataError(f"task {name!r} with options {options or {}} produced no questions; it is empty")
+    if len(items) < wanted:
+        raise DataError(
+            f"task {name!r} gave only {len(items)} distinct questions in {draws} draws, fewer than the "
+            f"{wanted} asked (train {train} + val {val} + test {test}); ask fewer or widen the task's options"
+        )
+    return TaskData(name, dataset, items[test + val:], items[test:test + val], items[:test], draws)
+
+
+def extract_answer(text: str) -> str:
+    """The final answer of a completion: the text after the last ``####`` if there is one (a
+    worked solution), else its first line, stripped."""
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip()
+    return text.strip().split("\n", 1)[0].strip()
+
+
+def target_text(item: dict[str, Any], worked_solution: bool) -> str:
+    if worked_solution:
+        cot = (item.get("metadata") or {}).get("answer_cot")
+        if isinstance(cot, str) and "####" in cot:
+            return cot
+    return str(item["answer"])
+
+
+@dataclass
+class Example:
+    prompt: list[int]
+    answer: list[int]
+    item: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _prompt_text(tokenizer: Any, question: str, system: str | None) -> str:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return (f"{system}\n" if system else "") + f"Question: {question}\nAnswer: "
+
+
+def encode(tokenizer: Any, items: Sequence[dict[str, Any]], *, system: str | None, worked_solution: bool,
+           context: int, new_tokens: int, task: str = "task") -> list[Example]:
+    """Token ids of each item's prompt and answer (+ end-of-turn). An item whose prompt and answer,
+    or whose prompt and ``new_tokens`` generated tokens, do not fit ``context`` is an error."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for i, item in enumerate(items):
+        prompt = tokenizer(_prompt_text(tokenizer, item["question"], system), add_special_tokens=False).input_ids
+        answer = tokenizer(target_text(item, worked_solution), add_special_tokens=False).input_ids + [eos]
+        need = len(prompt) + max(len(answer), new_tokens)
+        if need > context:
+            raise ConfigError(
+                f"{task}: question {i} needs {need} tokens (prompt {len(prompt)} + answer {len(answer)} or "
+                f"{new_tokens} new) but the model's context is {context}; shorten the task or use a longer-context model"
+            )
+        out.append(Example(prompt, answer, item))
+    return out
+
+
+def collate(examples: Sequence[Example], pad_id: int, *, with_answer: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A left-padded batch: ``({input_ids, attention_mask, position_ids}, labels)``; the labels
+    are -100 except on answer tokens. Without the answer, the prompts alone (for generation)."""
+    seqs = [e.prompt + e.answer if with_answer else e.prompt for e in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (e, s) in enumerate(zip(examples, seqs)):
+        ids[row, width - len(s):] = torch.tensor(s)
+        mask[row, width - len(s):] = 1
+        if with_answer:
+            labels[row, width - len(e.answer):] = torch.tensor(e.answer)
+    positions = (mask.cumsum(1) - 1).clamp_(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, labels
+
+
+def answer_width(examples: Sequence[Example]) -> int:
+    """Logits to keep for a left-padded batch: the longest answer, plus the position before it."""
+    return max(len(e.answer) for e in examples) + 1

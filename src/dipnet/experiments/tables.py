@@ -74,11 +74,15 @@ def describe_setting(runs: list[RunRecord]) -> str:
     if not cfgs:
         return ""
     c = cfgs[0]
-    epochs = sorted({x.get("epochs") for x in cfgs if x.get("epochs") is not None})
-    ep = f"{epochs[0]} epochs" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]} epochs"
+    ep = ""
+    for unit in ("epochs", "steps"):  # training suites count epochs, fine-tuning suites optimizer steps
+        counts = sorted({x[unit] for x in cfgs if x.get(unit) is not None})
+        if counts:
+            ep = f", {counts[0]} {unit}" if len(counts) == 1 else f", {counts[0]}-{counts[-1]} {unit}"
+            break
     wd = f", weight decay {c['weight_decay']:g}" if c.get("weight_decay") else ""
     return (f"{c.get('data')}, {c.get('model')}; {c.get('optimizer')} lr {c.get('lr'):g} {c.get('schedule')}, "
-            f"batch {c.get('batch_size')}, {ep}{wd}")
+            f"batch {c.get('batch_size')}{ep}{wd}")
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:

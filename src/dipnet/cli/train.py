@@ -3,16 +3,21 @@
 Trainer options are the fields of :class:`~dipnet.engine.TrainConfig` (``--batch-size``, ...);
 every other ``--name VALUE`` is a method hyperparameter. Values go to the schema raw. A method
 field whose name is also a trainer option is written with its component (``--icp.warmup``):
-the trainer's option wins the bare name.
+the trainer's option wins the bare name. ``--nproc N`` trains data-parallel: it checks the
+command, then runs it again under ``torchrun --standalone --nproc-per-node N`` (docs/scale.md).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
 
-from ..engine import TrainConfig, Trainer
+import torch
+
+from ..engine import RunDirectory, TrainConfig, Trainer, build_optimizer, prepare, resolve_device
+from ..engine.distributed import launch as launch_processes
 from ..errors import ConfigError, NonFiniteLossError
 from ..schema import field_docs
 from ._common import parse_assignments, parse_method_options, percent
@@ -27,7 +32,7 @@ TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optim
 
 def trainer_flags() -> set[str]:
     """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
-    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite"}
+    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "nproc"}
     return names | {n.replace("_", "-") for n in names}
 
 
@@ -70,23 +75,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_training_arguments(p)
     p.add_argument("--out", default=None, help="run directory (default runs/DATA-MODEL-METHOD-sSEED)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel on N local processes via torchrun (gloo on CPUs, NCCL on GPUs; "
+                   "the global --batch-size is kept)")
     p.set_defaults(func=run, accepts_extra=True)
+
+
+def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
+    """``argv`` less the given flags (``{flag: takes_value}``), as ``--flag V`` or ``--flag=V``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = flags[name] and "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def launch(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
+    """Check the run here (method, data, model, world size, a checkpoint to resume), then train it
+    on ``args.nproc`` processes under torch's elastic agent, as torchrun does; rank 0 prints."""
+    nproc = args.nproc
+    device = resolve_device(cfg.device)
+    gpus = torch.cuda.device_count()
+    if device.type == "cuda" and nproc > gpus:
+        raise ConfigError(f"--nproc {nproc} needs {nproc} GPUs (one per process); this machine shows {gpus}")
+    _, model, method = prepare(cfg)
+    method.check_world(nproc)
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    _check_out(out)
+    run_dir = RunDirectory(out, cfg)
+    run_dir.world_size = nproc
+    run_dir.resume(model, build_optimizer(cfg, model, method))
+    child = _without(args.argv, {"--nproc": True, "--overwrite": False, "--out": True})
+    child = child[1:] if child[:1] == ["train"] else child
+    code = launch_processes(nproc, ["train", *child, "--out", str(out)])
+    if code not in (0, 2):
+        print(f"dipnet train: the {nproc} training processes failed (exit status {code})", file=sys.stderr)
+    return code
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out / "run.json").exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not a dipnet run directory; choose another --out")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.data}-{cfg.model}-{cfg.method}-s{cfg.seed}".replace("+", "_"))
     cfg.out = str(out)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args, cfg, out)
     trainer = Trainer(cfg)  # every check (method, data, model) before anything on disk changes
-    if out.exists() and args.overwrite:
-        shutil.rmtree(out)
-    if out.exists() and not (out / "run.json").exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not a dipnet run directory; choose another --out")
+    if trainer.dist.is_writer:  # under torchrun, rank 0 alone touches the directory
+        if out.exists() and args.overwrite:
+            shutil.rmtree(out)
+        _check_out(out)
+    trainer.dist.barrier()
     try:
         result = trainer.fit()
     except NonFiniteLossError as exc:
         print(f"dipnet train: stopped: {exc}", file=sys.stderr)
         return 1
+    if not trainer.dist.is_writer:
+        return 0
     f = result.final
     print(
         f"final  test acc {percent(f['test_acc'])}  train acc {percent(f['train_acc'])}  "

@@ -8,7 +8,8 @@ Layout::
 
 :class:`RunDirectory` owns these files: it resumes from the checkpoint (refusing one written
 for another config), writes the record after every change of status and the checkpoint after
-every epoch, each atomically. With no directory (``out=None``) every write is skipped.
+every epoch, each atomically. With no directory (``out=None``) every write is skipped; so is
+every write of a data-parallel rank other than 0 (``writer=False``), which only reads.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class RunDirectory:
         self.path = Path(path) if path else None
         self.cfg = cfg
         self.header: dict[str, Any] = {}
+        self.writer = True  # distributed: ranks other than 0 read the checkpoint, never write
+        self.world_size = 1  # distributed: processes training the run; a resume must match it
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -65,6 +68,10 @@ class RunDirectory:
                 f"{self.path} holds a run with a different config (differs in: {', '.join(diff)}); "
                 "choose another --out directory or delete that one"
             )
+        saved_world = state.get("world_size", 1)  # distributed
+        if saved_world != self.world_size:
+            raise ConfigError(f"{self.path} holds a run trained on {saved_world} process(es); resume it with "
+                              f"--nproc {saved_world} (this is {self.world_size}), or choose another --out")
         model.load_state_dict(model_state)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -73,7 +80,7 @@ class RunDirectory:
     def record(self, status: str, state: TrainState, final: dict[str, Any] | None = None,
                error: str | None = None) -> None:
         """Write ``run.json``: ``header`` (method, dataset, run info), the history, the outcome."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         atomic_write_json(self.path / "run.json", {
             "status": status, "config": self.cfg.to_dict(), **self.header,
@@ -82,15 +89,16 @@ class RunDirectory:
 
     def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         """The end-of-epoch state everything a resume needs (weights, optimizer, generators)."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         save_checkpoint(self.checkpoint_path, model.state_dict(), {
+            **({"world_size": self.world_size} if self.world_size != 1 else {}),
             "config": self.cfg.identity(), "epoch": state.epoch, "step": state.step, "history": state.history,
             "example_grads": state.example_grads, "wall_s": state.wall_s,
             "optimizer": optimizer.state_dict(), "rng": rng_state(),
         })
 
     def save_final(self, model: nn.Module, method_name: str) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writer:
             save_weights(self.path / "model.safetensors", model.state_dict(),
                          {"format": "dipnet-weights-1", "method": method_name})

@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "checkpoints go to STORE.d/")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine's process pool (--workers); ray: one Ray task per run")
+    p.add_argument("--address", default=None, help="with --executor ray: the Ray cluster to join "
+                   "(auto, HOST:6379, ray://HOST:10001); default: a local Ray started for this suite")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --executor ray: CPUs (torch threads) "
+                   "Ray reserves per run (default 1)")
     p.add_argument("--resume", action="store_true", help="keep finished runs and train only the missing ones")
     p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
     p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
@@ -45,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    executor = None
+    if args.executor == "ray":
+        from ..experiments import RayExecutor
+
+        executor = RayExecutor(address=args.address, cpus_per_run=args.cpus_per_run)
+    elif args.address is not None:
+        raise ConfigError("--address names a Ray cluster: use it with --executor ray")
     suite = load_suite(args.suite)
     specs = suite.expand()
     existing = _existing(args.store, suite.name, [s.key for s in specs])
@@ -71,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{where} ({info.get('status')}, kept)", flush=True)
 
     outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=args.threads,
-                        on_event=on_event)
+                        on_event=on_event, executor=executor)
     with RunStore(args.store) as store:
         for table in task_tables(store, suite.name):
             print()

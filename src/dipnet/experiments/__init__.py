@@ -1,5 +1,6 @@
 """Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
 from .compare import SuiteOutcome, engine_train, run_suite
+from .executors import RayExecutor
 from .instruments import get_measure, measure_names, register_measure
 from .report import ReportFiles, write_report
 from .tables import format_text_table, task_tables
@@ -11,6 +12,7 @@ from .suite import Suite, load_suite, packaged_suites, parse_suite
 
 __all__ = [
     "PairedComparison",
+    "RayExecutor",
     "ReportFiles",
     "RunRecord",
     "RunSpec",

@@ -48,6 +48,8 @@ def flat(model: nn.Module) -> torch.Tensor:
 
 ERM = dict(method="erm", epochs=2, batch_size=15, lr=0.01, seed=3, progress="none", train_eval_max=50)
 DIP = dict(method="dipnet", epochs=3, batch_size=16, lr=0.01, seed=5, progress="none")
+SAM_RUN = dict(method="sam", method_params={"rho": 0.1}, optimizer="sgd", lr=0.05, epochs=1, batch_size=20,
+               seed=2, progress="none")
 MRWP = dict(method="mrwp", method_params={"mix": 0.3, "sigma": 0.05, "form": "parallel"}, optimizer="sgd",
             momentum=0.0, lr=0.1, schedule="constant", epochs=1, batch_size=16, seed=7, progress="none")
 
@@ -94,12 +96,15 @@ def _scenarios(out: str) -> None:
 
     train(TrainConfig(**DIP, out=f"{out}/dip_whole"), dataset=toy_dataset(), model=toy_model)
 
+    sam = train(TrainConfig(**SAM_RUN), dataset=toy_dataset(), model=toy_model)
+    torch.save(flat(sam.model), f"{out}/sam_{rank}.pt")
+
     trainer = Trainer(TrainConfig(**MRWP), dataset=toy_dataset(n_train=16), model=toy_model)
     w0 = flat(trainer.model)
     trainer.fit()
     torch.save({"w0": w0, "w1": flat(trainer.model)}, f"{out}/mrwp_{rank}.pt")
     Path(f"{out}/res_{rank}.json").write_text(json.dumps(res))
-    del trainer, checked, original
+    del trainer, checked, original, sam
     gc.collect()  # the DDP wrappers hold the group: free them first (Distributed.close)
     dist.destroy_process_group()
 
@@ -147,6 +152,15 @@ def test_erm_on_two_ranks_equals_one_process_and_ranks_agree_after_every_step(sc
     ref = single.history
     for key in ("objective", "train_loss", "test_acc", "example_grads"):
         assert res[0]["erm_history"][-1][key] == pytest.approx(ref[-1][key], abs=1e-5)
+
+
+def test_sam_on_two_ranks_is_sam_on_the_global_batch(scenarios):
+    """Both passes go through DDP: the ascent uses the all-reduced gradient, so two ranks take
+    the single-process SAM steps on the same global batches."""
+    two = [_load(scenarios / f"sam_{r}.pt") for r in (0, 1)]
+    assert torch.equal(two[0], two[1])
+    one = flat(train(TrainConfig(**SAM_RUN), dataset=toy_dataset(), model=toy_model).model)
+    assert torch.allclose(two[0], one, atol=1e-6, rtol=0)
 
 
 def test_dipnet_noise_differs_between_ranks_and_is_reproduced_by_the_seed(scenarios):

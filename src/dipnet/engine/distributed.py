@@ -156,10 +156,6 @@ class Distributed:
         total = max(sums[0], 1.0)
         return {k: v / total for k, v in zip(keys, sums[1:])}
 
-    def check_world(self, method: Any) -> None:
-        """Let the method's components refuse this world size (parallel m-RWP needs an even one)."""
-        method.check_world(self.world_size)
-
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -229,6 +225,7 @@ def launch(nproc: int, args: Sequence[str], module: str = "dipnet") -> int:
     import logging
 
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     for key, value in LOOPBACK_ENV.items():
@@ -242,6 +239,8 @@ def launch(nproc: int, args: Sequence[str], module: str = "dipnet") -> int:
     except ChildFailedError as exc:
         codes = {f.exitcode for f in exc.failures.values()}
         return codes.pop() if len(codes) == 1 and 0 < next(iter(codes)) < 128 else 1
+    except SignalException:  # Ctrl-C: the agent has stopped the processes
+        raise KeyboardInterrupt from None
     finally:
         agent_log.setLevel(level)
     return 0

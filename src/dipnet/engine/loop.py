@@ -78,7 +78,7 @@ class Trainer:
         self.dataset, model, self.method = prepare(cfg, dataset, model)
         self.model = model.to(device)
         self.optimizer = build_optimizer(cfg, self.model, self.method)
-        self.dist.check_world(self.method)  # distributed
+        self.method.check_world(self.dist.world_size)  # distributed: parallel m-RWP needs an even world
         self.train_model = self.dist.wrap(self.model, device)  # distributed: DDP, or the model itself
         self.x_train, self.y_train = self.dataset.x_train.to(device), self.dataset.y_train.to(device)
         self.x_test, self.y_test = self.dataset.x_test.to(device), self.dataset.y_test.to(device)

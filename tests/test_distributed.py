@@ -172,7 +172,8 @@ def test_dipnet_noise_differs_between_ranks_and_is_reproduced_by_the_seed(scenar
 
 def test_killed_mid_epoch_and_resumed_ends_where_an_uninterrupted_run_does(scenarios):
     killed = json.loads((scenarios / "killed_record.json").read_text())
-    assert killed["status"] == "running" and len(killed["history"]) == 1  # died in epoch 2, unannounced
+    # died in epoch 2: unannounced, or rank 0 saw its peer's connection close first and said so
+    assert killed["status"] in ("running", "failed") and len(killed["history"]) == 1
     resumed = load_file(str(scenarios / "dip_killed" / "model.safetensors"))
     whole = load_file(str(scenarios / "dip_whole" / "model.safetensors"))
     assert resumed.keys() == whole.keys()

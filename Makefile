@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean docs docs-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m dipnet.experiments.evidence check
+
+docs-check: $(STAMP)
+	$(PY) -m dipnet.experiments.evidence check
+
+docs: $(STAMP)
+	$(PY) -m dipnet.experiments.evidence write
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --write BENCHMARKS.md

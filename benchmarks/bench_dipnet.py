@@ -105,9 +105,11 @@ def bench(quick: bool = False) -> list[dict]:
         "erm": _step(erm, torch.optim.SGD(erm.parameters(), lr=0.01), lambda: F.cross_entropy(erm(x), y))
     }
     losses = {}
-    # the default (on a CPU: noise table, raw-input sigma gradient on a 1/8 window) and the exact
-    # estimator (fresh torch.randn noise, full input gradient), same model and batch
-    for label, opts in (("", {}), (" exact", {"noise": "fresh", "input_grad_fraction": 1.0})):
+    # the default (relative scale; on a CPU: noise table, raw-input sigma gradient on a 1/8 window),
+    # the same at absolute scale (what the hand-written floor below computes) and the exact estimator
+    # (fresh torch.randn noise, full input gradient), same model and batch
+    for label, opts in (("", {}), (" absolute", {"scale": "absolute"}),
+                        (" exact", {"noise": "fresh", "input_grad_fraction": 1.0})):
         for m in (1, 4):
             net = project(copy.deepcopy(base), sigma=0.1, **opts)
             dl = DIPNetLoss(trajectories=m)
@@ -117,12 +119,13 @@ def bench(quick: bool = False) -> list[dict]:
                                                 lambda net=net, dl=dl: dl(net, x, y))
     hand = {}
     for name, parts in HAND_WRITTEN.items():
-        net = project(copy.deepcopy(base), sigma=0.1)
+        net = project(copy.deepcopy(base), sigma=0.1, scale="absolute")
         hand[name] = _step(net, torch.optim.SGD(net.parameters(), lr=0.01), _hand_written(net, x, y, parts))
     t, ratio = paired(fns, "erm", reps, inner, warmup=3)
     rows = [{"area": "dipnet", "name": "train step erm (mnist mlp, B=128)", "value": t["erm"] * 1e3, "unit": "ms"}]
     for m, target in ((1, 1.25), (4, 4.0)):
-        for label, what in (("", "default"), (" exact", "exact: fresh randn, full input grad")):
+        for label, what in (("", "default (relative scale)"), (" absolute", "absolute scale"),
+                            (" exact", "exact: fresh randn, full input grad")):
             r = ratio[f"dipnet m={m}{label}"]
             row = {"area": "dipnet", "name": f"train step dipnet m={m}, {what} (mnist mlp, B=128)",
                    "value": t[f"dipnet m={m}{label}"] * 1e3, "unit": "ms",

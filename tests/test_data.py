@@ -33,7 +33,7 @@ def test_mnist1d_equals_the_package_generator_and_keeps_global_rng():
     before = (random.random(), np.random.rand())
     random.seed(123)
     np.random.seed(123)
-    ds = load_dataset("mnist1d")
+    ds = load_dataset("mnist1d", val_size=0)
     assert (random.random(), np.random.rand()) == before, "loading must not reseed global RNGs"
     ref = make_dataset(get_dataset_args())
     assert ds.x_train.shape == (4000, 40) and ds.x_test.shape == (1000, 40)
@@ -41,9 +41,9 @@ def test_mnist1d_equals_the_package_generator_and_keeps_global_rng():
     assert np.allclose(ds.x_test.numpy(), ref["x_test"]) and np.array_equal(ds.y_test.numpy(), ref["y_test"])
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
     assert ds.info.input_shape == (40,) and ds.info.num_classes == 10 and ds.info.bounds is None
-    other = load_dataset("mnist1d", seed=0)
+    other = load_dataset("mnist1d", val_size=0, seed=0)
     assert not torch.equal(other.x_train, ds.x_train)
-    assert torch.equal(load_dataset("mnist1d", seed=0).x_train, other.x_train)
+    assert torch.equal(load_dataset("mnist1d", val_size=0, seed=0).x_train, other.x_train)
 
 
 def _roughness(x: torch.Tensor) -> float:
@@ -52,14 +52,14 @@ def _roughness(x: torch.Tensor) -> float:
 
 
 def test_mnist1d_shifts_turn_the_knob_monotonically():
-    clean = load_dataset("mnist1d")
+    clean = load_dataset("mnist1d", val_size=0)
     x0, y0 = mnist1d_shifted("noise", 0, n=1000)
     # severity 0 is a fresh draw from the clean distribution: same roughness within sampling error
     assert abs(_roughness(x0) - _roughness(clean.x_test)) / _roughness(clean.x_test) < 0.1
     assert torch.bincount(y0, minlength=10).tolist() == [100] * 10
     rough = [_roughness(mnist1d_shifted("noise", s, n=500)[0]) for s in (1, 3, 5)]
     assert rough[0] < rough[1] < rough[2]
-    shifted = load_dataset("mnist1d", shift="shear", severity=2)
+    shifted = load_dataset("mnist1d", val_size=0, shift="shear", severity=2)
     assert torch.equal(shifted.x_train, clean.x_train) and not torch.equal(shifted.x_test, clean.x_test)
     assert shifted.info.extra["shift"]["knobs"] == {"shear_scale": 0.75 * 2}
     with pytest.raises(ConfigError, match="unknown MNIST-1D shift 'blur'"):
@@ -67,13 +67,13 @@ def test_mnist1d_shifts_turn_the_knob_monotonically():
     with pytest.raises(ConfigError, match="severity"):
         mnist1d_shifted("noise", 9)
     with pytest.raises(ConfigError, match="no option 'colour'"):
-        load_dataset("mnist1d", colour=3)
+        load_dataset("mnist1d", val_size=0, colour=3)
 
 
 def test_digits_split_is_fixed_and_stratified():
     from sklearn.datasets import load_digits
 
-    a, b = load_dataset("digits"), load_dataset("digits")
+    a, b = load_dataset("digits", val_size=0), load_dataset("digits", val_size=0)
     assert torch.equal(a.x_test, b.x_test)
     assert a.x_train.shape == (1437, 1, 8, 8) and a.x_test.shape == (360, 1, 8, 8)
     assert float(a.x_train.min()) == 0.0 and float(a.x_train.max()) == 1.0
@@ -104,7 +104,7 @@ def test_idx_round_trip_and_test_only_split(tmp_path, gz):
     write_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}", images, 2051, gz)
     write_idx(tmp_path / f"t10k-labels-idx1-ubyte{ext}", labels, 2049, gz)
     assert np.array_equal(read_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}"), images)
-    ds = load_dataset("mnist", root=tmp_path, n_test=20, split_seed=3)
+    ds = load_dataset("mnist", val_size=0, root=tmp_path, n_test=20, split_seed=3)
     assert ds.x_train.shape == (80, 1, 5, 4) and ds.x_test.shape == (20, 1, 5, 4)
     assert torch.bincount(ds.y_test).tolist() == [2] * 10
     # every image lands in exactly one split, scaled by 1/255
@@ -117,7 +117,7 @@ def test_idx_with_train_and_test_files(tmp_path):
     write_idx(tmp_path / "train-labels.idx1-ubyte", np.arange(6) % 3, 2049, False)
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.ones((3, 2, 2)), 2051, False)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(3), 2049, False)
-    ds = load_dataset("fashion-mnist", root=tmp_path)
+    ds = load_dataset("fashion-mnist", val_size=0, root=tmp_path)
     assert ds.x_train.shape == (6, 1, 2, 2) and float(ds.x_test.max()) == pytest.approx(1 / 255)
     assert ds.info.class_names[0] == "T-shirt/top"
 
@@ -127,40 +127,40 @@ def test_malformed_idx_files_name_the_file_and_the_problem(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(10), 2049, False)
     imgs.write_bytes(imgs.read_bytes()[:-5])
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: file is truncated: 101 bytes, header \(10, 3, 3\) implies 106"):
-        load_dataset("mnist", root=tmp_path, n_test=2)
+        load_dataset("mnist", val_size=0, root=tmp_path, n_test=2)
     write_idx(imgs, np.zeros((10, 3, 3)), 2049, False)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte: magic number 2049, expected 2051"):
-        load_dataset("mnist", root=tmp_path, n_test=2)
+        load_dataset("mnist", val_size=0, root=tmp_path, n_test=2)
     write_idx(imgs, np.zeros((9, 3, 3)), 2051, False)
     with pytest.raises(DataError, match="holds 9 images but .* holds 10 labels"):
-        load_dataset("mnist", root=tmp_path, n_test=2)
+        load_dataset("mnist", val_size=0, root=tmp_path, n_test=2)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="labels file is missing"):
-        load_dataset("mnist", root=tmp_path, n_test=2)
+        load_dataset("mnist", val_size=0, root=tmp_path, n_test=2)
     bad_gz = tmp_path / "g" / "t10k-images-idx3-ubyte.gz"
     bad_gz.parent.mkdir()
     bad_gz.write_bytes(b"not gzip at all")
     write_idx(tmp_path / "g" / "t10k-labels-idx1-ubyte", np.zeros(3), 2049, False)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: cannot be read or decompressed"):
-        load_dataset("mnist", root=tmp_path / "g")
+        load_dataset("mnist", val_size=0, root=tmp_path / "g")
     with pytest.raises(DataError, match="does not exist"):
-        load_dataset("mnist", root=tmp_path / "missing")
+        load_dataset("mnist", val_size=0, root=tmp_path / "missing")
 
 
 def test_missing_data_points_to_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("DIPNET_DATA", str(tmp_path))
     with pytest.raises(DataError, match="nothing is downloaded: pass root=FOLDER"):
-        load_dataset("kmnist")
+        load_dataset("kmnist", val_size=0)
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist (the real MNIST test set) is not present")
 def test_shared_mnist_split_8000_2000():
-    ds = load_dataset("mnist")
+    ds = load_dataset("mnist", val_size=0)
     assert ds.x_train.shape == (8000, 1, 28, 28) and ds.x_test.shape == (2000, 1, 28, 28)
     assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
     full = torch.bincount(torch.cat([ds.y_train, ds.y_test]), minlength=10).float() / 10000
     assert (torch.bincount(ds.y_test, minlength=10).float() / 2000 - full).abs().max() < 0.01
-    assert torch.equal(load_dataset("mnist").y_test, ds.y_test)
+    assert torch.equal(load_dataset("mnist", val_size=0).y_test, ds.y_test)
 
 
 def write_cifar(folder: Path, n: int = 4, classes: int = 10) -> np.ndarray:
@@ -181,11 +181,11 @@ def write_cifar(folder: Path, n: int = 4, classes: int = 10) -> np.ndarray:
 
 def test_cifar_official_format_round_trip(tmp_path):
     first = write_cifar(tmp_path / "cifar-10-batches-py")
-    ds = load_dataset("cifar10", root=tmp_path)
+    ds = load_dataset("cifar10", val_size=0, root=tmp_path)
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
     assert torch.allclose(ds.x_train[0], torch.from_numpy(first[0].reshape(3, 32, 32)).float() / 255)
     assert ds.info.class_names[:2] == ("c0", "c1") and ds.info.bounds == (0.0, 1.0)
-    std = load_dataset("cifar10", root=tmp_path, standardize=True)
+    std = load_dataset("cifar10", val_size=0, root=tmp_path, standardize=True)
     lo, hi = std.info.bounds
     assert float(std.x_train.min()) >= lo - 1e-5 and float(std.x_train.max()) <= hi + 1e-5
 
@@ -204,29 +204,29 @@ def test_cifar_malicious_or_malformed_pickles_are_refused(tmp_path):
     with open(tmp_path / "data_batch_3", "wb") as fh:
         pickle.dump({b"data": evil, b"labels": []}, fh, protocol=2)
     with pytest.raises(DataError, match="data_batch_3: refused to load: global posix.system is not allowed"):
-        load_dataset("cifar10", root=tmp_path)
+        load_dataset("cifar10", val_size=0, root=tmp_path)
     assert not (tmp_path / "pwned").exists(), "the payload must never run"
     write_cifar(tmp_path)
     with open(tmp_path / "test_batch", "wb") as fh:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, fh, protocol=2)
-    with pytest.raises(DataError, match=r"test_batch: b'data' must be uint8 of shape \(N, 3072\)"):
-        load_dataset("cifar10", root=tmp_path)
+    with pytest.raises(DataError, match=r"test_batch: b'data' must be a uint8 array of shape \(N, 3072\)"):
+        load_dataset("cifar10", val_size=0, root=tmp_path)
     write_cifar(tmp_path)
     (tmp_path / "data_batch_2").write_bytes(b"\x80\x02}q")
     with pytest.raises(DataError, match="data_batch_2: (not a valid CIFAR batch pickle|refused to load: pickle data was truncated)"):
-        load_dataset("cifar10", root=tmp_path)
+        load_dataset("cifar10", val_size=0, root=tmp_path)
     write_cifar(tmp_path, classes=12)
     with pytest.raises(DataError, match=r"labels must lie in \[0, 10\)"):
-        load_dataset("cifar10", root=tmp_path)
+        load_dataset("cifar10", val_size=0, root=tmp_path)
 
 
 def test_synthetic_tasks_are_seeded():
-    a, b = load_dataset("synthetic", seed=1), load_dataset("synthetic", seed=1)
+    a, b = load_dataset("synthetic", val_size=0, seed=1), load_dataset("synthetic", val_size=0, seed=1)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    s = load_dataset("synthetic", task="spirals", n_train=100, n_test=50)
+    s = load_dataset("synthetic", val_size=0, task="spirals", n_train=100, n_test=50)
     assert s.x_train.shape == (100, 2) and set(s.y_train.tolist()) == {0, 1}
     with pytest.raises(ConfigError, match="unknown synthetic task"):
-        load_dataset("synthetic", task="moons")
+        load_dataset("synthetic", val_size=0, task="moons")
 
 
 @pytest.mark.parametrize("name, option", [("digits", "foo"), ("mnist", "n_tset"), ("cifar10", "mean"),
@@ -268,6 +268,39 @@ def test_cifar100_official_format_uses_fine_labels(tmp_path):
     with open(folder / "meta", "wb") as fh:
         pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
                      b"coarse_label_names": [f"k{i}".encode() for i in range(20)]}, fh, protocol=2)
-    ds = load_dataset("cifar100", root=tmp_path)
+    ds = load_dataset("cifar100", val_size=0, root=tmp_path)
     assert ds.y_train.tolist() == [99, 0, 5, 7, 1, 2] and ds.y_test.tolist() == [99, 0, 5]
     assert ds.info.num_classes == 100 and ds.info.class_names[99] == "f99" and ds.y_train.dtype == torch.int64
+
+
+@pytest.mark.parametrize("name,kwargs", [("mnist1d", {}), ("digits", {}), ("synthetic", {"n_train": 300})])
+def test_validation_split_is_carved_from_train_stratified_and_fixed(name, kwargs):
+    whole = load_dataset(name, val_size=0, **kwargs)
+    ds = load_dataset(name, **kwargs)
+    n = whole.x_train.shape[0]
+    assert ds.x_val.shape[0] == round(n / 8) and ds.x_train.shape[0] + ds.x_val.shape[0] == n
+    assert torch.equal(ds.x_test, whole.x_test)
+    # oracle: the two parts, matched row by row against the original training set, partition it
+    rows = {tuple(r.tolist()): i for i, r in enumerate(whole.x_train.flatten(1))}
+    part = [rows[tuple(r.tolist())] for r in torch.cat([ds.x_train, ds.x_val]).flatten(1)]
+    assert sorted(part) == list(range(n))
+    labels = torch.cat([ds.y_train, ds.y_val])
+    assert torch.equal(labels.sort().values, whole.y_train.sort().values)
+    # stratified: every class's share in validation within one example of its share in train
+    for c in whole.y_train.unique():
+        expected = (whole.y_train == c).sum().item() * ds.x_val.shape[0] / n
+        assert abs((ds.y_val == c).sum().item() - expected) <= 1
+    again = load_dataset(name, **kwargs)
+    assert torch.equal(again.x_val, ds.x_val) and ds.info.extra["val"] == {"size": ds.x_val.shape[0], "seed": 0, "from": "train"}
+    other = load_dataset(name, val_seed=1, **kwargs)
+    assert not torch.equal(other.x_val, ds.x_val)
+
+
+def test_validation_size_as_count_or_fraction_and_bad_values():
+    assert load_dataset("synthetic", val_size=100).x_val.shape[0] == 100
+    assert load_dataset("synthetic", val_size=0.25).x_val.shape[0] == 128
+    assert load_dataset("synthetic", val_size="0.25").x_val.shape[0] == 128
+    assert not load_dataset("synthetic", val_size=0).has_val
+    for bad in (-1, 512, 1.5, "many"):
+        with pytest.raises(ConfigError, match="val_size"):
+            load_dataset("synthetic", val_size=bad)

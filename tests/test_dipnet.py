@@ -27,7 +27,7 @@ def test_build_method_routes_hyperparameters_and_projects():
 
 def test_loss_counts_m_times_batch_and_logs_parts():
     torch.manual_seed(0)
-    method = build_method("dipnet", {"trajectories": 4, "stability": 0.1, "alpha": 1e-3, "beta": 1e-3})
+    method = build_method("dipnet", {"trajectories": 4, "stability": 0.1, "alpha": 1e-3, "beta": 1e-3, "sigma": 0.1})
     model = method.transform_model(_mlp())
     ctx = StepContext()
     x, y = torch.randn(5, 10), torch.randint(0, 3, (5,))
@@ -145,3 +145,44 @@ def test_dipnet_composes_with_registered_update_methods(tmp_path, update):
     result = train(cfg)
     assert result.history[-1]["method"]["sigma"] and projections(result.model)
     assert result.final["example_grads"] > 0
+
+
+@pytest.mark.parametrize("batchnorm", ["pooled", "per-trajectory"])
+def test_batchnorm_statistics_pooled_or_per_trajectory(batchnorm):
+    """pooled: one forward of the m x B stacked batch; per-trajectory: m forwards of B rows, as m
+    separate samples would be (second implementation: the model called by hand, same noise seed)."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    from dipnet.projection import DIPNetLoss, project
+
+    torch.manual_seed(0)
+    model = project(nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)), sigma=0.3)
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    loss_fn = DIPNetLoss(trajectories=3, prior=(0.0, 0.0), batchnorm=batchnorm)
+    torch.manual_seed(1)
+    loss = loss_fn(model, x, y)
+    torch.manual_seed(1)
+    logits = twin(x.repeat(3, 1)) if batchnorm == "pooled" else torch.cat([twin(x) for _ in range(3)])
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y.repeat(3)), rtol=0, atol=0)
+    bn, bn_twin = model[1], twin[1]
+    assert torch.equal(bn.running_mean, bn_twin.running_mean) and torch.equal(bn.running_var, bn_twin.running_var)
+    assert int(bn.num_batches_tracked) == (1 if batchnorm == "pooled" else 3)
+
+
+def test_per_trajectory_is_the_pooled_path_without_batchnorm():
+    from torch import nn
+
+    from dipnet.projection import DIPNetLoss, project
+
+    torch.manual_seed(0)
+    model = project(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), sigma=0.3)
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    losses = []
+    for mode in ("pooled", "per-trajectory"):
+        torch.manual_seed(1)
+        losses.append(DIPNetLoss(trajectories=2, batchnorm=mode)(model, x, y))
+    assert torch.equal(*losses)

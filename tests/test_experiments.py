@@ -38,7 +38,10 @@ from dipnet.experiments import (
     summarize,
     t_quantile,
     task_tables,
-    wilcoxon_signed_rank,
+    effect_size,
+    holm,
+    resolvable_difference,
+    sign_flip_test,
     write_report,
 )
 from dipnet.experiments import register_measure, probe_cost
@@ -195,7 +198,7 @@ def test_equal_compute_budget_scales_epochs_by_cost():
         (lambda t: t + "\nunknown_top = 1\n", "unknown_top: unknown key"),
         (lambda t: t.replace("epochs = 2", "epochs = 0"), "train.epochs must be an integer >= 1"),
         (lambda t: t.replace("epochs = 2", "epochs = 2\nlearning_rate = 1"), "train.learning_rate: unknown key"),
-        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a positive number"),
+        (lambda t: t.replace("lr = 1e-2", "lr = -1.0"), "methods.fast.lr must be a number in (0, 3.40282e+38)"),
         (lambda t: t.replace("seeds = [0, 1, 2]", "seeds = [0, 0]"), "seeds: repeats a seed"),
         (lambda t: t.replace("seeds = [0, 1, 2]", 'seeds = ["a"]'), "seeds: must be a non-empty list"),
         (lambda t: t.replace('baseline = "base"', 'baseline = "nope"'), "baseline: 'nope' is not one of"),
@@ -432,41 +435,54 @@ def test_paired_t_test_p_values_match_closed_forms():
     assert paired_t_test([0.0, 0.0]) == (0.0, 1.0)
 
 
-def brute_force_wilcoxon(d: list[float]) -> float:
-    """Two-sided exact p: share of sign flips whose min(W+, W-) is <= the observed one."""
-    d = [x for x in d if x != 0]
-    mags = sorted(abs(x) for x in d)
-    rank = {m: (2 * mags.index(m) + 1 + mags.count(m)) / 2 for m in mags}  # average ranks for ties
-    def stat(values):
-        wp = sum(rank[abs(v)] for v in values if v > 0)
-        wm = sum(rank[abs(v)] for v in values if v < 0)
-        return min(wp, wm)
-    obs = stat(d)
-    flips = [stat([s * abs(x) for s, x in zip(signs, d)]) for signs in itertools.product((1, -1), repeat=len(d))]
-    return sum(f <= obs + 1e-12 for f in flips) / len(flips)
+def brute_force_sign_flip(d: list[float]) -> float:
+    """Two-sided exact p by enumeration: share of sign patterns whose |sum| reaches the observed one."""
+    obs = abs(sum(d))
+    flips = [abs(sum(s * abs(x) for s, x in zip(signs, d))) for signs in itertools.product((1, -1), repeat=len(d))]
+    return sum(f >= obs - 1e-12 for f in flips) / len(flips)
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_wilcoxon_exact_p_matches_enumeration_of_sign_flips(seed):
+def test_sign_flip_p_matches_enumeration(seed):
     rng = random.Random(seed)
-    n = rng.randint(3, 10)
-    d = [round(rng.gauss(0.3, 1.0), 1) for _ in range(n)]  # rounding makes ties and zeros
-    w, p = wilcoxon_signed_rank(d)
-    assert p == pytest.approx(brute_force_wilcoxon(d), abs=1e-12)
-    nz = [x for x in d if x != 0]
-    assert w == pytest.approx(sum(r for r, x in zip(__import__("scipy").stats.rankdata(np.abs(nz)), nz) if x > 0))
+    d = [round(rng.gauss(0.3, 1.0), 2) for _ in range(rng.randint(2, 10))]
+    assert sign_flip_test(d) == pytest.approx(brute_force_sign_flip(d), abs=1e-12)
 
 
-def test_wilcoxon_matches_published_exact_values():
-    assert wilcoxon_signed_rank([1, 2, 3, 4, 5])[1] == pytest.approx(2 / 32)
-    assert wilcoxon_signed_rank([1, 2, 3, 4, 5, 6])[1] == pytest.approx(2 / 64)
-    assert wilcoxon_signed_rank([0.01, 0.02, 0.03])[1] == pytest.approx(0.25)  # the floor with 3 seeds
-    # n = 8, W- = 3 (tables: P(W <= 3) = 5/256, two-sided 10/256)
-    assert wilcoxon_signed_rank([-1, -2, 3, 4, 5, 6, 7, 8])[1] == pytest.approx(10 / 256)
+def test_sign_flip_floor_with_few_seeds():
+    assert sign_flip_test([0.01, 0.02, 0.03]) == pytest.approx(2 / 8)
+    assert sign_flip_test([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx(2 / 32)
+
+
+def test_holm_matches_statsmodels():
+    multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = list(rng.uniform(0, 0.2, size=rng.integers(1, 15)))
+        expected = multipletests(p, alpha=0.05, method="holm")[1]
+        assert holm(p) == pytest.approx(list(expected), abs=1e-12)
+    assert math.isnan(holm([0.01, math.nan, 0.04])[1]) and holm([0.01, math.nan, 0.04])[2] == pytest.approx(0.04)
+
+
+def test_effect_size_and_resolvable_difference_by_hand():
+    d = [0.02, 0.04, 0.03, 0.05]
+    assert effect_size(d) == pytest.approx(np.mean(d) / np.std(d, ddof=1))
     from scipy import stats
 
-    d = [1.3, -0.4, 2.2, 0.7, 1.9, -1.1, 0.5]
-    assert wilcoxon_signed_rank(d)[1] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue, rel=1e-9)
+    assert resolvable_difference(0.02, 5) == pytest.approx(stats.t.ppf(0.975, 4) * 0.02 / math.sqrt(5))
+    assert math.isnan(resolvable_difference(0.02, 1))
+
+
+def test_holm_makes_the_verdict():
+    """A difference whose own interval excludes 0 is within noise once many comparisons share the
+    alpha: the verdict uses the Holm-adjusted p-value."""
+    base = {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69, 4: 0.70}
+    edge = paired_compare({0: 0.715, 1: 0.735, 2: 0.72, 3: 0.70, 4: 0.705}, base)
+    assert edge.t_p < 0.05 and edge.verdict in ("better",)
+    from dipnet.experiments import adjust
+
+    adjusted = adjust([edge] + [paired_compare({k: v + 0.001 * (k - 2) for k, v in base.items()}, base)] * 19)
+    assert adjusted[0].holm_p > 0.05 and adjusted[0].verdict == "within noise"
 
 
 def test_paired_compare_flags_noise():
@@ -613,7 +629,7 @@ def test_cli_compare_and_report_with_the_real_engine(tmp_path, capsys):
     for r in runs:  # results come from the engine's own run record
         record = json.loads((Path(r.results["run_dir"]) / "run.json").read_text())
         assert record["final"]["test_acc"] == r.final["test_acc"] and len(r.history) == 2
-        assert r.final["example_grads"] == 2 * 160
+        assert r.final["example_grads"] == 2 * (160 - 20)  # the validation split holds 1/8 of 160
     assert main(["compare", str(suite), "--store", str(store)]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert main(["compare", str(suite), "--store", str(store), "--resume"]) == 0
@@ -722,12 +738,12 @@ def test_run_key_covers_the_methods_resolved_defaults(monkeypatch):
     """A run is identified by every hyperparameter its method trains with, defaults included, so
     a library default that changes gives a new run instead of reusing a stale result."""
     import dipnet.experiments.suite as suite_mod
-    from dipnet.projection import DEFAULT_PRIOR
+    from dipnet.projection import DEFAULT_PRIOR, ProjectionConfig
 
     text = FAKE_SUITE.replace('method = "fake-a"', 'method = "dipnet"')
     runs = fake_suite(text).expand()
     dip = [r for r in runs if r.method == "base"]
-    assert dip[0].resolved["dipnet"]["alpha"] == DEFAULT_PRIOR[0] and dip[0].resolved["dipnet"]["sigma"] == 0.1
+    assert dip[0].resolved["dipnet"]["alpha"] == DEFAULT_PRIOR[0] and dip[0].resolved["dipnet"]["sigma"] == ProjectionConfig().sigma
     assert all(r.resolved == {} for r in runs if r.method == "fast")  # unregistered test double
     real = suite_mod.resolved_hyperparameters
     monkeypatch.setattr(suite_mod, "resolved_hyperparameters",
@@ -735,3 +751,63 @@ def test_run_key_covers_the_methods_resolved_defaults(monkeypatch):
     moved = fake_suite(text).expand()
     assert [r.key for r in moved if r.method == "fast"] == [r.key for r in runs if r.method == "fast"]
     assert not {r.key for r in moved if r.method == "base"} & {r.key for r in dip}
+
+
+# ---------------------------------------------------------------- choosing on validation
+
+
+def selection_train(config: dict, run_dir: str) -> dict:
+    """A stand-in whose validation and test accuracies disagree on the best sweep value:
+    validation peaks at rho = 0.05, test at rho = 0.1."""
+    rho = (config.get("method_params") or {}).get("rho")
+    val = {0.02: 0.70, 0.05: 0.80, 0.1: 0.75}.get(rho, 0.72) + 0.001 * config["seed"]
+    test = {0.02: 0.60, 0.05: 0.65, 0.1: 0.90}.get(rho, 0.62) + 0.002 * config["seed"]
+    final = {"val_acc": val, "test_acc": test, "test_loss": 1 - test, "train_acc": 1.0, "train_loss": 0.0,
+             "gap": 1 - test, "example_grads": 10, "wall_s": 0.0}
+    return {"final": final, "history": []}
+
+
+SELECTION_SUITE = """
+name = "selection"
+seeds = [0, 1, 2]
+[tasks.t]
+data = "synthetic"
+model = "mlp"
+[methods.erm]
+[methods.sam]
+sweep = { rho = [0.02, 0.05, 0.1] }
+"""
+
+
+def test_a_sweep_is_won_on_validation_and_reported_on_test(tmp_path):
+    from dipnet.experiments.tables import task_tables
+
+    suite = parse_suite(SELECTION_SUITE, "selection.toml")
+    run_suite(suite, tmp_path / "s.sqlite", train_fn=selection_train)
+    with RunStore(tmp_path / "s.sqlite") as store:
+        (table,) = task_tables(store, "selection")
+    rows = {r.method: r for r in table.rows}
+    assert set(rows) == {"erm", "sam [rho=0.05]"}  # the best validation mean, not the best test one (0.1)
+    chosen = rows["sam [rho=0.05]"]
+    assert chosen.metrics["test_acc"].mean == pytest.approx(0.65 + 0.002)  # its own test runs, mean over seeds
+    assert chosen.metrics["val_acc"].mean == pytest.approx(0.80 + 0.001)
+    assert chosen.vs_baseline.diff.mean == pytest.approx(0.65 - 0.62)
+    sweep = {label: (val.mean, test.mean, pick) for label, val, test, pick in table.sweeps["sam"]}
+    assert sweep["sam(rho=0.1)"][1] > sweep["sam(rho=0.05)"][1] and sweep["sam(rho=0.05)"][2]
+
+
+def test_equal_tuning_gives_every_method_its_grid():
+    from dipnet.experiments.budget import ERM_TUNE
+    from dipnet.methods import component_class
+
+    suite = parse_suite(SELECTION_SUITE.replace("[methods.sam]\nsweep = { rho = [0.02, 0.05, 0.1] }",
+                                                "[methods.sam]\n[methods.noise]\nmethod = \"input-noise\"\n"
+                                                "params = { sigma = 0.3 }\n[methods.rwp]")
+                        .replace('name = "selection"', 'name = "tuned"\ntune = true'), "tuned.toml")
+    groups = suite.groups()
+    assert len(groups["erm"]) == len(ERM_TUNE["weight_decay"]) and len(groups["sam"]) == 3 and len(groups["rwp"]) == 3
+    assert groups["noise"] == ["noise"]  # its knob is set by hand: not tuned
+    wd = sorted(m.overrides["weight_decay"] for m in suite.methods if m.group == "erm")
+    assert wd == sorted(ERM_TUNE["weight_decay"])
+    rhos = sorted(m.params["rho"] for m in suite.methods if m.group == "sam")
+    assert rhos == sorted(component_class("sam").tune["rho"])

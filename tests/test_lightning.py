@@ -1,7 +1,7 @@
 """dipnet inside PyTorch Lightning, against dipnet's own engine as the oracle: a DIPNet MLP
 trained with DIPNetCallback equals the engine's DIPNet at m = 1 (same seed, data order,
 optimizer) to 1e-6; SAM and RWP via manual_step equal the engine's SAM and RWP; under
-Lightning's DDP strategy on 2 CPU processes the sigmas (and every weight) stay in sync."""
+Lightning's DDP strategy on 2 CPU processes the learned sigmas (and every weight) stay in sync."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ pl = pytest.importorskip("lightning.pytorch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from dipnet.data import Dataset, DatasetInfo  # noqa: E402
-from dipnet.engine import TrainConfig, Trainer, seed_everything  # noqa: E402
+from dipnet.engine import TrainConfig, Trainer, param_groups, seed_everything  # noqa: E402
 from dipnet.engine.setup import epoch_permutation  # noqa: E402
 from dipnet.errors import ConfigError  # noqa: E402
 from dipnet.integrations.lightning import DIPNetCallback, manual_step  # noqa: E402
@@ -61,11 +61,12 @@ class Classifier(pl.LightningModule):
         return manual_step(self, lambda: F.cross_entropy(self(x), y))
 
     def configure_optimizers(self):
+        groups = param_groups(self, 0.0)  # the engine's groups: DIPNet's sigmas apart, not perturbed
         if self.update == "sam":
-            return SAM(self.parameters(), torch.optim.AdamW, rho=0.05, lr=LR, weight_decay=0.0)
+            return SAM(groups, torch.optim.AdamW, rho=0.05, lr=LR, weight_decay=0.0)
         if self.update == "rwp":
-            return RWP(self.parameters(), torch.optim.AdamW, sigma=0.05, lr=LR, weight_decay=0.0)
-        return torch.optim.AdamW(self.parameters(), lr=LR, weight_decay=0.0)
+            return RWP(groups, torch.optim.AdamW, sigma=0.05, lr=LR, weight_decay=0.0)
+        return torch.optim.AdamW(groups, lr=LR, weight_decay=0.0)
 
 
 def engine_params(method: str, params: dict) -> list[torch.Tensor]:
@@ -121,7 +122,7 @@ def test_callback_settings_are_checked_and_logged():
     with pytest.raises(ConfigError):
         DIPNetCallback(no_such_setting=1)
     module = Classifier(toy_model())
-    cb = DIPNetCallback("model")
+    cb = DIPNetCallback("model", sigma=0.1, scale="absolute")
     cb.setup(None, module, "fit")
     cb.setup(None, module, "validate")  # projecting twice would be an error: setup is idempotent
     summary = cb.sigmas(module)
@@ -136,9 +137,10 @@ DDP_SCRIPT = textwrap.dedent('''
     import lightning.pytorch as pl
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
-    from dipnet.engine import seed_everything
+    from dipnet.engine import param_groups, seed_everything
     from dipnet.integrations.lightning import DIPNetCallback, manual_step
     from dipnet.methods import SAM
+    from dipnet.projection import projections
 
     class M(pl.LightningModule):
         def __init__(self, update):
@@ -153,7 +155,7 @@ DDP_SCRIPT = textwrap.dedent('''
             return manual_step(self, lambda: F.cross_entropy(self.model(x), y))
         def configure_optimizers(self):
             if self.update == "sam":
-                return SAM(self.parameters(), torch.optim.SGD, rho=0.05, lr=0.05)
+                return SAM(param_groups(self, 0.0), torch.optim.SGD, rho=0.05, lr=0.05)
             return torch.optim.AdamW(self.parameters(), lr=0.01)
 
     out = sys.argv[1]
@@ -168,8 +170,8 @@ DDP_SCRIPT = textwrap.dedent('''
                              callbacks=[cb])
         trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
         rank = trainer.global_rank
-        torch.save({"params": [p.detach() for p in module.model.parameters()], "sigma": cb.sigmas(module),
-                    "steps": trainer.global_step},
+        torch.save({"params": [p.detach() for p in module.model.parameters()], "steps": trainer.global_step,
+                    "log_sigma": [p.log_sigma.detach() for _, p in projections(module.model)]},
                    os.path.join(out, f"{update}_{rank}.pt"))
 ''')
 
@@ -185,6 +187,8 @@ def test_lightning_ddp_on_two_cpu_processes_keeps_sigmas_in_sync(tmp_path):
     for update in ("plain", "sam"):
         r0, r1 = (torch.load(tmp_path / f"{update}_{r}.pt", weights_only=True) for r in (0, 1))
         assert r0["steps"] == r1["steps"] == 2 * 4  # 64 examples, 8 per rank and step
-        assert r0["sigma"] == r1["sigma"] and r0["sigma"]["sigma_mean"] != pytest.approx(0.2)
+        assert len(r0["log_sigma"]) == 2
+        for a, b in zip(r0["log_sigma"], r1["log_sigma"]):  # the learned sigmas: moved, and equal on both ranks
+            assert torch.equal(a, b) and not torch.allclose(a, torch.full_like(a, 0.2).log()), update
         for a, b in zip(r0["params"], r1["params"]):
             assert torch.equal(a, b), update

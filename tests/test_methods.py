@@ -9,6 +9,7 @@ import math
 import re
 import typing
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -394,6 +395,80 @@ def test_arwp_accumulator_and_noise_scaling():
     fsum = opt.accumulator(lin.weight).sum(dim=1)
     target = 0.02 * lin.weight.detach().norm(dim=1) / torch.sqrt(1 + eta * fsum)
     torch.testing.assert_close(noise.permute(1, 0, 2).reshape(16, -1).std(dim=1), target, rtol=0.08, atol=0)
+
+
+def _released_marwp_std(params, fisher, sigma, eta):
+    """The noise std of nblt/mARWP ``train_marwp.py`` (lines 329-344), written out as released:
+    F summed over ``view(sh[0], -1)`` rows, a 1-D parameter's std from its whole-vector norm."""
+    out = []
+    for mp, f in zip(params, fisher):
+        sh = mp.shape
+        sh_mul = int(np.prod(sh[1:]))
+        fsum = f.view(sh[0], -1).sum(dim=1, keepdim=True).repeat(1, sh_mul).view(sh)
+        if len(mp.shape) > 1:
+            std = sigma * mp.view(sh[0], -1).norm(dim=1, keepdim=True).repeat(1, sh_mul).view(mp.shape)
+        else:
+            std = torch.full_like(mp, sigma * (mp.view(-1).norm().item() + 1e-16))
+        out.append(std / torch.sqrt(1 + eta * fsum))
+    return out
+
+
+def test_arwp_noise_std_equals_the_released_code_on_biases_too():
+    torch.manual_seed(0)
+    model = toy_model(bn=True)  # Linear weights and biases, BatchNorm weight and bias: 1-D parameters
+    params = list(model.parameters())
+    opt = RWP(params, torch.optim.SGD, sigma=0.02, adaptive=True, eta=0.1, beta=0.99, lr=0.0)
+    fisher = [torch.rand_like(p) * 50.0 for p in params]  # a large accumulator: the per-element bias case shows
+    opt.F = opt.layout.flat(fisher)
+    ours = [s.expand_as(p) for s, p in zip(opt.noise_std(), params)]
+    released = _released_marwp_std([p.detach() for p in params], fisher, 0.02, 0.1)
+    for p, a, b in zip(params, ours, released):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    bias = model[1].bias
+    i = next(k for k, q in enumerate(params) if q is bias)
+    assert ours[i].unique().numel() == bias.numel()  # one std per element of a bias
+
+
+def test_weight_perturbation_leaves_dipnet_sigmas_alone():
+    """SAM's ascent and RWP's noise move the model's own weights, never the projections' log-sigmas
+    (the engine puts them in a perturb=False group), and SAM's norm leaves their gradients out."""
+    from dipnet.engine import param_groups
+    from dipnet.projection import projection_parameters
+
+    x, y = toy_data()
+    for spec in ("dipnet+sam", "dipnet+rwp", "dipnet+mrwp"):
+        method = build_method(spec, {"dipnet.sigma": 0.1})
+        model = method.transform_model(toy_model())
+        opt = method.build_optimizer(param_groups(model, 0.0), torch.optim.SGD, lr=0.0)
+        sigmas = projection_parameters(model)
+        before = [s.detach().clone() for s in sigmas]
+        own_before = [p.detach().clone() for p in model.parameters() if all(p is not s for s in sigmas)]
+        seen = []
+
+        def closure():
+            seen.append([s.detach().clone() for s in sigmas])
+            seen.append([p.detach().clone() for p in model.parameters() if all(p is not s for s in sigmas)])
+            loss = F.cross_entropy(model(x[:B]), y[:B])
+            loss.backward()
+            return loss.detach()
+
+        for _ in range(2):
+            method.update(model, opt, closure, StepContext())
+        for snapshot in seen[::2]:
+            assert all(torch.equal(a, b) for a, b in zip(snapshot, before)), spec
+        assert any(not torch.equal(a, b) for snap in seen[1::2] for a, b in zip(snap, own_before)), spec
+
+
+def test_sam_norm_counts_only_the_perturbed_weights():
+    from dipnet.engine import param_groups
+    from dipnet.projection import projection_parameters
+
+    x, y = toy_data()
+    model = build_method("dipnet").transform_model(toy_model())
+    opt = SAM(param_groups(model, 0.0), torch.optim.SGD, rho=0.1, lr=0.0)
+    F.cross_entropy(model(x), y).backward()
+    own = [p for p in model.parameters() if all(p is not s for s in projection_parameters(model))]
+    torch.testing.assert_close(opt.grad_norm(), torch.sqrt(sum((p.grad**2).sum() for p in own)))
 
 
 def test_arwp_cosine_sigma_schedule():

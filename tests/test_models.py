@@ -310,3 +310,21 @@ def test_seeded_init_and_state_dict_round_trip(name: str) -> None:
     assert not torch.allclose(a(x), b(x))
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+
+
+def test_docs_recipe_table_is_the_registry_and_the_cli_follows_it(tmp_path):
+    import json
+    import re
+    from pathlib import Path
+
+    from dipnet.cli import main
+    from dipnet.cli.models import recipe_text
+    from dipnet.models import list_models, model_recipe
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| (optimizer [^|]+) \|$", doc, flags=re.M))
+    assert rows == {name: recipe_text(model_recipe(name)) for name in list_models()}
+    assert main(["train", "--data", "synthetic", "--model", "mnist1d-mlp", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--progress", "none"]) == 0
+    cfg = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["batch_size"], cfg["schedule"], cfg["epochs"]) == ("adamw", 0.01, 100, "cosine", 1)

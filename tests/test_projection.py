@@ -42,7 +42,7 @@ def test_noise_statistics_match_sigma(feature_dim, shape):
     """Per-feature sample mean and std of u - x match (0, sigma_j); n=4000 draws per feature,
     tolerance 5 standard errors (mean: 5 sigma/sqrt(n); std: 5 sigma/sqrt(2n))."""
     torch.manual_seed(0)
-    proj = GaussianProjection(3, 1.0, feature_dim=feature_dim)
+    proj = GaussianProjection(3, 1.0, feature_dim=feature_dim, scale="absolute")
     with torch.no_grad():
         proj.log_sigma.copy_(torch.tensor([0.1, 1.0, 3.0]).log())
     x = torch.randn(shape)
@@ -57,7 +57,7 @@ def test_noise_statistics_match_sigma(feature_dim, shape):
 
 
 def test_eval_is_deterministic_and_reproducible_under_seed():
-    net = project(build_model("mnist1d-mlp", MNIST1D), sigma=0.3)
+    net = project(build_model("mnist1d-mlp", MNIST1D), sigma=0.3, scale="absolute")
     x = torch.randn(8, 40)
     net.eval()
     assert torch.equal(net(x), net(x))
@@ -74,7 +74,7 @@ def test_reparameterization_gradient_matches_closed_form():
     dE/dlog_sigma = 2 d sigma^2; the Monte Carlo gradient over 20000 draws agrees to 3%."""
     torch.manual_seed(0)
     d, n, sigma = 5, 20000, 0.7
-    proj = GaussianProjection(0, sigma)
+    proj = GaussianProjection(0, sigma, scale="absolute")
     x = torch.randn(1, d).expand(n, d)
     proj(x).pow(2).sum(1).mean().backward()
     expected = 2 * d * sigma**2
@@ -86,7 +86,7 @@ def test_gradient_matches_finite_differences_of_expected_loss():
     per-feature log_sigma equals central finite differences of the same sampled loss."""
     torch.manual_seed(0)
     net = project(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), sigma=0.3,
-                  input_grad_fraction=1.0).double()
+                  input_grad_fraction=1.0, scale="absolute").double()
     x, y = torch.randn(64, 3, dtype=torch.float64), torch.randint(0, 2, (64,))
 
     def loss() -> torch.Tensor:
@@ -124,7 +124,7 @@ def _naive_loss(net, x, y, m, stability, alpha, beta):
 @pytest.mark.parametrize("m", [1, 3])
 def test_loss_equals_naive_terms(m):
     torch.manual_seed(0)
-    net = project(build_model("mnist1d-cnn", MNIST1D), sigma=0.2)
+    net = project(build_model("mnist1d-cnn", MNIST1D), sigma=0.2, scale="absolute")
     with torch.no_grad():
         for _, p in projections(net):
             p.log_sigma.uniform_(-3, 0)
@@ -141,7 +141,7 @@ def test_loss_equals_naive_terms(m):
 def test_trajectories_are_independent_draws():
     """m trajectories of one example through a projected identity give m different samples whose
     mean is the per-trajectory loss mean (loop over m single-trajectory calls, same RNG stream)."""
-    net = project(nn.Sequential(nn.Linear(2, 2)), sigma=1.0, noise="fresh")
+    net = project(nn.Sequential(nn.Linear(2, 2)), sigma=1.0, noise="fresh", scale="absolute")
     x, y = torch.randn(3, 2), torch.tensor([0, 1, 0])
     torch.manual_seed(2)
     batched = DIPNetLoss(trajectories=4, prior=(0.0, 0.0))(net, x, y)
@@ -153,7 +153,7 @@ def test_trajectories_are_independent_draws():
 
 
 def test_predict_modes():
-    net = project(build_model("mnist1d-mlp", MNIST1D), sigma=0.5)
+    net = project(build_model("mnist1d-mlp", MNIST1D), sigma=0.5, scale="absolute")
     net.train()
     x = torch.randn(5, 40)
     p0 = predict(net, x)
@@ -193,7 +193,7 @@ def _custom_model() -> nn.Module:
 ])
 def test_projections_sit_at_every_layer_input(name, expected):
     net = _custom_model() if name == "custom" else build_model(name, MNIST1D)
-    project(net, sigma=0.1)
+    project(net, sigma=0.1, scale="absolute")
     assert [n for n, _ in projections(net)] == expected
     seen = []
     for n, p in projections(net):
@@ -204,13 +204,13 @@ def test_projections_sit_at_every_layer_input(name, expected):
 
 
 def test_include_exclude_project_input_and_blocks():
-    net = project(build_model("mnist1d-cnn", MNIST1D), exclude=[nn.Linear], project_input=False)
+    net = project(build_model("mnist1d-cnn", MNIST1D), exclude=[nn.Linear], project_input=False, scale="absolute")
     assert [n for n, _ in projections(net)] == ["conv2", "conv3"]
-    net = project(build_model("mnist1d-cnn", MNIST1D), include="conv*", granularity="layer")
+    net = project(build_model("mnist1d-cnn", MNIST1D), include="conv*", granularity="layer", scale="absolute")
     assert [n for n, _ in projections(net)] == ["conv1", "conv2", "conv3"]
     assert all(p.log_sigma.ndim == 0 for _, p in projections(net))
     vit = build_model("vit", DatasetInfo("d", (1, 8, 8), 10, tuple("0123456789"), (0.0, 1.0)), patch=2)
-    project(vit, targets="blocks")
+    project(vit, targets="blocks", scale="absolute")
     names = [n for n, _ in projections(vit)]
     assert names and all(n.endswith((".attn", ".mlp")) for n in names)
     vit.train()
@@ -247,7 +247,7 @@ def test_strip_state_dict_deepcopy_and_second_project():
     plain.train()  # no projection left: even train mode is the deterministic function
     assert torch.equal(plain(x), net(x))
     with pytest.raises(ConfigError, match="already has DIPNet projections"):
-        project(net)
+        project(net, scale="absolute")
 
 
 def test_three_line_user_loop_reduces_loss():
@@ -256,7 +256,7 @@ def test_three_line_user_loop_reduces_loss():
     x = torch.randn(256, 10)
     y = (x[:, 0] + x[:, 1] > 0).long()
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
-    model = project(model, sigma=0.1)
+    model = project(model, sigma=0.1, scale="absolute")
     dip_loss = DIPNetLoss(trajectories=2, prior=(1e-4, 1e-4))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
@@ -271,13 +271,13 @@ def test_three_line_user_loop_reduces_loss():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: project(nn.Sequential(nn.ReLU())), "no layers to project"),
-    (lambda: project(nn.Linear(2, 2), sigma=0.0), "sigma must be"),
-    (lambda: project(nn.Linear(2, 2), sigma=-1.0), "sigma must be"),
+    (lambda: project(nn.Sequential(nn.ReLU()), scale="absolute"), "no layers to project"),
+    (lambda: project(nn.Linear(2, 2), sigma=0.0, scale="absolute"), "sigma must be"),
+    (lambda: project(nn.Linear(2, 2), sigma=-1.0, scale="absolute"), "sigma must be"),
     (lambda: project(nn.Linear(2, 2), scale="log"), "scale must be"),
-    (lambda: project(nn.Linear(2, 2), granularity="x"), "granularity must be"),
-    (lambda: project(nn.Linear(2, 2), targets=()), "targets must be"),
-    (lambda: project(nn.Linear(2, 2), include="nothing*"), "left no layer"),
+    (lambda: project(nn.Linear(2, 2), granularity="x", scale="absolute"), "granularity must be"),
+    (lambda: project(nn.Linear(2, 2), targets=(), scale="absolute"), "targets must be"),
+    (lambda: project(nn.Linear(2, 2), include="nothing*", scale="absolute"), "left no layer"),
     (lambda: DIPNetLoss(trajectories=0), "trajectories must be"),
     (lambda: DIPNetLoss(prior=(-1.0, 0.0)), "alpha must be"),
         (lambda: DIPNetLoss(prior=0.1), "pair"),
@@ -298,7 +298,7 @@ def test_forward_that_rejects_repeated_batch():
         def forward(self, x):
             return self.fc(x).view(4, 2)
 
-    net = project(FixedBatch())
+    net = project(FixedBatch(), scale="absolute")
     with pytest.raises(ConfigError, match="repeated batch"):
         DIPNetLoss(trajectories=2)(net, torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
 
@@ -311,7 +311,7 @@ def test_gradient_matches_closed_form_expected_squared_loss():
     torch.manual_seed(0)
     d, n = 4, 40000
     lin = nn.Linear(d, 1).double()
-    project(lin, sigma=0.5)
+    project(lin, sigma=0.5, scale="absolute")
     proj = projections(lin)[0][1]
     with torch.no_grad():
         proj.log_sigma.copy_(torch.tensor([0.2, 0.5, 1.0, 1.5], dtype=torch.float64).log())
@@ -342,7 +342,7 @@ def test_relative_scale_noise_is_sigma_times_input_rms():
 def test_projections_before_every_linear_and_conv_of_the_vit():
     vit = build_model("vit", DatasetInfo("d", (1, 8, 8), 10, tuple("0123456789"), (0.0, 1.0)), patch=2)
     targeted = [n for n, m in vit.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    project(vit, sigma=0.05)
+    project(vit, sigma=0.05, scale="absolute")
     assert [n for n, _ in projections(vit)] == targeted and len(targeted) > 4
     seen = []
     for n, p in projections(vit):
@@ -390,7 +390,7 @@ def test_blocks_placement_on_hugging_face_style_layers_with_keyword_inputs():
     x = torch.randn(4, 5, 6)
     net.eval()
     ref = net(x)
-    project(net, sigma=0.3, targets="blocks")
+    project(net, sigma=0.3, targets="blocks", scale="absolute")
     assert [n for n, _ in projections(net)] == ["0.self_attn", "0.mlp", "1.self_attn", "1.mlp"]
     assert all(p.features == 6 for _, p in projections(net))
     seen = []
@@ -479,7 +479,7 @@ def test_window_estimate_of_the_input_sigma_gradient_averages_to_the_exact_one(
 def test_window_estimate_is_off_where_it_does_not_apply():
     """Inputs that need their own gradient, no_grad, fixed sigma, fraction 1 and unbatched conv
     inputs take the exact path (no output hook pending); custom Linear forwards get no output hook."""
-    net = project(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), sigma=0.3)
+    net = project(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), sigma=0.3, scale="absolute")
     proj = projections(net)[0][1]
     net.train()
     x = torch.randn(16, 4, requires_grad=True)
@@ -493,9 +493,9 @@ def test_window_estimate_is_off_where_it_does_not_apply():
         def forward(self, x):
             return 2 * super().forward(x)
 
-    custom = project(nn.Sequential(Scaled(4, 3)), sigma=0.3)
+    custom = project(nn.Sequential(Scaled(4, 3)), sigma=0.3, scale="absolute")
     assert not custom[0]._forward_hooks
-    conv = project(nn.Conv1d(2, 2, 3), sigma=0.3)
+    conv = project(nn.Conv1d(2, 2, 3), sigma=0.3, scale="absolute")
     conv.train()
     out = conv(torch.randn(2, 9))  # unbatched: dimension 0 is the channel
     assert conv.dipnet_projection._pending is None and out.shape == (2, 7)
@@ -555,8 +555,8 @@ def test_noise_like_a_tensor_is_the_same_draw_as_by_shape(source, shape, dtype):
 def test_variance_prior_gradient_matches_closed_form():
     """d/dl of alpha * exp(2 l) - beta * 2 l is 2 alpha sigma^2 - 2 beta, for per-feature and
     shared sigmas alike (the prior sums over every learnable projection)."""
-    net = project(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), sigma=0.3)
-    project(shared := nn.Sequential(nn.Linear(2, 2)), sigma=0.7, granularity="layer")
+    net = project(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), sigma=0.3, scale="absolute")
+    project(shared := nn.Sequential(nn.Linear(2, 2)), sigma=0.7, granularity="layer", scale="absolute")
     for model in (net, shared):
         loss = DIPNetLoss(prior=(0.02, 0.005))
         with torch.no_grad():
@@ -572,7 +572,7 @@ def test_auto_defaults_on_a_cpu_draw_from_the_table_and_window_the_input_gradien
     """noise="auto" on a CPU: the projected input is x + sigma * (the table window at the offset the
     seeded generator picks); input_grad_fraction=None: the raw-input layer's output hook gets a
     pending window estimate (1/8 of the rows), and sigma still receives a gradient."""
-    net = project(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), sigma=0.3)
+    net = project(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), sigma=0.3, scale="absolute")
     proj = net[0].dipnet_projection
     seen, pending, grad_fns = [], [], []
 
@@ -599,7 +599,7 @@ def test_a_forward_that_raises_leaves_no_output_hook_behind():
     """The window estimate's one-shot output hook is removed by the next forward, or by strip, when
     the layer raised before reaching it."""
     for then_strip in (False, True):
-        net = project(nn.Sequential(nn.Linear(4, 3)), sigma=0.3)
+        net = project(nn.Sequential(nn.Linear(4, 3)), sigma=0.3, scale="absolute")
         net.train()
 
         def broken(x):
@@ -633,7 +633,7 @@ def test_the_benchmarks_hand_written_step_is_the_librarys_step():
     finally:
         sys.path.remove(str(bench_dir))
     torch.manual_seed(0)
-    net = project(bench._mnist_mlp(), sigma=0.1).train()
+    net = project(bench._mnist_mlp(), sigma=0.1, scale="absolute").train()
     x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
     results = []
     for loss_fn in (bench._hand_written(net, x, y, bench.HAND_WRITTEN["dipnet m=1, + prior (= the default loss)"]), lambda: DIPNetLoss()(net, x, y)):
@@ -655,7 +655,7 @@ def test_hooks_on_a_projection_run_and_do_not_change_the_result(build):
     """Without hooks of its own a projection is applied without Module.__call__ (speed); with a
     forward hook on it, the module call runs the hook. Same seed, same outputs and gradients."""
     torch.manual_seed(0)
-    net = project(build(), sigma=0.2).train()
+    net = project(build(), sigma=0.2, scale="absolute").train()
     x = torch.randn(16, 6) if isinstance(net[0], nn.Linear) else torch.randn(16, 2, 6)
     results, seen = [], []
     for hooked in (False, True):

@@ -535,7 +535,7 @@ def test_training_with_fgsm_examples_and_robust_cli(tmp_path, capsys):
     from dipnet.engine import TrainConfig, train
 
     cfg = TrainConfig(data="robust-test-tiny", model="mlp", method="fgsm-examples", epochs=2, batch_size=40,
-                      method_params={"eps": 0.05}, out=str(tmp_path / "run"), progress="none")
+                      data_kwargs={"val_size": 0}, method_params={"eps": 0.05}, out=str(tmp_path / "run"), progress="none")
     result = train(cfg)
     assert result.final["example_grads"] == 2 * (80 + 40)  # clean step B + FGSM half batch
     out = tmp_path / "r.json"

@@ -14,16 +14,27 @@ class ConfigError(DipnetError):
     """A wrong name, value or hyperparameter in a config, suite file or CLI call."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; carries the global step that made it."""
+class DivergenceError(RuntimeError):
+    """Training diverged: the run stopped as failed; carries the global step that showed it."""
 
-    def __init__(self, step: int, epoch: int, value: float, checkpoint: str | None = None) -> None:
-        self.step, self.epoch, self.value, self.checkpoint = step, epoch, value, checkpoint
+    what = "the loss diverged"
+
+    def __init__(self, step: int, epoch: int, value: float, checkpoint: str | None = None, detail: str = "") -> None:
+        self.step, self.epoch, self.value, self.checkpoint, self.detail = step, epoch, value, checkpoint, detail
         kept = f"; the last good checkpoint is kept at {checkpoint}" if checkpoint else ""
         super().__init__(
-            f"non-finite loss ({value}) at step {step} (epoch {epoch}): lower the learning rate, "
+            f"{self.what} ({value:.6g}{detail}) at step {step} (epoch {epoch}): lower the learning rate, "
             f"enable gradient clipping (--grad-clip) or check the data{kept}"
         )
+
+    def with_checkpoint(self, checkpoint: str | None) -> "DivergenceError":
+        return type(self)(self.step, self.epoch, self.value, checkpoint, self.detail)
+
+
+class NonFiniteLossError(DivergenceError):
+    """Training produced a NaN or infinite loss."""
+
+    what = "non-finite loss"
 
 
 def unknown_name(kind: str, name: str, allowed: "list[str] | tuple[str, ...]") -> ConfigError:

@@ -47,15 +47,19 @@ class Limits:
                 and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le))
 
     def describe(self) -> str:
-        low = f"> {self.gt:g}" if self.gt is not None else f">= {self.ge:g}" if self.ge is not None else ""
-        high = f"< {self.lt:g}" if self.lt is not None else f"<= {self.le:g}" if self.le is not None else ""
+        low = f"> {_num(self.gt)}" if self.gt is not None else f">= {_num(self.ge)}" if self.ge is not None else ""
+        high = f"< {_num(self.lt)}" if self.lt is not None else f"<= {_num(self.le)}" if self.le is not None else ""
         if low and high:
-            return (f"in {'(' if self.gt is not None else '['}{(self.gt if self.gt is not None else self.ge):g}, "
-                    f"{(self.lt if self.lt is not None else self.le):g}{')' if self.lt is not None else ']'}")
+            return (f"in {'(' if self.gt is not None else '['}{_num(self.gt if self.gt is not None else self.ge)}, "
+                    f"{_num(self.lt if self.lt is not None else self.le)}{')' if self.lt is not None else ']'}")
         return low or high
 
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.gt, self.ge, self.lt, self.le))
+
+
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def param(default: Any = _MISSING, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,

@@ -2,30 +2,41 @@
 
 Each subcommand lives in its own module ``dipnet.cli.<name>`` that defines
 ``register(subparsers)`` (adds its parser and ``set_defaults(func=run)``) and ``run(args) -> int``.
-Errors the user can fix (:class:`~dipnet.errors.DipnetError`) print one line and exit 2.
+One error path: a mistake in the command, its files or its data (:class:`~dipnet.errors.DipnetError`,
+a usage error, a file-system error) prints one line and exits 2; a run that fails (diverges)
+exits 1; Ctrl-C and SIGTERM stop a run as "interrupted" and exit 130. No option is abbreviated.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
+import signal
 import sys
 
 from .._version import __version__
-from ..errors import DipnetError
+from ..errors import DipnetError, DivergenceError
 
 COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviations ("--warm" is never "--warmup-epochs"), errors in one line."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dipnet", allow_abbrev=False,
+    parser = Parser(
+        prog="dipnet",
         description="Train networks with DIPNet and the methods it is compared with; measure why they generalize.",
     )
     parser.add_argument("--version", action="version", version=f"dipnet {__version__}")
-    # no abbreviations anywhere: "--warm" is never taken for "--warmup-epochs"
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
@@ -47,14 +58,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands to torchrun
+    previous = _sigterm_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except DipnetError as exc:
         print(f"dipnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except DivergenceError as exc:
+        print(f"dipnet {args.command}: stopped: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file the user named: permission, a folder where a file was meant, no space
+        if isinstance(exc, BrokenPipeError):
+            return 0
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"dipnet {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dipnet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop) handled like Ctrl-C: the run is recorded as interrupted."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":

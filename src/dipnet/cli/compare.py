@@ -7,6 +7,10 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 
+LARGE_SUITE = 1000  # runs: a larger suite needs --yes
+from ..schema import Limits, check
+from ._common import add_threads_argument, apply_threads
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,18 +23,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("suite", metavar="SUITE", help="suite file (.toml) or shipped suite name")
     p.add_argument("--store", default="runs.sqlite", help="SQLite run store (default: runs.sqlite); "
                    "checkpoints go to STORE.d/")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--workers", default=1, help="parallel worker processes (default 1)")
+    add_threads_argument(p)
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: this machine's process pool (--workers); ray: one Ray task per run")
     p.add_argument("--address", default=None, help="with --executor ray: the Ray cluster to join "
                    "(auto, HOST:6379, ray://HOST:10001); default: a local Ray started for this suite")
-    p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --executor ray: CPUs (torch threads) "
+    p.add_argument("--cpus-per-run", default=1.0, help="with --executor ray: CPUs (torch threads) "
                    "Ray reserves per run (default 1)")
     p.add_argument("--resume", action="store_true", help="keep finished runs and train only the missing ones")
     p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
     p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.add_argument("--yes", action="store_true",
+                   help=f"run a suite of more than {LARGE_SUITE} runs (refused without it: a sweep grows fast)")
     p.set_defaults(func=run)
 
 
@@ -49,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.fresh:
         raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    args.workers = check(args.workers, int, "--workers", Limits(ge=1))
+    threads = apply_threads(args, args.workers)
     executor = None
     if args.executor == "ray":
         from ..experiments import RayExecutor
@@ -59,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.address is not None:
         raise ConfigError("--address names a Ray cluster: use it with --executor ray")
     suite = load_suite(args.suite)
+    if len(suite.tasks) * len(suite.methods) * len(suite.seeds) > LARGE_SUITE and not args.yes:
+        raise ConfigError(f"suite {suite.name!r} expands to {len(suite.tasks) * len(suite.methods) * len(suite.seeds):,} "
+                          f"runs ({len(suite.tasks)} tasks x {len(suite.methods)} method configurations x "
+                          f"{len(suite.seeds)} seeds), more than {LARGE_SUITE}; pass --yes to run them all")
     specs = suite.expand()
     existing = _existing(args.store, suite.name, [s.key for s in specs])
     if existing and not (args.resume or args.fresh):
@@ -75,15 +85,16 @@ def run(args: argparse.Namespace) -> int:
         counter["n"] += 1
         where = f"[{counter['n']}/{total}] {kind:6s} {spec.task} {spec.method} seed={spec.seed}"
         if kind == "done":
-            acc = info.get("final", {}).get("test_acc")
-            acc_s = f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""
+            final = info.get("final", {})
+            acc_s = "  ".join(f"{name} acc {100 * final[key]:.2f}%" for key, name in (("val_acc", "val"), ("test_acc", "test"))
+                              if isinstance(final.get(key), (int, float)))
             print(f"{where}: {acc_s} ({info.get('run_wall_s', 0.0):.1f} s)", flush=True)
         elif kind == "failed":
             print(f"{where}: {info.get('error')}", flush=True)
         else:
             print(f"{where} ({info.get('status')}, kept)", flush=True)
 
-    outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=args.threads,
+    outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=threads,
                         on_event=on_event, executor=executor)
     with RunStore(args.store) as store:
         for table in task_tables(store, suite.name):

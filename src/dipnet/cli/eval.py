@@ -6,7 +6,7 @@ import json
 
 from ..data import load_dataset
 from ..engine import evaluate, load_run
-from ._common import parse_assignments, percent
+from ._common import add_threads_argument, apply_threads, parse_assignments, percent
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-arg", action="append", metavar="KEY=VALUE",
                    help="reload the dataset with changed options (e.g. shift=noise severity=3 for mnist1d)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     run_ = load_run(args.run_dir)
     dataset = run_.dataset
     changes = parse_assignments(args.data_arg, "--data-arg")

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..engine import load_run
 from ..measure import MEASURES, measure_model
 
+from ._common import add_threads_argument, apply_threads
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,10 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, default=1000, help="points per circle for region transitions")
     p.add_argument("--seed", type=int, default=0, help="seed for the subsets, directions and probes")
     p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/measures.json)")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     run_ = load_run(args.run_dir)
     out_path = Path(args.out) if args.out else Path(run_.run_dir) / "measures.json"
     result = measure_model(

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import list_models
+from ..models import list_models, model_recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list models", description="List the registered models.")
+    p = sub.add_parser("models", help="list models",
+                       description="List the registered models with the training recipe `dipnet train` follows for "
+                                   "the options not given.")
     p.set_defaults(func=run)
+
+
+def recipe_text(recipe: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in recipe.items())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,4 +22,5 @@ def run(args: argparse.Namespace) -> int:
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")
+        print(" " * (width + 2) + f"recipe: {recipe_text(model_recipe(name))}")
     return 0

@@ -18,6 +18,8 @@ def _floats(text: str) -> list[float]:
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip() and t.strip().lower() != "none"]
 
+from ._common import add_threads_argument, apply_threads
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -44,10 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1000, help="test points to evaluate on (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/robust.json)")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from ..engine import load_run
     from ..robust import evaluate_robustness
 

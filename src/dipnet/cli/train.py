@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,9 +17,11 @@ import torch
 
 from ..engine import RunDirectory, TrainConfig, Trainer, build_optimizer, prepare, resolve_device
 from ..engine.distributed import launch as launch_processes
-from ..errors import ConfigError, NonFiniteLossError
-from ..schema import field_docs
-from ._common import parse_assignments, parse_method_options, percent
+from ..engine.rundir import dataset_fingerprint
+from ..models import model_recipe
+from ..errors import ConfigError, DivergenceError
+from ..schema import Limits, check, field_docs
+from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
 
 # --train-perturbation: a batch component put in front of the method (DIPNet paper, Table 1).
 TRAIN_PERTURBATIONS = {"none": None, "gaussian": "gaussian-examples", "fgsm": "fgsm-examples"}
@@ -32,7 +33,7 @@ TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optim
 
 def trainer_flags() -> set[str]:
     """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
-    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "nproc"}
+    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads", "nproc"}
     return names | {n.replace("_", "-") for n in names}
 
 
@@ -42,23 +43,30 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         default, accepts, doc = docs[name]
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
-                       help=f"{doc}: {accepts} (default {shown})")
+                       help=f"{doc}: {accepts} (default: the model's recipe, else {shown})")
     p.add_argument("--train-perturbation", choices=tuple(TRAIN_PERTURBATIONS), default="none",
                    help="train on perturbed inputs: gaussian noise or FGSM adversarial examples")
     p.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="dataset option, repeatable (e.g. seed=0)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, repeatable (e.g. widths=256,256)")
 
 
+# The learning rate for an optimizer the model's recipe does not use (when --lr is not given).
+OPTIMIZER_LR = {"sgd": 0.05, "adamw": 1e-3, "adam": 1e-3}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of a command line: given options raw, the rest the TrainConfig defaults."""
+    """The TrainConfig of a command line: the options given, raw; for the rest the model's
+    training recipe (``dipnet models``, docs/models.md), then the TrainConfig defaults."""
     given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    recipe = model_recipe(given.get("model", TrainConfig.model))
+    if "optimizer" in given and given["optimizer"] != recipe.get("optimizer") and "lr" not in given:
+        recipe["lr"] = OPTIMIZER_LR.get(given["optimizer"], TrainConfig.lr)
+    given = {**recipe, **given}
     method = given.get("method", TrainConfig.method)
     extra = TRAIN_PERTURBATIONS[args.train_perturbation]
     if extra:
         method = f"{extra}+{method}" if method != "erm" else extra
     given["method"] = method
-    if "lr" not in given and given.get("optimizer") == "sgd":
-        given["lr"] = 0.05
     return TrainConfig(**given, data_kwargs=parse_assignments(args.data_arg, "--data-arg"),
                        model_kwargs=parse_assignments(args.model_arg, "--model-arg"),
                        method_params=parse_method_options(getattr(args, "extra", [])))
@@ -74,10 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_training_arguments(p)
     p.add_argument("--out", default=None, help="run directory (default runs/DATA-MODEL-METHOD-sSEED)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train data-parallel on N local processes via torchrun (gloo on CPUs, NCCL on GPUs; "
-                   "the global --batch-size is kept)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: delete the files of the dipnet run in --out first (only those; a folder "
+                        "that holds no dipnet run is refused)")
+    add_threads_argument(p)
+    p.add_argument("--nproc", default=1, metavar="N",
+                   help="train data-parallel on N local processes via torchrun (gloo on CPUs, NCCL on GPUs, one "
+                   "per GPU; the global --batch-size is kept)")
     p.set_defaults(func=run, accepts_extra=True)
 
 
@@ -96,23 +107,22 @@ def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
     return out
 
 
-def launch(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
-    """Check the run here (method, data, model, world size, a checkpoint to resume), then train it
-    on ``args.nproc`` processes under torch's elastic agent, as torchrun does; rank 0 prints."""
-    nproc = args.nproc
+def launch(args: argparse.Namespace, cfg: TrainConfig, out: Path, nproc: int) -> int:
+    """Check the run here (method, data, model, world size, the directory and a checkpoint to
+    resume), then train it on ``nproc`` processes under torch's elastic agent, as torchrun does;
+    rank 0 prints the result."""
     device = resolve_device(cfg.device)
     gpus = torch.cuda.device_count()
     if device.type == "cuda" and nproc > gpus:
         raise ConfigError(f"--nproc {nproc} needs {nproc} GPUs (one per process); this machine shows {gpus}")
-    _, model, method = prepare(cfg)
+    dataset, model, method = prepare(cfg)
     method.check_world(nproc)
-    if out.exists() and args.overwrite:
-        shutil.rmtree(out)
-    _check_out(out)
     run_dir = RunDirectory(out, cfg)
-    run_dir.world_size = nproc
-    run_dir.resume(model, build_optimizer(cfg, model, method))
-    child = _without(args.argv, {"--nproc": True, "--overwrite": False, "--out": True})
+    run_dir.check_target(args.overwrite)
+    if not args.overwrite:
+        run_dir.world_size, run_dir.fingerprint = nproc, dataset_fingerprint(dataset)
+        run_dir.resume(model, build_optimizer(cfg, model, method))
+    child = _without(args.argv, {"--nproc": True, "--out": True})
     child = child[1:] if child[:1] == ["train"] else child
     code = launch_processes(nproc, ["train", *child, "--out", str(out)])
     if code not in (0, 2):
@@ -120,28 +130,18 @@ def launch(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     return code
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not (out / "run.json").exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not a dipnet run directory; choose another --out")
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.data}-{cfg.model}-{cfg.method}-s{cfg.seed}".replace("+", "_"))
     cfg.out = str(out)
-    if args.nproc < 1:
-        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch(args, cfg, out)
+    nproc = check(args.nproc, int, "--nproc", Limits(ge=1))
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args, cfg, out, nproc)
+    apply_threads(args, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the node's processes share it
     trainer = Trainer(cfg)  # every check (method, data, model) before anything on disk changes
-    if trainer.dist.is_writer:  # under torchrun, rank 0 alone touches the directory
-        if out.exists() and args.overwrite:
-            shutil.rmtree(out)
-        _check_out(out)
-    trainer.dist.barrier()
     try:
-        result = trainer.fit()
-    except NonFiniteLossError as exc:
+        result = trainer.fit(overwrite=args.overwrite)
+    except DivergenceError as exc:
         print(f"dipnet train: stopped: {exc}", file=sys.stderr)
         return 1
     if not trainer.dist.is_writer:

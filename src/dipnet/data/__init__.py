@@ -4,9 +4,10 @@ from . import cifar, digits, idx, mnist1d, synthetic  # noqa: F401  (register th
 from .cifar import load_cifar, safe_unpickle
 from .idx import load_idx_folder, read_idx
 from .mnist1d import SHIFTS as MNIST1D_SHIFTS, mnist1d_shifted
-from ._util import stratified_split
+from .base import DEFAULT_VAL_FRACTION, stratified_split, with_validation
 
 __all__ = [
+    "DEFAULT_VAL_FRACTION",
     "Dataset",
     "DatasetInfo",
     "MNIST1D_SHIFTS",
@@ -19,4 +20,5 @@ __all__ = [
     "register_dataset",
     "safe_unpickle",
     "stratified_split",
+    "with_validation",
 ]

@@ -40,26 +40,6 @@ def strict_options(dataset: str) -> Callable[[F], F]:
     return deco
 
 
-def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, test) with class proportions kept (largest-remainder allocation per class)."""
-    y = np.asarray(y)
-    n = len(y)
-    if not 0 < n_test < n:
-        raise ConfigError(f"a test split of {n_test} out of {n} examples is impossible; choose 0 < n_test < {n}")
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(y, return_counts=True)
-    exact = counts * n_test / n
-    take = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - take), kind="stable")[: n_test - take.sum()]:
-        take[i] += 1
-    train_idx, test_idx = [], []
-    for c, k in zip(classes, take):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        test_idx.append(idx[:k])
-        train_idx.append(idx[k:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
-
-
 def data_root(root: str | os.PathLike | None, sub: str) -> Path:
     """Where a dataset folder lives: ``root``, else ``$DIPNET_DATA/sub``, else ``../shared/data/sub``
     beside the repository (the shared offline data of this project)."""

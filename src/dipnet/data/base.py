@@ -1,17 +1,27 @@
-"""Dataset containers, metadata and the name registry.
+"""Dataset containers, metadata, the validation split and the name registry.
 
 Every loader returns a :class:`Dataset`: in-memory train and test tensors plus the
 :class:`DatasetInfo` that later code relies on (input shape, classes, the valid input range
 after preprocessing, which attacks and corruptions must respect, and the normalization used).
+:func:`load_dataset` then carves a seeded, stratified validation split out of the training set
+(``val_size``: a count, or a fraction of the training set; default :data:`DEFAULT_VAL_FRACTION`;
+0 for none), the same for every run of a dataset, so that anything chosen (defaults, sweeps)
+is chosen on validation and the test split is only ever reported.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
-from ..errors import unknown_name
+from ..errors import ConfigError, unknown_name
+from ..schema import Limits, check
+
+DEFAULT_VAL_FRACTION = 0.125
+VAL_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -38,16 +48,28 @@ class DatasetInfo:
 
 @dataclass
 class Dataset:
-    """Train/test tensors (x float32 of shape (N, *input_shape), y int64 of shape (N,))."""
+    """Train/validation/test tensors (x float32 of shape (N, *input_shape), y int64 of shape (N,));
+    the validation split may be empty (``x_val`` None)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     info: DatasetInfo
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    @property
+    def has_val(self) -> bool:
+        return self.x_val is not None and self.x_val.shape[0] > 0
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
+        if self.x_val is not None or self.y_val is not None:
+            if self.x_val is None or self.y_val is None:
+                raise ValueError(f"{self.info.name}: give both x_val and y_val, or neither")
+            splits.append(("val", self.x_val, self.y_val))
+        for split, x, y in splits:
             if x.shape[0] != y.shape[0]:
                 raise ValueError(f"{self.info.name}: {split} has {x.shape[0]} inputs but {y.shape[0]} labels")
             if tuple(x.shape[1:]) != tuple(self.info.input_shape):
@@ -72,13 +94,69 @@ def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
     return deco
 
 
+def dataset_options(name: str) -> list[str]:
+    """The options ``load_dataset(name, ...)`` takes (the loader's, plus ``val_size``/``val_seed``)."""
+    if name not in _REGISTRY:
+        raise unknown_name("dataset", name, list(_REGISTRY))
+    loader = _REGISTRY[name][0]
+    params = inspect.signature(loader).parameters.values()
+    named = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return named + list(getattr(loader, "options", ())) + ["val_size", "val_seed"]
+
+
 def list_datasets() -> dict[str, str]:
     """Registered dataset names with a one-line description each."""
     return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
-def load_dataset(name: str, **kwargs: Any) -> Dataset:
-    """Load a registered dataset by name; keyword arguments go to its loader."""
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) with class proportions kept (largest-remainder allocation per class)."""
+    y = np.asarray(y)
+    n = len(y)
+    if not 0 < n_test < n:
+        raise ConfigError(f"a split of {n_test} out of {n} examples is impossible; choose between 1 and {n - 1}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * n_test / n
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: n_test - take.sum()]:
+        take[i] += 1
+    train_idx, test_idx = [], []
+    for c, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+
+
+def validation_count(val_size: Any, n_train: int) -> int:
+    """``val_size`` as a count: an integer count, or a fraction in [0, 1) of ``n_train``."""
+    if isinstance(val_size, float) or (isinstance(val_size, str) and "." in val_size):
+        fraction = check(val_size, float, "val_size (a fraction)", Limits(ge=0, lt=1))
+        return int(round(fraction * n_train))
+    return check(val_size, int, "val_size (a count)", Limits(ge=0, lt=max(n_train, 1)))
+
+
+def with_validation(ds: Dataset, val_size: Any = DEFAULT_VAL_FRACTION, val_seed: int = VAL_SEED) -> Dataset:
+    """``ds`` with a stratified validation split of ``val_size`` carved from its training set
+    (seeded by ``val_seed``, not by the run: every run of a dataset sees the same split)."""
+    n = ds.x_train.shape[0]
+    k = validation_count(val_size, n)
+    seed = check(val_seed, int, "val_seed", Limits(ge=0))
+    info = replace(ds.info, extra={**ds.info.extra, "val": {"size": k, "seed": seed, "from": "train"}})
+    if k == 0:
+        return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, info)
+    if k >= n:
+        raise ConfigError(f"{ds.info.name}: a validation split of {k} leaves no training examples out of {n}; "
+                          "lower val_size")
+    tr, va = stratified_split(ds.y_train.numpy(), k, seed)
+    tr, va = torch.from_numpy(tr), torch.from_numpy(va)
+    return Dataset(ds.x_train[tr], ds.y_train[tr], ds.x_test, ds.y_test, info, ds.x_train[va], ds.y_train[va])
+
+
+def load_dataset(name: str, val_size: Any = DEFAULT_VAL_FRACTION, val_seed: int = VAL_SEED, **kwargs: Any) -> Dataset:
+    """Load a registered dataset by name with a validation split carved from its training set
+    (``val_size``, ``val_seed``: see :func:`with_validation`); other options go to its loader."""
     if name not in _REGISTRY:
         raise unknown_name("dataset", name, list(_REGISTRY))
-    return _REGISTRY[name][0](**kwargs)
+    return with_validation(_REGISTRY[name][0](**kwargs), val_size, val_seed)

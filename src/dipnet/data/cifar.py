@@ -47,9 +47,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
+MAX_BATCH_BYTES = 256 * 2**20  # the official batches are ~31 MB (CIFAR-10) and ~155 MB (CIFAR-100 train)
+MAX_LABELS = 1_000_000
+
+
 def safe_unpickle(path: Path) -> Any:
-    """Load a CIFAR batch pickle, allowing only plain data and NumPy arrays."""
+    """Load a CIFAR batch pickle, allowing only plain data and NumPy arrays, of bounded size."""
     try:
+        if path.stat().st_size > MAX_BATCH_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size} bytes is larger than any CIFAR batch "
+                            f"({MAX_BATCH_BYTES} at most); not loading it")
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (expected the official CIFAR python batches)") from None
@@ -57,7 +64,7 @@ def safe_unpickle(path: Path) -> Any:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: refused to load: {exc}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, RecursionError, MemoryError) as exc:
         raise DataError(f"{path}: not a valid CIFAR batch pickle ({type(exc).__name__}: {exc}); the file is damaged") from None
 
 
@@ -66,9 +73,15 @@ def _batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, np.n
     if not isinstance(d, dict) or b"data" not in d or label_key not in d:
         keys = sorted(d) if isinstance(d, dict) else type(d).__name__
         raise DataError(f"{path}: expected a dict with b'data' and {label_key!r}, found {keys}")
-    x, y = np.asarray(d[b"data"]), np.asarray(d[label_key])
-    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
-        raise DataError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {x.dtype} {x.shape}")
+    x, labels = d[b"data"], d[label_key]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise DataError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), got {got}")
+    # a flat list of integers, checked before NumPy sees it (nested or shared lists could expand without bound)
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) > MAX_LABELS or \
+            any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in labels):
+        raise DataError(f"{path}: {label_key!r} must be a list of integer class indices")
+    y = np.asarray(labels, dtype=np.int64)
     if y.shape != (x.shape[0],):
         raise DataError(f"{path}: {x.shape[0]} images but {y.shape} labels")
     if y.size and (y.min() < 0 or y.max() >= classes):
@@ -90,8 +103,10 @@ def load_cifar(name: str, root: Any = None, standardize: bool = False) -> Datase
     if (folder / spec["meta"]).exists():
         meta = safe_unpickle(folder / spec["meta"])
         raw = meta.get(spec["names_key"]) if isinstance(meta, dict) else None
-        if raw is not None and len(raw) == spec["classes"]:
-            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+        if raw is not None:
+            if not isinstance(raw, list) or len(raw) != spec["classes"] or not all(isinstance(n, (bytes, str)) for n in raw):
+                raise DataError(f"{folder / spec['meta']}: {spec['names_key']!r} must be a list of {spec['classes']} names")
+            names = tuple(n.decode(errors="replace") if isinstance(n, bytes) else n for n in raw)
     xs = [x_train.astype(np.float32) / 255.0, x_test.astype(np.float32) / 255.0]
     bounds: tuple[float, float] = (0.0, 1.0)
     norm: dict[str, Any] = {"kind": "scale", "divide_by": 255.0}

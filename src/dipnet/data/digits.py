@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Dataset, DatasetInfo, register_dataset
-from ._util import strict_options, stratified_split, to_tensors
+from .base import stratified_split
+from ._util import strict_options, to_tensors
 
 SPLIT_SEED = 0
 TEST_SIZE = 360

@@ -10,14 +10,17 @@ Like the package, every generated set is standardized by its own mean and std.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..schema import Validated, param
 from .base import Dataset, DatasetInfo, register_dataset
 from ._util import check_kwargs, to_tensors
 
@@ -89,27 +92,58 @@ def mnist1d_shifted(shift: str, severity: int = 3, n: int = 1000, seed: int = 0)
     return to_tensors(x[:n], y[:n])
 
 
+@dataclass
+class MNIST1DOptions(Validated):
+    """The generator's knobs (the package's defaults: ``seed=42`` is the published dataset)."""
+
+    seed: int = param(42, ge=0, le=2**32 - 1, doc="generator seed (42: the published dataset)")
+    num_samples: int = param(5000, ge=20, le=1_000_000, doc="examples generated, train and test together")
+    train_split: float = param(0.8, gt=0, lt=1, doc="share of the examples in the training set")
+    template_len: int = param(12, ge=1)
+    padding: tuple[int, ...] = param((36, 60), ge=0)
+    scale_coeff: float = param(0.4, ge=0)
+    max_translation: int = param(48, ge=0)
+    corr_noise_scale: float = param(0.25, ge=0)
+    iid_noise_scale: float = param(0.02, ge=0)
+    shear_scale: float = param(0.75, ge=0)
+    shuffle_seq: bool = param(False)
+    final_seq_length: int = param(40, ge=1)
+    shift: Literal["noise", "shear", "translation", "scale"] | None = param(None, doc="a shifted test set")
+    severity: int = param(3, ge=0, le=MAX_SEVERITY, doc="the shift's severity")
+
+    def _owner(self) -> str:
+        return "mnist1d"
+
+    def _check(self) -> None:
+        n_test = self.num_samples - int(self.num_samples * self.train_split)
+        if n_test < 1 or self.num_samples - n_test < 1:
+            raise ConfigError(f"mnist1d: num_samples={self.num_samples} with train_split={self.train_split} leaves an "
+                              "empty split; raise num_samples")
+        if len(self.padding) != 2 or self.padding[0] > self.padding[1]:
+            raise ConfigError(f"mnist1d.padding must be two integers lo <= hi, not {self.padding!r}")
+
+    def knobs(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("shift", "severity")}
+        d["padding"] = list(d["padding"])
+        return d
+
+
 @register_dataset("mnist1d", "MNIST-1D (4000/1000, length-40 signals), generated locally; shift=noise|shear|translation|scale, severity=1..5 for a shifted test set")
-def load_mnist1d(
-    seed: int = 42,
-    num_samples: int = 5000,
-    train_split: float = 0.8,
-    shift: str | None = None,
-    severity: int = 3,
-    **knobs: Any,
-) -> Dataset:
-    """``seed=42`` with the defaults is the published dataset. ``shift`` replaces the test set by
-    a shifted one of the same size; other keywords override generator knobs."""
-    check_kwargs("mnist1d", knobs, set(generator_defaults()) | {"shift", "severity"})
-    if not 0 < train_split < 1:
-        raise ConfigError(f"train_split must be in (0, 1), not {train_split}")
-    x, y, xt, yt = generate(seed=seed, num_samples=num_samples, train_split=train_split, **knobs)
-    extra: dict[str, Any] = {"generator": {"seed": seed, "num_samples": num_samples, "train_split": train_split, **knobs}}
-    if shift is not None:
-        shifted = generate(**{**knobs, **shift_knobs(shift, severity)}, num_samples=10 * -(-len(yt) // 10),
-                           train_split=1.0, seed=100_000 + seed)
+def load_mnist1d(**options: Any) -> Dataset:
+    """``seed=42`` with the defaults is the published dataset (:class:`MNIST1DOptions`). ``shift``
+    replaces the test set by a shifted one of the same size; other keywords override generator knobs."""
+    check_kwargs("mnist1d", options, [f.name for f in dataclasses.fields(MNIST1DOptions)])
+    opts = MNIST1DOptions(**options)
+    knobs = opts.knobs()
+    x, y, xt, yt = generate(**knobs)
+    given = {k: v for k, v in options.items() if k not in ("shift", "severity")}
+    extra: dict[str, Any] = {"generator": {"seed": opts.seed, "num_samples": opts.num_samples,
+                                           "train_split": opts.train_split, **given}}
+    if opts.shift is not None:
+        shifted = generate(**{**knobs, **shift_knobs(opts.shift, opts.severity),
+                              "num_samples": 10 * -(-len(yt) // 10), "train_split": 1.0, "seed": 100_000 + opts.seed})
         xt, yt = shifted[0][: len(yt)], shifted[1][: len(yt)]
-        extra["shift"] = {"kind": shift, "severity": severity, "knobs": shift_knobs(shift, severity)}
+        extra["shift"] = {"kind": opts.shift, "severity": opts.severity, "knobs": shift_knobs(opts.shift, opts.severity)}
     x_train, y_train = to_tensors(x, y)
     x_test, y_test = to_tensors(xt, yt)
     info = DatasetInfo(
@@ -122,3 +156,6 @@ def load_mnist1d(
         extra=extra,
     )
     return Dataset(x_train, y_train, x_test, y_test, info)
+
+
+load_mnist1d.options = tuple(f.name for f in dataclasses.fields(MNIST1DOptions))  # type: ignore[attr-defined]

@@ -1,15 +1,18 @@
-"""Checkpoints that load without unpickling: one safetensors file, written atomically.
+"""Checkpoints that load without unpickling: one safetensors file, written atomically, checksummed.
 
 Tensors (model weights and buffers, optimizer moments, the torch RNG state) are stored as
 safetensors entries; everything else (epoch, step, history, config, optimizer hyperparameters,
 the numpy and Python RNG states) is JSON in the file's metadata. Nested optimizer states are
 flattened by :func:`to_json_tree` / :func:`from_json_tree`, which keep int keys and tuples, so
 ``optimizer.load_state_dict`` gets back exactly what ``state_dict`` gave. safetensors has no
-notion of nested non-tensor state, hence this small serializer.
+notion of nested non-tensor state, hence this small serializer. Every file carries the SHA-256
+of its contents in its metadata (``sha256``), verified on load: a flipped bit is an error, not a
+silently different model. Files get the mode the umask allows (``tempfile`` would leave 0600).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -19,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataError
@@ -67,6 +70,7 @@ def _atomic(path: Path) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -105,35 +109,69 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def content_digest(tensors: dict[str, torch.Tensor], text: str = "") -> str:
+    """SHA-256 of ``text`` and of every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256(text.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, its checksum verified (when it has one)."""
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{what} {path} is damaged or not a safetensors file ({exc}); delete it to start over") from None
+    stated = meta.get("sha256")
+    if stated is not None and stated != content_digest(tensors, meta.get("state", "")):
+        raise DataError(f"{what} {path} is corrupted: its contents do not match its checksum; delete it "
+                        "(the run then restarts from its previous files, or from scratch)")
+    return tensors, meta
+
+
 def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Model weights under ``model.*``; ``state`` (any nested tensors/JSON values) elsewhere."""
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model_state.items()}
-    tree = to_json_tree(state, tensors, "state")
-    save_tensors_atomic(path, tensors, {"format": "dipnet-checkpoint-1", "state": json.dumps(tree)})
+    text = json.dumps(to_json_tree(state, tensors, "state"))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_tensors_atomic(path, tensors, {"format": "dipnet-checkpoint-1", "state": text,
+                                        "sha256": content_digest(tensors, text)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Inverse of :func:`save_checkpoint`; a damaged file raises :class:`DataError`."""
+    """Inverse of :func:`save_checkpoint`; a damaged or corrupted file raises :class:`DataError`."""
     path = Path(path)
+    tensors, meta = _read(path, "checkpoint")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
         tree = json.loads(meta["state"])
-    except FileNotFoundError:
-        raise DataError(f"checkpoint {path} does not exist") from None
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
-        raise DataError(f"checkpoint {path} is damaged or not a dipnet checkpoint ({exc}); delete it to start over") from None
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise DataError(f"checkpoint {path} is not a dipnet checkpoint ({exc}); delete it to start over") from None
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     return model_state, from_json_tree(tree, tensors)
 
 
 def save_weights(path: Path, model_state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Plain safetensors weights a user can load with ``safetensors.torch.load_file``."""
+    """Plain safetensors weights a user can load with ``safetensors.torch.load_file`` (checksummed)."""
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()}
-    save_tensors_atomic(path, tensors, metadata or {})
+    save_tensors_atomic(path, tensors, {**(metadata or {}), "sha256": content_digest(tensors)})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Weights written by :func:`save_weights`, checksum verified."""
+    return _read(Path(path), "weights file")[0]
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,6 +15,7 @@ ProgressMode = Literal["auto", "rich", "plain", "none"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
+FLOAT32_MAX = 3.4028234663852886e38  # optimizers turn the learning rate into a float32 scalar
 # Fields that do not change the numbers a run produces: a resume may differ in these.
 NON_IDENTITY = ("out", "progress")
 
@@ -30,7 +31,7 @@ class TrainConfig(Validated):
     batch_size: int = param(128, ge=1, doc="examples per step")
     seed: int = param(0, ge=0, le=2**63 - 1, doc="seeds initialization, data order and noise")
     optimizer: Optimizer = param("adamw", doc="base optimizer")
-    lr: float = param(1e-3, gt=0, doc="peak learning rate")
+    lr: float = param(1e-3, gt=0, lt=FLOAT32_MAX, doc="peak learning rate")
     momentum: float = param(0.9, ge=0, doc="SGD momentum")
     weight_decay: float = param(0.0, ge=0, doc="decoupled (AdamW) or L2 (SGD) weight decay on weight matrices")
     schedule: Schedule = param("cosine", doc="learning-rate schedule after warm-up")

@@ -21,8 +21,10 @@ needs around it (what torch leaves to the loop):
   noise, so before each step a rank reseeds it from ``(seed, rank, step)`` (:func:`rank_seed`):
   independent across ranks, reproducible by the seed, and independent of the checkpoint's saved
   generator state, so a resumed run draws what an uninterrupted one draws.
-- **Metrics.** The step objective, the component logs and the example-gradient count are summed
-  over ranks at the end of an epoch; evaluation is split over the ranks and its sums reduced.
+- **Metrics.** The step loss is reduced to the global batch's mean every step (the divergence
+  watch then decides the same on every rank); the component logs and the example-gradient
+  count are summed over ranks at the end of an epoch; evaluation is split over the ranks and
+  its sums reduced.
 - **Files.** Rank 0 alone writes the run directory (atomically, as in one process); every rank
   reads the checkpoint on resume. A checkpoint records the world size that wrote it.
 
@@ -130,16 +132,22 @@ class Distributed:
         dist.all_reduce(t)
         return t.tolist()
 
-    def reduce_epoch(self, objective_sum: float, objective_n: int, logs: dict[str, float],
-                     example_grads_delta: int) -> tuple[float, int, dict[str, float], int]:
-        """The epoch's sums over ranks: objective (sum, count), logs (mean over ranks; every rank
-        logs the same keys) and example-gradients spent."""
+    def batch_mean(self, value: float, n: int) -> float:
+        """The global batch's mean loss from each rank's mean ``value`` over its ``n`` examples: the
+        same number on every rank, so that decisions taken on it (divergence) agree."""
         if not self.enabled:
-            return objective_sum, objective_n, logs, example_grads_delta
+            return value
+        total, count = self.sum([value * n, n])
+        return total / count if count else value
+
+    def reduce_epoch(self, logs: dict[str, float], example_grads_delta: int) -> tuple[dict[str, float], int]:
+        """The epoch's component logs (mean over ranks; every rank logs the same keys) and the
+        example-gradients spent by all ranks."""
+        if not self.enabled:
+            return logs, example_grads_delta
         keys = sorted(logs)
-        out = self.sum([objective_sum, objective_n, example_grads_delta, *(logs[k] for k in keys)])
-        mean_logs = {k: v / self.world_size for k, v in zip(keys, out[3:])}
-        return out[0], int(round(out[1])), mean_logs, int(round(out[2]))
+        out = self.sum([example_grads_delta, *(logs[k] for k in keys)])
+        return {k: v / self.world_size for k, v in zip(keys, out[1:])}, int(round(out[0]))
 
     def evaluate(self, fn: Callable[..., dict[str, float]], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int) -> dict[str, float]:

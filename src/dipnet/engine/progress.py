@@ -9,6 +9,8 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {row['epoch'] + 1:>3}/{epochs}"]
     parts.append(f"loss {row['objective']:.4f}")
     parts.append(f"train {100 * row['train_acc']:.2f}%")
+    if row.get("val_acc") is not None:
+        parts.append(f"val {100 * row['val_acc']:.2f}%")
     parts.append(f"test {100 * row['test_acc']:.2f}%")
     parts.append(f"lr {row['lr']:.2e}")
     parts.append(f"{row['epoch_s']:.1f}s")

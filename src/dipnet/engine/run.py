@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
 from ..data import Dataset
 from ..errors import DataError
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from ..methods import Method
 from .config import TrainConfig
 from .setup import ModelArg, prepare
@@ -61,7 +60,7 @@ def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: Mode
     dataset, model, method = prepare(cfg, dataset, model)
     weights = run_dir / "model.safetensors"
     if weights.exists():
-        state = load_file(str(weights))
+        state = load_weights(weights)
     elif (run_dir / "checkpoint.safetensors").exists():
         state, _ = load_checkpoint(run_dir / "checkpoint.safetensors")
     else:

@@ -1,39 +1,77 @@
-"""A run directory: what makes a run resumable and its results readable.
+"""A run directory: what makes a run resumable and its results readable, and nothing else.
 
 Layout::
 
     run.json                  status, config, run info, history, final metrics (JSON)
     checkpoint.safetensors    latest end-of-epoch state (weights + optimizer + RNG), for resuming
     model.safetensors         final weights (plain safetensors)
+    .dipnet.lock              held (flock) by the process writing the run
 
-:class:`RunDirectory` owns these files: it resumes from the checkpoint (refusing one written
-for another config), writes the record after every change of status and the checkpoint after
-every epoch, each atomically. With no directory (``out=None``) every write is skipped; so is
-every write of a data-parallel rank other than 0 (``writer=False``), which only reads.
+:class:`RunDirectory` owns these files: it takes the lock (a second writer is refused), refuses a
+folder that holds something other than a dipnet run, resumes from the checkpoint (refusing one
+written for another config or other data), writes the record after every change of status and
+the checkpoint after every epoch, each atomically and checksummed. ``overwrite`` deletes only the
+files dipnet writes, never the folder's other contents. With no directory every write is skipped;
+so is every write of a data-parallel rank other than 0 (``writer=False``), which only reads.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..data import Dataset
+from ..errors import ConfigError, DataError
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
 from .config import TrainConfig
+
+RUN_FORMAT = "dipnet-run-1"
+LOCK = ".dipnet.lock"
+# Every file dipnet writes into a run directory (training, `dipnet measure`, `dipnet robust`).
+OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "measures.json", "robust.json",
+             "landscape.png", "robust_eps.png", "robust_severity.png", LOCK)
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 (16 hex digits) of the dataset's tensors and name: a resume on other data is refused."""
+    h = hashlib.sha256(dataset.info.name.encode())
+    for t in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def is_run_record(path: Path) -> bool:
+    """Whether ``path`` is a run record dipnet wrote (a JSON object with its status and config)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("config"), dict) and "status" in record \
+        and record.get("format", RUN_FORMAT) == RUN_FORMAT
 
 
 @dataclass
 class TrainState:
-    """Where a run stands: the next epoch, the global step, the epoch records, counters."""
+    """Where a run stands: the next epoch, the global step, the epoch records, counters, and the
+    divergence watch (the starting loss and how many steps in a row stayed far above it)."""
 
     epoch: int = 0
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     example_grads: int = 0
     wall_s: float = 0.0
+    loss_start: float | None = None
+    steps_above: int = 0
 
 
 class RunDirectory:
@@ -43,7 +81,8 @@ class RunDirectory:
         self.path = Path(path) if path else None
         self.cfg = cfg
         self.header: dict[str, Any] = {}
-        self.writer = True  # distributed: ranks other than 0 read the checkpoint, never write
+        self.fingerprint: str | None = None
+        self.writer = True  # distributed: ranks other than 0 read the checkpoint, never write (nor lock)
         self.world_size = 1  # distributed: processes training the run; a resume must match it
 
     @property
@@ -54,9 +93,54 @@ class RunDirectory:
         ck = self.checkpoint_path
         return str(ck) if ck is not None and ck.exists() else None
 
+    def check_target(self, overwrite: bool = False) -> None:
+        """Refuse a path that is a file, or a non-empty folder without a dipnet run record of its own."""
+        path = self.path
+        if path is None or not path.exists():
+            return
+        if not path.is_dir():
+            raise ConfigError(f"--out {path} is a file, not a directory; choose another --out")
+        record = path / "run.json"
+        if record.exists() and not is_run_record(record):
+            raise ConfigError(f"{path} holds a run.json that dipnet did not write; choose another --out")
+        if not record.exists() and any(p.name != LOCK for p in path.iterdir()):
+            what = "delete" if overwrite else "use"
+            raise ConfigError(f"{path} exists and is not a dipnet run directory (no run.json): dipnet will not "
+                              f"{what} it; choose another --out")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock (released when the process ends, however it ends)."""
+        if self.path is None or not self.writer:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise ConfigError(f"{self.path} is being written by {holder}; wait for it or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def clear(self) -> list[str]:
+        """Delete the files dipnet writes (``overwrite``), keeping anything else; returns what was deleted."""
+        gone = []
+        for name in OWN_FILES:
+            p = self.path / name
+            if name != LOCK and p.is_file():
+                p.unlink()
+                gone.append(name)
+        return gone
+
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState | None:
         """Load the checkpoint into ``model`` and ``optimizer`` and restore the generators;
-        None if there is none. A checkpoint of another config is an error."""
+        None if there is none. A checkpoint of another config or other data is an error."""
         ck = self.last_checkpoint()
         if ck is None:
             return None
@@ -72,10 +156,18 @@ class RunDirectory:
         if saved_world != self.world_size:
             raise ConfigError(f"{self.path} holds a run trained on {saved_world} process(es); resume it with "
                               f"--nproc {saved_world} (this is {self.world_size}), or choose another --out")
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("data") not in (None, self.fingerprint):
+            raise ConfigError(f"{self.path} holds a run trained on other data (fingerprint {state['data']}, "
+                              f"now {self.fingerprint}); choose another --out directory or delete that one")
+        try:
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise DataError(f"checkpoint {ck} does not fit this model: {str(exc).splitlines()[0]}; delete it "
+                            "to start over") from None
         set_rng_state(state["rng"])
-        return TrainState(state["epoch"], state["step"], state["history"], state["example_grads"], state["wall_s"])
+        return TrainState(state["epoch"], state["step"], state["history"], state["example_grads"], state["wall_s"],
+                          state.get("loss_start"), state.get("steps_above", 0))
 
     def record(self, status: str, state: TrainState, final: dict[str, Any] | None = None,
                error: str | None = None) -> None:
@@ -83,18 +175,19 @@ class RunDirectory:
         if self.path is None or not self.writer:
             return
         atomic_write_json(self.path / "run.json", {
-            "status": status, "config": self.cfg.to_dict(), **self.header,
-            "history": state.history, "final": final, "error": error,
+            "format": RUN_FORMAT, "status": status, "config": self.cfg.to_dict(), **self.header,
+            "data_fingerprint": self.fingerprint, "history": state.history, "final": final, "error": error,
         })
 
     def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-        """The end-of-epoch state everything a resume needs (weights, optimizer, generators)."""
+        """The end-of-epoch state: everything a resume needs (weights, optimizer, generators)."""
         if self.path is None or not self.writer:
             return
         save_checkpoint(self.checkpoint_path, model.state_dict(), {
             **({"world_size": self.world_size} if self.world_size != 1 else {}),
-            "config": self.cfg.identity(), "epoch": state.epoch, "step": state.step, "history": state.history,
-            "example_grads": state.example_grads, "wall_s": state.wall_s,
+            "config": self.cfg.identity(), "data": self.fingerprint, "epoch": state.epoch, "step": state.step,
+            "history": state.history, "example_grads": state.example_grads, "wall_s": state.wall_s,
+            "loss_start": state.loss_start, "steps_above": state.steps_above,
             "optimizer": optimizer.state_dict(), "rng": rng_state(),
         })
 

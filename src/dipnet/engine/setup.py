@@ -12,6 +12,7 @@ from ..data import Dataset, DatasetInfo, load_dataset
 from ..errors import ConfigError
 from ..methods import Method, build_method
 from ..models import build_model
+from ..projection import projection_parameters
 from .config import TrainConfig
 
 ModelArg = Union[nn.Module, Callable[[DatasetInfo], nn.Module], None]
@@ -31,13 +32,18 @@ def resolve_device(name: str) -> torch.device:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weight matrices and kernels only, not on biases, norms or 1-D scales (one
-    group when there is no weight decay: each group costs the optimizer its own kernels per step)."""
+    group when there is no weight decay: each group costs the optimizer its own kernels per step).
+    DIPNet's log-sigmas get a group of their own: no weight decay, and ``perturb=False``, so that
+    weight-perturbation methods (SAM, RWP) perturb only the model's own weights."""
+    sigmas = {id(p) for p in projection_parameters(model)}
+    own = [p for p in model.parameters() if p.requires_grad and id(p) not in sigmas]
     if weight_decay == 0:
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        return [{"params": trainable, "weight_decay": 0.0}] if trainable else []
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        groups = [{"params": own, "weight_decay": 0.0}]
+    else:
+        groups = [{"params": [p for p in own if p.ndim > 1], "weight_decay": weight_decay},
+                  {"params": [p for p in own if p.ndim <= 1], "weight_decay": 0.0}]
+    groups.append({"params": [p for p in model.parameters() if id(p) in sigmas and p.requires_grad],
+                   "weight_decay": 0.0, "perturb": False})
     return [g for g in groups if g["params"]]
 
 

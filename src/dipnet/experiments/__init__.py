@@ -4,13 +4,19 @@ from .executors import RayExecutor
 from .instruments import get_measure, measure_names, register_measure
 from .report import ReportFiles, write_report
 from .tables import format_text_table, task_tables
-from .stats import PairedComparison, Summary, paired_compare, paired_t_test, summarize, t_quantile, wilcoxon_signed_rank
+from .stats import (PairedComparison, Summary, adjust, effect_size, holm, paired_compare, paired_t_test,
+                    resolvable_difference, sign_flip_test, summarize, t_quantile)
 from .store import RunRecord, RunStore
 from .budget import probe_cost
 from .runspec import RunSpec, run_key
 from .suite import Suite, load_suite, packaged_suites, parse_suite
 
 __all__ = [
+    "adjust",
+    "effect_size",
+    "holm",
+    "resolvable_difference",
+    "sign_flip_test",
     "PairedComparison",
     "RayExecutor",
     "ReportFiles",
@@ -36,6 +42,5 @@ __all__ = [
     "summarize",
     "t_quantile",
     "task_tables",
-    "wilcoxon_signed_rank",
     "write_report",
 ]

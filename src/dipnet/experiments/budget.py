@@ -1,5 +1,6 @@
-"""Equal-compute budgets: a method's cost in example-gradients per training example, measured by
-running a few steps of it (:func:`probe_cost`) when the suite does not state it."""
+"""Equal budgets: a method's cost in example-gradients per training example, measured by running
+a few steps of it (:func:`probe_cost`) when the suite does not state it; and the equal tuning
+budget, the grid of its main knob each method gets in a ``tune = true`` suite (:func:`tuning_grid`)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,11 @@ from typing import Any, Callable, Mapping
 
 from ..engine import TrainConfig, build_optimizer, prepare
 from ..errors import ConfigError
-from ..methods import StepContext
+from ..methods import StepContext, component_class, method_names
+from ..methods.registry import spec_names
+
+# ERM's main knob for equal tuning (`tune = true`): its regularization strength, the weight decay.
+ERM_TUNE: dict[str, tuple[Any, ...]] = {"weight_decay": (0.0, 0.01, 0.1)}
 
 def checked_cost(fn: Callable[[dict[str, Any]], float], cfg: dict[str, Any], source: str, label: str) -> float:
     try:
@@ -51,3 +56,16 @@ def probe_cost(config: Mapping[str, Any], batches: int = 2) -> float:
 
 
 # ---------------------------------------------------------------- parsing and validation
+
+
+def tuning_grid(spec: str) -> dict[str, tuple[Any, ...]]:
+    """The values an equal-tuning suite tries for a method: its first component's ``tune`` grid
+    (ERM: :data:`ERM_TUNE`); {} for a component without one."""
+    names = spec_names(spec)
+    if not names:
+        return dict(ERM_TUNE)
+    for name in names:
+        grid = getattr(component_class(name), "tune", {}) if name in method_names() else {}
+        if grid:
+            return dict(grid)
+    return {}

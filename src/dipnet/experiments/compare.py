@@ -179,7 +179,8 @@ def run_suite(
         store.set_meta(f"suite:{suite.name}", {
             "text": suite.text, "source": suite.source, "baseline": suite.baseline, "budget": suite.budget,
             "tasks": [t.label for t in suite.tasks], "methods": suite.method_labels(), "seeds": suite.seeds,
-            "description": suite.description, "costs": suite.costs,
+            "description": suite.description, "costs": suite.costs, "groups": suite.groups(),
+            "choices": {m.label: m.choice for m in suite.methods},
         })
         store.set_suite(suite.name, specs)
         outcome.recovered = len(store.recover(keys))

@@ -11,6 +11,7 @@ from .stats import summarize
 from .store import RunRecord
 from .tables import TaskTable, sigma_series
 
+
 def _pyplot():
     import matplotlib
 
@@ -50,7 +51,7 @@ def _mean_curve(runs: list[RunRecord], key: str, log: bool = False) -> tuple[lis
 
 def fig_accuracy(table: TaskTable) -> bytes:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(table.rows), 3.4))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(table.rows), 3.4), layout="constrained")
     span: list[float] = []
     for i, row in enumerate(table.rows):
         s = row.metrics["test_acc"]
@@ -71,9 +72,15 @@ def fig_accuracy(table: TaskTable) -> bytes:
     return _png(fig)
 
 
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def fig_learning_curves(table: TaskTable) -> bytes | None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     any_curve = False
     for i, row in enumerate(table.rows):
         runs = [r for r in table.runs.get(row.method, []) if r.status == "done"]
@@ -93,34 +100,42 @@ def fig_learning_curves(table: TaskTable) -> bytes | None:
     axes[1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=7)
+        _integer_ticks(ax)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     fig.suptitle(f"{table.task}: learning curves (mean over seeds, band: 95% CI)", fontsize=9)
     return _png(fig)
 
 
 def fig_accuracy_per_time(table: TaskTable) -> bytes | None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     plotted = False
+    # methods of equal cost would sit on one x value: spread them by a small, labelled offset
+    costs = [row.example_grads.mean for row in table.rows if row.example_grads.n]
+    same: dict[float, int] = defaultdict(int)
     for i, row in enumerate(table.rows):
         acc = row.metrics["test_acc"]
         if not acc.n:
             continue
         err = acc.half_width * 100 if math.isfinite(acc.half_width) else 0.0
-        for ax, s in zip(axes, (row.wall_s, row.example_grads)):
-            if s.n:
-                ax.errorbar(s.mean, acc.mean * 100, yerr=err, fmt="o", color=f"C{i % 10}", label=row.method, capsize=3)
-                plotted = True
+        for k, (ax, s) in enumerate(zip(axes, (row.wall_s, row.example_grads))):
+            if not s.n:
+                continue
+            x = s.mean
+            if k == 1:
+                nth = same[round(x, 6)]
+                same[round(x, 6)] += 1
+                x *= 1 + 0.015 * nth * (max(costs) > min(costs) or 1)
+            ax.errorbar(x, acc.mean * 100, yerr=err, fmt="o", color=f"C{i % 10}", label=row.method if k == 0 else None,
+                        capsize=3)
+            plotted = True
     if not plotted:
         _pyplot().close(fig)
         return None
     axes[0].set_xlabel("training wall time (s)")
-    axes[1].set_xlabel("example-gradients")
+    axes[1].set_xlabel("example-gradients (equal costs offset by 1.5% each)")
     axes[0].set_ylabel("test accuracy (%)")
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-            break
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     fig.suptitle(f"{table.task}: accuracy per training cost", fontsize=9)
     return _png(fig)
 
@@ -130,15 +145,19 @@ def fig_sigma(table: TaskTable) -> bytes | None:
     if not series:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    layers = list(dict.fromkeys(layer for names, _ in series.values() for layer in names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(layers)), 3.4), layout="constrained")
     width = 0.8 / len(series)
-    for i, (method, (layers, stats)) in enumerate(series.items()):
-        xs = [j + i * width for j in range(len(layers))]
-        ax.bar(xs, [s.mean for s in stats], width, yerr=[s.half_width if math.isfinite(s.half_width) else 0 for s in stats],
-               capsize=3, label=method, color=f"C{i % 10}")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))], layers, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("learned sigma (end of training)")
-    ax.legend(fontsize=7)
+    colour = {row.method: f"C{i % 10}" for i, row in enumerate(table.rows)}
+    for i, (method, (names, stats)) in enumerate(series.items()):
+        by_layer = dict(zip(names, stats))
+        xs = [j + i * width for j, layer in enumerate(layers) if layer in by_layer]
+        vals = [by_layer[layer] for layer in layers if layer in by_layer]
+        ax.bar(xs, [s.mean for s in vals], width, yerr=[s.half_width if math.isfinite(s.half_width) else 0 for s in vals],
+               capsize=3, label=method, color=colour.get(method, f"C{i % 10}"))
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))], layers, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("noise std in input units (end of training)")
+    fig.legend(loc="outside right upper", fontsize=7)
     ax.set_title(f"{table.task}: learned DIPNet sigma per layer", fontsize=9)
     return _png(fig)
 
@@ -182,7 +201,7 @@ def fig_measures(table: TaskTable) -> list[tuple[str, bytes]]:
                 if isinstance(gap, (int, float)):
                     scalars[name][row.method].append((v, float(gap)))
     for name, per_method in curves.items():
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = plt.subplots(figsize=(6.2, 3.4), layout="constrained")
         for i, (method, cs) in enumerate(per_method.items()):
             xs = sorted(set().union(*cs))
             stats = [summarize(c.get(x) for c in cs) for x in xs]
@@ -190,16 +209,16 @@ def fig_measures(table: TaskTable) -> list[tuple[str, bytes]]:
                         marker="o", capsize=3, label=method, color=f"C{i % 10}")
         ax.set_xlabel(name.split(".", 1)[-1])
         ax.set_ylabel(name)
-        ax.legend(fontsize=7)
+        fig.legend(loc="outside right upper", fontsize=7)
         ax.set_title(f"{table.task}: {name} (mean, 95% CI)", fontsize=9)
         figs.append((f"{name}", _png(fig)))
     for name, per_method in scalars.items():
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = plt.subplots(figsize=(6.2, 3.4), layout="constrained")
         for i, (method, pts) in enumerate(per_method.items()):
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o", label=method, color=f"C{i % 10}")
         ax.set_xlabel(name)
         ax.set_ylabel("generalization gap (pp)")
-        ax.legend(fontsize=7)
+        fig.legend(loc="outside right upper", fontsize=7)
         ax.set_title(f"{table.task}: {name} vs generalization gap (one point per run)", fontsize=9)
         figs.append((f"{name} vs gap", _png(fig)))
     return figs

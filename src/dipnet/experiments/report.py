@@ -16,11 +16,21 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
 from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, fig_measures, fig_sigma
 from .store import RunStore
-from .tables import format_text_table, sigma_cells, table_cells, task_tables
+from .tables import format_markdown, format_text_table, sigma_cells, sweep_cells, table_cells, task_tables
 
-__all__ = ["ReportFiles", "format_text_table", "task_tables", "write_report"]
+__all__ = ["ReportFiles", "STATISTICS_NOTE", "format_text_table", "task_tables", "write_report"]
+
+STATISTICS_NOTE = (
+    "Accuracy in %, differences in percentage points (pp); ± is the half-width of the 95% Student-t "
+    "interval over seeds (standard deviations with ddof = 1). Test figures are reported for the settings "
+    "as run (a swept method: the value chosen on validation); nothing is chosen on test. Comparisons with "
+    "the baseline are paired by seed: paired t-test, its p-value Holm-adjusted over every comparison of "
+    "the suite (the verdict uses it: better/worse when below 0.05), the exact sign-flip test, and the "
+    "effect size d_z = mean / sd of the differences."
+)
 
 
 @dataclass
@@ -54,6 +64,14 @@ def _environment(store: RunStore) -> list[tuple[str, str]]:
 def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | None = None) -> ReportFiles:
     """Write ``report.md`` (+ ``figures/*.png``) and a self-contained ``report.html`` into ``out_dir``."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report folder {out} is a file; give a folder with -o")
+    with RunStore(store_path, create=False) as store:
+        names = store.suites()
+        if not names:
+            raise ConfigError(f"{store_path} holds no runs yet; run `dipnet compare SUITE --store {store_path}` first")
+        if suite is not None and suite not in names:
+            raise ConfigError(f"{store_path} holds no suite {suite!r}; suites there: {', '.join(names)}")
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(store_path, create=False) as store:
@@ -66,41 +84,39 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
     md: list[str] = ["# dipnet comparison report", ""]
     body: list[str] = []
     figures: list[Path] = []
-    md.append(f"Store: `{Path(store_path).name}`. Accuracy in %, differences in percentage points (pp); "
-              "intervals are 95% Student-t intervals over seeds; comparisons with the baseline are paired by seed.")
-    body.append(f"<p>Store: <code>{html.escape(Path(store_path).name)}</code>. Accuracy in %, differences in "
-                "percentage points (pp); intervals are 95% Student-t intervals over seeds; comparisons with the "
-                "baseline are paired by seed.</p>")
+    intro = (f"Store: `{Path(store_path).name}`. {STATISTICS_NOTE}")
+    md.append(intro)
+    body.append(f"<p>{html.escape(intro)}</p>")
     if pending:
         note = f"{len(pending)} run(s) not finished yet (pending or interrupted): the numbers below leave them out."
         md += ["", f"**{note}**"]
         body.append(f"<p class='warn'>{html.escape(note)}</p>")
     for table in tables:
-        title = f"{table.suite} / {table.task}"
+        title = table.title
         md += ["", f"## {title}", ""]
         body.append(f"<h2>{html.escape(title)}</h2>")
         header, rows = table_cells(table)
-        md.append("| " + " | ".join(header) + " |")
-        md.append("|" + "---|" * len(header))
-        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-        body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+        md += format_markdown(table)
+        body.append("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                    + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-                    + "</tbody></table>")
-        sigma = sigma_cells(table)
-        if sigma is not None:
-            caption = "Learned sigma per layer at the end of training (mean ± 95% CI over seeds):"
-            md += ["", caption, "", "| " + " | ".join(sigma[0]) + " |", "|" + "---|" * len(sigma[0])]
-            md += ["| " + " | ".join(r) + " |" for r in sigma[1]]
-            body.append(f"<p>{html.escape(caption)}</p><table><thead><tr>"
-                        + "".join(f"<th>{html.escape(h)}</th>" for h in sigma[0]) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in sigma[1])
-                        + "</tbody></table>")
-        small = [r.method for r in table.rows if r.vs_baseline is not None and r.vs_baseline.n < 6]
-        if small:
-            note = ("With fewer than 6 seeds the two-sided Wilcoxon p-value cannot go below 0.05 "
-                    "(its minimum is 2/2^n); the verdict uses the t interval.")
-            md += ["", note]
-            body.append(f"<p class='note'>{html.escape(note)}</p>")
+                    + "</tbody></table></div>")
+        for caption, cells in (
+                ("Every configuration of the swept methods (mean ± 95% CI over seeds); the row above is the one "
+                 "with the best validation accuracy:", sweep_cells(table)),
+                ("Learned noise std per layer at the end of training, in the units of the layer's input (relative "
+                 "scale: sigma times the input's running RMS), mean ± 95% CI over seeds:", sigma_cells(table))):
+            if cells is None:
+                continue
+            md += ["", caption, "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+            md += ["| " + " | ".join(r) + " |" for r in cells[1]]
+            body.append(f"<p>{html.escape(caption)}</p><div class='scroll'><table><thead><tr>"
+                        + "".join(f"<th>{html.escape(h)}</th>" for h in cells[0]) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1])
+                        + "</tbody></table></div>")
+        if table.resolution():
+            md += ["", table.resolution()]
+            body.append(f"<p class='note'>{html.escape(table.resolution())}</p>")
         plots = [("test accuracy", fig_accuracy(table)), ("learning curves", fig_learning_curves(table)),
                  ("accuracy per training cost", fig_accuracy_per_time(table)), ("learned sigma", fig_sigma(table))]
         plots += fig_measures(table)
@@ -150,7 +166,8 @@ table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
 th {{ background: #f3f3f3; }}
 td:first-child, th:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }}
+figure {{ display: inline-block; margin: 0.5em; max-width: 100%; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }}
 img {{ max-width: 100%; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 .warn {{ color: #a40; font-weight: bold; }}

@@ -1,17 +1,20 @@
-"""Statistics over seeds: mean, standard deviation, Student-t 95% intervals and paired tests.
+"""Statistics over seeds: mean, standard deviation (ddof = 1), Student-t 95% intervals, paired
+tests, effect sizes and the Holm correction for many comparisons.
 
 Runs of two methods with the same seed share data order and initialization, so they are
 compared *paired*: the per-seed differences d_i = a_i - b_i are summarized by their mean, a
 t interval mean(d) ± t_{0.975, n-1} s_d / sqrt(n), the paired t-test (t = mean(d) / (s_d /
-sqrt(n)), df = n-1) and the exact Wilcoxon signed-rank test (every one of the 2^n sign
-patterns enumerated when n is small). With 3 seeds the smallest two-sided Wilcoxon p-value is
-2/2^3 = 0.25: a difference is flagged "within noise" whenever the t interval contains 0.
-SciPy (a dependency of scikit-learn) supplies the t distribution and the tests.
+sqrt(n)), df = n-1), the exact sign-flip permutation test of mean(d) (all 2^n sign patterns,
+exact for the few seeds suites run; it needs no normality, and with n seeds its smallest
+two-sided p-value is 2/2^n: 0.25 for 3, 0.0625 for 5), and the paired effect size
+d_z = mean(d) / s_d (Cohen 1988). A suite makes many comparisons at once: :func:`holm` adjusts
+their t-test p-values (Holm 1979), and a difference is called better or worse only when its
+adjusted p-value is below 0.05. SciPy (a dependency of scikit-learn) supplies the t distribution.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -78,21 +81,30 @@ def summarize(values: Iterable[float], level: float = 0.95) -> Summary:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """Paired comparison of ``a`` against ``b`` over the seeds both have (d = a - b)."""
+    """Paired comparison of ``a`` against ``b`` over the seeds both have (d = a - b).
+
+    ``holm_p`` is the t-test p-value adjusted over every comparison of the suite (set by
+    :func:`adjust`); without it the verdict uses the unadjusted one."""
 
     n: int
     diff: Summary
     t_stat: float
     t_p: float
-    wilcoxon_stat: float
-    wilcoxon_p: float
+    sign_flip_p: float
+    effect_size: float
+    holm_p: float | None = None
     alpha: float = 0.05
 
     @property
+    def p(self) -> float:
+        return self.t_p if self.holm_p is None else self.holm_p
+
+    @property
     def within_noise(self) -> bool:
-        """True when the interval of the mean difference contains 0 (or cannot be computed)."""
+        """True unless the (Holm-adjusted) p-value is below ``alpha`` and the interval excludes 0."""
         d = self.diff
-        return not (math.isfinite(d.half_width) and (d.low > 0 or d.high < 0))
+        excludes = math.isfinite(d.half_width) and (d.low > 0 or d.high < 0)
+        return not (excludes and math.isfinite(self.p) and self.p < self.alpha)
 
     @property
     def verdict(self) -> str:
@@ -119,30 +131,56 @@ def paired_t_test(d: Sequence[float]) -> tuple[float, float]:
     return t, float(2 * stats.t.sf(abs(t), n - 1))
 
 
-def wilcoxon_signed_rank(d: Sequence[float]) -> tuple[float, float]:
-    """Two-sided Wilcoxon signed-rank test on differences ``d``: (W+, p).
-
-    Zero differences are dropped (Wilcoxon's convention); tied magnitudes get average ranks.
-    For n <= 16 the p-value is exact: the fraction of the 2^n sign patterns whose |W+ - n(n+1)/4|
-    is at least the observed one. Larger n uses SciPy's normal approximation.
-    """
+def sign_flip_test(d: Sequence[float]) -> float:
+    """Two-sided exact permutation p-value of mean(d) under symmetry about 0: the share of the
+    2^n sign patterns whose |mean| is at least the observed one (n <= 20; beyond, 2^20 patterns
+    drawn with a fixed seed)."""
     x = _values(d)
-    x = x[x != 0]
     n = len(x)
     if n == 0:
-        return 0.0, 1.0
-    from scipy import stats
+        return math.nan
+    observed = abs(float(x.mean())) - 1e-12 * max(1.0, float(np.abs(x).max()))
+    if n <= 20:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.random.default_rng(0).choice((-1, 1), size=(2**20, n))
+    return float((np.abs(signs @ np.abs(x)) / n >= observed).mean())
 
-    ranks = stats.rankdata(np.abs(x))
-    w_plus = float(ranks[x > 0].sum())
-    if n > 16:
-        res = stats.wilcoxon(x, zero_method="wilcox", method="approx")
-        return w_plus, float(res.pvalue)
-    signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
-    w_all = (signs * ranks).sum(axis=1)
-    center = n * (n + 1) / 4
-    extreme = np.abs(w_all - center) >= abs(w_plus - center) - 1e-9
-    return w_plus, float(extreme.mean())
+
+def effect_size(d: Sequence[float]) -> float:
+    """Paired effect size d_z = mean(d) / sd(d) (ddof = 1); nan below 2 values or with sd 0."""
+    x = _values(d)
+    if len(x) < 2:
+        return math.nan
+    sd = float(x.std(ddof=1))
+    return float(x.mean()) / sd if sd > 0 else math.nan
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979): with the m finite p-values sorted,
+    ``p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j))``; nan stays nan (and does not count)."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p))
+    m = len(finite)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def adjust(comparisons: Sequence[PairedComparison | None]) -> list[PairedComparison | None]:
+    """The comparisons with their Holm-adjusted p-values (over all of them) filled in."""
+    adjusted = holm([c.t_p if c is not None else math.nan for c in comparisons])
+    return [None if c is None else replace(c, holm_p=a) for c, a in zip(comparisons, adjusted)]
+
+
+def resolvable_difference(sd: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the ``level`` t interval of a mean paired difference over ``n`` seeds with
+    spread ``sd``: differences smaller than this cannot be told from 0."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
 
 
 def paired_compare(a: Mapping[Any, float], b: Mapping[Any, float], level: float = 0.95) -> PairedComparison:
@@ -152,8 +190,7 @@ def paired_compare(a: Mapping[Any, float], b: Mapping[Any, float], level: float 
     pairs = [p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])]
     d = [x - y for x, y in pairs]
     t, tp = paired_t_test(d)
-    w, wp = wilcoxon_signed_rank(d) if d else (math.nan, math.nan)
-    return PairedComparison(len(d), summarize(d, level), t, tp, w, wp)
+    return PairedComparison(len(d), summarize(d, level), t, tp, sign_flip_test(d), effect_size(d))
 
 
 @dataclass(frozen=True)

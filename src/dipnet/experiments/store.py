@@ -10,6 +10,7 @@ process that no longer exists is put back to ``pending`` by :meth:`RunStore.reco
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigError, DataError
 from .runspec import RunSpec
@@ -112,6 +113,20 @@ def owner_alive(owner: str | None) -> bool:
     return int(pid) != os.getpid() and _pid_alive(int(pid))
 
 
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A damaged database file (SQLite's own error) becomes one DataError naming the file."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "RunStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.path} is damaged (SQLite says: {exc}); restore it from a copy, or start a new "
+                            "store with --store") from None
+
+    return wrapper
+
+
 class RunStore:
     """A SQLite file of runs. Use as a context manager or call :meth:`close`."""
 
@@ -155,15 +170,18 @@ class RunStore:
         self.close()
 
     # -- metadata
+    @_guarded
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx():
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    @_guarded
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
     # -- writing
+    @_guarded
     def add(self, specs: Iterable[RunSpec]) -> int:
         """Insert runs not yet in the store as ``pending`` and make them members of their suites;
         returns how many were new.
@@ -174,6 +192,7 @@ class RunStore:
         with self._tx():
             return self._add(specs)
 
+    @_guarded
     def set_suite(self, suite: str, specs: Iterable[RunSpec]) -> int:
         """Make ``specs`` the runs of ``suite``, in one transaction (adding new ones as ``pending``);
         runs the suite held before but not now stay in the store, outside the suite. Returns how
@@ -206,6 +225,7 @@ class RunStore:
                               (s.suite, s.key, s.task, s.method, s.seed))
         return new
 
+    @_guarded
     def recover(self, keys: Iterable[str] | None = None) -> list[str]:
         """Put ``running`` rows whose owner process is gone back to ``pending``; returns their keys.
 
@@ -228,6 +248,7 @@ class RunStore:
                 reset.append(key)
         return reset
 
+    @_guarded
     def reset(self, keys: Iterable[str], statuses: tuple[str, ...] = ("done", "failed")) -> int:
         """Mark the given runs ``pending`` again (to retrain them) if their status is in ``statuses``."""
         n = 0
@@ -241,6 +262,7 @@ class RunStore:
                 n += cur.rowcount
         return n
 
+    @_guarded
     def claim(self, key: str, owner: str | None = None) -> bool:
         """Atomically move a ``pending`` run to ``running``; False if it was not pending."""
         with self._tx():
@@ -251,6 +273,7 @@ class RunStore:
             )
             return cur.rowcount == 1
 
+    @_guarded
     def finish(self, key: str, results: dict[str, Any]) -> None:
         """Record a finished run's results (final metrics, history, environment)."""
         with self._tx():
@@ -259,6 +282,7 @@ class RunStore:
                 (json.dumps(results, allow_nan=True), time.time(), key),
             )
 
+    @_guarded
     def fail(self, key: str, error: str, results: dict[str, Any] | None = None) -> None:
         with self._tx():
             self.conn.execute(
@@ -270,10 +294,17 @@ class RunStore:
     def _record(self, row: tuple) -> RunRecord:
         (key, suite, task, method, seed, status, config, results, error, attempts, owner, created, started,
          finished) = row
-        return RunRecord(key, suite, task, method, int(seed), status, RunSpec.from_dict(json.loads(config)),
-                         None if results is None else json.loads(results), error, int(attempts), owner,
+        try:
+            spec = RunSpec.from_dict(json.loads(config))
+            decoded = None if results is None else json.loads(results)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"{self.path}: run {key} ({suite} / {task} / {method} / seed {seed}) has a damaged "
+                            f"record ({type(exc).__name__}: {exc}); rerun it with `dipnet compare ... --fresh` or "
+                            "restore the store from a copy") from None
+        return RunRecord(key, suite, task, method, int(seed), status, spec, decoded, error, int(attempts), owner,
                          created, started, finished)
 
+    @_guarded
     def runs(self, *, suite: str | None = None, status: str | None = None,
              keys: Iterable[str] | None = None) -> list[RunRecord]:
         """Runs in insertion order, optionally filtered; ``suite``: that suite's runs, with its labels."""
@@ -294,16 +325,19 @@ class RunStore:
             rows = [r for r in rows if r.key in wanted]
         return rows
 
+    @_guarded
     def get(self, key: str) -> RunRecord | None:
         row = self.conn.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
         return None if row is None else self._record(row)
 
+    @_guarded
     def counts(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)
         for r in self.runs(keys=keys):
             out[r.status] += 1
         return out
 
+    @_guarded
     def suites(self) -> list[str]:
         """Suites with at least one run, ordered by their oldest run (then by name)."""
         return [r[0] for r in self.conn.execute(

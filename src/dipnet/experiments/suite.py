@@ -41,17 +41,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..data import list_datasets
-from ..engine import TrainConfig
+from ..data.base import dataset_options
+from ..engine import TrainConfig, resolve_device
 from ..errors import ConfigError
 from ..methods import build_method
 from ..models import list_models
+from ..models.registry import model_options
 from ..schema import Limits, check, check_field
-from .budget import checked_cost, probe_cost
+from .budget import checked_cost, probe_cost, tuning_grid
 from .instruments import measure_names
 from .runspec import RunSpec, resolved_hyperparameters
 
 BUDGETS = ("epochs", "example_grads")
-TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "measure", "train", "tasks", "methods")
+TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods")
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")
@@ -98,11 +100,16 @@ def _check_train_config(cfg: dict[str, Any], where: str) -> None:
 
 @dataclass
 class MethodEntry:
+    """One configuration of a method. A swept method has one entry per value, sharing ``group``
+    (the table's label) and differing in ``choice``; reports keep the one best on validation."""
+
     label: str
     spec: str
     params: dict[str, Any]
     overrides: dict[str, Any]
     cost: float | None = None
+    group: str = ""
+    choice: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,9 +138,17 @@ class Suite:
     methods: list[MethodEntry]
     description: str = ""
     costs: dict[str, float] = field(default_factory=dict)
+    tune: bool = False
 
     def method_labels(self) -> list[str]:
         return [m.label for m in self.methods]
+
+    def groups(self) -> dict[str, list[str]]:
+        """``{method: [its configurations' labels]}``: more than one label means a sweep."""
+        out: dict[str, list[str]] = {}
+        for m in self.methods:
+            out.setdefault(m.group or m.label, []).append(m.label)
+        return out
 
     def task_config(self, task: TaskEntry, method: MethodEntry) -> dict[str, Any]:
         cfg = {**self.train, **task.overrides, **method.overrides}
@@ -164,7 +179,8 @@ class Suite:
                 base_cfg = self.task_config(task, m)
                 resolved = resolved_hyperparameters(base_cfg["method"], base_cfg["method_params"])
                 if costs:
-                    base_cfg["epochs"] = max(1, round(base_cfg["epochs"] * costs[self.baseline] / costs[m.label]))
+                    base = costs[self.groups()[self.baseline][0]]
+                    base_cfg["epochs"] = max(1, round(base_cfg["epochs"] * base / costs[m.label]))
                 for seed in self.seeds:
                     cfg = {**base_cfg, "seed": seed}
                     spec = RunSpec(self.name, task.label, m.label, seed, cfg, self.measure, resolved)
@@ -275,6 +291,9 @@ def parse_suite(
             tasks.append(TaskEntry(f"{label}:{d}-{m}" if grid else label, d, m, overrides,
                                    compose.strip(), dict(compose_params)))
 
+    tune = raw.get("tune", False)
+    if not isinstance(tune, bool):
+        raise ck.fail("tune", f"must be true or false, got {tune!r}")
     methods_raw = raw.get("methods")
     if not isinstance(methods_raw, dict) or not methods_raw:
         raise ck.fail("methods", "the suite needs at least one [methods.NAME] table (e.g. [methods.erm])")
@@ -292,20 +311,26 @@ def parse_suite(
         sweep = m.get("sweep", {})
         if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
             raise ck.fail(f"{where}.sweep", "must be a table of non-empty lists such as { rho = [0.02, 0.05] }")
+        if not sweep and tune:
+            sweep = {k: list(v) for k, v in tuning_grid(spec).items() if k not in params}
         cost = m.get("cost")
         cost = check(cost, float | None, f"{source}: {where}.cost (example-gradients per example)", Limits(gt=0))
         overrides = ck.train_table({k: v for k, v in m.items() if k not in METHOD_KEYS}, where, fields)
         combos = [dict(zip(sweep, vals)) for vals in itertools.product(*sweep.values())] if sweep else [{}]
         for combo in combos:
             lab = label if not combo else label + "(" + ",".join(f"{k}={v}" for k, v in combo.items()) + ")"
-            methods.append(MethodEntry(lab, spec, {**params, **combo}, overrides, None if cost is None else float(cost)))
-    labels = [m.label for m in methods]
+            trained = ck.train_table({k: v for k, v in combo.items() if k in fields}, f"{where}.sweep", fields)
+            chosen = {k: v for k, v in combo.items() if k not in fields}
+            methods.append(MethodEntry(lab, spec, {**params, **chosen}, {**overrides, **trained},
+                                       None if cost is None else float(cost), label, dict(combo)))
+    groups = list(dict.fromkeys(m.group for m in methods))
 
-    baseline = raw.get("baseline", labels[0])
-    if baseline not in labels:
-        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(labels)}")
+    baseline = raw.get("baseline", groups[0])
+    if baseline not in groups:
+        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(groups)}")
 
-    suite = Suite(name, source, text, list(seeds), baseline, budget, tuple(measure), train, tasks, methods, description)
+    suite = Suite(name, source, text, list(seeds), baseline, budget, tuple(measure), train, tasks, methods, description,
+                  tune=tune)
     for t in suite.tasks:
         for m in suite.methods:
             _check_train_config({**suite.task_config(t, m), "seed": suite.seeds[0]}, f"{source}: tasks.{t.label} with methods.{m.label}")
@@ -328,6 +353,18 @@ def _check_names(suite: Suite, ck: _Checker) -> None:
             raise ck.fail(f"tasks.{t.label}.data", f"unknown dataset {t.data!r}; choose one of: {', '.join(datasets)}")
         if t.model not in models:
             raise ck.fail(f"tasks.{t.label}.model", f"unknown model {t.model!r}; choose one of: {', '.join(models)}")
+        for m in suite.methods:
+            cfg = suite.task_config(t, m)
+            where = f"tasks.{t.label} with methods.{m.label}"
+            for key, allowed in (("data_kwargs", dataset_options(t.data)), ("model_kwargs", model_options(t.model))):
+                unknown = sorted(set(cfg.get(key) or {}) - set(allowed))
+                if unknown:
+                    raise ck.fail(f"{where}: {key}", f"{(t.data if key == 'data_kwargs' else t.model)!r} has no option "
+                                  f"{', '.join(map(repr, unknown))}; its options: {', '.join(allowed) or 'none'}")
+            try:
+                resolve_device(cfg.get("device", "cpu"))
+            except ConfigError as exc:
+                raise ck.fail(f"{where}: device", str(exc)) from None
     for m in suite.methods:
         try:
             build_method(m.spec, m.params)

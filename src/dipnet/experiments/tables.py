@@ -1,5 +1,10 @@
 """Summary tables of a suite from a run store: per task, each method's mean ± 95% CI over seeds
-and its paired comparison with the baseline; the learned DIPNet sigma per layer."""
+and its paired comparison with the baseline; the learned DIPNet sigma per layer.
+
+A swept method (several configurations under one label) is represented by the configuration
+with the best mean validation accuracy over its seeds, chosen per task; its row reports that
+configuration's test figures, and :attr:`TaskTable.sweeps` lists every configuration's validation
+and test accuracy, so the choice can be checked. Test accuracy never chooses anything."""
 from __future__ import annotations
 
 import math
@@ -7,11 +12,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .stats import PairedComparison, Summary, compute_account, format_p, paired_compare, summarize
+from .stats import (PairedComparison, Summary, adjust, compute_account, format_p, paired_compare,
+                    resolvable_difference, summarize)
 from .store import RunRecord, RunStore
 
 METRICS = (  # key in final, column title, scale, digits
     ("test_acc", "test acc (%)", 100.0, 2),
+    ("val_acc", "val acc (%)", 100.0, 2),
     ("test_loss", "test loss", 1.0, 3),
     ("gap", "gap (pp)", 100.0, 2),
     ("train_acc", "train acc (%)", 100.0, 2),
@@ -28,6 +35,7 @@ class MethodRow:
     example_grads: Summary
     wall_s: Summary
     failed: int = 0
+    label: str = ""  # the configuration's own label (the swept value chosen on validation)
 
 
 @dataclass
@@ -37,14 +45,65 @@ class TaskTable:
     baseline: str
     rows: list[MethodRow]
     runs: dict[str, list[RunRecord]] = field(default_factory=dict)
+    setting: str = ""  # dataset, model and training recipe, in words
+    sweeps: dict[str, list[tuple[str, Summary, Summary, bool]]] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return f"{self.suite} / {self.task}" + (f" ({self.setting})" if self.setting else "")
+
+    def resolution(self) -> str:
+        """One line: the seeds, and the smallest difference they resolve (median spread of the
+        paired differences in this table)."""
+        comps = [r.vs_baseline for r in self.rows if r.vs_baseline is not None and r.vs_baseline.n >= 2]
+        if not comps:
+            return ""
+        n = min(c.n for c in comps)
+        sds = sorted(c.diff.std for c in comps if math.isfinite(c.diff.std))
+        if not sds:
+            return ""
+        half = resolvable_difference(sds[len(sds) // 2], n)
+        return (f"{n} seeds per method: with the median spread of the paired differences here (sd {100 * sds[len(sds) // 2]:.2f} pp, "
+                f"ddof = 1) a 95% interval is ±{100 * half:.2f} pp, so smaller differences cannot be told from noise; "
+                f"the smallest two-sided sign-flip p-value {n} seeds allow is {2 / 2**n:.3g}.")
+
+
+def describe_setting(runs: list[RunRecord]) -> str:
+    """"mnist1d, mnist1d-mlp; adamw lr 0.01 cosine, batch 100, 40 epochs" from a task's run configs."""
+    cfgs = [r.spec.config for r in runs if r.spec.config]
+    if not cfgs:
+        return ""
+    c = cfgs[0]
+    epochs = sorted({x.get("epochs") for x in cfgs if x.get("epochs") is not None})
+    ep = f"{epochs[0]} epochs" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]} epochs"
+    wd = f", weight decay {c['weight_decay']:g}" if c.get("weight_decay") else ""
+    return (f"{c.get('data')}, {c.get('model')}; {c.get('optimizer')} lr {c.get('lr'):g} {c.get('schedule')}, "
+            f"batch {c.get('batch_size')}, {ep}{wd}")
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:
     return [x for x in preferred if x in found] + [x for x in found if x not in preferred]
 
 
+def select_on_validation(candidates: dict[str, list[RunRecord]]) -> tuple[str | None, list[tuple[str, Summary, Summary, bool]]]:
+    """The configuration with the best mean validation accuracy over its finished seeds (the first
+    on ties), and every configuration's (label, validation, test, chosen); None when a
+    configuration has no validation accuracy to compare."""
+    stats = []
+    for label, runs in candidates.items():
+        done = [r for r in runs if r.status == "done"]
+        stats.append((label, summarize(r.final.get("val_acc") for r in done), summarize(r.final.get("test_acc") for r in done)))
+    usable = [(label, val) for label, val, _ in stats if val.n]
+    if len(usable) < len(stats):
+        return None, [(label, val, test, False) for label, val, test in stats]
+    best = max(usable, key=lambda item: item[1].mean)[0] if usable else None
+    return best, [(label, val, test, label == best) for label, val, test in stats]
+
+
 def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
-    """Per (suite, task): the summary rows of every method, the baseline first."""
+    """Per (suite, task): the summary rows of every method (a swept one: its configuration chosen
+    on validation), the baseline first; the paired comparisons' p-values are Holm-adjusted over
+    every comparison of the suite."""
     tables = []
     for name in [suite] if suite else store.suites():
         meta = store.get_meta(f"suite:{name}", {}) or {}
@@ -52,59 +111,102 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
         by_task: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
         for r in records:
             by_task[r.task][r.method].append(r)
+        suite_tables = []
         for task in _ordered(list(by_task), meta.get("tasks", [])):
-            methods = _ordered(list(by_task[task]), meta.get("methods", []))
-            baseline = meta.get("baseline") or methods[0]
-            done = {m: [r for r in by_task[task][m] if r.status == "done"] for m in methods}
+            labels = _ordered(list(by_task[task]), meta.get("methods", []))
+            groups = {g: [m for m in members if m in by_task[task]]
+                      for g, members in (meta.get("groups") or {m: [m] for m in labels}).items()}
+            baseline = meta.get("baseline") or labels[0]
+            order = {m: i for i, m in enumerate(labels)}
+            groups = dict(sorted(((g, members) for g, members in groups.items() if members),
+                                 key=lambda item: (item[0] != baseline, min(order[m] for m in item[1]))))
+            chosen, sweeps = {}, {}
+            for g, members in groups.items():
+                if len(members) == 1:
+                    chosen[g] = members[0]
+                    continue
+                best, sweeps[g] = select_on_validation({m: by_task[task][m] for m in members})
+                if best is not None:
+                    chosen[g] = best
+            done = {g: [r for r in by_task[task][m] if r.status == "done"] for g, m in chosen.items()}
             base_runs = done.get(baseline, [])
             base_acc = {r.seed: r.final.get("test_acc") for r in base_runs}
             rows = []
-            for m in methods:
-                runs = done[m]
+            for g, label in chosen.items():
+                runs = done[g]
                 metrics = {k: summarize(r.final.get(k) for r in runs) for k, *_ in METRICS}
                 acct = compute_account([r.final for r in runs], [r.final for r in base_runs])
                 vs = None
-                if m != baseline and runs and base_runs:
+                if g != baseline and runs and base_runs:
                     vs = paired_compare({r.seed: r.final.get("test_acc") for r in runs}, base_acc)
-                rows.append(MethodRow(m, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
-                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][m])))
-            tables.append(TaskTable(name, task, baseline, rows, {m: by_task[task][m] for m in methods}))
+                shown = g if label == g else f"{g} [{label[len(g) + 1:-1]}]" if label.startswith(g + "(") else label
+                rows.append(MethodRow(shown, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
+                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][label]), label))
+            every = [r for m in labels for r in by_task[task][m]]
+            suite_tables.append(TaskTable(name, task, baseline, rows, {row.method: by_task[task][row.label] for row in rows},
+                                          describe_setting(every), sweeps))
+        all_rows = [row for t in suite_tables for row in t.rows]
+        for row, vs in zip(all_rows, adjust([row.vs_baseline for row in all_rows])):
+            row.vs_baseline = vs
+        tables += suite_tables
     return tables
+
+
+def sweep_cells(table: TaskTable) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of the sweep table: every configuration's validation and test accuracy."""
+    if not table.sweeps:
+        return None
+    rows = []
+    for group, entries in table.sweeps.items():
+        for label, val, test, chosen in entries:
+            rows.append([group, label, val.format(100.0, 2), test.format(100.0, 2), "chosen" if chosen else ""])
+    return ["method", "configuration", "val acc (%)", "test acc (%)", "chosen on validation"], rows
 
 
 def _diff_cells(row: MethodRow) -> list[str]:
     vs = row.vs_baseline
     if vs is None:
-        return ["baseline" if not row.failed or row.seeds else "", "", "", ""]
+        return ["baseline" if not row.failed or row.seeds else "", "", "", "", "", ""]
     d = vs.diff
     diff = f"{100 * d.mean:+.2f}" + (f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if math.isfinite(d.half_width) else "")
-    return [diff, format_p(vs.t_p), format_p(vs.wilcoxon_p), vs.verdict]
+    dz = f"{vs.effect_size:+.2f}" if math.isfinite(vs.effect_size) else "n/a"
+    return [diff, format_p(vs.t_p), format_p(vs.p), format_p(vs.sign_flip_p), dz, vs.verdict]
 
 
 def table_cells(table: TaskTable) -> tuple[list[str], list[list[str]]]:
     """Header and body of a task's table as strings (shared by text, Markdown and HTML)."""
     header = ["method", "seeds"] + [title for _, title, _, _ in METRICS[:1]] + [
-        "Δ acc vs " + table.baseline + " (pp, 95% CI)", "p (paired t)", "p (Wilcoxon)", "verdict"
+        "Δ acc vs " + table.baseline + " (pp, 95% CI)", "p (paired t)", "p (t, Holm)", "p (sign-flip)", "d_z",
+        "verdict"
     ] + [title for _, title, _, _ in METRICS[1:]] + ["example grads (× baseline)", "wall s"]
     body = []
     for row in table.rows:
         seeds = str(len(row.seeds)) + (f" ({row.failed} failed)" if row.failed else "")
         cells = [row.method, seeds, row.metrics["test_acc"].format(100.0, 2)] + _diff_cells(row)
         cells += [row.metrics[k].format(scale, digits) for k, _, scale, digits in METRICS[1:]]
-        cells.append(f"{row.example_grads.mean:.3g} ({row.grads_ratio:.2f}×)" if row.example_grads.n else "n/a")
-        cells.append(row.wall_s.format(1.0, 1 if row.wall_s.mean >= 10 else 2))
+        cells.append(f"{row.example_grads.mean:,.0f} ({row.grads_ratio:.2f}×)" if row.example_grads.n else "n/a")
+        cells.append(row.wall_s.format(1.0, 1))
         body.append(cells)
     return header, body
+
+
+def format_markdown(table: TaskTable) -> list[str]:
+    """The task's table as Markdown lines."""
+    header, body = table_cells(table)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
 
 
 def format_text_table(table: TaskTable) -> str:
     """A plain-text table for the terminal."""
     header, body = table_cells(table)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [f"{table.suite} / {table.task}  (mean ± 95% CI over seeds)"]
+    lines = [f"{table.title}  (mean ± 95% CI over seeds)"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    if table.resolution():
+        lines.append(table.resolution())
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ class FGSMExamples(Component):
     name = "fgsm-examples"
     slots = frozenset({"batch"})
     description = "replace a fraction of each batch by FGSM adversarial examples of L-inf radius eps"
+    tune = {"eps": (0.05, 0.1, 0.2)}
 
     eps: float = param(0.1, ge=0, doc="L-inf radius in input units")
     fraction: float = param(0.5, gt=0, le=1, doc="share of each batch replaced by FGSM examples")

@@ -68,6 +68,9 @@ class Component(Validated):
     name: ClassVar[str] = ""
     slots: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
+    # The main hyperparameter and the values an equal-tuning suite tries (``tune = true``): the
+    # same small budget for every method, the winner chosen on validation.
+    tune: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     def _owner(self) -> str:
         return self.name

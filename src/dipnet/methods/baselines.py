@@ -80,6 +80,7 @@ class InputNoise(Component):
     name = "input-noise"
     slots = frozenset({"batch"})
     description = "Gaussian input noise of std sigma (randomized-smoothing training baseline, Cohen et al. 2019)"
+    tune = {"sigma": (0.1, 0.25, 0.5)}
 
     sigma: float = param(0.25, ge=0, doc="noise std in input units")
 
@@ -109,6 +110,7 @@ class Cutout(Component):
     name = "cutout"
     slots = frozenset({"batch"})
     description = "Cutout (DeVries & Taylor 2017): blank a random square / 1-D segment per example"
+    tune = {"size": (0.25, 0.5, 0.75)}
 
     size: float = param(0.5, gt=0, le=1, doc="side of the blanked region, a fraction of the input's")
     fill: float = param(0.0, doc="value written into the region (clipped to the valid range)")
@@ -148,6 +150,7 @@ class Mixup(Component):
     name = "mixup"
     slots = frozenset({"batch"})
     description = "Mixup (Zhang et al. 2018): convex pairs of inputs and labels, lam ~ Beta(alpha, alpha)"
+    tune = {"alpha": (0.1, 0.2, 0.4)}
 
     alpha: float = param(0.2, gt=0, doc="lam ~ Beta(alpha, alpha)")
     num_classes: int = param(0, ge=0, doc="classes of the soft labels (0: from the model's last Linear)")
@@ -173,6 +176,7 @@ class CutMix(Mixup):
     name = "cutmix"
     slots = frozenset({"batch"})
     description = "CutMix (Yun et al. 2019): paste a patch / 1-D segment from another example, labels by area"
+    tune = {"alpha": (0.5, 1.0, 2.0)}
 
     alpha: float = override(Mixup, "alpha", 1.0)
 

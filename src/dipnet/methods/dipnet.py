@@ -39,6 +39,7 @@ class DIPNet(Component, LossConfig, PlacementConfig):
     name = "dipnet"
     slots = frozenset({"model", "loss"})
     description = "DIPNet: learnable Gaussian projection of every layer's input, m trajectories, variance prior"
+    tune = {"beta": (1e-4, 4e-4, 1.6e-3)}  # the prior's minimum sqrt(beta / alpha): 0.1, 0.2, 0.4 of the input RMS
 
     learnable: ClassVar[bool] = True
 
@@ -70,6 +71,7 @@ class NoiseLayers(DIPNet):
 
     name = "noise-layers"
     description = "fixed-sigma Gaussian noise at every layer's input (Random Self-Ensemble; DIPNet ablation)"
+    tune = {"sigma": (0.1, 0.2, 0.4)}
 
     alpha: float = override(LossConfig, "alpha", 0.0)
     beta: float = override(LossConfig, "beta", 0.0)

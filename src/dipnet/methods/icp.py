@@ -94,6 +94,7 @@ class ICP(Component):
     name = "icp"
     slots = frozenset({"loss"})
     description = "ICP self-distillation (Dave et al. 2025): match features of loss-decreasing input perturbations"
+    tune = {"step_size": (0.003, 0.01, 0.03)}
 
     steps: int = param(5, ge=0, doc="T: loss-decreasing input steps (0: targets are the clean features)")
     step_size: float = param(0.01, ge=0, doc="eta of the input steps")

@@ -9,13 +9,15 @@ the clean weights restored exactly, and only then the base optimizer steps.
 - m-RWP (``mix=lambda``): ``lambda g1 + (1 - lambda) g0`` with ``g0`` the clean gradient of one
   mini-batch and ``g1`` the perturbed gradient of the next (the official single-process
   semantics): odd calls of ``step`` only store ``g0`` and do not update (2 passes per update).
-- m-RWP's parallel form (nblt/mARWP ``train_mrwp_parallel.py``), on an even number of
-  data-parallel processes: even ranks take the clean gradient of their part of the batch with
-  loss weight ``2 (1 - lambda)``, odd ranks the gradient at ``w + eps`` (their own noise) with
-  weight ``2 lambda``; DDP's average is ``(1 - lambda) g0 + lambda g1``; the noise is removed
-  before the one update per global batch (:func:`parallel_mrwp_update`).
+- m-RWP's parallel form on an even number of data-parallel processes (:mod:`.rwp_parallel`).
 - ARWP / m-ARWP (``adaptive=True``): ``F <- beta F + g^2`` from perturbed gradients (no
-  ``1 - beta``), summed per filter, and the noise divided by ``sqrt(1 + eta F_filter)``.
+  ``1 - beta``), summed per filter, and the noise divided by ``sqrt(1 + eta F_filter)``. As in
+  the released code (``train_marwp.py`` sums ``F.view(n, -1)`` over dim 1), the sum runs over
+  rows of a 2+-D parameter and over single elements of a 1-D one: a bias's noise std is
+  ``sigma ||b||`` shared, divided by ``sqrt(1 + eta F_i)`` element by element.
+
+Parameter groups with ``perturb=False`` (the engine's group of DIPNet's log-sigmas) get no
+noise: weight-perturbation methods perturb only the model's own weights (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from ..errors import ConfigError
 from ..noise_table import NoiseSource, standard_normal
 from ..schema import Validated, override, param
 from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm
+from .rwp_parallel import parallel_mrwp_update
 from .base import Closure, Component, StepContext
 from .registry import register_component
 
@@ -41,16 +44,17 @@ def cosine_sigma(sigma: float, progress: float, ramp: float = 11.0) -> float:
 
 class _Layout:
     """All parameters as one flat vector (one copy for the exact restore, one draw of noise) with
-    per-parameter views, and their filters (rows of 2+-D parameters; a 1-D parameter is one filter)
-    as one flat vector of per-filter values: per-filter sums take one reduction per parameter and
-    the rest of a step's noise arithmetic runs on whole vectors, since on a CPU each small op's
-    fixed cost, not its arithmetic, dominates RWP's overhead on small models."""
+    per-parameter views, and their *units* as one flat vector of per-unit values: a unit is a row
+    (output filter) of a 2+-D parameter and an element of a 1-D one (``p.view(n, -1)``'s rows, as
+    in the released code). Per-unit sums take one reduction per parameter and the rest of a step's
+    noise arithmetic runs on whole vectors, since on a CPU each small op's fixed cost, not its
+    arithmetic, dominates RWP's overhead on small models."""
 
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.params = [p for g in groups for p in g["params"]]
         self.group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.sizes = [p.numel() for p in self.params]
-        self.rows = [p.shape[0] if p.ndim >= 2 else 1 for p in self.params]
+        self.rows = [p.shape[0] if p.ndim >= 1 else 1 for p in self.params]
         self.cols = [n // r if r else 0 for n, r in zip(self.sizes, self.rows)]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.numel = sum(self.sizes)
@@ -75,12 +79,18 @@ class _Layout:
         return self._broadcast(groups, key, "filter")
 
     def filter_sums(self, flat: torch.Tensor) -> torch.Tensor:
-        """Per-filter sums of a flat per-element vector: ``[sum_k t_jk]`` over all filters j."""
+        """Per-unit sums of a flat per-element vector: ``[sum_k t_jk]`` over all units j."""
         return torch.cat([v.view(r, c).sum(1) for v, r, c in zip(flat.split(self.sizes), self.rows, self.cols)])
 
+    def norm_sq(self, flat: torch.Tensor) -> torch.Tensor:
+        """Per unit, the squared norm that scales its noise: its row's for a 2+-D parameter, the
+        whole vector's for a 1-D one (repeated over its elements)."""
+        return torch.cat([v.view(r, c).sum(1) if p.ndim >= 2 else v.sum().expand(r)
+                          for v, r, c, p in zip(flat.split(self.sizes), self.rows, self.cols, self.params)])
+
     def filter_views(self, per_filter: torch.Tensor) -> list[torch.Tensor]:
-        """A per-filter vector as one tensor per parameter, broadcastable to it."""
-        return [v.view(r, *([1] * (p.ndim - 1))) if p.ndim >= 2 else v.view(())
+        """A per-unit vector as one tensor per parameter, broadcastable to it."""
+        return [v.view(r, *([1] * (p.ndim - 1))) if p.ndim >= 1 else v.view(())
                 for v, r, p in zip(per_filter.split(self.rows), self.rows, self.params)]
 
     def index(self, p: torch.Tensor) -> int:
@@ -137,6 +147,9 @@ class RWP(WrappedOptimizer):
         cfg = RWPSettings(sigma=sigma, noise=noise, mix=mix, eta=eta, beta=beta)
         defaults = dict(sigma=cfg.sigma, mix=cfg.mix, adaptive=bool(adaptive), eta=cfg.eta, beta=cfg.beta)
         super().__init__(params, base_optimizer, defaults, **base_kwargs)
+        for g in self.param_groups:
+            if not g.get("perturb", True):
+                g["sigma"] = 0.0
         self.layout = _Layout(self.param_groups)
         self.noise = cfg.noise
         self.phase = 0  # m-RWP: 0 = next call is the clean half-step, 1 = the perturbed one
@@ -172,12 +185,13 @@ class RWP(WrappedOptimizer):
 
     def set_sigma(self, sigma: float) -> None:
         for g in self.param_groups:
-            g["sigma"] = float(sigma)
+            if g.get("perturb", True):
+                g["sigma"] = float(sigma)
 
     def _filter_std(self, w_flat: torch.Tensor) -> torch.Tensor:
         """``sigma ||w_j|| / sqrt(1 + eta F_j)`` per filter (the ARWP factor in adaptive groups only)."""
         lay, groups = self.layout, self.param_groups
-        std = lay.filter_sums(w_flat * w_flat).sqrt_().mul_(lay.per_filter(groups, "sigma"))
+        std = lay.norm_sq(w_flat * w_flat).sqrt_().mul_(lay.per_filter(groups, "sigma"))
         if self.F is not None and any(g["adaptive"] for g in groups):
             factor = lay.filter_sums(self.F).mul_(lay.per_filter(groups, "eta")).add_(1.0).rsqrt_()
             if not all(g["adaptive"] for g in groups):
@@ -317,33 +331,7 @@ class RWPMethod(_RWPBase):
 
     name = "rwp"
     description = "random weight perturbation (Li et al. 2024): gradient at w + filter-wise noise, 1 pass"
-
-
-def parallel_mrwp_update(model: nn.Module, optimizer: RWP, closure: Closure, ctx: StepContext, mix: float) -> bool:
-    """One update of m-RWP's parallel form on this rank (``ctx.rank``, ``ctx.world_size`` even):
-    odd ranks perturb the weights in place (``optimizer.perturb``; BatchNorm statistics frozen
-    during that pass, as in the single-process form) and weight their loss by ``2 mix``, even ranks
-    weight the clean loss by ``2 (1 - mix)``; the gradient reduction of the DDP forward in
-    ``closure`` averages them; the noise is removed, then the base optimizer steps."""
-    perturbed = ctx.rank % 2 == 1
-    scale = ctx.loss_scale
-    ctx.loss_scale = scale * 2.0 * (mix if perturbed else 1.0 - mix)
-    optimizer.zero_grad(set_to_none=True)
-    freeze = perturbed and has_batchnorm(model)
-    if perturbed:
-        optimizer.perturb()
-    if freeze:
-        disable_running_stats(model)
-    try:
-        with torch.enable_grad():
-            closure()
-    finally:
-        if freeze:
-            enable_running_stats(model)
-        optimizer.restore()
-        ctx.loss_scale = scale
-    optimizer.second_step(zero_grad=True)
-    return True
+    tune = {"sigma": (0.005, 0.015, 0.03)}
 
 
 @register_component
@@ -354,6 +342,7 @@ class MRWPMethod(_RWPBase, Mixing):
 
     name = "mrwp"
     description = "mixed RWP (Li et al. 2022/2024): lambda * perturbed + (1 - lambda) * clean gradient, 2 batches/update"
+    tune = {"sigma": (0.005, 0.015, 0.03)}
 
     form: Literal["auto", "sequential", "parallel"] = param(
         "auto", doc="parallel: even ranks clean, odd ranks perturbed, one update per global batch (needs an even "
@@ -381,6 +370,7 @@ class ARWPMethod(_RWPBase, Adaptivity):
 
     name = "arwp"
     description = "adaptive RWP (Li et al. 2024): noise shrunk where past gradients are large, cosine sigma ramp"
+    tune = {"sigma": (0.0005, 0.001, 0.002)}
 
     sigma: float = override(RWPNoise, "sigma", 0.001)
     sigma_schedule: Literal["constant", "cosine"] = override(_RWPBase, "sigma_schedule", "cosine")
@@ -395,5 +385,6 @@ class MARWPMethod(_RWPBase, Mixing, Adaptivity):
 
     name = "marwp"
     description = "mixed adaptive RWP (Li et al. 2024): m-RWP with ARWP's adaptive noise"
+    tune = {"sigma": (0.005, 0.015, 0.03)}
 
     adaptive_default = True

@@ -51,6 +51,10 @@ class SAM(WrappedOptimizer):
         self._perturbed: list[list[torch.Tensor]] = []
 
     def _with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have a gradient and are perturbed (``perturb=False`` groups,
+        such as the engine's group of DIPNet's log-sigmas, are neither moved nor counted in the norm)."""
+        if not group.get("perturb", True):
+            return [], []
         params = [p for p in group["params"] if p.grad is not None]
         return params, [p.grad for p in params]
 
@@ -154,6 +158,7 @@ class SAMMethod(Component, SAMSettings):
     name = "sam"
     slots = frozenset({"update"})
     description = "sharpness-aware minimization (Foret et al. 2021): gradient at w + rho g/||g||, 2 passes"
+    tune = {"rho": (0.02, 0.05, 0.1)}
 
     def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> SAM:
         return SAM(params, base, rho=self.rho, adaptive=self.name == "asam", eta=getattr(self, "eta", 0.01), **base_kwargs)
@@ -170,5 +175,6 @@ class ASAMMethod(SAMMethod, ASAMSettings):
 
     name = "asam"
     description = "adaptive SAM (Kwon et al. 2021): scale-invariant ascent with T_w = |w| + eta, 2 passes"
+    tune = {"rho": (0.2, 0.5, 1.0)}
 
     rho: float = override(SAMSettings, "rho", 0.5)

@@ -35,8 +35,11 @@ def check_choice(owner: str, key: str, value: Any, allowed: Sequence[str] | dict
     return choice(value, f"{owner}.{key}", allowed)
 
 
+MAX_SIZE = 100_000  # any one structural option (a width, a depth): larger ones are typos, and a depth of 10^9 modules would take the machine's memory before any estimate
+
+
 def check_int(owner: str, key: str, value: Any, minimum: int = 1) -> int:
-    return check(value, int, f"{owner}.{key}", Limits(ge=minimum))
+    return check(value, int, f"{owner}.{key}", Limits(ge=minimum, le=MAX_SIZE))
 
 
 def check_float(owner: str, key: str, value: Any, minimum: float = 0.0) -> float:
@@ -50,7 +53,9 @@ def check_bool(owner: str, key: str, value: Any) -> bool:
 def check_int_seq(owner: str, key: str, value: Any, minimum: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
     """An int or a sequence of ints (``256`` -> ``(256,)``; CLI ``widths=256,256`` -> ``(256, 256)``)."""
     items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum))
+    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum, le=MAX_SIZE))
+    if len(out) > MAX_SIZE:
+        raise ConfigError(f"{owner}.{key} lists {len(out)} values; at most {MAX_SIZE}")
     if not out and not allow_empty:
         raise ConfigError(f"{owner}.{key} must be a list of integers >= {minimum} (e.g. 256,256), not {value!r}")
     return out
@@ -120,8 +125,10 @@ def compatible_models(input_shape: Sequence[int], num_classes: int = 10) -> list
     return fits
 
 
-def zoo_model(name: str, description: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``fn(info, **options)``; an unknown option is a ConfigError listing the known ones."""
+def zoo_model(name: str, description: str,
+              recipe: dict[str, Any] | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``fn(info, **options)`` with its training ``recipe``; an unknown option is a
+    ConfigError listing the known ones."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         options = [p for p in inspect.signature(fn).parameters if p != "info"]
@@ -135,7 +142,7 @@ def zoo_model(name: str, description: str) -> Callable[[Callable[..., nn.Module]
                 )
             return fn(info, **kwargs)
 
-        register_model(name, description)(builder)
+        register_model(name, description, recipe)(builder)
         return builder
 
     return deco

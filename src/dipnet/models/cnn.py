@@ -68,6 +68,7 @@ class SmallCNN(nn.Module):
         return self.head(h)
 
 
-@zoo_model("cnn2d", "small 2-D CNN: (conv3x3 + ReLU + maxpool) x len(channels), Linear head; images or square flat inputs")
+@zoo_model("cnn2d", "small 2-D CNN: (conv3x3 + ReLU + maxpool) x len(channels), Linear head; images or square flat inputs",
+           recipe={"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "batch_size": 128, "epochs": 10})
 def cnn2d(info: DatasetInfo, channels: Sequence[int] | int = (32, 64), hidden: int = 0) -> SmallCNN:
     return SmallCNN(image_shape("cnn2d", info.input_shape), info.num_classes, check_int_seq("cnn2d", "channels", channels), hidden)

@@ -67,7 +67,8 @@ class MLP(nn.Module):
         return self.head(h)
 
 
-@zoo_model("mlp", "MLP on flattened inputs: widths (or width x depth), activation, optional residual blocks")
+@zoo_model("mlp", "MLP on flattened inputs: widths (or width x depth), activation, optional residual blocks",
+           recipe={"optimizer": "adamw", "lr": 1e-2, "schedule": "cosine", "batch_size": 100, "epochs": 8})
 def mlp(
     info: DatasetInfo,
     widths: Sequence[int] | int | None = None,

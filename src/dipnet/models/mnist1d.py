@@ -71,12 +71,17 @@ class MNIST1DCNN(nn.Module):
         return self.linear(self.flatten(h))
 
 
-@zoo_model("mnist1d-mlp", "MNIST-1D reference residual MLP (hidden 100), any input flattened")
+# The MNIST-1D recipe of the comparison suites (reference: Adam 1e-2, batch 100)
+MNIST1D_RECIPE = {"optimizer": "adamw", "lr": 1e-2, "schedule": "cosine", "batch_size": 100, "epochs": 40}
+
+
+@zoo_model("mnist1d-mlp", "MNIST-1D reference residual MLP (hidden 100), any input flattened", recipe=MNIST1D_RECIPE)
 def mnist1d_mlp(info: DatasetInfo, hidden: int = 100) -> MNIST1DMLP:
     return MNIST1DMLP(flat_features(info.input_shape), info.num_classes, hidden)
 
 
-@zoo_model("mnist1d-cnn", "MNIST-1D reference 1-D CNN (3 x Conv1d 25 channels, Linear 125 -> 10 for length 40)")
+@zoo_model("mnist1d-cnn", "MNIST-1D reference 1-D CNN (3 x Conv1d 25 channels, Linear 125 -> 10 for length 40)",
+           recipe=MNIST1D_RECIPE)
 def mnist1d_cnn(info: DatasetInfo, channels: int = 25) -> MNIST1DCNN:
     in_channels, length = signal_shape("mnist1d-cnn", info.input_shape)
     if length < 3:

@@ -153,7 +153,9 @@ class VisionTransformer(nn.Module):
         return self.head(h[:, 0])
 
 
-@zoo_model("vit", "small Vision Transformer: patch embedding, class token, pre-norm blocks (dim 64, depth 4, heads 4)")
+@zoo_model("vit", "small Vision Transformer: patch embedding, class token, pre-norm blocks (dim 64, depth 4, heads 4)",
+           recipe={"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "batch_size": 64,
+                   "epochs": 30})
 def vit(
     info: DatasetInfo,
     patch: int | None = None,

@@ -11,7 +11,8 @@ Three lines in a user's loop::
 the private speed path behind them.
 """
 from ._fast import AUTO_INPUT_GRAD_FRACTION
-from .insert import DEFAULT_TARGETS, PlacementConfig, is_projected, project, projections, sigma_summary, strip
+from .insert import (DEFAULT_TARGETS, PlacementConfig, is_projected, project, projection_parameters, projections,
+                     sigma_summary, strip)
 from .layer import GaussianProjection, ProjectionConfig, gaussian_projection
 from .loss import DEFAULT_PRIOR, DIPNetLoss, LossConfig, predict
 from .noise import is_noise_layer, noise_layers, sampling
@@ -31,6 +32,7 @@ __all__ = [
     "noise_layers",
     "predict",
     "project",
+    "projection_parameters",
     "projections",
     "sampling",
     "sigma_summary",

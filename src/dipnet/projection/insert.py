@@ -20,7 +20,8 @@ from ..schema import check, param
 from . import _fast
 from .layer import GaussianProjection, ProjectionConfig
 
-__all__ = ["DEFAULT_TARGETS", "PlacementConfig", "is_projected", "project", "projections", "sigma_summary", "strip"]
+__all__ = ["DEFAULT_TARGETS", "PlacementConfig", "is_projected", "project", "projection_parameters", "projections",
+           "sigma_summary", "strip"]
 
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _BLOCK_WORDS = ("attention", "attn", "mlp", "feedforward", "ffn")
@@ -132,8 +133,8 @@ def project(
 ) -> nn.Module:
     """Insert a :class:`GaussianProjection` in front of every targeted layer, in place; returns ``model``.
 
-    ``settings`` are the fields of :class:`PlacementConfig`: ``sigma`` (default 0.1), ``scale``
-    (absolute/relative), ``granularity`` (feature/layer), ``project_input`` (False skips the first
+    ``settings`` are the fields of :class:`PlacementConfig`: ``sigma`` (default 0.2), ``scale``
+    (relative, the default: sigma times the running RMS of the layer's input; or absolute), ``granularity`` (feature/layer), ``project_input`` (False skips the first
     targeted layer, the one reading the raw input), ``noise``, ``input_grad_fraction`` and
     ``rms_momentum`` (see :class:`GaussianProjection`; the defaults "auto"/None mean the noise
     table and a 1/8 window on a CPU, fresh noise and the exact gradient on an accelerator: the
@@ -180,6 +181,12 @@ def projections(model: nn.Module) -> list[tuple[str, GaussianProjection]]:
         if isinstance(proj, GaussianProjection):
             out.append((name, proj))
     return out
+
+
+def projection_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learnable log-sigmas of every projection (for an optimizer group of their own:
+    ``[{"params": others}, {"params": projection_parameters(model), "weight_decay": 0.0, "perturb": False}]``)."""
+    return [p.log_sigma for _, p in projections(model) if p.learnable]
 
 
 def sigma_summary(model: nn.Module) -> dict[str, float]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from torch.nn.modules.batchnorm import _BatchNorm
+
 from ..schema import Limits, Validated, check, param
 from . import _fast
 from .insert import projections
@@ -18,8 +20,10 @@ from .noise import noise_layers, sampling
 
 __all__ = ["DEFAULT_PRIOR", "DIPNetLoss", "LossConfig", "predict"]
 
-# (alpha, beta) of the variance prior; its minimum is at lambda = sigma^2 = beta / alpha (sigma 0.5).
-DEFAULT_PRIOR: tuple[float, float] = (1e-2, 2.5e-3)
+# (alpha, beta) of the variance prior; its minimum is at lambda = sigma^2 = beta / alpha: sigma 0.2,
+# relative to each layer input's RMS at the default relative scale. Chosen on validation across
+# four tasks (suites/dipnet-defaults.toml, docs/dipnet.md "Defaults").
+DEFAULT_PRIOR: tuple[float, float] = (1e-2, 4e-4)
 
 
 @dataclass
@@ -27,6 +31,8 @@ class LossConfig(Validated):
     """The settings of :class:`DIPNetLoss`, with their limits."""
 
     trajectories: int = param(1, ge=1, doc="m: noise draws per example, stacked in one forward")
+    batchnorm: Literal["pooled", "per-trajectory"] = param(
+        "pooled", doc="BatchNorm statistics of the m trajectories: pooled in one forward, or one forward each")
     stability: float = param(0.0, ge=0, doc="weight of the trajectories' prediction spread (m > 1)")
     alpha: float = param(DEFAULT_PRIOR[0], ge=0, doc="variance prior: alpha * lambda")
     beta: float = param(DEFAULT_PRIOR[1], ge=0, doc="variance prior: - beta * ln lambda")
@@ -47,9 +53,12 @@ class DIPNetLoss:
     + sum_l sum_j (alpha * lambda_lj - beta * ln lambda_lj)``, ``lambda = sigma^2`` (learnable only).
 
     ``parts`` holds the detached terms of the last call: ``loss``, and ``stability`` / ``prior``
-    when they are active. The default prior :data:`DEFAULT_PRIOR` pulls each sigma towards
-    ``sqrt(beta / alpha) = 0.5``; without it the data term shrinks sigma and DIPNet trains like ERM
-    (measured: docs/dipnet.md, "Experiments"). ``prior=(0, 0)`` turns it off.
+    when they are active. BatchNorm layers see the m trajectories as one batch of m B rows
+    (``batchnorm="pooled"``, the default and the fast path: one forward) or each trajectory as its
+    own batch of B rows (``"per-trajectory"``: m forwards, running statistics updated m times,
+    as m separate samples would). The default prior :data:`DEFAULT_PRIOR` pulls each sigma towards
+    ``sqrt(beta / alpha) = 0.2`` (relative to the layer input's RMS at the default relative scale);
+    without a prior the data term shrinks sigma and DIPNet trains like ERM. ``prior=(0, 0)`` turns it off.
     """
 
     def __init__(
@@ -58,9 +67,11 @@ class DIPNetLoss:
         trajectories: int = 1,
         stability: float = 0.0,
         prior: tuple[float, float] = DEFAULT_PRIOR,
+        batchnorm: str = "pooled",
     ) -> None:
         alpha, beta = _prior_pair(prior)
-        self._setup(criterion, LossConfig(trajectories=trajectories, stability=stability, alpha=alpha, beta=beta))
+        self._setup(criterion, LossConfig(trajectories=trajectories, stability=stability, alpha=alpha, beta=beta,
+                                          batchnorm=batchnorm))
 
     @classmethod
     def from_config(cls, config: LossConfig,
@@ -71,7 +82,7 @@ class DIPNetLoss:
 
     def _setup(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], config: LossConfig) -> None:
         self.criterion, self.trajectories, self.stability = criterion, config.trajectories, config.stability
-        self.alpha, self.beta = config.alpha, config.beta
+        self.alpha, self.beta, self.batchnorm = config.alpha, config.beta, config.batchnorm
         self.parts: dict[str, torch.Tensor] = {}
         self._cache: tuple[Any, int, list[torch.Tensor]] | None = None
 
@@ -104,7 +115,10 @@ class DIPNetLoss:
         m, batch = self.trajectories, x.shape[0]
         xr = x.repeat(m, *([1] * (x.ndim - 1))) if m > 1 else x
         try:
-            logits = model(xr)
+            if m > 1 and self.batchnorm == "per-trajectory" and any(isinstance(mod, _BatchNorm) for mod in model.modules()):
+                logits = torch.cat([model(x) for _ in range(m)])
+            else:
+                logits = model(xr)
         except RuntimeError as exc:
             if m == 1:
                 raise

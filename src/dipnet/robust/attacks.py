@@ -35,9 +35,12 @@ MODES = ("eval", "noise", "keep")
 @contextlib.contextmanager
 def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
     """Put ``model`` in the attack's mode with frozen weights; restore every flag on exit.
-    No buffer changes: ``"noise"`` samples through :func:`dipnet.projection.sampling`."""
+    No buffer changes: ``"noise"`` samples through :func:`dipnet.projection.sampling`; ``"keep"``
+    runs the model in the modes it has and puts its buffers (BatchNorm statistics, running RMS)
+    back as they were."""
     _choice(mode, "mode", MODES)
     requires = [(p, p.requires_grad) for p in model.parameters()]
+    kept = [(b, b.detach().clone()) for b in model.buffers()] if mode == "keep" else []
     try:
         with contextlib.ExitStack() as stack:
             if mode == "eval":
@@ -55,6 +58,9 @@ def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
     finally:
         for p, flag in requires:
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, value in kept:
+                b.copy_(value)
 
 
 def _choice(value: object, name: str, allowed: tuple[str, ...]) -> str:

@@ -1,0 +1,304 @@
+"""Stored evidence: every figure the README and docs/ quote is generated from a committed run store.
+
+A suite's runs are exported to ``docs/results/<suite>/runs.jsonl.gz`` (:func:`export_suite`: the
+suite's metadata, then one JSON line per run with its config and results), small enough to
+commit and complete enough to rebuild the store (:func:`import_suite`). In Markdown, a region
+
+    <!-- dipnet:begin table suite=comparison task=mnist1d-mlp -->
+    ...generated...
+    <!-- dipnet:end -->
+
+is a *fragment*: :func:`render` regenerates it from the export. ``python -m
+dipnet.experiments.evidence check`` (``make docs-check``, run by ``make test``) fails on any
+fragment whose text differs from what the committed exports give; ``... write`` rewrites them.
+
+Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p),
+``sweep`` (every configuration of the swept methods, validation and test), ``sigma`` (learned
+sigma per layer), ``measures`` (instrument results per method, ``keys=a.b,c.d``), ``claims``
+(prose generated from the numbers, ``name=...``; see :data:`CLAIMS`).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import DataError
+from .claims import CLAIMS
+from .runspec import RunSpec
+from .stats import adjust, format_p, paired_compare, summarize
+from .store import RunStore
+from .tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
+
+EXPORT_FORMAT = "dipnet-suite-export-1"
+RESULTS = Path("docs") / "results"
+_BEGIN = re.compile(r"<!-- dipnet:begin (\w+)((?: [\w.-]+=[^ ]*)*) -->")
+_END = "<!-- dipnet:end -->"
+
+
+def export_path(root: Path, suite: str) -> Path:
+    return Path(root) / RESULTS / suite / "runs.jsonl.gz"
+
+
+def export_suite(store_path: str | Path, suite: str, out: str | Path) -> Path:
+    """Write the suite's metadata and every run of it (done or failed) as gzip'd JSON lines."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with RunStore(store_path, create=False) as store:
+        meta = store.get_meta(f"suite:{suite}")
+        if meta is None:
+            raise DataError(f"{store_path} holds no suite {suite!r}; suites there: {', '.join(store.suites()) or 'none'}")
+        lines = [json.dumps({"format": EXPORT_FORMAT, "suite": suite, "meta": meta}, sort_keys=True)]
+        for r in store.runs(suite=suite):
+            lines.append(json.dumps({"key": r.key, "status": r.status, "spec": r.spec.to_dict(), "task": r.task,
+                                     "method": r.method, "seed": r.seed, "results": r.results, "error": r.error},
+                                    sort_keys=True, allow_nan=True))
+    # mtime 0: the same runs give the same bytes, so an unchanged export makes no diff
+    with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as fh:
+        fh.write(("\n".join(lines) + "\n").encode())
+    return out
+
+
+def import_suite(path: str | Path, store_path: str | Path) -> str:
+    """Rebuild a suite's runs from an export into the store at ``store_path``; returns the suite name."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable suite export ({exc})") from None
+    if not rows or rows[0].get("format") != EXPORT_FORMAT:
+        raise DataError(f"{path} is not a dipnet suite export (format {EXPORT_FORMAT})")
+    suite, meta = rows[0]["suite"], rows[0]["meta"]
+    with RunStore(store_path) as store:
+        store.set_meta(f"suite:{suite}", meta)
+        specs = []
+        for row in rows[1:]:
+            spec = RunSpec.from_dict({**row["spec"], "suite": suite, "task": row["task"], "method": row["method"]})
+            specs.append(spec)
+        store.set_suite(suite, specs)
+        for spec, row in zip(specs, rows[1:]):
+            store.claim(spec.key, "import")
+            if row["status"] == "done":
+                store.finish(spec.key, row["results"])
+            else:
+                store.fail(spec.key, row.get("error") or "failed", row.get("results"))
+    return suite
+
+
+# ---------------------------------------------------------------- fragments
+
+
+@dataclass(frozen=True)
+class Fragment:
+    kind: str
+    args: dict[str, str]
+    start: int  # index of the first generated line
+    end: int  # index of the end marker
+    file: Path
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.start}"
+
+
+def find_fragments(path: Path, lines: list[str]) -> list[Fragment]:
+    out, open_ = [], None
+    for i, line in enumerate(lines):
+        m = _BEGIN.fullmatch(line.strip())
+        if m:
+            if open_ is not None:
+                raise DataError(f"{path}:{i + 1}: a fragment begins inside another (missing {_END})")
+            args = dict(a.split("=", 1) for a in m.group(2).split())
+            open_ = (m.group(1), args, i + 1)
+        elif line.strip() == _END:
+            if open_ is None:
+                raise DataError(f"{path}:{i + 1}: {_END} without a begin marker")
+            out.append(Fragment(open_[0], open_[1], open_[2], i, path))
+            open_ = None
+    if open_ is not None:
+        raise DataError(f"{path}: a fragment of kind {open_[0]!r} never ends ({_END})")
+    return out
+
+
+class Evidence:
+    """The committed exports of a repository, imported on demand into temporary stores."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._dir = tempfile.TemporaryDirectory(prefix="dipnet-evidence-")
+        self._tables: dict[str, list[TaskTable]] = {}
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+    def __enter__(self) -> "Evidence":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tables(self, suite: str) -> list[TaskTable]:
+        if suite not in self._tables:
+            export = export_path(self.root, suite)
+            if not export.exists():
+                raise DataError(f"no committed runs for suite {suite!r} ({export}); run the suite and export it")
+            store = Path(self._dir.name) / f"{suite}.sqlite"
+            import_suite(export, store)
+            with RunStore(store, create=False) as s:
+                self._tables[suite] = task_tables(s, suite)
+        return self._tables[suite]
+
+    def table(self, suite: str, task: str) -> TaskTable:
+        for t in self.tables(suite):
+            if t.task == task:
+                return t
+        raise DataError(f"suite {suite!r} has no task {task!r}; tasks: {', '.join(t.task for t in self.tables(suite))}")
+
+
+def _markdown(cells: tuple[list[str], list[list[str]]] | None) -> list[str]:
+    if cells is None:
+        return ["(none)"]
+    header, rows = cells
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+
+
+def _lookup(results: dict[str, Any], dotted: str) -> float | None:
+    value: Any = (results or {}).get("measures") or {}
+    if dotted.startswith("final."):
+        value, dotted = (results or {}).get("final") or {}, dotted[len("final."):]
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def measures_cells(table: TaskTable, keys: list[str], scale: float = 1.0,
+                   digits: int = 3) -> tuple[list[str], list[list[str]]]:
+    """Per method (its chosen configuration) and measure ``key`` (a dotted path into the run's
+    measures, or ``final.x``): mean ± 95% CI over seeds, and for the others the paired difference
+    with the baseline, its 95% CI and Holm-adjusted p (over the cells of this fragment)."""
+    by_method = {row.method: {r.seed: r for r in table.runs.get(row.method, []) if r.status == "done"}
+                 for row in table.rows}
+    base = next((row.method for row in table.rows if row.vs_baseline is None), table.rows[0].method)
+    comps, slots = [], []
+    for row in table.rows:
+        for key in keys:
+            if row.method == base:
+                continue
+            a = {s: _lookup(r.results, key) for s, r in by_method[row.method].items()}
+            b = {s: _lookup(r.results, key) for s, r in by_method[base].items()}
+            comps.append(paired_compare({s: v for s, v in a.items() if v is not None},
+                                        {s: v for s, v in b.items() if v is not None}))
+            slots.append((row.method, key))
+    adjusted = dict(zip(slots, adjust(comps)))
+    body = []
+    for row in table.rows:
+        cells = [row.method]
+        for key in keys:
+            s = summarize(_lookup(r.results, key) for r in by_method[row.method].values())
+            cell = s.format(scale, digits)
+            comp = adjusted.get((row.method, key))
+            if comp is not None and comp.n >= 2 and math.isfinite(comp.diff.half_width):
+                d = comp.diff
+                cell += (f" (Δ {d.mean * scale:+.{digits}f} [{d.low * scale:+.{digits}f}, {d.high * scale:+.{digits}f}],"
+                         f" p_Holm {format_p(comp.p)})")
+            cells.append(cell)
+        body.append(cells)
+    return ["method"] + keys, body
+
+
+def render(fragment: Fragment, evidence: Evidence) -> list[str]:
+    """The lines a fragment must hold, from the committed exports."""
+    a = fragment.args
+    if fragment.kind == "claims":
+        name = a.get("name", "")
+        if name not in CLAIMS:
+            raise DataError(f"{fragment.where}: unknown claims {name!r}; known: {', '.join(CLAIMS) or 'none'}")
+        return CLAIMS[name](evidence)
+    if "suite" not in a or "task" not in a:
+        raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite= and task=")
+    table = evidence.table(a["suite"], a["task"])
+    if fragment.kind == "table":
+        return [f"*{table.title}*", ""] + format_markdown(table) + ([""] + [table.resolution()] if table.resolution() else [])
+    if fragment.kind == "sweep":
+        return _markdown(sweep_cells(table))
+    if fragment.kind == "sigma":
+        return _markdown(sigma_cells(table))
+    if fragment.kind == "measures":
+        keys = [k for k in a.get("keys", "").split(",") if k]
+        if not keys:
+            raise DataError(f"{fragment.where}: a measures fragment needs keys=a.b,c.d")
+        return _markdown(measures_cells(table, keys, float(a.get("scale", 1)), int(a.get("digits", 3))))
+    raise DataError(f"{fragment.where}: unknown fragment kind {fragment.kind!r}; known: table, sweep, sigma, measures, claims")
+
+
+def documents(root: str | Path) -> list[Path]:
+    root = Path(root)
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.exists()]
+
+
+def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = False) -> list[str]:
+    """Regenerate every fragment; return one line per fragment that differs (rewriting it when
+    ``write``)."""
+    problems = []
+    with Evidence(root) as evidence:
+        for path in files or documents(root):
+            lines = path.read_text(encoding="utf-8").split("\n")
+            changed = False
+            for frag in reversed(find_fragments(path, lines)):
+                try:
+                    want = render(frag, evidence)
+                except DataError as exc:
+                    problems.append(f"{frag.where}: {exc}")
+                    continue
+                if lines[frag.start:frag.end] != want:
+                    problems.append(f"{frag.where}: {frag.kind} {' '.join(f'{k}={v}' for k, v in frag.args.items())} "
+                                    "differs from the committed runs")
+                    lines[frag.start:frag.end] = want
+                    changed = True
+            if write and changed:
+                path.write_text("\n".join(lines), encoding="utf-8")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dipnet.experiments.evidence",
+                                description="Check (or rewrite) the figures README.md and docs/*.md quote against "
+                                            "the committed suite exports in docs/results/.")
+    p.add_argument("action", choices=("check", "write", "export"))
+    p.add_argument("--root", default=".", help="repository root (default: .)")
+    p.add_argument("--store", help="export: the run store to export from")
+    p.add_argument("--suite", help="export: the suite to export")
+    args = p.parse_args(argv)
+    if args.action == "export":
+        if not (args.store and args.suite):
+            p.error("export needs --store and --suite")
+        print(export_suite(args.store, args.suite, export_path(Path(args.root), args.suite)))
+        return 0
+    try:
+        problems = check(args.root, write=args.action == "write")
+    except DataError as exc:
+        print(f"docs-check: error: {exc}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(("rewrote " if args.action == "write" else "") + line, file=sys.stderr)
+    n = sum(len(find_fragments(f, f.read_text(encoding="utf-8").split("\n"))) for f in documents(args.root))
+    if args.action == "check":
+        print(f"docs-check: {n} generated fragment(s), {len(problems)} differing from the committed runs")
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

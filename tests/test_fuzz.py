@@ -1,0 +1,199 @@
+"""Fuzzers (issue 18), seeded and bounded in time: the command line over random arguments, and the
+file readers over mutated bytes (IDX, CIFAR pickles, the SQLite run store, safetensors
+checkpoints). Every outcome must be a result or one clear error: never a traceback."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pickle
+import random
+import sqlite3
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dipnet.cli import build_parser, main
+from dipnet.data import load_dataset
+from dipnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from dipnet.errors import DipnetError
+from dipnet.experiments import RunStore, parse_suite, run_suite
+from dipnet.methods import component_class, method_names
+
+BUDGET_S = 25.0
+VALUES = ["0", "-1", "1", "2", "0.5", "-0.5", "1e300", "-1e300", "1e-300", "nan", "inf", "-inf", "abc", "",
+          "1180591620717411303424", "relative", "absolute", "cuda", "cpu", "none", "true", "false", "1,2,3",
+          "a,b", "/", "/etc/passwd", "x=1", "seed=abc", "widths=0", "depth=-1", "--", "é", "0x10", "[1]", "{}"]
+SUBCOMMANDS = ["train", "eval", "measure", "robust", "compare", "report", "methods", "datasets", "models"]
+
+
+def _options(command: str) -> list[str]:
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    flags = [s for a in sub._actions for s in a.option_strings if s.startswith("--") and s not in ("--help",)]
+    if command == "train":
+        for name in method_names():
+            if name != "erm":
+                flags += [f"--{name}.{f}" for f in component_class(name).__dataclass_fields__]
+                flags += [f"--{f.replace('_', '-')}" for f in component_class(name).__dataclass_fields__]
+    return flags + ["--no-such-flag"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--out", str(run),
+                 "--progress", "none", "--threads", "1"]) == 0
+    return run
+
+
+def test_cli_fuzzer_finds_no_traceback(tiny_run, tmp_path, monkeypatch, capsys):
+    """Random command lines (seeded): each ends in exit 0/1/2 with one line, or trains a tiny run."""
+    import dipnet.experiments
+    from dipnet.engine import Trainer
+
+    def stop(*args, **kwargs):  # a valid command got through every check: stop before any training
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", stop)
+    monkeypatch.setattr(dipnet.experiments, "run_suite", stop)
+    rng = random.Random(18)
+    options = {c: _options(c) for c in SUBCOMMANDS}
+    positional = {"eval": str(tiny_run), "measure": str(tiny_run), "robust": str(tiny_run), "compare": "default",
+                  "report": str(tmp_path / "none.sqlite")}
+    deadline, cases = time.time() + BUDGET_S, 0
+    while time.time() < deadline and cases < 600:
+        command = rng.choice(SUBCOMMANDS)
+        argv = [command]
+        if command in positional and rng.random() < 0.8:
+            argv.append(rng.choice([positional[command], rng.choice(VALUES)]))
+        for _ in range(rng.randint(0, 5)):
+            argv.append(rng.choice(options[command]))
+            if rng.random() < 0.85:
+                argv.append(rng.choice(VALUES + [str(tmp_path / "out")]))
+        if command in ("measure", "robust"):
+            argv += ["--n", "8", "--threads", "1"]
+            if command == "robust":
+                argv += ["--steps", "1", "--corruptions", "none", "--no-shift"]
+            else:
+                argv += ["--what", "jacobian,lipschitz"]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = exc.code
+            except Exception as exc:  # noqa: BLE001 - this is what the fuzzer hunts
+                pytest.fail(f"dipnet {' '.join(argv)!r} raised {type(exc).__name__}: {exc}")
+        text = err.getvalue() + capsys.readouterr().err
+        assert "Traceback" not in text, (argv, text)
+        assert code in (0, 1, 2, 130), (argv, code, text)
+        cases += 1
+    assert cases >= 50
+
+
+def _mutate(raw: bytes, rng: random.Random) -> bytes:
+    data = bytearray(raw)
+    kind = rng.random()
+    if kind < 0.3 and data:
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind < 0.5:
+        data = data[: rng.randrange(len(data) + 1)]
+    elif kind < 0.7:
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    elif kind < 0.85 and len(data) > 8:
+        i = rng.randrange(len(data) - 4)
+        data[i:i + 4] = struct.pack(">i", rng.choice([-1, 0, 2**31 - 1, 7, 2051, 2049]))
+    else:
+        data = bytearray(rng.randbytes(rng.randint(0, 200)))
+    return bytes(data)
+
+
+def _fuzz_files(make, load, seconds: float, allowed=(DipnetError,)) -> int:
+    rng, n, deadline = random.Random(7), 0, time.time() + seconds
+    originals = make()
+    while time.time() < deadline and n < 300:
+        for path, raw in originals.items():
+            path.write_bytes(_mutate(raw, rng) if rng.random() < 0.7 else raw)
+        try:
+            load()
+        except allowed:
+            pass
+        n += 1
+    return n
+
+
+def test_idx_reader_fuzzed(tmp_path):
+    def make():
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 256, (30, 4, 4), dtype=np.uint8)
+        lab = (np.arange(30) % 10).astype(np.uint8)
+        out = {}
+        for name, arr, magic in (("t10k-images-idx3-ubyte", img, 2051), ("t10k-labels-idx1-ubyte", lab, 2049)):
+            raw = struct.pack(">i", magic) + struct.pack(f">{arr.ndim}i", *arr.shape) + arr.tobytes()
+            (tmp_path / name).write_bytes(raw)
+            out[tmp_path / name] = raw
+        return out
+
+    assert _fuzz_files(make, lambda: load_dataset("mnist", root=tmp_path, n_test=10, val_size=0), 4) > 20
+
+
+def test_cifar_reader_fuzzed(tmp_path):
+    folder = tmp_path / "cifar10"
+
+    def make():
+        folder.mkdir(exist_ok=True)
+        rng = np.random.default_rng(0)
+        out = {}
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"labels": list(rng.integers(0, 10, 3)), b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8)}
+            raw = pickle.dumps(batch, protocol=2)
+            (folder / name).write_bytes(raw)
+            out[folder / name] = raw
+        meta = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}, protocol=2)
+        (folder / "batches.meta").write_bytes(meta)
+        out[folder / "batches.meta"] = meta
+        return out
+
+    assert _fuzz_files(make, lambda: load_dataset("cifar10", root=folder, val_size=0), 4) > 10
+
+
+def test_run_store_fuzzed(tmp_path):
+    store = tmp_path / "s.sqlite"
+    suite = parse_suite('[tasks.t]\ndata = "synthetic"\nmodel = "mlp"\n[methods.erm]\n[methods.input-noise]\n',
+                        "s.toml")
+
+    def fake(config, run_dir):
+        return {"final": {"test_acc": 0.5, "val_acc": 0.5}, "history": []}
+
+    run_suite(suite, store, train_fn=fake)
+    with sqlite3.connect(store) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for extra in (store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        extra.unlink(missing_ok=True)
+
+    def load():
+        from dipnet.experiments import write_report
+
+        with RunStore(store, create=False) as s:
+            s.runs()
+            s.suites()
+        write_report(store, tmp_path / "rep")
+
+    assert _fuzz_files(lambda: {store: store.read_bytes()}, load, 5) > 10
+
+
+def test_checkpoint_reader_fuzzed(tmp_path):
+    path = tmp_path / "c.safetensors"
+
+    def make():
+        save_checkpoint(path, {"w": torch.randn(4, 3)}, {"epoch": 1, "history": [{"a": 1.0}], "t": torch.ones(2)})
+        return {path: path.read_bytes()}
+
+    assert _fuzz_files(make, lambda: load_checkpoint(path), 3) > 20
+    json.dumps({})  # the reader never needed anything but safetensors and JSON

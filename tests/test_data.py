@@ -249,11 +249,49 @@ def test_every_shift_turns_its_knobs_up_monotonically_from_the_package_defaults(
         assert all(a[key] < b[key] for a, b in zip(levels, levels[1:]))
 
 
-def test_shared_data_root_resolves_beside_the_repository():
-    import dipnet.data._util as util
+def test_data_root_precedence_on_a_built_folder_layout(tmp_path, monkeypatch):
+    """root= beats $DIPNET_DATA/<name>, which beats ../shared/data/<name> beside the repository;
+    every expected folder is written out by hand for a layout built here."""
+    from dipnet.data._util import data_root
 
-    expected = Path(__file__).resolve().parents[2] / "shared" / "data"
-    assert Path(util.__file__).resolve().parents[3].parent / "shared" / "data" == expected
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / "pyproject.toml").is_file() and (repo / "src" / "dipnet").is_dir()
+    shared = repo.parent / "shared" / "data"
+    own, env = tmp_path / "own", tmp_path / "env"
+    own.mkdir()
+    (env / "fashion-mnist").mkdir(parents=True)
+    monkeypatch.setenv("DIPNET_DATA", str(env))
+    assert data_root(own, "fashion-mnist") == own
+    assert data_root(str(own), "no-such-set") == own
+    assert data_root(None, "fashion-mnist") == env / "fashion-mnist"
+    with pytest.raises(DataError, match="does not exist"):  # a root that is missing never falls back
+        data_root(tmp_path / "missing", "fashion-mnist")
+    with pytest.raises(DataError) as err:
+        data_root(None, "no-such-set")
+    assert f"(looked in {env / 'no-such-set'}, {shared / 'no-such-set'})" in str(err.value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DIPNET_DATA", "~/env")
+    assert data_root(None, "fashion-mnist") == env / "fashion-mnist"
+    assert data_root("~/own", "fashion-mnist") == own
+    monkeypatch.setenv("DIPNET_DATA", "")
+    with pytest.raises(DataError) as err:
+        data_root(None, "fashion-mnist")
+    assert f"(looked in {shared / 'fashion-mnist'})" in str(err.value)
+    if (shared / "mnist").is_dir():
+        monkeypatch.delenv("DIPNET_DATA")
+        assert data_root(None, "mnist") == shared / "mnist"
+        (env / "mnist").mkdir()
+        monkeypatch.setenv("DIPNET_DATA", str(env))
+        assert data_root(None, "mnist") == env / "mnist"
+    # end to end: a loader given no root reads the files under $DIPNET_DATA/<name>
+    images = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2) * 20
+    write_idx(env / "fashion-mnist" / "train-images-idx3-ubyte", images, 2051, False)
+    write_idx(env / "fashion-mnist" / "train-labels-idx1-ubyte", np.array([2, 0, 1]), 2049, False)
+    write_idx(env / "fashion-mnist" / "t10k-images-idx3-ubyte", images[:1], 2051, False)
+    write_idx(env / "fashion-mnist" / "t10k-labels-idx1-ubyte", np.array([2]), 2049, False)
+    ds = load_dataset("fashion-mnist", val_size=0)
+    assert ds.info.extra["folder"] == str(env / "fashion-mnist")
+    assert ds.y_train.tolist() == [2, 0, 1] and torch.equal((ds.x_train[:, 0] * 255).round(), torch.from_numpy(images).float())
 
 
 def test_cifar100_official_format_uses_fine_labels(tmp_path):

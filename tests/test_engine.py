@@ -110,8 +110,18 @@ def test_warmup_then_cosine_and_step_decay():
         lr_at(0, 10, 1.0, "linear")
 
 
+def _hand_lr(step: int) -> float:
+    """Warm-up over 4 steps to 0.01, then cosine to 0 over the remaining 8 (Loshchilov & Hutter eq. 5),
+    written out here rather than taken from ``lr_at``."""
+    if step < 4:
+        return 0.01 * (step + 1) / 4
+    return 0.01 * 0.5 * (1 + math.cos(math.pi * (step - 4) / 8))
+
+
 def test_trainer_applies_schedule_each_step(monkeypatch):
-    seen = []
+    """3 epochs of 4 batches, one warm-up epoch: the optimizer moves every weight by exactly
+    -lr(step) * grad with lr(step) the hand-written schedule, and the epoch records carry it."""
+    seen, moved = [], []
 
     @dataclass
     class Spy(Component):
@@ -122,17 +132,43 @@ def test_trainer_applies_schedule_each_step(monkeypatch):
             seen.append(ctx.lr)
             return x, y
 
+    @dataclass
+    class PlainSgdProbe(Component):
+        """Measures the step size the optimizer really took: delta = -lr * grad for plain SGD."""
+
+        name = "probe"
+        slots = frozenset({"update"})
+
+        def update(self, model, optimizer, closure, ctx):
+            optimizer.zero_grad(set_to_none=True)
+            closure()
+            before = [(p.detach().clone(), p.grad.detach().clone()) for p in model.parameters()]
+            optimizer.step()
+            delta = torch.cat([(p.detach() - w).flatten() for p, (w, _) in zip(model.parameters(), before)])
+            grad = torch.cat([g.flatten() for _, g in before])
+            lr = float(-(delta * grad).sum() / (grad * grad).sum())  # least squares fit of delta = -lr * grad
+            moved.append((lr, float((delta + lr * grad).abs().max())))
+            return True
+
     from dipnet.methods import Method
 
     ds = toy_dataset(n_train=100)
-    cfg = TrainConfig(epochs=3, batch_size=25, lr=0.01, schedule="cosine", warmup_epochs=1, progress="none")
-    train(cfg, dataset=ds, model=toy_model, callbacks=())  # sanity: runs
+    cfg = TrainConfig(epochs=3, batch_size=25, lr=0.01, schedule="cosine", warmup_epochs=1, optimizer="sgd",
+                      momentum=0.0, progress="none")
+    plain = train(cfg, dataset=ds, model=toy_model, callbacks=())
+    assert [h["step"] for h in plain.history] == [4, 8, 12]
+    assert [h["lr"] for h in plain.history] == pytest.approx([_hand_lr(3), _hand_lr(7), _hand_lr(11)], rel=1e-12)
+    assert plain.final["example_grads"] == 3 * 100 and plain.final["epochs"] == 3
     from dipnet.engine import setup
 
-    monkeypatch.setattr(setup, "build_method", lambda spec, params: Method([Spy()]))
+    monkeypatch.setattr(setup, "build_method", lambda spec, params: Method([Spy(), PlainSgdProbe()]))
     train(cfg, dataset=ds, model=toy_model)
-    expected = [lr_at(s, 12, 0.01, "cosine", warmup_steps=4) for s in range(12)]
-    assert seen == pytest.approx(expected)
+    expected = [_hand_lr(s) for s in range(12)]
+    assert expected[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01]) and expected[8] == pytest.approx(0.005)
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert len(moved) == 12
+    for (lr_taken, residual), lr in zip(moved, expected):
+        assert lr_taken == pytest.approx(lr, rel=1e-4) and residual < 1e-7
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_cli_fuzzer_finds_no_traceback(tiny_run, tmp_path, monkeypatch, capsys):
-    """Random command lines (seeded): each ends in exit 0/1/2 with one line, or trains a tiny run."""
+    """Random command lines (seeded): each ends in exit 0/1/2 with one line, or trains a tiny run.
+    It runs in a temporary folder: relative paths the fuzzer makes up land there."""
+    monkeypatch.chdir(tmp_path)
     import dipnet.experiments
     from dipnet.engine import Trainer
 

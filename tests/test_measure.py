@@ -237,8 +237,34 @@ def test_jacobian_spectral_norm_matches_dense_svd():
     assert torch.allclose(jacobian_spectral_norm(model, x, iters=300), exact, rtol=1e-6)
 
 
+def _operator_matrix(layer: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """The dense matrix of an affine layer's linear part at one input of ``shape``: column j = A e_j."""
+    n = math.prod(shape)
+    basis = torch.eye(n, dtype=torch.float64).view(n, *shape)
+    with torch.no_grad():
+        return (layer(basis) - layer(torch.zeros_like(basis))).flatten(1).T
+
+
+def _spec(matrix: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+def test_lipschitz_bounds_of_a_single_linear_layer_are_its_spectral_norm():
+    torch.manual_seed(0)
+    lin = nn.Linear(9, 5).double()
+    x = torch.randn(4, 9, dtype=torch.float64)
+    exact = _spec(lin.weight.detach())
+    lower, upper = lipschitz_bounds(lin, x)
+    # the Jacobian is W everywhere: both bounds are the constant itself
+    assert math.isclose(upper, exact, rel_tol=1e-6) and math.isclose(lower, exact, rel_tol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_lipschitz_upper_bounds_lower_and_every_difference_quotient(seed):
+def test_lipschitz_upper_is_the_product_of_closed_form_layer_norms_and_bounds_brute_force(seed):
+    """Upper bound = product of the layers' spectral norms (dense SVD of each operator, 1 for
+    ReLU/Hardtanh/Flatten and for a MaxPool1d(2) whose windows do not overlap, max |gamma| /
+    sqrt(var + eps) for eval BatchNorm); lower bound = the largest dense-Jacobian spectral norm over
+    the points; every difference quotient lies below the upper bound."""
     torch.manual_seed(seed)
     nets = [
         nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Hardtanh(), nn.Linear(16, 4)),
@@ -249,12 +275,24 @@ def test_lipschitz_upper_bounds_lower_and_every_difference_quotient(seed):
         net = net.double().eval()
         if isinstance(net[0], nn.Conv1d):
             net[3].running_var.uniform_(0.5, 2)
+            with torch.no_grad():
+                net[3].weight.uniform_(-2, 2)
             x = torch.randn(32, 1, 8, dtype=torch.float64)
+            bn = net[3]
+            bn_norm = float((bn.weight.detach() / (bn.running_var + bn.eps).sqrt()).abs().max())
+            expected = [_spec(_operator_matrix(net[0], (1, 8))), 1.0, 1.0, bn_norm, 1.0, _spec(net[5].weight.detach())]
+            assert math.isclose(_spec(_operator_matrix(bn, (4, 4))), bn_norm, rel_tol=1e-12)
         else:
             x = torch.randn(32, 8, dtype=torch.float64)
+            expected = [_spec(net[0].weight.detach()), 1.0, _spec(net[2].weight.detach()), 1.0, _spec(net[4].weight.detach())]
         bounds = lipschitz_bounds(net, x)
         lower, upper = bounds
-        assert bounds.upper_verified and 0 < lower <= upper
+        assert bounds.upper_verified
+        assert [v for _, v in bounds.layers] == pytest.approx(expected, rel=1e-6)
+        assert math.isclose(upper, math.prod(expected), rel_tol=1e-6)
+        local = torch.linalg.matrix_norm(dense_jacobians(net, x).flatten(2), ord=2)
+        assert math.isclose(lower, float(local.max()), rel_tol=1e-6)
+        assert float(local.max()) <= upper * (1 + 1e-9)
         x2 = x + 0.3 * torch.randn_like(x)
         with torch.no_grad():
             ratio = (net(x) - net(x2)).norm(dim=1) / (x - x2).flatten(1).norm(dim=1)
@@ -430,6 +468,7 @@ def test_measure_model_runs_every_instrument_and_restores_the_mode(tmp_path):
     assert set(out) >= {"jacobian", "jacobian_smoothed", "regions", "lipschitz", "curvature", "curvature_smoothed",
                         "sharpness", "landscape"}
     assert out["lipschitz"]["upper_verified"] and out["lipschitz"]["lower"] <= out["lipschitz"]["upper"]
+    assert out["lipschitz"]["upper"] == pytest.approx(_spec(model[1].weight.detach()) * _spec(model[3].weight.detach()), rel=1e-5)
     assert out["landscape"]["alphas"][10] == 0.0 and (tmp_path / "landscape.png").exists()
     with pytest.raises(ConfigError, match="unknown measure"):
         measure_model(model, ds, names="jacobian,hessian")

@@ -127,10 +127,130 @@ def test_resnet_published_param_counts() -> None:
     assert n_params(r20b) == 269_722 + 512 + 64 + 2048 + 128
 
 
-def test_resnet18_forward_two_images() -> None:
-    model = build_model("resnet18", info((3, 32, 32))).eval()
+def _resnet_count(in_ch: int, widths: tuple[int, ...], blocks: tuple[int, ...], classes: int, shortcut: str) -> int:
+    """Parameters of the CIFAR ResNet counted layer by layer: 3x3 convolutions without bias, two
+    per BatchNorm channel, a 1x1 conv + BN on each option-B projection shortcut, the Linear head."""
+    conv = lambda a, b, k: a * b * k * k  # noqa: E731
+    total = conv(in_ch, widths[0], 3) + 2 * widths[0]
+    prev = widths[0]
+    for i, (w, n) in enumerate(zip(widths, blocks)):
+        for j in range(n):
+            total += conv(prev, w, 3) + 2 * w + conv(w, w, 3) + 2 * w
+            if shortcut == "B" and (prev != w or (i > 0 and j == 0)):
+                total += conv(prev, w, 1) + 2 * w
+            prev = w
+    return total + prev * classes + classes
+
+
+def test_resnet_param_counts_equal_the_layer_by_layer_count() -> None:
+    assert _resnet_count(3, (16, 32, 64), (3, 3, 3), 10, "A") == 269_722  # the published 0.27M, exactly
+    assert _resnet_count(3, (64, 128, 256, 512), (2, 2, 2, 2), 10, "B") == 11_173_962
+    for name, kwargs, args in [
+        ("resnet20", {"width": 8}, ((8, 16, 32), (3, 3, 3), "A")),
+        ("resnet20", {"width": 8, "shortcut": "B"}, ((8, 16, 32), (3, 3, 3), "B")),
+        ("resnet18", {"width": 16}, ((16, 32, 64, 128), (2, 2, 2, 2), "B")),
+        ("resnet18", {"width": 16, "shortcut": "A"}, ((16, 32, 64, 128), (2, 2, 2, 2), "A")),
+    ]:
+        model = build_model(name, info((1, 28, 28), classes=7), **kwargs)
+        widths, blocks, shortcut = args
+        assert n_params(model) == _resnet_count(1, widths, blocks, 7, shortcut), (name, kwargs)
+
+
+def _randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so that eval-mode BN is not the identity."""
+    g = torch.Generator().manual_seed(11)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            with torch.no_grad():
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.2 * torch.randn(c, generator=g))
+    return model
+
+
+def _bn(h: torch.Tensor, w: dict, key: str) -> torch.Tensor:
+    """Eval-mode BatchNorm written out: (h - mean) / sqrt(var + 1e-5) * gamma + beta per channel."""
+    view = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+    return (h - view(w[f"{key}.running_mean"])) / view(w[f"{key}.running_var"] + 1e-5).sqrt() * view(w[f"{key}.weight"]) \
+        + view(w[f"{key}.bias"])
+
+
+def _block(h: torch.Tensor, w: dict, key: str, stride: int, out_ch: int, shortcut: str) -> torch.Tensor:
+    """relu(bn2(conv2(relu(bn1(conv1(h))))) + shortcut(h)), He et al. 2016 Fig. 2; option A subsamples
+    and zero-pads the new channels on both sides, option B is a strided 1x1 conv + BN."""
+    out = _bn(F.conv2d(h, w[f"{key}.conv1.weight"], stride=stride, padding=1), w, f"{key}.bn1").clamp(min=0)
+    out = _bn(F.conv2d(out, w[f"{key}.conv2.weight"], padding=1), w, f"{key}.bn2")
+    in_ch = h.shape[1]
+    if stride == 1 and in_ch == out_ch:
+        skip = h
+    elif shortcut == "A":
+        sub = h[:, :, ::stride, ::stride]
+        extra = out_ch - in_ch
+        zeros = lambda k: sub.new_zeros(sub.shape[0], k, *sub.shape[2:])  # noqa: E731
+        skip = torch.cat([zeros(extra // 2), sub, zeros(extra - extra // 2)], 1)
+    else:
+        skip = _bn(F.conv2d(h, w[f"{key}.shortcut.0.weight"], stride=stride), w, f"{key}.shortcut.1")
+    return (out + skip).clamp(min=0)
+
+
+def _resnet_forward(model: nn.Module, x: torch.Tensor, blocks: tuple[int, ...], widths: tuple[int, ...],
+                    shortcut: str) -> torch.Tensor:
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+    h = _bn(F.conv2d(x, w["conv1.weight"], padding=1), w, "bn1").clamp(min=0)
+    for i, (n, width) in enumerate(zip(blocks, widths)):
+        for j in range(n):
+            h = _block(h, w, f"layers.{i}.{j}", 2 if i > 0 and j == 0 else 1, width, shortcut)
+    return h.mean((2, 3)) @ w["fc.weight"].T + w["fc.bias"]
+
+
+@pytest.mark.parametrize("name,kwargs,blocks,widths,shortcut", [
+    ("resnet20", {}, (3, 3, 3), (16, 32, 64), "A"),
+    ("resnet20", {"width": 8, "shortcut": "B"}, (3, 3, 3), (8, 16, 32), "B"),
+    ("resnet18", {"width": 16}, (2, 2, 2, 2), (16, 32, 64, 128), "B"),
+], ids=str)
+def test_resnet_forward_equals_a_functional_forward(name, kwargs, blocks, widths, shortcut) -> None:
+    torch.manual_seed(6)
+    model = _randomize_batchnorm(build_model(name, info((3, 16, 16), classes=5), **kwargs)).eval()
+    x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+        torch.testing.assert_close(model(x), _resnet_forward(model, x, blocks, widths, shortcut), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x.flatten(1)), model(x), rtol=0, atol=0)
+
+
+def test_resnet_basic_blocks_equal_the_hand_computation() -> None:
+    """One block of each kind in eval mode: identity, option-A and option-B down-sampling shortcuts."""
+    from dipnet.models.resnet import BasicBlock
+
+    torch.manual_seed(7)
+    x = torch.randn(3, 4, 6, 6)
+    for args, shortcut in [((4, 4, 1), "A"), ((4, 8, 2), "A"), ((4, 8, 2), "B"), ((4, 6, 1), "B")]:
+        block = _randomize_batchnorm(BasicBlock(*args, shortcut=shortcut)).eval()
+        w = {k: v.detach() for k, v in block.state_dict().items()}
+        with torch.no_grad():
+            expected = _block(x, {f"b.{k}": v for k, v in w.items()}, "b", args[2], args[1], shortcut)
+            torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    # the option-A shortcut itself: the subsampled input in the middle channels, zeros in the two new ones each side
+    block = BasicBlock(4, 8, 2, shortcut="A").eval()
+    assert torch.equal(block.shortcut(x)[:, 2:6], x[:, :, ::2, ::2]) and not block.shortcut(x)[:, [0, 1, 6, 7]].any()
+
+
+@pytest.mark.parametrize("hidden", [0, 12])
+def test_cnn2d_forward_equals_a_functional_forward(hidden: int) -> None:
+    torch.manual_seed(8)
+    model = build_model("cnn2d", info((3, 12, 12), classes=6), channels=(5, 7), hidden=hidden)
+    x = torch.randn(4, 3, 12, 12)
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+    h = x
+    for i in range(2):  # conv3x3 (padding 1) -> ReLU -> 2x2 max-pool, twice: 12 -> 6 -> 3
+        h = F.max_pool2d(F.relu(F.conv2d(h, w[f"features.{i}.conv.weight"], w[f"features.{i}.conv.bias"], padding=1)), 2)
+    h = h.reshape(4, 7 * 3 * 3)
+    if hidden:
+        h = F.relu(F.linear(h, w["fc.weight"], w["fc.bias"]))
+    expected = F.linear(h, w["head.weight"], w["head.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
 
 
 # ---- second implementations ----
@@ -323,7 +443,12 @@ def test_docs_recipe_table_is_the_registry_and_the_cli_follows_it(tmp_path):
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     rows = dict(re.findall(r"^\| `([\w-]+)` \| (optimizer [^|]+) \|$", doc, flags=re.M))
-    assert rows == {name: recipe_text(model_recipe(name)) for name in list_models()}
+    from dipnet.models.registry import _REGISTRY
+
+    # the package's own models: other test files register stubs of their own in the same registry
+    shipped = [name for name in list_models() if _REGISTRY[name][0].__module__.startswith("dipnet.")]
+    assert set(ZOO) <= set(shipped)
+    assert rows == {name: recipe_text(model_recipe(name)) for name in shipped}
     assert main(["train", "--data", "synthetic", "--model", "mnist1d-mlp", "--epochs", "1", "--out", str(tmp_path / "r"),
                  "--progress", "none"]) == 0
     cfg = json.loads((tmp_path / "r" / "run.json").read_text())["config"]

@@ -158,17 +158,62 @@ def test_predict_modes():
     x = torch.randn(5, 40)
     p0 = predict(net, x)
     assert net.training  # flags restored
-    net.eval()
-    assert torch.equal(p0, net(x).softmax(-1))
+    plain = strip(copy.deepcopy(net)).eval()
+    assert torch.equal(p0, plain(x).softmax(-1))  # samples=0: the deterministic net without noise
     torch.manual_seed(0)
     pk = predict(net, x, samples=8)
-    torch.manual_seed(0)
-    for _, p in projections(net):
-        p.train()
+    assert net.training and torch.allclose(pk.sum(1), torch.ones(5)) and not torch.allclose(pk, p0, atol=1e-3)
+
+
+def _linear_projected(noise: str) -> nn.Module:
+    net = project(nn.Sequential(nn.Linear(3, 2)), sigma=1.2, scale="absolute", noise=noise)
     with torch.no_grad():
-        probs = net(torch.cat([x] * 8)).softmax(-1)
-    naive = sum(probs[5 * k:5 * k + 5] for k in range(8)) / 8
-    assert torch.allclose(pk, naive, atol=1e-6) and torch.allclose(pk.sum(1), torch.ones(5))
+        net[0].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.5, -2.0, 1.0]]))
+        net[0].bias.copy_(torch.tensor([0.0, 0.25]))
+    return net
+
+
+def test_predict_with_samples_averages_softmax_over_hand_drawn_input_noise():
+    """k passes of one projected Linear layer: p = mean_k softmax(W (x + sigma eps_k) + b), with the
+    eps drawn here from the same RNG stream (fresh noise, one (k*B, d) draw, pass-major)."""
+    net = _linear_projected("fresh")
+    W, b = net[0].weight.detach(), net[0].bias.detach()
+    x = torch.tensor([[0.5, -0.2, 0.1], [-1.0, 0.3, 0.8], [0.0, 0.0, 0.0], [2.0, 1.0, -1.0]])
+    torch.manual_seed(5)
+    pk = predict(net, x, samples=6)
+    torch.manual_seed(5)
+    eps = torch.randn(6, 4, 3)
+    hand = torch.zeros(4, 2)
+    for k in range(6):
+        for i in range(4):
+            z = W @ (x[i] + 1.2 * eps[k, i]) + b
+            hand[i] += torch.exp(z - z.max()) / torch.exp(z - z.max()).sum() / 6
+    assert torch.allclose(pk, hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("noise", ["fresh", "table"])
+def test_predict_with_samples_converges_to_the_gaussian_expectation(noise):
+    """Two classes: p_1 = sigmoid(z_1 - z_0) with z_1 - z_0 ~ N(mu, s^2), mu = (w_1 - w_0) x + b_1 - b_0,
+    s = sigma ||w_1 - w_0||. Its expectation and variance by Gauss-Hermite quadrature; the k-sample
+    mean lies within 5 standard errors. The softmax of the mean logit, sigmoid(mu), does not
+    (s = 3.2 pulls the expectation well toward 1/2)."""
+    from numpy.polynomial.hermite_e import hermegauss
+
+    net = _linear_projected(noise)
+    x = torch.tensor([[0.5, -0.2, 0.1], [-1.0, 0.3, 0.8], [0.0, 0.0, 0.0], [1.0, -0.5, 0.5], [0.4, -0.6, 0.3]])
+    d = torch.tensor([1.5, -2.0, 1.0], dtype=torch.float64)
+    mu = x.double() @ d + 0.25
+    s = 1.2 * float(d.norm())
+    nodes, weights = (torch.from_numpy(a) for a in hermegauss(80))
+    weights = weights / math.sqrt(2 * math.pi)
+    f = torch.sigmoid(mu[:, None] + s * nodes[None])
+    mean, var = (f * weights).sum(1), (f * f * weights).sum(1) - (f * weights).sum(1) ** 2
+    k = 4000
+    torch.manual_seed(1)
+    p1 = predict(net, x, samples=k)[:, 1].double()
+    se = (var / k).sqrt()
+    assert ((p1 - mean).abs() < 5 * se).all(), ((p1 - mean) / se).tolist()
+    assert ((torch.sigmoid(mu) - mean).abs() > 20 * se).sum() == 4
 
 
 def _custom_model() -> nn.Module:

@@ -25,6 +25,7 @@ from dipnet.robust import (
     fgsm,
     input_gradient,
     list_corruptions,
+    per_example_loss,
     pgd,
     shifted_sets,
 )
@@ -265,7 +266,37 @@ def test_attack_bad_inputs_raise_config_error():
             call()
 
 
-def test_cw_loss_is_margin_and_pgd_with_it_stays_valid():
+def test_cw_loss_is_the_margin_computed_by_hand():
+    """Carlini & Wagner (2017) eq. 6 without the clamp: max_{j != y} z_j - z_y, on logits chosen so
+    that the runner-up, ties and a correctly classified true maximum all occur."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 7.0], [-4.0, -3.0, -9.0]])
+    y = torch.tensor([0, 0, 1, 2, 2])
+    # row 0: others {3, 2} -> 3 - 1; row 1: {-1, 0} -> 0 - 5; row 2: {0, 0} -> 0 - 0; row 3: {2, 2} -> 2 - 7;
+    # row 4: {-4, -3} -> -3 - (-9)
+    assert per_example_loss(logits, y, "cw").tolist() == [2.0, -5.0, 0.0, -5.0, 6.0]
+    assert torch.allclose(per_example_loss(logits, y, "ce"), F.cross_entropy(logits, y, reduction="none"))
+
+
+def test_cw_gradient_and_pgd_reach_the_closed_form_of_a_linear_model():
+    model = linear(7, 4, seed=6)
+    torch.manual_seed(8)
+    x, y = torch.randn(20, 7, dtype=torch.float64), torch.randint(0, 4, (20,))
+    W, b = model[1].weight.detach(), model[1].bias.detach()
+    z = x @ W.T + b
+    runner_up = z.scatter(1, y[:, None], float("-inf")).argmax(1)
+    grad, value, _ = input_gradient(model, x, y, loss="cw")
+    assert torch.allclose(value, z.gather(1, runner_up[:, None])[:, 0] - z.gather(1, y[:, None])[:, 0])
+    assert torch.allclose(grad, W[runner_up] - W[y])  # d(z_j - z_y)/dx = w_j - w_y
+    # two classes: the margin is linear in x, so one L-inf step of size eps is the exact worst case
+    model2 = linear(10, 2, seed=9)
+    x2, y2 = torch.randn(30, 10, dtype=torch.float64), torch.randint(0, 2, (30,))
+    m, d = binary_margin(model2, x2, y2)
+    adv = pgd(model2, x2, y2, 0.2, steps=5, loss="cw", random_start=False)
+    assert torch.allclose(adv, x2 - 0.2 * d.sign(), atol=1e-12)
+    assert torch.allclose(per_example_loss(model2(adv).detach(), y2, "cw"), -(m - 0.2 * d.abs().sum(1)), atol=1e-9)
+
+
+def test_pgd_with_cw_loss_stays_valid_on_a_trained_net():
     model, x, y = trained_net(2)
     adv = pgd(model, x[:64], y[:64], 0.2, steps=5, loss="cw", bounds=(-4.0, 4.0))
     assert ((adv - x[:64]).abs() <= 0.2 + 1e-6).all()
@@ -549,12 +580,62 @@ def test_training_with_fgsm_examples_and_robust_cli(tmp_path, capsys):
     assert main(["robust", str(tmp_path / "nope")]) == 2
 
 
-def test_evaluate_robustness_reports_mnist1d_shifted_sets():
+def _nearest_class_of_the_sum() -> nn.Module:
+    """A linear model on 40-sample signals whose logits are -(sum(x) - c)^2 up to a term shared by
+    all classes (2c sum(x) - c^2): it predicts the class nearest to sum(x), and a circular shift
+    of the signal, which keeps the sum, never changes its decision."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
+    with torch.no_grad():
+        c = torch.arange(10.0)
+        model[1].weight.copy_((2 * c)[:, None].expand(10, 40))
+        model[1].bias.copy_(-c * c)
+    return model.eval()
+
+
+def test_evaluate_robustness_reports_exact_mnist1d_shift_and_shifted_set_accuracies():
+    # 40 signals with sum(x) = y + e: |e| = 0.3 for three in four (classified right), 0.7 toward the
+    # middle for the rest (classified as the neighbouring class): accuracy exactly 30/40.
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 40, generator=g), torch.arange(40) % 10
+    y = torch.arange(40) % 10
+    e = torch.where(torch.arange(40) % 4 == 0, torch.where(y < 5, 0.7, -0.7), torch.where(y < 5, -0.3, 0.3))
+    noise = torch.randn(40, 40, generator=g)
+    x = noise - noise.mean(1, keepdim=True) + ((y + e) / 40)[:, None]
     ds = Dataset(x, y, x, y, DatasetInfo("mnist1d", (40,), 10, tuple("0123456789"), None))
-    model = linear(40, 10, dtype=torch.float32)
-    res = evaluate_robustness(model, ds, attacks=(), corruptions=["shift"], severities=(2,), n_examples=20)
-    shifted = res["shifted"]
-    assert "control" in shifted and len(shifted) > 4 and all(0 <= v <= 1 for v in shifted.values())
-    assert res["bounds"] is None and res["corruptions"]["acc"]["shift"][0] >= 0
+    model = _nearest_class_of_the_sum()
+    res = evaluate_robustness(model, ds, attacks=(), corruptions=["shift"], severities=(2, 5), n_examples=None, seed=4)
+    assert res["n_examples"] == 40 and res["clean_acc"] == 0.75
+    assert res["corruptions"]["acc"]["shift"] == [0.75, 0.75]
+    assert res["mean_corruption_acc"] == 0.75
+    hand_acc = lambda xs, ys: float(((2 * torch.arange(10.0) * xs.sum(1, keepdim=True) - torch.arange(10.0) ** 2)
+                                     .argmax(1) == ys).float().mean())  # noqa: E731
+    sets, reason = shifted_sets(ds.info, 40, 4)
+    assert reason is None and set(res["shifted"]) == set(sets) and len(sets) == 13
+    assert res["shifted"] == pytest.approx({name: hand_acc(xs, ys) for name, (xs, ys) in sets.items()}, abs=1e-6)
+    assert len(set(res["shifted"].values())) > 1  # the sets are not all scored alike
+    assert res["bounds"] is None
+
+
+def test_shift_corruption_accuracy_is_what_the_rolled_sample_decides():
+    """A model that reads only x[0] (predicts the class nearest to it). A roll by k = round(SHIFT[s-1]
+    * 40) in either direction brings x[k] or x[40-k] to position 0; both hold the same value, right
+    for every other signal at severity 2 (k=2) and every fourth at severity 5 (k=8)."""
+    from dipnet.robust.corruptions import SHIFT
+
+    k2, k5 = round(SHIFT[1] * 40), round(SHIFT[4] * 40)
+    assert (k2, k5) == (2, 8)
+    y = torch.arange(40) % 10
+    right, wrong = y + 0.2, ((y + 5) % 10).float()
+    x = torch.zeros(40, 40)
+    x[:, 0] = right
+    x[:, k2] = x[:, 40 - k2] = torch.where(torch.arange(40) % 2 == 0, right, wrong)
+    x[:, k5] = x[:, 40 - k5] = torch.where(torch.arange(40) % 4 == 0, right, wrong)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[:, 0] = 2 * torch.arange(10.0)
+        model[1].bias.copy_(-torch.arange(10.0) ** 2)
+    ds = Dataset(x, y, x, y, DatasetInfo("signals", (40,), 10, tuple("0123456789"), None))
+    res = evaluate_robustness(model.eval(), ds, attacks=(), corruptions=["shift"], severities=(2, 5), n_examples=None,
+                              shifted=False)
+    assert res["clean_acc"] == 1.0 and res["corruptions"]["acc"]["shift"] == [0.5, 0.25]
+    assert res["per_severity_acc"] == [0.5, 0.25] and res["mean_corruption_acc"] == 0.375

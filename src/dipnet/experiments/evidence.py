@@ -171,18 +171,27 @@ def _markdown(cells: tuple[list[str], list[list[str]]] | None) -> list[str]:
 
 
 def _lookup(results: dict[str, Any], dotted: str) -> float | None:
+    """The number at a dotted path of a run's measures (``final.x``: of its final metrics); a key
+    that itself holds dots (an eps such as ``0.05``) is matched by the longest prefix."""
     value: Any = (results or {}).get("measures") or {}
     if dotted.startswith("final."):
         value, dotted = (results or {}).get("final") or {}, dotted[len("final."):]
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
+    parts = dotted.split(".")
+    while parts:
+        if not isinstance(value, dict):
             return None
-        value = value[part]
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if key in value:
+                value, parts = value[key], parts[n:]
+                break
+        else:
+            return None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def measures_cells(table: TaskTable, keys: list[str], scale: float = 1.0,
-                   digits: int = 3) -> tuple[list[str], list[list[str]]]:
+def measures_cells(table: TaskTable, keys: list[str], scale: float = 1.0, digits: int = 3,
+                   labels: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Per method (its chosen configuration) and measure ``key`` (a dotted path into the run's
     measures, or ``final.x``): mean ± 95% CI over seeds, and for the others the paired difference
     with the baseline, its 95% CI and Holm-adjusted p (over the cells of this fragment)."""
@@ -213,7 +222,7 @@ def measures_cells(table: TaskTable, keys: list[str], scale: float = 1.0,
                          f" p_Holm {format_p(comp.p)})")
             cells.append(cell)
         body.append(cells)
-    return ["method"] + keys, body
+    return ["method"] + (labels if labels and len(labels) == len(keys) else keys), body
 
 
 def render(fragment: Fragment, evidence: Evidence) -> list[str]:
@@ -237,7 +246,8 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         keys = [k for k in a.get("keys", "").split(",") if k]
         if not keys:
             raise DataError(f"{fragment.where}: a measures fragment needs keys=a.b,c.d")
-        return _markdown(measures_cells(table, keys, float(a.get("scale", 1)), int(a.get("digits", 3))))
+        labels = [label.replace("_", " ") for label in a.get("labels", "").split(",") if label] or None
+        return _markdown(measures_cells(table, keys, float(a.get("scale", 1)), int(a.get("digits", 3)), labels))
     raise DataError(f"{fragment.where}: unknown fragment kind {fragment.kind!r}; known: table, sweep, sigma, measures, claims")
 
 

@@ -2,8 +2,8 @@
 
 For each suite and task: a table of mean ± 95% CI over seeds (test accuracy, test loss,
 generalization gap, example-gradients relative to the baseline, wall time), the paired
-comparison of every method with the baseline (difference, CI, paired t and Wilcoxon p-values,
-a "within noise" flag), and figures: accuracy per method with CIs, learning curves, accuracy per
+comparison of every method with the baseline (difference, CI, paired t p-value and its Holm
+adjustment, sign-flip p-value, effect size, verdict), and figures: accuracy per method with CIs, learning curves, accuracy per
 training time, the learned DIPNet sigma per layer, and any instrument measures the runs carry
 (curves such as accuracy vs corruption severity or attack eps; scalars such as the Jacobian
 norm against the generalization gap). The environment and the exact suite text close it.

@@ -38,19 +38,15 @@ import itertools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from ..data import list_datasets
-from ..data.base import dataset_options
-from ..engine import TrainConfig, resolve_device
+from ..engine import TrainConfig
 from ..errors import ConfigError
-from ..methods import build_method
-from ..models import list_models
-from ..models.registry import model_options
 from ..schema import Limits, check, check_field
 from .budget import checked_cost, probe_cost, tuning_grid
 from .instruments import measure_names
 from .runspec import RunSpec, resolved_hyperparameters
+from .suite_checks import Checker, check_names_and_options
 
 BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods")
@@ -195,29 +191,6 @@ class Suite:
         return runs
 
 
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {msg}")
-
-    def keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-        for k in table:
-            if k not in allowed:
-                raise self.fail(f"{where}{k}" if where else k, f"unknown key; allowed: {', '.join(allowed)}")
-
-    def train_table(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        """A table of TrainConfig fields, each checked by the engine's schema."""
-        out = {}
-        for k, v in table.items():
-            loc = f"{where}.{k}" if where else k
-            if k not in allowed:
-                raise self.fail(loc, f"unknown key; allowed: {', '.join(allowed)}")
-            out[k] = check_field(TrainConfig, k, v, f"{self.source}: {loc}")
-        return out
-
-
 def parse_suite(
     text: str, source: str = "<suite>", *, check_names: bool = True
 ) -> Suite:
@@ -227,7 +200,7 @@ def parse_suite(
     are checked against the registries (``build_method`` validates the values too).
     """
     raw = _load_toml(text, source)
-    ck = _Checker(source)
+    ck = Checker(source)
     ck.keys(raw, TOP_KEYS, "")
     fields = train_fields()
 
@@ -335,50 +308,15 @@ def parse_suite(
         for m in suite.methods:
             _check_train_config({**suite.task_config(t, m), "seed": suite.seeds[0]}, f"{source}: tasks.{t.label} with methods.{m.label}")
     if check_names:
-        _check_names(suite, ck)
+        check_names_and_options(suite, ck)
     return suite
 
 
-def _str_list(ck: _Checker, value: Any, loc: str) -> list[str]:
+def _str_list(ck: Checker, value: Any, loc: str) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not items or any(not isinstance(v, str) or not v for v in items):
         raise ck.fail(loc, f"must be a name or a list of names, got {value!r}")
     return items
-
-
-def _check_names(suite: Suite, ck: _Checker) -> None:
-    datasets, models = list_datasets(), list_models()
-    for t in suite.tasks:
-        if t.data not in datasets:
-            raise ck.fail(f"tasks.{t.label}.data", f"unknown dataset {t.data!r}; choose one of: {', '.join(datasets)}")
-        if t.model not in models:
-            raise ck.fail(f"tasks.{t.label}.model", f"unknown model {t.model!r}; choose one of: {', '.join(models)}")
-        for m in suite.methods:
-            cfg = suite.task_config(t, m)
-            where = f"tasks.{t.label} with methods.{m.label}"
-            for key, allowed in (("data_kwargs", dataset_options(t.data)), ("model_kwargs", model_options(t.model))):
-                unknown = sorted(set(cfg.get(key) or {}) - set(allowed))
-                if unknown:
-                    raise ck.fail(f"{where}: {key}", f"{(t.data if key == 'data_kwargs' else t.model)!r} has no option "
-                                  f"{', '.join(map(repr, unknown))}; its options: {', '.join(allowed) or 'none'}")
-            try:
-                resolve_device(cfg.get("device", "cpu"))
-            except ConfigError as exc:
-                raise ck.fail(f"{where}: device", str(exc)) from None
-    for m in suite.methods:
-        try:
-            build_method(m.spec, m.params)
-        except ConfigError as exc:
-            raise ck.fail(f"methods.{m.label}", str(exc)) from None
-    for t in suite.tasks:
-        if not t.compose:
-            continue
-        for m in suite.methods:
-            cfg = suite.task_config(t, m)
-            try:
-                build_method(cfg["method"], cfg["method_params"])
-            except ConfigError as exc:
-                raise ck.fail(f"tasks.{t.label}.compose with methods.{m.label}", str(exc)) from None
 
 
 def packaged_suites() -> list[str]:

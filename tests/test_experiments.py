@@ -169,8 +169,8 @@ def test_task_compose_adds_components_to_every_method():
 def test_shipped_paper_suite_expands():
     suite = load_suite("dipnet-paper", check_names=False)
     runs = suite.expand()
-    assert len(runs) == 3 * 7 * 3 and suite.baseline == "standard"
-    assert {r.config["method"] for r in runs if r.method == "standard"} == {"erm", "gaussian-examples", "fgsm-examples"}
+    assert len(runs) == 3 * 7 * 3 * 3 and suite.baseline == "standard"  # tasks x methods x tuning grid x seeds
+    assert {r.config["method"] for r in runs if r.method.startswith("standard(")} == {"erm", "gaussian-examples", "fgsm-examples"}
 
 
 def test_run_keys_are_stable_hashes_of_the_config():
@@ -250,9 +250,17 @@ def test_suite_checks_method_names_and_hyperparameters(tmp_path):
 def test_default_suite_ships_with_the_package():
     suite = load_suite("default", check_names=False)
     assert suite.name == "default" and suite.baseline == "erm" and suite.seeds == [0, 1, 2]
-    assert suite.method_labels() == ["erm", "dipnet", "sam", "mrwp", "input-noise"]
+    groups = list(dict.fromkeys(m.group for m in suite.methods))
+    assert groups == ["erm", "dipnet", "sam", "mrwp", "input-noise"]
+    # equal tuning: each method tries exactly the grid its own class declares (ERM: weight decay)
+    from dipnet.experiments.budget import ERM_TUNE
+    from dipnet.methods import component_class
+    for group in groups:
+        grid = ERM_TUNE if group == "erm" else component_class(group).tune
+        (knob, values), = grid.items()
+        assert [m.choice for m in suite.methods if m.group == group] == [{knob: v} for v in values]
     runs = suite.expand()
-    assert len(runs) == 2 * 5 * 3
+    assert len(runs) == 2 * 5 * 3 * 3
     assert {r.config["data"] for r in runs} == {"mnist1d"}
 
 
@@ -543,7 +551,7 @@ def test_report_is_self_contained_and_carries_the_stored_numbers(tmp_path):
     assert 'baseline = "base"' in md and "acc_vs_eps" in md and "robust.jac vs gap" in md
     assert "torch" in page  # environment section
     assert any("learned_sigma" in f.name for f in files.figures)
-    assert "Learned sigma per layer" in md and "| fast | 0.300 ± 0.000 | 0.050 ± 0.000 |" in md
+    assert "Learned noise std per layer" in md and "| fast | 0.300 ± 0.000 | 0.050 ± 0.000 |" in md
 
 
 def test_suites_sharing_runs_and_edited_suites_report_only_their_current_runs(tmp_path):

@@ -225,6 +225,19 @@ def measures_cells(table: TaskTable, keys: list[str], scale: float = 1.0, digits
     return ["method"] + (labels if labels and len(labels) == len(keys) else keys), body
 
 
+def pair_lines(table: TaskTable, pairs: list[list[str]], key: str, scale: float) -> list[str]:
+    """``a vs b``: the paired difference of ``key`` (95% interval, t and sign-flip p), one line a pair."""
+    out = []
+    for a, b in pairs:
+        va = {r.seed: _lookup(r.results, key) for r in table.runs.get(a, []) if r.status == "done"}
+        vb = {r.seed: _lookup(r.results, key) for r in table.runs.get(b, []) if r.status == "done"}
+        comp = paired_compare({s: v for s, v in va.items() if v is not None}, {s: v for s, v in vb.items() if v is not None})
+        d = comp.diff
+        out.append(f"- {table.task}: {a} vs {b}: {d.mean * scale:+.2f} [{d.low * scale:+.2f}, {d.high * scale:+.2f}] "
+                   f"({comp.n} seeds, paired t p = {format_p(comp.t_p)}, sign-flip p = {format_p(comp.sign_flip_p)})")
+    return out
+
+
 def render(fragment: Fragment, evidence: Evidence) -> list[str]:
     """The lines a fragment must hold, from the committed exports."""
     a = fragment.args
@@ -242,13 +255,17 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         return _markdown(sweep_cells(table))
     if fragment.kind == "sigma":
         return _markdown(sigma_cells(table))
+    if fragment.kind == "pairs":
+        return pair_lines(table, [p.split(":") for p in a.get("pairs", "").split(",") if ":" in p],
+                          a.get("key", "final.test_acc"), float(a.get("scale", 100)))
     if fragment.kind == "measures":
         keys = [k for k in a.get("keys", "").split(",") if k]
         if not keys:
             raise DataError(f"{fragment.where}: a measures fragment needs keys=a.b,c.d")
         labels = [label.replace("_", " ") for label in a.get("labels", "").split(",") if label] or None
         return _markdown(measures_cells(table, keys, float(a.get("scale", 1)), int(a.get("digits", 3)), labels))
-    raise DataError(f"{fragment.where}: unknown fragment kind {fragment.kind!r}; known: table, sweep, sigma, measures, claims")
+    raise DataError(f"{fragment.where}: unknown fragment kind {fragment.kind!r}; known: table, sweep, sigma, measures, "
+                    "pairs, claims")
 
 
 def documents(root: str | Path) -> list[Path]:

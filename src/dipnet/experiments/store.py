@@ -120,7 +120,7 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: "RunStore", *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a damaged text field decodes as garbage
             raise DataError(f"{self.path} is damaged (SQLite says: {exc}); restore it from a copy, or start a new "
                             "store with --store") from None
 
@@ -153,7 +153,7 @@ class RunStore:
                     raise DataError(f"{self.path}: run store schema {row[0]}, this dipnet reads {SCHEMA_VERSION}")
                 if not had_members:  # a store written before suites had explicit members: use the row labels
                     self.conn.execute("INSERT OR IGNORE INTO members SELECT suite, key, task, method, seed FROM runs")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a damaged text field decodes as garbage
             raise DataError(f"{self.path} is not a dipnet run store (SQLite says: {exc})") from None
 
     # -- plumbing

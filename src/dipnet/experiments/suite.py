@@ -150,8 +150,12 @@ class Suite:
         cfg = {**self.train, **task.overrides, **method.overrides}
         spec = method.spec if not task.compose else (
             task.compose if method.spec == "erm" else f"{task.compose}+{method.spec}")
+        params = method.params
+        if task.compose and method.spec != "erm" and "+" not in method.spec:
+            # composed with the task's components, a bare name could mean either: it is the method's
+            params = {k if "." in k else f"{method.spec}.{k}": v for k, v in params.items()}
         cfg.update(data=task.data, model=task.model, method=spec,
-                   method_params={**task.compose_params, **method.params})
+                   method_params={**task.compose_params, **params})
         return cfg
 
     def expand(self, cost_fn: Callable[[dict[str, Any]], float] | None = None) -> list[RunSpec]:

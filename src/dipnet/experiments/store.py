@@ -113,6 +113,10 @@ def owner_alive(owner: str | None) -> bool:
     return int(pid) != os.getpid() and _pid_alive(int(pid))
 
 
+# What reading a damaged file raises: SQLite's own error, or a stored text/JSON field that no longer decodes.
+DAMAGED = (sqlite3.DatabaseError, UnicodeDecodeError, json.JSONDecodeError)
+
+
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A damaged database file (SQLite's own error) becomes one DataError naming the file."""
 
@@ -120,7 +124,7 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: "RunStore", *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a damaged text field decodes as garbage
+        except DAMAGED as exc:
             raise DataError(f"{self.path} is damaged (SQLite says: {exc}); restore it from a copy, or start a new "
                             "store with --store") from None
 
@@ -153,7 +157,7 @@ class RunStore:
                     raise DataError(f"{self.path}: run store schema {row[0]}, this dipnet reads {SCHEMA_VERSION}")
                 if not had_members:  # a store written before suites had explicit members: use the row labels
                     self.conn.execute("INSERT OR IGNORE INTO members SELECT suite, key, task, method, seed FROM runs")
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a damaged text field decodes as garbage
+        except DAMAGED as exc:
             raise DataError(f"{self.path} is not a dipnet run store (SQLite says: {exc})") from None
 
     # -- plumbing

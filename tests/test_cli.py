@@ -150,7 +150,8 @@ def _documented_flags() -> set[str]:
 
 
 # flags of other programs that the docs quote (pip, torchrun), and the placeholder for a method option
-FOREIGN_FLAGS = {"--no-deps", "--standalone", "--nproc-per-node", "--upgrade", "--name", "--component.field"}
+FOREIGN_FLAGS = {"--no-deps", "--standalone", "--nproc-per-node", "--upgrade", "--name", "--component.field",
+                 "--nnodes", "--node-rank", "--rdzv-backend", "--rdzv-endpoint"}
 
 
 def _script_flags() -> set[str]:

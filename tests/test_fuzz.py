@@ -63,6 +63,7 @@ def test_cli_fuzzer_finds_no_traceback(tiny_run, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(Trainer, "fit", stop)
     monkeypatch.setattr(dipnet.experiments, "run_suite", stop)
+    monkeypatch.setattr("dipnet.cli.train.launch_processes", stop)  # train --nproc N: before the processes start
     rng = random.Random(18)
     options = {c: _options(c) for c in SUBCOMMANDS}
     positional = {"eval": str(tiny_run), "measure": str(tiny_run), "robust": str(tiny_run), "compare": "default",

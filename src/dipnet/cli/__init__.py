@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands to torchrun
     previous = _sigterm_as_interrupt()
     try:
         return int(args.func(args) or 0)

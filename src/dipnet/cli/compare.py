@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "checkpoints go to STORE.d/")
     p.add_argument("--workers", default=1, help="parallel worker processes (default 1)")
     add_threads_argument(p)
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine's process pool (--workers); ray: one Ray task per run")
+    p.add_argument("--address", default=None, help="with --executor ray: the Ray cluster to join "
+                   "(auto, HOST:6379, ray://HOST:10001); default: a local Ray started for this suite")
+    p.add_argument("--cpus-per-run", default=1.0, help="with --executor ray: CPUs (torch threads) "
+                   "Ray reserves per run (default 1)")
     p.add_argument("--resume", action="store_true", help="keep finished runs and train only the missing ones")
     p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
     p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
@@ -52,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
     args.workers = check(args.workers, int, "--workers", Limits(ge=1))
     threads = apply_threads(args, args.workers)
+    executor = None
+    if args.executor == "ray":
+        from ..experiments import RayExecutor
+
+        executor = RayExecutor(address=args.address, cpus_per_run=args.cpus_per_run)
+    elif args.address is not None:
+        raise ConfigError("--address names a Ray cluster: use it with --executor ray")
     suite = load_suite(args.suite)
     if len(suite.tasks) * len(suite.methods) * len(suite.seeds) > LARGE_SUITE and not args.yes:
         raise ConfigError(f"suite {suite.name!r} expands to {len(suite.tasks) * len(suite.methods) * len(suite.seeds):,} "
@@ -83,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{where} ({info.get('status')}, kept)", flush=True)
 
     outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=threads,
-                        on_event=on_event)
+                        on_event=on_event, executor=executor)
     with RunStore(args.store) as store:
         for table in task_tables(store, suite.name):
             print()

@@ -3,18 +3,24 @@
 Trainer options are the fields of :class:`~dipnet.engine.TrainConfig` (``--batch-size``, ...);
 every other ``--name VALUE`` is a method hyperparameter. Values go to the schema raw. A method
 field whose name is also a trainer option is written with its component (``--icp.warmup``):
-the trainer's option wins the bare name.
+the trainer's option wins the bare name. ``--nproc N`` trains data-parallel: it checks the
+command, then runs it again under ``torchrun --standalone --nproc-per-node N`` (docs/scale.md).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from ..engine import TrainConfig, Trainer
+import torch
+
+from ..engine import RunDirectory, TrainConfig, Trainer, build_optimizer, prepare, resolve_device
+from ..engine.distributed import launch as launch_processes
+from ..engine.rundir import dataset_fingerprint
 from ..models import model_recipe
-from ..errors import DivergenceError
-from ..schema import field_docs
+from ..errors import ConfigError, DivergenceError
+from ..schema import Limits, check, field_docs
 from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
 
 # --train-perturbation: a batch component put in front of the method (DIPNet paper, Table 1).
@@ -27,7 +33,7 @@ TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optim
 
 def trainer_flags() -> set[str]:
     """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
-    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads"}
+    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads", "nproc"}
     return names | {n.replace("_", "-") for n in names}
 
 
@@ -80,20 +86,66 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start over: delete the files of the dipnet run in --out first (only those; a folder "
                         "that holds no dipnet run is refused)")
     add_threads_argument(p)
+    p.add_argument("--nproc", default=1, metavar="N",
+                   help="train data-parallel on N local processes via torchrun (gloo on CPUs, NCCL on GPUs, one "
+                   "per GPU; the global --batch-size is kept)")
     p.set_defaults(func=run, accepts_extra=True)
+
+
+def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
+    """``argv`` less the given flags (``{flag: takes_value}``), as ``--flag V`` or ``--flag=V``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = flags[name] and "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def launch(args: argparse.Namespace, cfg: TrainConfig, out: Path, nproc: int) -> int:
+    """Check the run here (method, data, model, world size, the directory and a checkpoint to
+    resume), then train it on ``nproc`` processes under torch's elastic agent, as torchrun does;
+    rank 0 prints the result."""
+    device = resolve_device(cfg.device)
+    gpus = torch.cuda.device_count()
+    if device.type == "cuda" and nproc > gpus:
+        raise ConfigError(f"--nproc {nproc} needs {nproc} GPUs (one per process); this machine shows {gpus}")
+    dataset, model, method = prepare(cfg)
+    method.check_world(nproc)
+    run_dir = RunDirectory(out, cfg)
+    run_dir.check_target(args.overwrite)
+    if not args.overwrite:
+        run_dir.world_size, run_dir.fingerprint = nproc, dataset_fingerprint(dataset)
+        run_dir.resume(model, build_optimizer(cfg, model, method))
+    child = _without(args.argv, {"--nproc": True, "--out": True})
+    child = child[1:] if child[:1] == ["train"] else child
+    code = launch_processes(nproc, ["train", *child, "--out", str(out)])
+    if code not in (0, 2):
+        print(f"dipnet train: the {nproc} training processes failed (exit status {code})", file=sys.stderr)
+    return code
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.data}-{cfg.model}-{cfg.method}-s{cfg.seed}".replace("+", "_"))
     cfg.out = str(out)
-    apply_threads(args)
+    nproc = check(args.nproc, int, "--nproc", Limits(ge=1))
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args, cfg, out, nproc)
+    apply_threads(args, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the node's processes share it
     trainer = Trainer(cfg)  # every check (method, data, model) before anything on disk changes
     try:
         result = trainer.fit(overwrite=args.overwrite)
     except DivergenceError as exc:
         print(f"dipnet train: stopped: {exc}", file=sys.stderr)
         return 1
+    if not trainer.dist.is_writer:
+        return 0
     f = result.final
     print(
         f"final  test acc {percent(f['test_acc'])}  train acc {percent(f['train_acc'])}  "

@@ -5,6 +5,8 @@ change the batch, the loss and the update, and counts the example-gradients it s
 Reproducible and resumable: seeded shuffling per epoch, learning rates as a pure function of
 the step, and a :class:`~dipnet.engine.rundir.RunDirectory` that checkpoints every epoch with
 the optimizer and generator states and records config, seed, versions and hardware.
+Under torchrun the same loop trains data-parallel (:mod:`dipnet.engine.distributed`, the
+hooks marked "distributed" below).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..data import Dataset
 from ..errors import ConfigError, DivergenceError
 from ..methods import Method, StepContext
 from .config import TrainConfig
+from .distributed import setup as setup_distributed
 from .progress import Progress
 from .rundir import RunDirectory, TrainState, dataset_fingerprint
 from .runinfo import run_info
@@ -74,10 +77,14 @@ class Trainer:
                  callbacks: Sequence[Callback] = ()) -> None:
         cfg.validate()
         self.cfg, self.callbacks = cfg, list(callbacks)
-        self.device = device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
+        self.dist = setup_distributed(device)  # distributed: a world of 1 without torchrun
+        self.device = device = self.dist.place(device)
         self.dataset, model, self.method = prepare(cfg, dataset, model)
         self.model = model.to(device)
         self.optimizer = build_optimizer(cfg, self.model, self.method)
+        self.method.check_world(self.dist.world_size)  # distributed: parallel m-RWP needs an even world
+        self.train_model = self.dist.wrap(self.model, device)  # distributed: DDP, or the model itself
         self.x_train, self.y_train = self.dataset.x_train.to(device), self.dataset.y_train.to(device)
         self.x_test, self.y_test = self.dataset.x_test.to(device), self.dataset.y_test.to(device)
         self.val = (self.dataset.x_val.to(device), self.dataset.y_val.to(device)) if self.dataset.has_val else None
@@ -88,9 +95,11 @@ class Trainer:
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.ctx = StepContext(epochs=cfg.epochs, bounds=self.dataset.info.bounds)
+        self.ctx = StepContext(epochs=cfg.epochs, bounds=self.dataset.info.bounds,
+                               rank=self.dist.rank, world_size=self.dist.world_size)
         self.patience = min(PATIENCE_STEPS, max(5, self.total_steps // 10))
         self.run = RunDirectory(cfg.out, cfg)
+        self.run.writer, self.run.world_size = self.dist.is_writer, self.dist.world_size  # distributed
 
     def fit(self, overwrite: bool = False) -> RunResult:
         """Train (resuming from the run directory's checkpoint if it holds one) and return the result.
@@ -99,10 +108,12 @@ class Trainer:
         previous run there (and only those). Raises :class:`~dipnet.errors.DivergenceError`
         (:class:`~dipnet.errors.NonFiniteLossError` for NaN/inf) naming the step where the
         loss diverged (rule: ``DIVERGENCE_FACTOR``)."""
-        self.run.check_target(overwrite)
+        if self.run.writer:  # distributed: rank 0 alone checks, locks and clears the directory
+            self.run.check_target(overwrite)
         with self.run.locked():
-            if overwrite and self.run.path is not None:
+            if overwrite and self.run.path is not None and self.run.writer:
                 self.run.clear()
+            self.dist.barrier()  # distributed: the others read the checkpoint after that
             return self._fit()
 
     def _fit(self) -> RunResult:
@@ -111,13 +122,14 @@ class Trainer:
             run.fingerprint = dataset_fingerprint(self.dataset)
         run.header = {"method": {"name": method.name, "hyperparameters": method.hyperparameters()},
                       "dataset": self.dataset.info.to_dict(), "run_info": run_info(self.device)}
+        run.header["run_info"]["world_size"] = self.dist.world_size  # distributed
         state = run.resume(model, optimizer)
         if state is None:
             state = TrainState()
         else:
             run.header["run_info"]["resumed_from_epoch"] = state.epoch
             self.ctx.example_grads = state.example_grads
-        progress = Progress(cfg.progress, label=f"{method.name} {cfg.model}")
+        progress = Progress(cfg.progress if self.dist.is_writer else "none", label=f"{method.name} {cfg.model}")
         wall_before, t_run = state.wall_s, time.perf_counter()
         run.record("running", state)
         try:
@@ -131,6 +143,7 @@ class Trainer:
                     run.record("running", state)
         finally:
             progress.close()
+            self.train_model = self.dist.close(self.train_model)  # distributed: leave the group this trainer joined
         model.eval()
         final = _final(state.history, self.ctx.example_grads)
         run.save_final(model, method.name)
@@ -156,6 +169,7 @@ class Trainer:
         perm = epoch_permutation(self.n, cfg.seed, epoch).to(self.device)
         progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)
         objective_sum, objective_n, log_sums = 0.0, 0, {}
+        grads_before = ctx.example_grads
         lr = ctx.lr
         for i in range(self.steps_per_epoch):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -165,7 +179,11 @@ class Trainer:
                     group["lr"] = lr
             ctx.epoch, ctx.step, ctx.progress, ctx.lr = epoch, state.step, state.step / self.total_steps, lr
             ctx.batch_size = int(idx.shape[0])
-            value = method.step(model, optimizer, self.x_train[idx], self.y_train[idx], ctx, grad_clip=cfg.grad_clip)
+            idx, ctx.loss_scale = self.dist.shard(idx)  # distributed: this rank's part of the global batch
+            self.dist.seed_step(cfg.seed, state.step)  # distributed: noise from (seed, rank, step)
+            value = method.step(self.train_model, optimizer, self.x_train[idx], self.y_train[idx], ctx,
+                                grad_clip=cfg.grad_clip)
+            value = self.dist.batch_mean(value, idx.numel() if ctx.loss_scale else 0)  # distributed: same on all ranks
             self._watch(state, value)
             objective_sum += value * ctx.batch_size
             objective_n += ctx.batch_size
@@ -175,10 +193,13 @@ class Trainer:
                 ctx.logs.clear()
             state.step += 1
             progress.advance(value)
+        log_sums, grads = self.dist.reduce_epoch(log_sums, ctx.example_grads - grads_before)  # distributed
+        ctx.example_grads = grads_before + grads
         train_s = time.perf_counter() - t_epoch
-        tr = evaluate(model, self.x_train[self.eval_idx], self.y_train[self.eval_idx], cfg.eval_batch_size)
-        te = evaluate(model, self.x_test, self.y_test, cfg.eval_batch_size)
-        va = evaluate(model, *self.val, cfg.eval_batch_size) if self.val is not None else {"loss": None, "acc": None}
+        ev = self.dist.evaluate  # distributed: evaluation split over the ranks, sums reduced
+        tr = ev(evaluate, model, self.x_train[self.eval_idx], self.y_train[self.eval_idx], cfg.eval_batch_size)
+        te = ev(evaluate, model, self.x_test, self.y_test, cfg.eval_batch_size)
+        va = ev(evaluate, model, *self.val, cfg.eval_batch_size) if self.val is not None else {"loss": None, "acc": None}
         now = time.perf_counter()
         state.epoch, state.example_grads, state.wall_s = epoch + 1, ctx.example_grads, wall_before + now - t_run
         row = {

@@ -11,7 +11,8 @@ Layout::
 folder that holds something other than a dipnet run, resumes from the checkpoint (refusing one
 written for another config or other data), writes the record after every change of status and
 the checkpoint after every epoch, each atomically and checksummed. ``overwrite`` deletes only the
-files dipnet writes, never the folder's other contents. With no directory every write is skipped.
+files dipnet writes, never the folder's other contents. With no directory every write is skipped;
+so is every write of a data-parallel rank other than 0 (``writer=False``), which only reads.
 """
 from __future__ import annotations
 
@@ -81,6 +82,8 @@ class RunDirectory:
         self.cfg = cfg
         self.header: dict[str, Any] = {}
         self.fingerprint: str | None = None
+        self.writer = True  # distributed: ranks other than 0 read the checkpoint, never write (nor lock)
+        self.world_size = 1  # distributed: processes training the run; a resume must match it
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -108,7 +111,7 @@ class RunDirectory:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the run's lock (released when the process ends, however it ends)."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             yield
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,10 @@ class RunDirectory:
                 f"{self.path} holds a run with a different config (differs in: {', '.join(diff)}); "
                 "choose another --out directory or delete that one"
             )
+        saved_world = state.get("world_size", 1)  # distributed
+        if saved_world != self.world_size:
+            raise ConfigError(f"{self.path} holds a run trained on {saved_world} process(es); resume it with "
+                              f"--nproc {saved_world} (this is {self.world_size}), or choose another --out")
         if state.get("data") not in (None, self.fingerprint):
             raise ConfigError(f"{self.path} holds a run trained on other data (fingerprint {state['data']}, "
                               f"now {self.fingerprint}); choose another --out directory or delete that one")
@@ -165,7 +172,7 @@ class RunDirectory:
     def record(self, status: str, state: TrainState, final: dict[str, Any] | None = None,
                error: str | None = None) -> None:
         """Write ``run.json``: ``header`` (method, dataset, run info), the history, the outcome."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         atomic_write_json(self.path / "run.json", {
             "format": RUN_FORMAT, "status": status, "config": self.cfg.to_dict(), **self.header,
@@ -189,9 +196,10 @@ class RunDirectory:
 
     def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         """The end-of-epoch state: everything a resume needs (weights, optimizer, generators)."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         save_checkpoint(self.checkpoint_path, model.state_dict(), {
+            **({"world_size": self.world_size} if self.world_size != 1 else {}),
             "config": self.cfg.identity(), "data": self.fingerprint, "epoch": state.epoch, "step": state.step,
             "history": state.history, "example_grads": state.example_grads, "wall_s": state.wall_s,
             "loss_start": state.loss_start, "steps_above": state.steps_above,
@@ -199,6 +207,6 @@ class RunDirectory:
         })
 
     def save_final(self, model: nn.Module, method_name: str) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writer:
             save_weights(self.path / "model.safetensors", model.state_dict(),
                          {"format": "dipnet-weights-1", "method": method_name})

@@ -1,5 +1,6 @@
 """Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
 from .compare import SuiteOutcome, engine_train, run_suite
+from .executors import RayExecutor
 from .instruments import get_measure, measure_names, register_measure
 from .kinds import register_suite_kind, suite_kinds
 from .report import ReportFiles, write_report
@@ -18,6 +19,7 @@ __all__ = [
     "resolvable_difference",
     "sign_flip_test",
     "PairedComparison",
+    "RayExecutor",
     "ReportFiles",
     "RunRecord",
     "RunSpec",

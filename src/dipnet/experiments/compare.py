@@ -151,6 +151,7 @@ def run_suite(
     threads: int | None = None,
     on_event: EventFn | None = None,
     cost_fn: Callable[[dict[str, Any]], float] | None = None,
+    executor: Any = None,
 ) -> SuiteOutcome:
     """Train every run of ``suite`` that the store at ``store_path`` does not hold as done.
 
@@ -160,7 +161,8 @@ def run_suite(
     run_dir)`` defaults to the suite's own ``train_fn`` (a suite kind's), else
     :func:`engine_train`; it must be importable at module level when
     ``workers > 1``. ``on_event(kind, spec, info)`` is called with kind in
-    ``skip``/``start``/``done``/``failed``.
+    ``skip``/``start``/``done``/``failed``. ``executor`` (e.g. :class:`~dipnet.experiments.RayExecutor`)
+    trains the runs instead of this process or its pool; this process still writes the store.
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
@@ -206,7 +208,9 @@ def run_suite(
                 outcome.failed += 1
                 emit("failed", spec, reply)
 
-        if workers == 1 or len(todo) <= 1:
+        if executor is not None:  # executors.py: e.g. Ray tasks
+            executor.run(store, todo, runs_root, train_fn, measures, emit, finish)
+        elif workers == 1 or len(todo) <= 1:
             if threads is not None:
                 import torch
 

@@ -6,14 +6,14 @@ and the built-in components, each registered by its module on import.
 """
 from __future__ import annotations
 
-from ._wrapper import disable_running_stats, enable_running_stats, frozen_running_stats
+from ._wrapper import disable_running_stats, enable_running_stats, frozen_running_stats, unwrap
 from .adversarial import FGSMExamples
 from .base import Closure, Component, Method, StepContext, cross_entropy_loss, plain_update
 from .baselines import CutMix, Cutout, GaussianExamples, InputNoise, Mixup
 from .dipnet import DIPNet, NoiseLayers
 from .icp import ICP
 from .registry import build_method, component_class, method_fields, method_names, register_component
-from .rwp import RWP, ARWPMethod, MARWPMethod, MRWPMethod, RWPMethod
+from .rwp import RWP, ARWPMethod, MARWPMethod, MRWPMethod, RWPMethod, parallel_mrwp_update
 from .sam import SAM, ASAMMethod, SAMMethod, sam_update
 
 __all__ = [
@@ -46,7 +46,9 @@ __all__ = [
     "frozen_running_stats",
     "method_fields",
     "method_names",
+    "parallel_mrwp_update",
     "plain_update",
     "register_component",
     "sam_update",
+    "unwrap",
 ]

@@ -41,6 +41,17 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
         enable_running_stats(model)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper, else ``model``.
+
+    Passes that take no weight gradient (an attack's input gradient, ICP's input steps, no-grad
+    targets) go to the inner module: a DDP forward prepares a gradient reduction that only a
+    backward through the weights completes."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..robust.attacks import FGSM
 from ..schema import param
+from ._wrapper import unwrap
 from .base import Component, StepContext
 from .registry import register_component
 
@@ -41,7 +42,7 @@ class FGSMExamples(Component):
         b = x.shape[0]
         k = max(1, round(self.fraction * b))
         idx = torch.randperm(b, device=x.device)[:k] if k < b else torch.arange(b, device=x.device)
-        adv = FGSM(model, self.eps, bounds=ctx.bounds, mode=self.mode)(x[idx], y[idx])
+        adv = FGSM(unwrap(model), self.eps, bounds=ctx.bounds, mode=self.mode)(x[idx], y[idx])
         if self.eps > 0:
             ctx.count(k)
         x = x.clone()

@@ -47,6 +47,11 @@ class StepContext:
     bounds: tuple[float, float] | None = None  # the dataset's valid input range (None: unbounded)
     example_grads: int = 0
     logs: dict[str, float] = field(default_factory=dict)
+    # data-parallel runs (dipnet.engine.distributed): this process's rank, the number of processes,
+    # and the weight of this rank's loss in the ranks' gradient average
+    rank: int = 0
+    world_size: int = 1
+    loss_scale: float = 1.0
 
     def count(self, examples: int) -> None:
         """Record ``examples`` forward+backward evaluations of a single example."""
@@ -97,6 +102,10 @@ class Component(Validated):
 
     def on_epoch_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> None:
         """Called before each epoch (0-based), also after a resume."""
+
+    def check_world(self, world_size: int) -> None:
+        """Raise :class:`ConfigError` if this component cannot train on ``world_size`` data-parallel
+        processes (parallel m-RWP needs an even number); called before the first step."""
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         """JSON-able metrics recorded with each epoch (e.g. DIPNet's learned sigma)."""
@@ -184,8 +193,8 @@ class Method:
         ctx: StepContext, *, grad_clip: float | None = None,
     ) -> float:
         """One training step on the batch ``(x, y)``: transform it, run the update with a closure
-        that computes the loss and its gradients (clipped to ``grad_clip`` in global norm), and
-        return the loss of the closure's first evaluation. A non-finite loss raises
+        that computes the loss and its gradients (of ``ctx.loss_scale`` times the loss, clipped to
+        ``grad_clip`` in global norm), and return the loss of the closure's first evaluation. A non-finite loss raises
         :class:`~dipnet.errors.NonFiniteLossError` naming ``ctx.step`` before any weight moves."""
         x, y = self.transform_batch(model, x, y, ctx)
         values: list[float] = []
@@ -195,7 +204,7 @@ class Method:
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(ctx.step, ctx.epoch, value)
-            loss.backward()
+            (loss if ctx.loss_scale == 1.0 else loss * ctx.loss_scale).backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
             values.append(value)
@@ -209,6 +218,10 @@ class Method:
     def on_epoch_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> None:
         for comp in self.components:
             comp.on_epoch_start(model, optimizer, epoch, epochs)
+
+    def check_world(self, world_size: int) -> None:
+        for comp in self.components:
+            comp.check_world(world_size)
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schema import param
+from ._wrapper import unwrap
 from .base import Component, StepContext
 from .registry import register_component
 
@@ -173,12 +174,13 @@ class ICP(Component):
         ctx.count(x.shape[0])
         if alpha >= 1.0:
             return F.cross_entropy(model(x), y)
-        cap = _Capture(model, self.feature_layers(model))
+        inner = unwrap(model)  # the input steps and targets take no weight gradient (DDP: see unwrap)
+        cap = _Capture(inner, self.feature_layers(inner))
         try:
             logits, feats = cap.run(lambda: model(x))
-            x_icp = self.constructive_input(model, x, y, ctx)
+            x_icp = self.constructive_input(inner, x, y, ctx)
             with torch.no_grad():
-                _, targets = cap.run(lambda: model(x_icp))
+                _, targets = cap.run(lambda: inner(x_icp))
             ctx.count(x.shape[0])
         finally:
             cap.remove()

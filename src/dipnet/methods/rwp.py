@@ -9,6 +9,7 @@ the clean weights restored exactly, and only then the base optimizer steps.
 - m-RWP (``mix=lambda``): ``lambda g1 + (1 - lambda) g0`` with ``g0`` the clean gradient of one
   mini-batch and ``g1`` the perturbed gradient of the next (the official single-process
   semantics): odd calls of ``step`` only store ``g0`` and do not update (2 passes per update).
+- m-RWP's parallel form on an even number of data-parallel processes (:mod:`.rwp_parallel`).
 - ARWP / m-ARWP (``adaptive=True``): ``F <- beta F + g^2`` from perturbed gradients (no
   ``1 - beta``), summed per filter, and the noise divided by ``sqrt(1 + eta F_filter)``. As in
   the released code (``train_marwp.py`` sums ``F.view(n, -1)`` over dim 1), the sum runs over
@@ -27,9 +28,11 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..noise_table import NoiseSource, standard_normal
 from ..schema import Validated, override, param
 from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm
+from .rwp_parallel import parallel_mrwp_update
 from .base import Closure, Component, StepContext
 from .registry import register_component
 
@@ -308,10 +311,15 @@ class _RWPBase(Component, RWPNoise):
         return RWP(params, base, sigma=self.sigma, mix=getattr(self, "mix", None), adaptive=self.adaptive_default,
                    eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99), noise=self.noise, **base_kwargs)
 
-    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
+    def scheduled(self, optimizer: torch.optim.Optimizer, ctx: StepContext) -> RWP:
+        """``optimizer`` with this step's sigma set."""
         assert isinstance(optimizer, RWP)
         if self.sigma_schedule == "cosine":
             optimizer.set_sigma(cosine_sigma(self.sigma, ctx.progress, self.sigma_ramp))
+        return optimizer
+
+    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
+        optimizer = self.scheduled(optimizer, ctx)
         optimizer.step(closure, model)
         return optimizer.updated
 
@@ -329,11 +337,30 @@ class RWPMethod(_RWPBase):
 @register_component
 @dataclass
 class MRWPMethod(_RWPBase, Mixing):
-    """m-RWP: ``lambda g(w + eps; batch t+1) + (1 - lambda) g(w; batch t)``, one update per 2 batches."""
+    """m-RWP: ``lambda g(w + eps; batch t+1) + (1 - lambda) g(w; batch t)``, one update per 2 batches;
+    on an even number of data-parallel processes, the released parallel form (one update per global batch)."""
 
     name = "mrwp"
     description = "mixed RWP (Li et al. 2022/2024): lambda * perturbed + (1 - lambda) * clean gradient, 2 batches/update"
     tune = {"sigma": (0.005, 0.015, 0.03)}
+
+    form: Literal["auto", "sequential", "parallel"] = param(
+        "auto", doc="parallel: even ranks clean, odd ranks perturbed, one update per global batch (needs an even "
+        "number of processes); sequential: clean and perturbed passes on successive batches; auto: parallel "
+        "on an even number of processes")
+
+    def check_world(self, world_size: int) -> None:
+        if self.form == "parallel" and (world_size < 2 or world_size % 2):
+            raise ConfigError(f"mrwp.form=parallel needs an even number of processes (half clean, half perturbed), "
+                              f"not {world_size}; use --nproc 2 (or 4, ...) or mrwp.form=sequential")
+
+    def parallel(self, world_size: int) -> bool:
+        return self.form == "parallel" or (self.form == "auto" and world_size > 1 and world_size % 2 == 0)
+
+    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
+        if not self.parallel(ctx.world_size):
+            return super().update(model, optimizer, closure, ctx)
+        return parallel_mrwp_update(model, self.scheduled(optimizer, ctx), closure, ctx, self.mix)
 
 
 @register_component

@@ -53,18 +53,22 @@ def paired(fns: dict[str, Callable[[], object]], baseline: str, reps: int, inner
     return medians, {baseline: 1.0, **{k: statistics.median(v) for k, v in ratios.items()}}
 
 
-def saved_mb(fn: Callable[[], object]) -> float:
-    """Peak of the CPU allocator's live bytes during ``fn`` is not visible to tracemalloc (torch
-    allocates outside Python), so measure the saved activations instead: bytes packed by autograd."""
+def saved_mb(fn: Callable[[], object], model: object = None) -> float:
+    """MiB that autograd keeps for backward during ``fn`` (the CPU allocator's peak is not visible
+    to tracemalloc: torch allocates outside Python), counted by a saved-tensor hook: each distinct
+    tensor memory once (a ReLU's output that the next layer keeps too counts once), the
+    parameters of ``model`` excluded. dipnet's own saved-tensor hooks pass what they keep on to
+    this one, so a recipe that rebuilds a tensor counts only what it holds."""
     import torch
 
-    total = 0
+    params = {p.data_ptr() for p in model.parameters()} if model is not None else set()
+    seen: set[tuple[int, int]] = set()
 
     def pack(t: "torch.Tensor") -> "torch.Tensor":
-        nonlocal total
-        total += t.numel() * t.element_size()
+        if t.data_ptr() not in params:
+            seen.add((t.data_ptr(), t.numel() * t.element_size()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total / 2**20
+    return sum(n for _, n in seen) / 2**20

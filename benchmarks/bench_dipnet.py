@@ -1,6 +1,7 @@
 """DIPNet's cost against ERM on the same model and batch, measured in one run (issue 3):
-training step with m=1 (target <= 1.25x) and m=4 (<= 4.0x) on the MNIST MLP, CPU; eval-mode
-forward of a projected model over its stripped twin (<= 1.02x); peak memory of m trajectories.
+training step with m=1 and m=4 on the MNIST MLP, CPU, beside the same computation written out by
+hand (its floor); eval-mode forward of a projected model over its stripped twin (<= 1.02x).
+Memory and compute-bound models: bench_projection.py.
 The default estimator is timed beside the exact one (docs/dipnet.md, "Speed")."""
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dipnet.noise_table import standard_normal
+from dipnet.noise_table import draw_like, standard_normal
 from dipnet.projection import AUTO_INPUT_GRAD_FRACTION, DIPNetLoss, project, strip
-from dipnet.projection._fast import SubsampledSigmaGrad, cyclic_rows, window_start
+from dipnet.projection._fast import SubsampledSigmaGrad, window_start
 
-from _timing import paired, saved_mb
+from _timing import paired
 
 
 def _mnist_mlp() -> nn.Module:
@@ -55,11 +56,11 @@ def _hand_written(net: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: froze
                 h = layer.forward(h)
             elif i == 0:
                 sigma = proj.log_sigma.exp()
-                eps = standard_normal(h.shape, source="table")
+                eps, draw = draw_like(h, "table")
                 h = layer.forward(torch.addcmul(h, sigma.detach(), eps))
                 if "window" in parts:
                     start = window_start(n)
-                    h = SubsampledSigmaGrad.apply(h, sigma, cyclic_rows(eps, start, k), start, n / k, layer, -1)
+                    h = SubsampledSigmaGrad.apply(h, sigma, draw, start, k, n / k, layer, -1)
             else:
                 h = layer.forward(torch.addcmul(h, proj.log_sigma.exp(), standard_normal(h.shape, source="table")))
             if i < 2:
@@ -108,14 +109,15 @@ def bench(quick: bool = False) -> list[dict]:
         hand[name] = _step(net, torch.optim.SGD(net.parameters(), lr=0.01), _hand_written(net, x, y, parts))
     t, ratio = paired(fns, "erm", reps, inner, warmup=3)
     rows = [{"area": "dipnet", "name": "train step erm (mnist mlp, B=128)", "value": t["erm"] * 1e3, "unit": "ms"}]
-    for m, target in ((1, 1.25), (4, 4.0)):
+    # m=1 has no target on this small model: the hand-written floor below is its bound (issue 17)
+    for m, target in ((1, None), (4, 4.0)):
         for label, what in (("", "default (relative scale)"), (" absolute", "absolute scale"),
                             (" exact", "exact: fresh randn, full input grad")):
             r = ratio[f"dipnet m={m}{label}"]
             row = {"area": "dipnet", "name": f"train step dipnet m={m}, {what} (mnist mlp, B=128)",
                    "value": t[f"dipnet m={m}{label}"] * 1e3, "unit": "ms",
                    "baseline_name": "train step erm (mnist mlp, B=128)", "ratio": r}
-            if not label:
+            if not label and target is not None:
                 row.update(target=f"<= {target}x", ok=r <= target)
             rows.append(row)
     th, hratio = paired(hand, "erm", reps, inner, warmup=3)
@@ -136,14 +138,6 @@ def bench(quick: bool = False) -> list[dict]:
                  "unit": "ms", "baseline_name": "eval forward stripped (mnist mlp, B=512)", "ratio": r,
                  "target": "<= 1.02x", "ok": r <= 1.02})
 
-    saved_erm = saved_mb(lambda: F.cross_entropy(erm(x), y))
-    rows.append({"area": "dipnet", "name": "saved activations erm (B=128)", "value": saved_erm, "unit": "MiB"})
-    for m in (1, 4):
-        net, dl = losses[m]
-        net.train()
-        mb = saved_mb(lambda: dl(net, x, y))
-        rows.append({"area": "dipnet", "name": f"saved activations dipnet m={m} (B=128)", "value": mb, "unit": "MiB",
-                     "baseline_name": "saved activations erm (B=128)", "ratio": mb / saved_erm})
     return rows
 
 

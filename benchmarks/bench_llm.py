@@ -65,8 +65,9 @@ def _bench(quick: bool, base: torch.nn.Module, tok) -> list[dict]:
         rows.append({"area": "llm", "name": f"training tokens/s {name}", "value": BATCH * SEQ / times[name],
                      "unit": "tokens/s"})
     sft.train(), dip.train()
-    mb = {"sft": saved_mb(lambda: plain(sft, batch, labels)), "dipnet m=1": saved_mb(lambda: plain(dip, batch, labels)),
-          "dipnet m=2": saved_mb(lambda: two(dip, batch, labels))}
+    mb = {"sft": saved_mb(lambda: plain(sft, batch, labels), sft),
+          "dipnet m=1": saved_mb(lambda: plain(dip, batch, labels), dip),
+          "dipnet m=2": saved_mb(lambda: two(dip, batch, labels), dip)}
     rows.append({"area": "llm", "name": "saved activations sft (8 x 64)", "value": mb["sft"], "unit": "MiB"})
     for name in ("dipnet m=1", "dipnet m=2"):
         rows.append({"area": "llm", "name": f"saved activations {name} (8 x 64)", "value": mb[name], "unit": "MiB",

@@ -5,29 +5,38 @@ Reinforcement Learning" (arXiv 1703.03864, sec. 2.1): one fixed block of N(0, 1)
 of n values is the window ``table[o : o + n]`` at a uniformly random offset ``o``. A window holds
 n distinct table entries, so the values of one draw are exactly i.i.d. N(0, 1); what is
 approximate is independence *between* draws, which reuse entries at random alignments (a table
-of ``TABLE_SIZE`` values and draws of at most ``TABLE_SIZE // 4``, so at least 3M offsets).
+of ``TABLE_SIZE`` values and windows of at most ``TABLE_SIZE // 2``, so at least 2M offsets). A
+larger draw is several windows, each at its own offset, so independence between its pieces is
+approximate in the same way.
 
 Why by hand: on a CPU ``torch.randn`` costs about 2.7 ns a value (mt19937 and Box-Muller, one
 thread), which is most of what DIPNet adds to a small model's training step; a window costs one
 random integer. No library offers this. The offset comes from torch's global generator, so
 ``torch.manual_seed`` and a checkpoint's saved RNG state reproduce the draws; the table itself is
 fixed (its own seed), so it needs no saving.
+
+:func:`draw_like` also returns a :class:`Draw` from which :func:`redraw` makes the same values
+again, so that a backward pass need not keep them: the offsets of table windows, or on an
+accelerator the seed of a Philox generator (one kernel to regenerate). Fresh values on a CPU
+(mt19937, ~2.7 ns a value, too slow to make twice more) are kept in the draw instead.
 """
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence, get_args
+import threading
+from typing import Literal, NamedTuple, Sequence, get_args
 
 import torch
 
 from .schema import check
 
-__all__ = ["NOISE_SOURCES", "NoiseSource", "TABLE_SIZE", "standard_normal", "standard_normal_like"]
+__all__ = ["Draw", "NOISE_SOURCES", "NoiseSource", "TABLE_SIZE", "draw_like", "redraw", "standard_normal",
+           "standard_normal_like"]
 
 NoiseSource = Literal["auto", "table", "fresh"]
 NOISE_SOURCES: tuple[str, ...] = get_args(NoiseSource)
 TABLE_SIZE = 1 << 22
-_MAX_DRAW = TABLE_SIZE // 4
+_MAX_DRAW = TABLE_SIZE // 2  # a training batch of ResNet-20 or the ViT at B=64 is one window
 _TABLE_SEED = 20250605
 _tables: dict[tuple[torch.device | str, torch.dtype], torch.Tensor] = {}
 
@@ -41,11 +50,24 @@ def _table(device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     return table
 
 
-def _window(n: int, shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """n table values at a uniformly random offset from torch's global generator, as ``shape``."""
+def _windows(n: int, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """n table values from windows of at most ``_MAX_DRAW`` at uniformly random offsets (torch's
+    global generator), and the offsets."""
     table = _table(device, dtype)
-    offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
-    return table[offset:offset + n].view(shape)
+    if n <= _MAX_DRAW:
+        offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
+        return table[offset:offset + n], (offset,)
+    sizes = [_MAX_DRAW] * (n // _MAX_DRAW) + ([n % _MAX_DRAW] if n % _MAX_DRAW else [])
+    offsets = tuple(int(torch.randint(0, TABLE_SIZE - k + 1, ())) for k in sizes)
+    return _gather(table, offsets, sizes), offsets
+
+
+def _gather(table: torch.Tensor, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
+    return torch.cat([table[o:o + k] for o, k in zip(offsets, sizes)])
+
+
+def _window(n: int, shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    return _windows(n, device, dtype)[0].view(shape)
 
 
 def check_source(source: str, what: str = "noise") -> None:
@@ -57,13 +79,14 @@ def standard_normal(
     source: str = "auto",
 ) -> torch.Tensor:
     """A tensor of N(0, 1) values: ``source="fresh"`` is ``torch.randn``; ``"table"`` a window of
-    the shared table (a read-only view: do not modify it in place), or fresh values when the draw
-    is larger than ``TABLE_SIZE // 4`` or the dtype is not floating point; ``"auto"`` is the table
-    on a CPU and fresh values on an accelerator, whose generator is fast (docs/dipnet.md, "Speed")."""
+    the shared table (a read-only view: do not modify it in place; a draw larger than
+    ``TABLE_SIZE // 2`` is several windows, copied together), or fresh values when the dtype is
+    not floating point; ``"auto"`` is the table on a CPU and fresh values on an accelerator, whose
+    generator is fast (docs/dipnet.md, "Speed")."""
     n = math.prod(shape)
     if source == "auto":
         source = "table" if (device.type if isinstance(device, torch.device) else torch.device(device).type) == "cpu" else "fresh"
-    if source != "table" or n > _MAX_DRAW or not dtype.is_floating_point:
+    if source != "table" or not dtype.is_floating_point:
         check_source(source)
         return torch.randn(tuple(shape), device=device, dtype=dtype)
     return _window(n, shape, device, dtype)
@@ -73,9 +96,63 @@ def standard_normal_like(x: torch.Tensor, source: str = "auto") -> torch.Tensor:
     """``standard_normal(x.shape, device=x.device, dtype=x.dtype, source=source)``, the same draws,
     in fewer Python steps: DIPNet calls it once per projected layer and training step."""
     if source == "table" or (source == "auto" and x.is_cpu):
-        n = x.numel()
-        if n <= _MAX_DRAW and x.dtype.is_floating_point:
-            return _window(n, x.shape, x.device, x.dtype)
+        if x.dtype.is_floating_point:
+            return _window(x.numel(), x.shape, x.device, x.dtype)
     elif source not in NOISE_SOURCES:
         check_source(source)
     return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+
+
+class Draw(NamedTuple):
+    """Where a draw of :func:`draw_like` came from, enough for :func:`redraw` to make it again:
+    table ``offsets``, or the ``seed`` of an accelerator's generator, or the kept ``values``."""
+
+    offsets: tuple[int, ...] | None
+    seed: int | None
+    values: torch.Tensor | None
+    shape: torch.Size
+    device: torch.device
+    dtype: torch.dtype
+
+
+_local = threading.local()  # one seeded generator per thread and device (forward and backward may differ)
+
+
+def _seeded(seed: int, device: torch.device) -> torch.Generator:
+    gens = _local.__dict__.setdefault("generators", {})
+    gen = gens.get(device)
+    if gen is None:
+        gen = gens[device] = torch.Generator(device=device)
+    return gen.manual_seed(seed)
+
+
+def draw_like(x: torch.Tensor, source: str = "auto") -> tuple[torch.Tensor, Draw]:
+    """:func:`standard_normal_like`'s values (the same draw on a CPU) and the :class:`Draw` that
+    makes them again bit for bit. Fresh values on an accelerator come from a Philox generator
+    seeded by a number drawn from torch's global generator, so ``torch.manual_seed`` reproduces
+    every kind."""
+    table = source == "table" or (source == "auto" and x.is_cpu)
+    if table and x.dtype.is_floating_point:
+        values, offsets = _windows(x.numel(), x.device, x.dtype)
+        return values.view(x.shape), Draw(offsets, None, None, x.shape, x.device, x.dtype)
+    if source not in NOISE_SOURCES:
+        check_source(source)
+    if x.is_cpu or not x.dtype.is_floating_point:
+        values = torch.randn(x.shape, device=x.device, dtype=x.dtype)
+        return values, Draw(None, None, values, x.shape, x.device, x.dtype)
+    seed = int(torch.randint(0, 2**62, ()))
+    draw = Draw(None, seed, None, x.shape, x.device, x.dtype)
+    return redraw(draw), draw
+
+
+def redraw(draw: Draw) -> torch.Tensor:
+    """The values of the draw that :func:`draw_like` returned with ``draw``."""
+    if draw.offsets is not None:
+        table, n = _table(draw.device, draw.dtype), math.prod(draw.shape)
+        if len(draw.offsets) == 1:
+            return table[draw.offsets[0]:draw.offsets[0] + n].view(draw.shape)
+        sizes = [min(_MAX_DRAW, n - i * _MAX_DRAW) for i in range(len(draw.offsets))]
+        return _gather(table, draw.offsets, sizes).view(draw.shape)
+    if draw.values is not None:
+        return draw.values
+    return torch.randn(draw.shape, generator=_seeded(draw.seed, draw.device), device=draw.device, dtype=draw.dtype)

@@ -1,17 +1,19 @@
-"""The projection's speed path, private: the pre-hook that applies a projection, the window
+"""The projection's speed path, private: the hooks that apply a projection, the window
 estimate of the raw input's sigma gradient, and the bookkeeping that keeps both cheap.
 
 Measured in docs/dipnet.md, "Speed": on small models each Python step per projected layer and
 training step shows in the step time, so the pre-hook calls the projection's forward directly
 (the module call, with its hook dispatch, only when hooks are registered on the projection
-itself), hooks are found and removed through torch's hook dictionaries, and
-:class:`~dipnet.projection.DIPNetLoss` caches the list of sigmas until :func:`bump` says the
-set of projections changed.
+itself), hooks are found and removed through torch's hook dictionaries, a layer whose
+projection neither trains nor samples has no hook at all (:func:`sync_hooks`: eval costs
+nothing), and :class:`~dipnet.projection.DIPNetLoss` caches the list of sigmas until
+:func:`bump` says the set of projections changed. Memory: the noise is regenerated in backward,
+not saved (:mod:`.regenerate`); the layer's post-hook ends that.
 
 The window estimate: sigma's gradient ``sum_rows eps * dL/du`` at the raw input (which needs no
 gradient of its own) would cost an input-gradient pass ERM never makes. The projection picks a
-random cyclic window of ``k = ceil(f N)`` rows, registers a one-shot output hook on its layer,
-and the hook wraps the layer's output in :class:`_SubsampledSigmaGrad`, whose backward adds
+random cyclic window of ``k = ceil(f N)`` rows, and the layer's post-hook wraps its output in
+:class:`SubsampledSigmaGrad`, whose backward adds
 ``(N / k) sum_{rows in window} eps * dL/du`` to sigma's gradient: unbiased, at about ``f`` of
 the cost.
 """
@@ -25,10 +27,12 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from ..errors import ConfigError
-from ..noise_table import standard_normal_like
+from ..noise_table import Draw, draw_like, redraw
+from .regenerate import RegeneratedInput, sample
 
 ATTR = "dipnet_projection"  # the projection's name as a child of the layer it feeds
-_HOOK_ATTR = "_dipnet_hook_id"
+_HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer while its hooks are installed
+_OWNER = "_dipnet_owner"  # the layer a projection feeds, in the projection's __dict__ (copied with it)
 AUTO_INPUT_GRAD_FRACTION = 0.125  # input_grad_fraction=None on a CPU (exact, 1.0, on accelerators)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _KWARG_INPUTS = ("hidden_states", "x", "input", "inputs_embeds")
@@ -52,7 +56,9 @@ def feature_view(sigma: torch.Tensor | float, x: torch.Tensor, feature_dim: int)
 
 
 def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The sampling pass of ``proj`` on ``layer``'s input ``x``, in few Python steps."""
+    """The sampling pass of ``proj`` on ``layer``'s input ``x``, in few Python steps. With autograd
+    on, the noise is regenerated in backward (:mod:`.regenerate`): the hooks that keep the
+    layer's saved input as a recipe stay active until the layer's post-hook."""
     unbatched = isinstance(layer, _CONVS) and x.ndim == len(layer.kernel_size) + 1
     dim = 0 if unbatched else proj.feature_dim
     features = proj.features
@@ -60,23 +66,30 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         sigma = proj.log_sigma.exp()
     else:  # relative scale, or the error for an input of the wrong width
         sigma = proj.sigma_for(x, dim)
-    eps = standard_normal_like(x, proj.noise)
+    eps, draw = draw_like(x, proj.noise)
     view = sigma.view(features, *([1] * (x.ndim - 1 - dim))) if features and dim != -1 and dim != x.ndim - 1 else sigma
-    if x.requires_grad or not sigma.requires_grad or unbatched or x.ndim < 2:
-        return torch.addcmul(x, view, eps)
-    n = x.shape[0]
-    fraction = proj.input_grad_fraction
-    if fraction is None:
-        fraction = AUTO_INPUT_GRAD_FRACTION if x.is_cpu else 1.0
-    k = math.ceil(fraction * n)
-    if k >= n or not _subsampling_layer(layer) or not torch.is_grad_enabled() or _functorch_wrapped(x):
-        return torch.addcmul(x, view, eps)
-    start = window_start(n)
-    if proj._pending is not None:  # left by a forward that raised before the layer's output
-        proj._pending[-1].remove()
-    handle = layer.register_forward_hook(_output_hook)  # one-shot: removes itself
-    proj._pending = (sigma, cyclic_rows(eps, start, k), start, n / k, handle)
-    return torch.addcmul(x, view.detach(), eps)
+    recording = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()  # torch.func refuses hooks
+    pending = None
+    if x.requires_grad or not sigma.requires_grad or unbatched or x.ndim < 2 or not recording:
+        u = sample(x, view, eps, draw)
+    else:
+        n = x.shape[0]
+        fraction = proj.input_grad_fraction
+        if fraction is None:
+            fraction = AUTO_INPUT_GRAD_FRACTION if x.is_cpu else 1.0
+        k = math.ceil(fraction * n)
+        if k >= n or not _subsampling_layer(layer):
+            u = sample(x, view, eps, draw)
+        else:
+            pending = (sigma, draw, window_start(n), k, n / k)
+            u = torch.addcmul(x, view.detach(), eps)
+    state = proj.__dict__
+    if state["_regen"] is not None:  # left by a forward that raised before the layer's post-hook
+        state["_regen"].__exit__()
+    state["_pending"] = pending
+    if recording:
+        state["_regen"] = RegeneratedInput(u, x, view, draw).__enter__()
+    return u
 
 
 def window_start(n: int) -> int:
@@ -85,15 +98,10 @@ def window_start(n: int) -> int:
 
 
 def _subsampling_layer(layer: nn.Module) -> bool:
-    """A layer whose input gradient the output hook can compute: a Linear or Conv with the stock forward."""
+    """A layer whose input gradient the post-hook can compute: a Linear or Conv with the stock forward."""
     if isinstance(layer, nn.Linear):
         return type(layer).forward is nn.Linear.forward
     return isinstance(layer, _CONVS) and type(layer).forward in (c.forward for c in _CONVS)
-
-
-def _functorch_wrapped(x: torch.Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check is not None and check(x))
 
 
 def cyclic_rows(t: torch.Tensor, start: int, k: int) -> torch.Tensor:
@@ -103,36 +111,45 @@ def cyclic_rows(t: torch.Tensor, start: int, k: int) -> torch.Tensor:
 
 
 def _layer_input_grad(layer: nn.Module, weight: torch.Tensor, grad_out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``dL/du`` of a Linear/Conv layer (linear in ``u``) for the output gradient ``grad_out``."""
+    """``dL/du`` of a Linear/Conv layer (linear in ``u``) for the output gradient ``grad_out``: the
+    input half of the convolution's backward alone (no forward pass, no weight gradient)."""
     if isinstance(layer, nn.Linear):
         return grad_out @ weight
-    with torch.enable_grad():
-        z = torch.zeros(shape, dtype=grad_out.dtype, device=grad_out.device, requires_grad=True)
-        (du,) = torch.autograd.grad(layer._conv_forward(z, weight, None), z, grad_out)
-    return du
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):  # through the layer's own padding
+        with torch.enable_grad():
+            z = torch.zeros(shape, dtype=grad_out.dtype, device=grad_out.device, requires_grad=True)
+            (du,) = torch.autograd.grad(layer._conv_forward(z, weight, None), z, grad_out)
+        return du
+    nd = len(layer.kernel_size)
+    grad_input, _, _ = torch.ops.aten.convolution_backward(
+        grad_out, torch.empty(shape, dtype=grad_out.dtype, device=grad_out.device), weight, None,
+        layer.stride, layer.padding, layer.dilation, False, (0,) * nd, layer.groups, (True, False, False))
+    return grad_input
 
 
 class SubsampledSigmaGrad(torch.autograd.Function):
     """Identity on the layer's output; backward adds ``(N / k) sum_{rows in window} eps * dL/du``
-    to sigma's gradient (the unbiased window estimate)."""
+    to sigma's gradient (the unbiased window estimate), ``eps`` regenerated from its draw."""
 
     @staticmethod
-    def forward(ctx, output, sigma, eps_rows, start, scale, layer, feature_dim):  # type: ignore[override]
-        ctx.save_for_backward(eps_rows, layer.weight.detach())
-        ctx.layer, ctx.start, ctx.scale, ctx.feature_dim, ctx.shared = layer, start, scale, feature_dim, sigma.ndim == 0
+    def forward(ctx, output, sigma, draw, start, k, scale, layer, feature_dim):  # type: ignore[override]
+        ctx.save_for_backward(layer.weight.detach())
+        ctx.layer, ctx.draw, ctx.start, ctx.k, ctx.scale = layer, draw, start, k, scale
+        ctx.feature_dim, ctx.shared = feature_dim, sigma.ndim == 0
         return output.clone()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        eps_rows, weight = ctx.saved_tensors
-        du = _layer_input_grad(ctx.layer, weight, cyclic_rows(grad, ctx.start, eps_rows.shape[0]), eps_rows.shape)
+        (weight,) = ctx.saved_tensors
+        eps_rows = cyclic_rows(redraw(ctx.draw), ctx.start, ctx.k)
+        du = _layer_input_grad(ctx.layer, weight, cyclic_rows(grad, ctx.start, ctx.k), eps_rows.shape)
         prod = du.mul_(eps_rows)
         if ctx.shared:
             g_sigma = prod.sum()
         else:
             dim = ctx.feature_dim % prod.ndim
             g_sigma = prod.sum(tuple(d for d in range(prod.ndim) if d != dim))
-        return grad, g_sigma.mul_(ctx.scale), None, None, None, None, None
+        return grad, g_sigma.mul_(ctx.scale), None, None, None, None, None, None
 
 
 def _has_own_hooks(proj: nn.Module) -> bool:
@@ -162,34 +179,65 @@ def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     )
 
 
-def _output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    """One-shot hook of a forward whose projection chose the window estimate: attach it to the
-    layer's output and remove itself (so eval and the other layers pay for no output hook)."""
-    proj = module._modules.get(ATTR)
-    pending = getattr(proj, "_pending", None)
+def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    """After the layer (also when it raised): end the regenerated-input hooks, and attach the
+    window estimate to the output when the projection chose it."""
+    state = module._modules[ATTR].__dict__
+    regen, pending = state["_regen"], state["_pending"]
+    if regen is not None:
+        state["_regen"] = None
+        regen.__exit__()
     if pending is None:
         return None
-    proj._pending = None
-    sigma, eps_rows, start, scale, handle = pending
-    handle.remove()
-    return SubsampledSigmaGrad.apply(output, sigma, eps_rows, start, scale, module, proj.feature_dim)
+    state["_pending"] = None
+    if not isinstance(output, torch.Tensor):
+        return None
+    sigma, draw, start, k, scale = pending
+    return SubsampledSigmaGrad.apply(output, sigma, draw, start, k, scale, module, module._modules[ATTR].feature_dim)
 
 
 def attach(module: nn.Module, proj: nn.Module) -> None:
-    """Make ``proj`` the projection of ``module``'s input: a child plus a forward pre-hook."""
+    """Make ``proj`` the projection of ``module``'s input: a child, and the pre-/post-hooks
+    while it trains or samples (:func:`sync_hooks`)."""
     module.add_module(ATTR, proj)
-    handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    setattr(module, _HOOK_ATTR, handle.id)
+    proj.__dict__[_OWNER] = module
+    proj.train(module.training)  # a projection added to a model in eval mode starts in eval mode
+    sync_hooks(proj)
+
+
+def sync_hooks(proj: nn.Module) -> None:
+    """Install the layer's hooks when ``proj`` trains or samples, remove them otherwise (eval
+    then runs no Python per layer). The projection calls it when either flag changes."""
+    module = proj.__dict__.get(_OWNER)
+    if module is None or module._modules.get(ATTR) is not proj:
+        return
+    ids = module.__dict__.get(_HOOK_ATTR)
+    if proj.training or proj.sample_in_eval:
+        if ids is None:
+            pre = module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+            post = module.register_forward_hook(post_hook, prepend=True, always_call=True)
+            module.__dict__[_HOOK_ATTR] = (pre.id, post.id)
+    elif ids is not None:
+        _remove_hooks(module, ids)
+
+
+def _remove_hooks(module: nn.Module, ids: tuple[int, int]) -> None:
+    pre, post = ids
+    module._forward_pre_hooks.pop(pre, None)
+    module._forward_pre_hooks_with_kwargs.pop(pre, None)
+    module._forward_hooks.pop(post, None)
+    module._forward_hooks_always_called.pop(post, None)
+    del module.__dict__[_HOOK_ATTR]
 
 
 def detach(module: nn.Module) -> None:
-    """Undo :func:`attach` (the hook is removed by its id, which survives deepcopy and pickling)."""
-    hook_id = getattr(module, _HOOK_ATTR, None)
-    if hook_id is not None:
-        module._forward_pre_hooks.pop(hook_id, None)
-        module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
-        delattr(module, _HOOK_ATTR)
-    pending = module._modules[ATTR]._pending
-    if pending is not None:  # a forward that raised before its output hook ran
-        pending[-1].remove()
+    """Undo :func:`attach` (hooks are removed by their ids, which survive deepcopy and pickling)."""
+    ids = module.__dict__.get(_HOOK_ATTR)
+    if ids is not None:
+        _remove_hooks(module, ids)
+    proj = module._modules[ATTR]
+    regen = proj.__dict__.get("_regen")
+    if regen is not None:  # a forward that raised before the post-hook
+        regen.__exit__()
+    proj.__dict__.pop(_OWNER, None)
     del module._modules[ATTR]

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..noise_table import NoiseSource, standard_normal_like
+from ..noise_table import NoiseSource, draw_like
 from ..schema import Limits, Validated, check, param
 from . import _fast
+from .regenerate import sample
 
 __all__ = ["GaussianProjection", "ProjectionConfig", "gaussian_projection"]
 
@@ -32,12 +33,12 @@ def gaussian_projection(
     ``sigma`` is a scalar, or a vector over ``x``'s ``feature_dim`` (the last dimension for a
     Linear input, the channel dimension 1 for a convolution input). ``noise``: where ``eps`` comes
     from, ``"fresh"`` (``torch.randn``) or ``"table"`` (a random window of a shared table,
-    :mod:`dipnet.noise_table`).
+    :mod:`dipnet.noise_table`). The backward regenerates ``eps`` instead of keeping it.
     """
     if not training:
         return x
-    sigma, eps = _fast.feature_view(sigma, x, feature_dim), standard_normal_like(x, noise)
-    return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
+    eps, draw = draw_like(x, noise)
+    return sample(x, _fast.feature_view(sigma, x, feature_dim), eps, draw)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class GaussianProjection(nn.Module):
 
     is_noise_layer = True
     sample_in_eval = False
+    _HOOK_FLAGS = frozenset(("training", "sample_in_eval"))
 
     def __init__(
         self,
@@ -106,7 +108,8 @@ class GaussianProjection(nn.Module):
         self.features, self.feature_dim = features, feature_dim
         self.scale, self.momentum, self.noise = config.scale, config.rms_momentum, config.noise
         self.input_grad_fraction = config.input_grad_fraction
-        self._pending: tuple | None = None  # the window estimate a layer's output hook will attach
+        self._pending: tuple | None = None  # the window estimate the layer's post-hook will attach
+        self._regen = None  # the regenerated-input hooks active during the layer's forward
         init = torch.full((features,) if features else (), math.log(config.sigma))
         if learnable:
             self.log_sigma = nn.Parameter(init)
@@ -114,6 +117,11 @@ class GaussianProjection(nn.Module):
             self.register_buffer("log_sigma", init)
         if config.scale == "relative":
             self.register_buffer("running_rms", torch.zeros(()))  # 0: taken from the first training batch
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in self._HOOK_FLAGS:  # train()/eval(), sampling(): the layer's hooks follow (eval runs none)
+            _fast.sync_hooks(self)
 
     @property
     def learnable(self) -> bool:

@@ -14,14 +14,14 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ..errors import ConfigError
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import ConfigError
 from ..schema import Limits, Validated, check, param
 from . import _fast
 from .insert import projections
 from .noise import noise_layers, sampling
+from .regenerate import repeated
 
 __all__ = ["DEFAULT_PRIOR", "DIPNetLoss", "LossConfig", "call_model", "logits_of", "predict", "repeat_batch"]
 
@@ -171,7 +171,8 @@ class DIPNetLoss:
             if m > 1 and self.batchnorm == "per-trajectory" and any(isinstance(mod, _BatchNorm) for mod in model.modules()):
                 logits = torch.cat([call_model(model, x) for _ in range(m)])
             else:
-                logits = call_model(model, xr)
+                with repeated(xr, x, m):  # the first layer keeps x once, not its m copies
+                    logits = call_model(model, xr)
         except RuntimeError as exc:
             if m == 1:
                 raise

@@ -1,0 +1,106 @@
+"""DIPNet's memory and its cost where users train (issue 17), each against ERM on the same model
+and batch in the same run: bytes autograd keeps for backward (the MNIST MLP 784-512-512-10 at
+B=128, ResNet-20 and the ViT at B=64; targets m=1 <= 1.15x, m=4 <= 4.3x), the training step on
+the compute-bound models at B=64 with 2 threads (m=1 <= 1.10x) and the eval forward of a
+projected ResNet-20 over its stripped twin (<= 1.02x: eval runs no hook)."""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dipnet.data import DatasetInfo
+from dipnet.models import build_model
+from dipnet.projection import DIPNetLoss, project, strip
+
+from _timing import paired, saved_mb
+
+MNIST = DatasetInfo("mnist", (1, 28, 28), 10, tuple("0123456789"), (0.0, 1.0))
+CIFAR = DatasetInfo("cifar10", (3, 32, 32), 10, tuple("0123456789"), (0.0, 1.0))
+MODELS = {  # label -> (model, kwargs, info, batch)
+    "mnist mlp 784-512-512-10, B=128": ("mlp", {"widths": (512, 512)}, MNIST, 128),
+    "resnet-20, B=64": ("resnet20", {}, CIFAR, 64),
+    "vit, B=64": ("vit", {}, CIFAR, 64),
+}
+THREADS = 2
+
+
+def _data(info: DatasetInfo, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(batch, *info.input_shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+def _step(model: torch.nn.Module, loss_fn) -> callable:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+    return run
+
+
+def memory_rows() -> list[dict]:
+    rows = []
+    for label, (name, kwargs, info, batch) in MODELS.items():
+        torch.manual_seed(0)
+        erm = build_model(name, info, **kwargs).train()
+        x, y = _data(info, batch)
+        base = saved_mb(lambda: F.cross_entropy(erm(x), y), erm)
+        base_name = f"saved for backward erm ({label})"
+        rows.append({"area": "projection", "name": base_name, "value": base, "unit": "MiB"})
+        for m, target in ((1, 1.15), (4, 4.3)):
+            net = project(copy.deepcopy(erm)).train()
+            mb = saved_mb(lambda: DIPNetLoss(trajectories=m)(net, x, y), net)
+            rows.append({"area": "projection", "name": f"saved for backward dipnet m={m} ({label})", "value": mb,
+                         "unit": "MiB", "baseline_name": base_name, "ratio": mb / base, "target": f"<= {target}x",
+                         "ok": mb / base <= target})
+    return rows
+
+
+def speed_rows(quick: bool) -> list[dict]:
+    reps, inner = (3, 2) if quick else (9, 3)
+    rows = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        for label in ("resnet-20, B=64", "vit, B=64"):
+            name, kwargs, info, batch = MODELS[label]
+            torch.manual_seed(0)
+            erm = build_model(name, info, **kwargs).train()
+            net = project(copy.deepcopy(erm)).train()
+            x, y = _data(info, batch)
+            dl = DIPNetLoss()
+            fns = {"erm": _step(erm, lambda: F.cross_entropy(erm(x), y)), "dipnet": _step(net, lambda: dl(net, x, y))}
+            t, ratio = paired(fns, "erm", reps, inner, warmup=2, clock=time.perf_counter)
+            base_name = f"train step erm ({label}, {THREADS} threads)"
+            rows.append({"area": "projection", "name": base_name, "value": t["erm"] * 1e3, "unit": "ms"})
+            rows.append({"area": "projection", "name": f"train step dipnet m=1 ({label}, {THREADS} threads)",
+                         "value": t["dipnet"] * 1e3, "unit": "ms", "baseline_name": base_name,
+                         "ratio": ratio["dipnet"], "target": "<= 1.1x", "ok": ratio["dipnet"] <= 1.10})
+            if label.startswith("resnet"):
+                net.train()
+                net(x)  # running input RMS from a training batch, as after training
+                projected, stripped = net.eval(), strip(copy.deepcopy(net)).eval()
+                with torch.no_grad():
+                    te, tr = paired({"stripped": lambda: stripped(x), "projected": lambda: projected(x)}, "stripped",
+                                    reps, inner * 3, warmup=2)
+                base_name = f"eval forward stripped ({label}, {THREADS} threads)"
+                rows.append({"area": "projection", "name": base_name, "value": te["stripped"] * 1e3, "unit": "ms"})
+                rows.append({"area": "projection", "name": f"eval forward projected ({label}, {THREADS} threads)",
+                             "value": te["projected"] * 1e3, "unit": "ms", "baseline_name": base_name,
+                             "ratio": tr["projected"], "target": "<= 1.02x", "ok": tr["projected"] <= 1.02})
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def bench(quick: bool = False) -> list[dict]:
+    return memory_rows() + speed_rows(quick)
+
+
+if __name__ == "__main__":
+    for row in bench(quick=True):
+        print(row)

@@ -1,0 +1,175 @@
+"""Noise regenerated in the backward pass instead of saved for it.
+
+A training forward through a projection computes ``u = x + sigma * eps``. Saved the plain way it
+costs twice: the projection's op keeps ``eps`` for sigma's gradient, and the layer it feeds keeps
+``u`` for its weight gradient, while ``x`` is usually kept already by the layer before (a ReLU
+keeps its output). Both can be made again from where ``eps`` was drawn (a table offset or a
+generator seed, :class:`dipnet.noise_table.Draw`): the recompute-instead-of-store trade of
+gradient checkpointing (Chen et al., arXiv 1604.06174), here for the one op whose recompute is
+a single multiply-add.
+
+- :class:`Sample` is the projection as an autograd Function that saves only the draw.
+- :class:`RegeneratedInput` is a saved-tensor hook (``torch.autograd.graph.saved_tensors_hooks``)
+  active while the projected layer runs: what the layer saves that is ``u`` (or a view of it) is
+  kept as ``(x, sigma, draw)`` and rebuilt bit for bit when backward needs it. Everything else,
+  and ``x`` itself, goes to the hooks that were active before (a user's ``save_on_cpu``,
+  activation checkpointing), so those keep working.
+- :func:`repeated` marks DIPNetLoss's batch stacked m times: a ``u`` built from it keeps the
+  batch once and m.
+
+Why by hand: torch's checkpointing re-runs whole modules and keeps their inputs; no library
+regenerates one op's random input.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from ..noise_table import Draw, redraw
+
+__all__ = ["RegeneratedInput", "Sample", "repeated", "sample"]
+
+_top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+_repeats: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (stacked batch, batch, m) while DIPNetLoss runs
+
+
+class Sample(torch.autograd.Function):
+    """``x + sigma * eps`` whose backward regenerates ``eps`` from its draw: nothing but the draw
+    is kept. ``sigma`` broadcasts over ``x``; its gradient is ``sum(dL/du * eps)`` over the
+    broadcast dimensions, the same reduction autograd applies to ``addcmul``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, draw: Draw) -> torch.Tensor:  # type: ignore[override]
+        ctx.draw, ctx.sigma_shape = draw, sigma.shape
+        return torch.addcmul(x, sigma, eps)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        g_sigma = None
+        if ctx.needs_input_grad[1]:
+            g_sigma = (grad * redraw(ctx.draw)).sum_to_size(ctx.sigma_shape)
+        return (grad if ctx.needs_input_grad[0] else None), g_sigma, None, None
+
+
+def sample(x: torch.Tensor, sigma: torch.Tensor | float, eps: torch.Tensor, draw: Draw) -> torch.Tensor:
+    """``x + sigma * eps`` through :class:`Sample` when autograd needs it, else the plain op."""
+    if (isinstance(sigma, torch.Tensor) and torch.is_grad_enabled() and (x.requires_grad or sigma.requires_grad)
+            and not torch._C._are_functorch_transforms_active()):  # torch.func: the plain op
+        return Sample.apply(x, sigma, eps, draw)
+    return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
+
+
+@contextlib.contextmanager
+def repeated(stacked: Any, batch: Any, m: int) -> Iterator[None]:
+    """While inside, a projection whose input is (a view of) ``stacked`` — ``batch`` stacked m
+    times along dimension 0 — keeps ``batch`` and m instead of the stacked copy. Mappings of
+    keyword inputs are walked key by key."""
+    pairs = []
+    if m > 1:
+        if isinstance(stacked, torch.Tensor):
+            pairs = [(stacked, batch, m)]
+        elif isinstance(stacked, dict):
+            pairs = [(stacked[k], batch[k], m) for k in stacked
+                     if isinstance(stacked[k], torch.Tensor) and stacked[k] is not batch.get(k)]
+    _repeats.extend(pairs)
+    try:
+        yield
+    finally:
+        del _repeats[len(_repeats) - len(pairs):]
+
+
+def _within(t: torch.Tensor, base: torch.Tensor) -> bool:
+    """Whether ``t``'s memory lies in ``base``'s (a view of a freshly allocated ``base``)."""
+    start, ptr = base.data_ptr(), t.data_ptr()
+    return (t.device == base.device and start <= ptr < start + base.numel() * base.element_size()
+            and t.dtype == base.dtype)
+
+
+def _layout(t: torch.Tensor, base: torch.Tensor) -> tuple[torch.Size, tuple[int, ...], int]:
+    return t.shape, t.stride(), t.storage_offset() - base.storage_offset()
+
+
+class RegeneratedInput:
+    """The saved-tensor hooks of one projected layer's forward (enter before, exit after): ``u``
+    and its views are packed as a recipe, everything else passes to the hooks active before."""
+
+    __slots__ = ("u", "version", "x", "sigma", "draw", "outer", "pushed")
+
+    def __init__(self, u: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, draw: Draw) -> None:
+        self.u, self.version, self.x, self.sigma, self.draw = u, u._version, x, sigma.detach(), draw
+        self.outer = _top_hooks(False) if _top_hooks is not None else None
+        self.pushed = False
+
+    def __enter__(self) -> "RegeneratedInput":
+        torch._C._autograd._push_saved_tensors_default_hooks(self.pack, self.unpack)
+        self.pushed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pushed:
+            self.pushed = False
+            torch._C._autograd._pop_saved_tensors_default_hooks()
+            self.u = self.x = None  # type: ignore[assignment]
+
+    def _keep(self, t: torch.Tensor) -> Any:
+        return self.outer[0](t) if self.outer is not None else t.detach()
+
+    def pack(self, t: torch.Tensor) -> Any:
+        u = self.u
+        if u is None or u._version != self.version or not _within(t, u):
+            return self._keep(t)
+        x, check = self.x, self.outer is None
+        for stacked, batch, m in _repeats:
+            if _within(x, stacked):
+                source = ("repeat", self._keep(batch), m, _layout(x, stacked), batch._version if check else None)
+                break
+        else:
+            source = ("x", self._keep(x), x._version if check else None)
+        return _Recipe(self, source, self.sigma, self.draw, _layout(t, u), self.outer[1] if self.outer is not None else None)
+
+    def unpack(self, packed: Any) -> torch.Tensor:
+        if type(packed) is _Recipe and packed.maker is self:
+            return packed.build()
+        return self.outer[1](packed) if self.outer is not None else packed
+
+
+class _Recipe:
+    """How to rebuild a saved ``u`` (or a view of it) from ``x``, ``sigma`` and the draw."""
+
+    __slots__ = ("maker", "source", "sigma", "draw", "layout", "outer_unpack")
+
+    def __init__(self, maker: RegeneratedInput, source: tuple[Any, ...], sigma: torch.Tensor, draw: Draw,
+                 layout: tuple[torch.Size, tuple[int, ...], int], outer_unpack: Any) -> None:
+        self.maker, self.source, self.sigma, self.draw, self.layout = maker, source, sigma, draw, layout
+        self.outer_unpack = outer_unpack
+
+    def restore(self, kept: Any) -> torch.Tensor:
+        return self.outer_unpack(kept) if self.outer_unpack is not None else kept
+
+    def _input(self) -> torch.Tensor:
+        if self.source[0] == "x":
+            _, kept, version = self.source
+            x = self.restore(kept)
+            _check_version(x, version)
+            return x
+        _, kept, m, (shape, stride, offset), version = self.source
+        batch = self.restore(kept)
+        _check_version(batch, version)
+        return batch.repeat(m, *([1] * (batch.ndim - 1))).as_strided(shape, stride, offset)
+
+    def build(self) -> torch.Tensor:
+        x = self._input().detach()
+        u = torch.addcmul(x, self.sigma, redraw(self.draw))
+        shape, stride, offset = self.layout
+        return u if (u.shape == shape and u.stride() == stride and offset == 0) else u.as_strided(shape, stride, offset)
+
+
+def _check_version(x: torch.Tensor, version: int | None) -> None:
+    if version is not None and x._version != version:
+        raise RuntimeError(
+            "the input of a DIPNet-projected layer was modified in place after the forward pass, so the "
+            "projected input cannot be rebuilt for backward; apply the in-place operation to a copy "
+            "(or call the layer on x.clone())"
+        )

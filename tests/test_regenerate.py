@@ -91,7 +91,8 @@ def _grads(model: nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("opts", [{}, {"noise": "fresh", "input_grad_fraction": 1.0}, {"scale": "absolute"}],
                          ids=["default", "fresh-exact", "absolute"])
 def test_gradients_equal_the_saving_implementation(monkeypatch, name, m, opts):
-    """Same seed, same model: loss and every gradient (weights and sigmas) equal, bit for bit."""
+    """Same seed, same model: loss and every weight gradient equal bit for bit; sigma gradients
+    equal up to float summation order (regenerated: dot products; saved: autograd's mul and sum)."""
     build, info, n = MODELS[name]
     torch.manual_seed(0)
     net = project(build(), sigma=0.2, **opts).train()
@@ -108,7 +109,10 @@ def test_gradients_equal_the_saving_implementation(monkeypatch, name, m, opts):
             results.append((loss.detach(), _grads(model, loss), model.state_dict()))
     (la, ga, sa), (lb, gb, sb) = results
     assert torch.equal(la, lb)
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(ga, gb))
+    sigmas = [k.endswith("log_sigma") for k, _ in net.named_parameters()]
+    for a, b, is_sigma in zip(ga, gb, sigmas):
+        assert (a is None and b is None) or (torch.allclose(a, b, rtol=1e-5, atol=1e-8) if is_sigma else torch.equal(a, b))
+    assert any(sigmas)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # running statistics too
 
 

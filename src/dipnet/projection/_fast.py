@@ -15,7 +15,8 @@ gradient of its own) would cost an input-gradient pass ERM never makes. The proj
 random cyclic window of ``k = ceil(f N)`` rows, and the layer's post-hook wraps its output in
 :class:`SubsampledSigmaGrad`, whose backward adds
 ``(N / k) sum_{rows in window} eps * dL/du`` to sigma's gradient: unbiased, at about ``f`` of
-the cost.
+the cost. A sigma shared by the layer takes it as ``sum g * W eps`` (the layer's forward on the
+window, cheaper than its input gradient when the input has few channels).
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from ..errors import ConfigError
 from ..noise_table import Draw, draw_like, redraw
-from .regenerate import RegeneratedInput, sample
+from .regenerate import RegeneratedInput, sample, sigma_grad
 
 ATTR = "dipnet_projection"  # the projection's name as a child of the layer it feeds
 _HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer while its hooks are installed
@@ -110,6 +112,12 @@ def cyclic_rows(t: torch.Tensor, start: int, k: int) -> torch.Tensor:
     return t[start:end] if end <= t.shape[0] else torch.cat((t[start:], t[:end - t.shape[0]]))
 
 
+def _layer_linear_part(layer: nn.Module, weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The layer's output for input ``u`` without the bias (Linear or Conv, any padding mode)."""
+    with torch.no_grad():
+        return F.linear(u, weight) if isinstance(layer, nn.Linear) else layer._conv_forward(u, weight, None)
+
+
 def _layer_input_grad(layer: nn.Module, weight: torch.Tensor, grad_out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``dL/du`` of a Linear/Conv layer (linear in ``u``) for the output gradient ``grad_out``: the
     input half of the convolution's backward alone (no forward pass, no weight gradient)."""
@@ -142,11 +150,11 @@ class SubsampledSigmaGrad(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
         eps_rows = cyclic_rows(redraw(ctx.draw), ctx.start, ctx.k)
-        du = _layer_input_grad(ctx.layer, weight, cyclic_rows(grad, ctx.start, ctx.k), eps_rows.shape)
-        prod = du.mul_(eps_rows)
-        if ctx.shared:
-            g_sigma = prod.sum()
+        grad_rows = cyclic_rows(grad, ctx.start, ctx.k)
+        if ctx.shared:  # sum(W^T g * eps) = sum(g * W eps): the layer's cheap forward on the k rows
+            g_sigma = sigma_grad(grad_rows, _layer_linear_part(ctx.layer, weight, eps_rows), torch.Size(()))
         else:
+            prod = _layer_input_grad(ctx.layer, weight, grad_rows, eps_rows.shape).mul_(eps_rows)
             dim = ctx.feature_dim % prod.ndim
             g_sigma = prod.sum(tuple(d for d in range(prod.ndim) if d != dim))
         return grad, g_sigma.mul_(ctx.scale), None, None, None, None, None, None

@@ -41,6 +41,13 @@ def gaussian_projection(
     return sample(x, _fast.feature_view(sigma, x, feature_dim), eps, draw)
 
 
+def input_rms(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean(x^2)) of the detached input in one reduction (the norm, accumulated in single
+    precision for half-precision inputs, over sqrt(numel))."""
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(x.detach(), dtype=torch.float32 if low else None) * (max(x.numel(), 1) ** -0.5)
+
+
 @dataclass
 class ProjectionConfig(Validated):
     """The settings of a projection, with their limits (shared by :class:`GaussianProjection`,
@@ -149,7 +156,7 @@ class GaussianProjection(nn.Module):
         if self.scale == "relative":
             if self.training:
                 with torch.no_grad():
-                    rms = x.detach().pow(2).mean().sqrt().to(self.running_rms.dtype)
+                    rms = input_rms(x).to(self.running_rms.dtype)
                     r = self.running_rms
                     r.copy_(torch.where(r > 0, r + self.momentum * (rms - r), rms))
             sigma = sigma * self.running_rms

@@ -23,15 +23,17 @@ regenerates one op's random input.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Iterator
 
 import torch
 
 from ..noise_table import Draw, redraw
 
-__all__ = ["RegeneratedInput", "Sample", "repeated", "sample"]
+__all__ = ["RegeneratedInput", "Sample", "repeated", "sample", "sigma_grad"]
 
 _top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+_DOT_DTYPES = (torch.float32, torch.float64)
 _repeats: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (stacked batch, batch, m) while DIPNetLoss runs
 
 
@@ -49,8 +51,24 @@ class Sample(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         g_sigma = None
         if ctx.needs_input_grad[1]:
-            g_sigma = (grad * redraw(ctx.draw)).sum_to_size(ctx.sigma_shape)
+            g_sigma = sigma_grad(grad, redraw(ctx.draw), ctx.sigma_shape)
         return (grad if ctx.needs_input_grad[0] else None), g_sigma, None, None
+
+
+def sigma_grad(grad: torch.Tensor, eps: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``(grad * eps).sum_to_size(shape)`` without the product tensor where a reduction can do it:
+    one dot product for a shared sigma, per-channel dot products for a sigma over a channel
+    dimension followed by others (a convolution's input). Single and double precision only (a
+    half-precision dot would overflow); the sum is the same up to its order."""
+    if grad.dtype in _DOT_DTYPES and eps.dtype == grad.dtype and grad.is_contiguous() and eps.is_contiguous():
+        if math.prod(shape) == 1:
+            return torch.dot(grad.view(-1), eps.view(-1)).reshape(shape)
+        lead = grad.ndim - len(shape)
+        if len(shape) > 1 and shape[0] == grad.shape[lead] and math.prod(shape) == shape[0]:
+            c = shape[0]
+            inner = math.prod(grad.shape[lead + 1:])
+            return torch.linalg.vecdot(grad.view(-1, c, inner), eps.view(-1, c, inner)).sum(0).view(shape)
+    return (grad * eps).sum_to_size(shape)
 
 
 def sample(x: torch.Tensor, sigma: torch.Tensor | float, eps: torch.Tensor, draw: Draw) -> torch.Tensor:

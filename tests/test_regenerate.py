@@ -224,6 +224,31 @@ def test_torch_func_transforms_work_on_a_sampling_model():
     assert jac.shape == (2, 4) and torch.isfinite(jac).all() and grad.shape == (4,)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's notes on the graph breaks
+def test_torch_compile_gives_the_eager_gradients():
+    """torch.compile breaks the graph at each draw and at the hooks; with the draws taken by
+    torch's own generator (inductor's fallback_random) the compiled step equals the eager one."""
+    inductor = pytest.importorskip("torch._inductor.config")
+    torch.manual_seed(0)
+    base = project(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))).train()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+
+    def grads(backend: str | None) -> list[torch.Tensor]:
+        net = copy.deepcopy(base)
+        model = torch.compile(net, backend=backend) if backend else net
+        torch.manual_seed(7)
+        F.cross_entropy(model(x), y).backward()
+        return [p.grad for p in net.parameters()]
+
+    torch._dynamo.reset()
+    eager = grads(None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inductor, "fallback_random", True)
+        compiled = grads("aot_eager")
+    torch._dynamo.reset()
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
 # ---------------------------------------------------------------- eval mode runs no hook
 
 

@@ -22,6 +22,7 @@ from dipnet.projection import (
     predict,
     project,
     projections,
+    sampling,
     strip,
 )
 
@@ -728,3 +729,32 @@ def test_hooks_on_a_projection_run_and_do_not_change_the_result(build):
     assert len(seen) == 2
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_running_rms_follows_its_definition_in_train_mode_only():
+    """Relative scale: the first training batch sets the running RMS to sqrt(mean x^2) of the
+    layer's input (computed here in float64), later batches move it by the momentum, eval and
+    sampling leave it alone, and a loaded zero restarts it from the next batch."""
+    torch.manual_seed(0)
+    net = project(nn.Sequential(nn.Linear(6, 4)), sigma=0.2, rms_momentum=0.3).train()
+    proj = projections(net)[0][1]
+    xs = [torch.randn(8, 6) * s for s in (1.0, 3.0, 0.5)]
+
+    def rms(x: torch.Tensor) -> float:
+        return x.double().pow(2).mean().sqrt().item()
+
+    expected = rms(xs[0])
+    net(xs[0])
+    assert math.isclose(proj.running_rms.item(), expected, rel_tol=1e-6)
+    for x in xs[1:]:
+        net(x)
+        expected += 0.3 * (rms(x) - expected)
+        assert math.isclose(proj.running_rms.item(), expected, rel_tol=1e-6)
+    net.eval()
+    net(xs[1] * 10)
+    with sampling(net):
+        net(xs[1] * 10)
+    assert math.isclose(proj.running_rms.item(), expected, rel_tol=1e-6)
+    net.load_state_dict({**net.state_dict(), "0.dipnet_projection.running_rms": torch.zeros(())})
+    net.train()(xs[2])
+    assert math.isclose(proj.running_rms.item(), rms(xs[2]), rel_tol=1e-6)

@@ -154,12 +154,12 @@ class GaussianProjection(nn.Module):
             )
         sigma = self.log_sigma.exp()
         if self.scale == "relative":
+            r = self.running_rms
             if self.training:
-                with torch.no_grad():
-                    rms = input_rms(x).to(self.running_rms.dtype)
-                    r = self.running_rms
-                    r.copy_(torch.where(r > 0, r + self.momentum * (rms - r), rms))
-            sigma = sigma * self.running_rms
+                with torch.no_grad():  # the first batch sets it, later ones move it by the momentum
+                    rms = input_rms(x).to(r.dtype)
+                    torch.where(r > 0, r.lerp(rms, self.momentum), rms, out=r)
+            sigma = sigma * r
         return sigma
 
     def forward(self, x: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:

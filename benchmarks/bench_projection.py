@@ -1,7 +1,8 @@
 """DIPNet's memory and its cost where users train (issue 17), each against ERM on the same model
 and batch in the same run: bytes autograd keeps for backward (the MNIST MLP 784-512-512-10 at
 B=128, ResNet-20 and the ViT at B=64; targets m=1 <= 1.15x, m=4 <= 4.3x), the training step on
-the compute-bound models at B=64 with 2 threads (m=1 <= 1.10x) and the eval forward of a
+the compute-bound models at B=64 with 2 threads (m=1 <= 1.10x; beside it the parts:
+regenerate=False, the absolute scale, both) and the eval forward of a
 projected ResNet-20 over its stripped twin (<= 1.02x: eval runs no hook)."""
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def _step(model: torch.nn.Module, loss_fn) -> callable:
     return run
 
 
+def _dip_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> callable:
+    loss = DIPNetLoss()
+    return _step(model, lambda: loss(model, x, y))
+
+
 def memory_rows() -> list[dict]:
     rows = []
     for label, (name, kwargs, info, batch) in MODELS.items():
@@ -57,6 +63,10 @@ def memory_rows() -> list[dict]:
             rows.append({"area": "projection", "name": f"saved for backward dipnet m={m} ({label})", "value": mb,
                          "unit": "MiB", "baseline_name": base_name, "ratio": mb / base, "target": f"<= {target}x",
                          "ok": mb / base <= target})
+            keeping = project(copy.deepcopy(erm), regenerate=False).train()
+            kept = saved_mb(lambda: DIPNetLoss(trajectories=m)(keeping, x, y), keeping)
+            rows.append({"area": "projection", "name": f"saved for backward dipnet m={m}, regenerate=False ({label})",
+                         "value": kept, "unit": "MiB", "baseline_name": base_name, "ratio": kept / base})
     return rows
 
 
@@ -72,14 +82,20 @@ def speed_rows(quick: bool) -> list[dict]:
             erm = build_model(name, info, **kwargs).train()
             net = project(copy.deepcopy(erm)).train()
             x, y = _data(info, batch)
-            dl = DIPNetLoss()
-            fns = {"erm": _step(erm, lambda: F.cross_entropy(erm(x), y)), "dipnet": _step(net, lambda: dl(net, x, y))}
-            t, ratio = paired(fns, "erm", reps, inner, warmup=2, clock=time.perf_counter)
+            fns = {"erm": _step(erm, lambda: F.cross_entropy(erm(x), y)), "dipnet": _dip_step(net, x, y)}
+            variants = {  # what the default's parts cost: the regeneration, the running RMS
+                f"dipnet m=1, {', '.join(f'{k}={v}' for k, v in kw.items())}": _dip_step(project(copy.deepcopy(erm), **kw).train(), x, y)
+                for kw in ({"regenerate": False}, {"scale": "absolute"}, {"scale": "absolute", "regenerate": False})
+            }
+            t, ratio = paired({**fns, **variants}, "erm", reps, inner, warmup=2, clock=time.perf_counter)
             base_name = f"train step erm ({label}, {THREADS} threads)"
             rows.append({"area": "projection", "name": base_name, "value": t["erm"] * 1e3, "unit": "ms"})
             rows.append({"area": "projection", "name": f"train step dipnet m=1 ({label}, {THREADS} threads)",
                          "value": t["dipnet"] * 1e3, "unit": "ms", "baseline_name": base_name,
                          "ratio": ratio["dipnet"], "target": "<= 1.1x", "ok": ratio["dipnet"] <= 1.10})
+            for name_, _ in variants.items():
+                rows.append({"area": "projection", "name": f"train step {name_} ({label}, {THREADS} threads)",
+                             "value": t[name_] * 1e3, "unit": "ms", "baseline_name": base_name, "ratio": ratio[name_]})
             if label.startswith("resnet"):
                 net.train()
                 net(x)  # running input RMS from a training batch, as after training

@@ -7,7 +7,7 @@ gradient averages over all window starts to the exact autograd gradient; table n
 device is standard normal (moments, Kolmogorov-Smirnov); ``strip`` is bit-exact in eval; a SAM
 step on the GPU equals the same step on the CPU (float64); the noise regenerated in backward
 (a seeded Philox generator on the device) equals the forward's bit for bit, and the gradients
-equal the saving implementation's (issue 17). Timings (CUDA-synchronized, medians of
+equal those of regenerate=False (issue 17). Timings (CUDA-synchronized, medians of
 interleaved repetitions, ratios to ERM measured in the same run): DIPNet's training step (default
 estimator and the exact one, m = 1 and 4), eval overhead, and the comparison methods' update cost,
 on the MNIST MLP, ResNet-20 and the ViT (CIFAR-shaped batches); peak CUDA memory of a training
@@ -37,7 +37,7 @@ import dipnet.projection._fast as projection_module  # noqa: E402
 from dipnet.data import DatasetInfo  # noqa: E402
 from dipnet.methods import SAM  # noqa: E402
 from dipnet.models import build_model  # noqa: E402
-from dipnet.projection import DIPNetLoss, project, strip  # noqa: E402
+from dipnet.projection import DIPNetLoss, project, projections, strip  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import _runner  # noqa: E402
@@ -125,17 +125,12 @@ def check_regenerated(dev: torch.device) -> str:
     net = project(build_model("resnet20", info), sigma=0.2).to(dev).train()
     xb, yb = torch.rand(32, 3, 32, 32, device=dev), torch.randint(0, 10, (32,), device=dev)
     grads = []
-    for saving in (False, True):
+    for regenerate in (True, False):
         model = copy.deepcopy(net)
-        original = (projection_module.RegeneratedInput, projection_module.sample)
-        if saving:  # autograd's own addcmul, everything saved
-            projection_module.RegeneratedInput = _NoRecipe
-            projection_module.sample = lambda x, sigma, eps, draw: torch.addcmul(x, sigma, eps)
-        try:
-            torch.manual_seed(3)
-            DIPNetLoss(trajectories=2)(model, xb, yb).backward()
-        finally:
-            projection_module.RegeneratedInput, projection_module.sample = original
+        for _, proj in projections(model):
+            proj.regenerate = regenerate
+        torch.manual_seed(3)
+        DIPNetLoss(trajectories=2)(model, xb, yb).backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     worst = 0.0
     for k, g in grads[0].items():
@@ -144,21 +139,8 @@ def check_regenerated(dev: torch.device) -> str:
         else:
             assert torch.equal(g, grads[1][k]), k
     assert worst < 1e-4, worst
-    return (f"regenerated noise = forward noise bit for bit (fresh and table); ResNet-20 m=2 weight gradients = the "
-            f"saving implementation's bit for bit, sigma gradients to {worst:.1e} relative")
-
-
-class _NoRecipe:
-    """Stands in for RegeneratedInput: no saved-tensor hooks (the saving implementation)."""
-
-    def __init__(self, *args: object) -> None:
-        pass
-
-    def __enter__(self) -> "_NoRecipe":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+    return (f"regenerated noise = forward noise bit for bit (fresh and table); ResNet-20 m=2 weight gradients = those "
+            f"of regenerate=False (everything saved) bit for bit, sigma gradients to {worst:.1e} relative")
 
 
 def peak_memory(dev: torch.device, quick: bool) -> list[str]:

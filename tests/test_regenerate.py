@@ -171,6 +171,31 @@ def test_saved_bytes_over_erm_meet_the_targets(monkeypatch, name):
     assert ratios["saving 1"] > 1.3, ratios
 
 
+@pytest.mark.parametrize("name", ["mlp", "resnet20"])
+def test_regenerate_false_keeps_what_the_saving_implementation_keeps_with_the_same_gradients(monkeypatch, name):
+    """``regenerate=False``: the bytes kept are the saving implementation's, and the loss and
+    gradients equal the default's (weights bit for bit, sigmas to summation order)."""
+    build, info, n = MODELS[name]
+    torch.manual_seed(0)
+    base = build().train()
+    x, y = _batch(info, n)
+    nets = {flag: project(copy.deepcopy(base), regenerate=flag).train() for flag in (True, False)}
+    assert all(not p.regenerate for _, p in projections(nets[False])) and "regenerate=False" in repr(nets[False])
+    probes = {flag: copy.deepcopy(net) for flag, net in nets.items()}  # forwards move the running RMS
+    with saving_implementation(monkeypatch):
+        saving = kept(lambda: DIPNetLoss(trajectories=2)(probes[True], x, y), probes[True])
+    assert kept(lambda: DIPNetLoss(trajectories=2)(probes[False], x, y), probes[False]) == saving
+    results = {}
+    for flag, net in nets.items():
+        torch.manual_seed(3)
+        loss = DIPNetLoss(trajectories=2)(net, x, y)
+        results[flag] = (loss.detach(), _grads(net, loss))
+    assert torch.equal(results[True][0], results[False][0])
+    names = [k for k, _ in nets[True].named_parameters()]
+    for k, a, b in zip(names, results[True][1], results[False][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8) if k.endswith("log_sigma") else torch.equal(a, b), k
+
+
 def test_other_saved_tensor_hooks_keep_working(monkeypatch):
     """A user's saved-tensor hooks (torch's save_on_cpu) and non-reentrant activation checkpointing
     around a projected model give the gradients of the plain run, and double backward through

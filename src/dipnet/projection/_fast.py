@@ -59,8 +59,8 @@ def feature_view(sigma: torch.Tensor | float, x: torch.Tensor, feature_dim: int)
 
 def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The sampling pass of ``proj`` on ``layer``'s input ``x``, in few Python steps. With autograd
-    on, the noise is regenerated in backward (:mod:`.regenerate`): the hooks that keep the
-    layer's saved input as a recipe stay active until the layer's post-hook."""
+    on (and ``proj.regenerate``), the noise is regenerated in backward (:mod:`.regenerate`): the
+    hooks that keep the layer's saved input as a recipe stay active until the layer's post-hook."""
     unbatched = isinstance(layer, _CONVS) and x.ndim == len(layer.kernel_size) + 1
     dim = 0 if unbatched else proj.feature_dim
     features = proj.features
@@ -71,9 +71,10 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     eps, draw = draw_like(x, proj.noise)
     view = sigma.view(features, *([1] * (x.ndim - 1 - dim))) if features and dim != -1 and dim != x.ndim - 1 else sigma
     recording = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()  # torch.func refuses hooks
+    regenerate = proj.regenerate and recording
     pending = None
     if x.requires_grad or not sigma.requires_grad or unbatched or x.ndim < 2 or not recording:
-        u = sample(x, view, eps, draw)
+        u = sample(x, view, eps, draw) if regenerate else torch.addcmul(x, view, eps)
     else:
         n = x.shape[0]
         fraction = proj.input_grad_fraction
@@ -81,7 +82,7 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             fraction = AUTO_INPUT_GRAD_FRACTION if x.is_cpu else 1.0
         k = math.ceil(fraction * n)
         if k >= n or not _subsampling_layer(layer):
-            u = sample(x, view, eps, draw)
+            u = sample(x, view, eps, draw) if regenerate else torch.addcmul(x, view, eps)
         else:
             pending = (sigma, draw, window_start(n), k, n / k)
             u = torch.addcmul(x, view.detach(), eps)
@@ -89,7 +90,7 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if state["_regen"] is not None:  # left by a forward that raised before the layer's post-hook
         state["_regen"].__exit__()
     state["_pending"] = pending
-    if recording:
+    if regenerate:
         state["_regen"] = RegeneratedInput(u, x, view, draw).__enter__()
     return u
 

@@ -163,10 +163,11 @@ def project(
 
     ``settings`` are the fields of :class:`PlacementConfig`: ``sigma`` (default 0.2), ``scale``
     (relative, the default: sigma times the running RMS of the layer's input; or absolute), ``granularity`` (feature/layer), ``project_input`` (False skips the first
-    targeted layer, the one reading the raw input), ``noise``, ``input_grad_fraction`` and
-    ``rms_momentum`` (see :class:`GaussianProjection`; the defaults "auto"/None mean the noise
-    table and a 1/8 window on a CPU, fresh noise and the exact gradient on an accelerator: the
-    measured speed/accuracy choice, docs/dipnet.md "Speed"); or pass a validated ``config``.
+    targeted layer, the one reading the raw input), ``noise``, ``input_grad_fraction``,
+    ``rms_momentum`` and ``regenerate`` (see :class:`GaussianProjection`; the defaults "auto"/None
+    mean the noise table and a 1/8 window on a CPU, fresh noise and the exact gradient on an
+    accelerator: the measured speed/accuracy choice, docs/dipnet.md "Speed"; ``regenerate=False``
+    trades memory for a little speed, "Memory"); or pass a validated ``config``.
     ``targets``: layer types (default Linear, Conv1d, Conv2d), or ``"blocks"`` for one projection
     before each attention and MLP sub-block of a transformer (modules whose class name contains
     Attention/Attn/MLP/FeedForward/FFN, outermost only); for Hugging Face language models

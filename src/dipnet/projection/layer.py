@@ -60,6 +60,9 @@ class ProjectionConfig(Validated):
     input_grad_fraction: float | None = param(
         None, gt=0, le=1, doc="rows used for the raw input's sigma gradient (none: 1/8 on a CPU, 1 on GPUs)")
     rms_momentum: float = param(0.1, gt=0, le=1, doc="momentum of the running input RMS (scale=relative)")
+    regenerate: bool = param(
+        True, doc="rebuild the noise and the projected input in backward instead of keeping them "
+                  "(false: a little faster, about twice DIPNet's activation memory)")
 
 
 class GaussianProjection(nn.Module):
@@ -80,6 +83,11 @@ class GaussianProjection(nn.Module):
     ``k = ceil(f N)`` of the N rows and scaled by ``N / k``: every row is in the window with
     probability ``k / N``, so the estimate is unbiased, at about ``f`` of the cost. 1.0 computes it
     exactly; None (default) is 1/8 on a CPU and 1.0 on accelerators, where that pass is cheap.
+
+    ``regenerate`` (default True): the backward rebuilds ``eps`` from where it was drawn and the
+    layer's saved input from ``(x, sigma, eps)`` instead of keeping them
+    (:mod:`~dipnet.projection.regenerate`); False keeps both, the plain autograd way: the same
+    gradients, a few percent faster on a CPU, about twice DIPNet's activation memory.
     """
 
     is_noise_layer = True
@@ -97,9 +105,10 @@ class GaussianProjection(nn.Module):
         rms_momentum: float = 0.1,
         noise: str = "auto",
         input_grad_fraction: float | None = None,
+        regenerate: bool = True,
     ) -> None:
         config = ProjectionConfig(sigma=sigma, scale=scale, noise=noise, input_grad_fraction=input_grad_fraction,
-                                  rms_momentum=rms_momentum)
+                                  rms_momentum=rms_momentum, regenerate=regenerate)
         super().__init__()
         self._setup(check(features, int, "features", Limits(ge=0)), feature_dim, config, check(learnable, bool, "learnable"))
 
@@ -114,7 +123,7 @@ class GaussianProjection(nn.Module):
     def _setup(self, features: int, feature_dim: int, config: ProjectionConfig, learnable: bool) -> None:
         self.features, self.feature_dim = features, feature_dim
         self.scale, self.momentum, self.noise = config.scale, config.rms_momentum, config.noise
-        self.input_grad_fraction = config.input_grad_fraction
+        self.input_grad_fraction, self.regenerate = config.input_grad_fraction, config.regenerate
         self._pending: tuple | None = None  # the window estimate the layer's post-hook will attach
         self._regen = None  # the regenerated-input hooks active during the layer's forward
         init = torch.full((features,) if features else (), math.log(config.sigma))
@@ -177,7 +186,7 @@ class GaussianProjection(nn.Module):
         stats = f"sigma={s.item():.4g}" if s.ndim == 0 else (
             f"features={self.features}, sigma mean={s.mean().item():.4g} min={s.min().item():.4g} max={s.max().item():.4g}"
         )
-        extra = "" if self.learnable else ", fixed"
+        extra = ("" if self.learnable else ", fixed") + ("" if self.regenerate else ", regenerate=False")
         fraction = "auto" if self.input_grad_fraction is None else f"{self.input_grad_fraction:g}"
         return (f"{stats}, scale={self.scale}, feature_dim={self.feature_dim}, noise={self.noise}, "
                 f"input_grad_fraction={fraction}{extra}")

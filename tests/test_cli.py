@@ -185,3 +185,20 @@ def test_every_flag_in_the_docs_exists():
                 accepted |= {f"--{form}", f"--{name}.{form}"}
     missing = sorted(_documented_flags() - accepted - FOREIGN_FLAGS - _script_flags())
     assert not missing, f"documented flags that no dipnet parser accepts: {missing}"
+
+
+def test_demo_hands_compare_every_option_compare_has(capsys, monkeypatch, tmp_path):
+    """`dipnet demo` is `dipnet compare default --resume ...`: compare.run gets a namespace with
+    every option of compare's own parser (a hand-built one missed options added later)."""
+    from dipnet.cli import compare
+
+    seen = []
+    monkeypatch.setattr(compare, "run", lambda ns: seen.append(ns) or 0)
+    code, _, err = run_cli(capsys, "demo", "--store", str(tmp_path / "d.sqlite"), "--report", str(tmp_path / "r"),
+                           "--threads", "1")
+    assert code == 0, err
+    reference = build_parser().parse_args(["compare", "default"])
+    (ns,) = seen
+    assert set(vars(reference)) - {"command"} <= set(vars(ns))
+    assert (ns.suite, ns.resume, ns.fresh, ns.executor, ns.threads) == ("default", True, False, "local", "1")
+    assert ns.store == str(tmp_path / "d.sqlite") and ns.report == str(tmp_path / "r")

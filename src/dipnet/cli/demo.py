@@ -29,8 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def compare_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The ``dipnet compare default ...`` command line the demo stands for, parsed by compare's
+    own parser (so every option compare has gets its default)."""
+    parser = argparse.ArgumentParser(prog="dipnet")
+    compare.register(parser.add_subparsers())
+    argv = ["compare", "default", "--store", args.store, "--workers", str(args.workers), "--report", args.report,
+            "--fresh" if args.fresh else "--resume"]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
+    return parser.parse_args(argv)
+
+
 def run(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(args.store) or ".", exist_ok=True)
-    ns = argparse.Namespace(suite="default", store=args.store, workers=args.workers, threads=args.threads,
-                            resume=not args.fresh, fresh=args.fresh, report=args.report, quiet=False)
-    return compare.run(ns)
+    return compare.run(compare_args(args))

@@ -334,3 +334,24 @@ def test_user_hooks_on_a_projected_layer_see_the_projected_input_in_any_mode_ord
     net.train()
     net(x)
     assert not torch.equal(seen[0], x) and torch.equal(seen[1], x) and not torch.equal(seen[2], x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_autocast_and_channels_last_give_the_gradients_of_regenerate_false(channels_last):
+    """Under CPU autocast (bfloat16) a layer saves a cast copy of ``u`` (kept as is), and in
+    channels_last memory the rebuilt ``u`` must take the forward's layout: gradients equal those
+    of ``regenerate=False``."""
+    build, info, _ = MODELS["resnet20"]
+    torch.manual_seed(0)
+    base = build()
+    x, y = _batch(info, 8)
+    if channels_last:
+        base, x = base.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    grads = []
+    for regenerate in (True, False):
+        net = project(copy.deepcopy(base), regenerate=regenerate).train()
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = DIPNetLoss(trajectories=2)(net, x, y)
+        grads.append(_grads(net, loss))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(*grads))

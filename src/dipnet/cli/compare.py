@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-
-LARGE_SUITE = 1000  # runs: a larger suite needs --yes
 from ..schema import Limits, check
 from ._common import add_threads_argument, apply_threads
+
+LARGE_SUITE = 1000  # runs: a larger suite needs --yes
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,19 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from dipnet.cli import main
+from clirun import cli
 
 FAST = ["--model", "mlp", "--epochs", "1", "--progress", "none", "--threads", "1"]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    _, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, err.strip()
 
 
 def one_line(code: int, err: str, needle: str, expected: int = 2) -> None:

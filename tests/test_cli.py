@@ -8,18 +8,11 @@ import sys
 
 import pytest
 
-from dipnet.cli import COMMANDS, build_parser, main
+from dipnet.cli import COMMANDS, build_parser
 from dipnet.cli._common import parse_assignments, parse_method_options, parse_value
 from dipnet.errors import ConfigError
 
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse --help / usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from clirun import run_cli
 
 
 def test_every_subcommand_has_help(capsys):

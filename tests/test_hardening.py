@@ -14,22 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dipnet.cli import main
 from dipnet.data import Dataset, load_dataset
 from dipnet.engine import RunDirectory, TrainConfig, train
 from dipnet.errors import ConfigError, DataError
 
+from clirun import cli
+
 FAST = ["--data", "synthetic", "--model", "mlp", "--epochs", "2", "--batch-size", "64", "--progress", "none"]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, err
 
 
 @pytest.fixture

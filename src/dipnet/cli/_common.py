@@ -119,12 +119,12 @@ def apply_threads(args: argparse.Namespace, workers: int = 1) -> int:
     from ..schema import Limits, check
 
     chosen = getattr(args, "threads", None)
+    idle = default_threads()  # read once: the load can change between two reads
     if chosen is None:
-        threads = 1 if workers > 1 else default_threads()
+        threads = 1 if workers > 1 else idle
     else:
         threads = check(chosen, int, "--threads", Limits(ge=1))
     torch.set_num_threads(threads)
-    idle = default_threads()
     if threads * workers > idle:
         print(f"dipnet: warning: {threads * workers} threads on {idle} idle physical core(s) ({busy_cores()} busy "
               f"with other work); each step will wait for the others: try --threads {max(1, idle // max(workers, 1))}",

@@ -595,17 +595,17 @@ def test_noise_table_windows_are_seeded_and_large_draws_are_several_windows():
 @pytest.mark.parametrize("shape, dtype", [((50, 7), torch.float32), ((3, 4, 5), torch.float64),
                                           ((noise_table.TABLE_SIZE // 2 + 1,), torch.float32)])
 def test_noise_like_a_tensor_is_the_same_draw_as_by_shape(source, shape, dtype):
-    """standard_normal_like (the projections' hot path) draws exactly what standard_normal draws
-    for the tensor's shape, device and dtype under the same seed, the table's windows and the fresh
+    """draw_like (the projections' hot path) draws exactly what standard_normal draws for the
+    tensor's shape, device and dtype under the same seed, the table's windows and the fresh
     fallback alike; an unknown source is the same clear error."""
     x = torch.empty(shape, dtype=dtype)
     torch.manual_seed(11)
-    a = noise_table.standard_normal_like(x, source)
+    a, _ = noise_table.draw_like(x, source)
     torch.manual_seed(11)
     b = noise_table.standard_normal(shape, device=x.device, dtype=dtype, source=source)
     assert a.shape == x.shape and a.dtype == dtype and torch.equal(a, b)
     with pytest.raises(ConfigError, match="noise must be"):
-        noise_table.standard_normal_like(x, "uniform")
+        noise_table.draw_like(x, "uniform")
 
 
 def test_variance_prior_gradient_matches_closed_form():

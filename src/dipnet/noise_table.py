@@ -30,8 +30,7 @@ import torch
 
 from .schema import check
 
-__all__ = ["Draw", "NOISE_SOURCES", "NoiseSource", "TABLE_SIZE", "draw_like", "redraw", "standard_normal",
-           "standard_normal_like"]
+__all__ = ["Draw", "NOISE_SOURCES", "NoiseSource", "TABLE_SIZE", "draw_like", "redraw", "standard_normal"]
 
 NoiseSource = Literal["auto", "table", "fresh"]
 NOISE_SOURCES: tuple[str, ...] = get_args(NoiseSource)
@@ -53,21 +52,20 @@ def _table(device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
 def _windows(n: int, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, ...]]:
     """n table values from windows of at most ``_MAX_DRAW`` at uniformly random offsets (torch's
     global generator), and the offsets."""
-    table = _table(device, dtype)
-    if n <= _MAX_DRAW:
-        offset = int(torch.randint(0, TABLE_SIZE - n + 1, ()))
-        return table[offset:offset + n], (offset,)
-    sizes = [_MAX_DRAW] * (n // _MAX_DRAW) + ([n % _MAX_DRAW] if n % _MAX_DRAW else [])
-    offsets = tuple(int(torch.randint(0, TABLE_SIZE - k + 1, ())) for k in sizes)
-    return _gather(table, offsets, sizes), offsets
+    offsets = tuple(int(torch.randint(0, TABLE_SIZE - k + 1, ())) for k in _sizes(n))
+    return _read(_table(device, dtype), offsets, n), offsets
 
 
-def _gather(table: torch.Tensor, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
-    return torch.cat([table[o:o + k] for o, k in zip(offsets, sizes)])
+def _sizes(n: int) -> list[int]:
+    """The window sizes of a draw of n values: whole windows of ``_MAX_DRAW``, then the rest."""
+    return [_MAX_DRAW] * (n // _MAX_DRAW) + ([n % _MAX_DRAW] if n % _MAX_DRAW or not n else [])
 
 
-def _window(n: int, shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    return _windows(n, device, dtype)[0].view(shape)
+def _read(table: torch.Tensor, offsets: Sequence[int], n: int) -> torch.Tensor:
+    """The n values at ``offsets``: a view of the table for one window, a copy for several."""
+    if len(offsets) == 1:
+        return table[offsets[0]:offsets[0] + n]
+    return torch.cat([table[o:o + k] for o, k in zip(offsets, _sizes(n))])
 
 
 def check_source(source: str, what: str = "noise") -> None:
@@ -89,18 +87,7 @@ def standard_normal(
     if source != "table" or not dtype.is_floating_point:
         check_source(source)
         return torch.randn(tuple(shape), device=device, dtype=dtype)
-    return _window(n, shape, device, dtype)
-
-
-def standard_normal_like(x: torch.Tensor, source: str = "auto") -> torch.Tensor:
-    """``standard_normal(x.shape, device=x.device, dtype=x.dtype, source=source)``, the same draws,
-    in fewer Python steps: DIPNet calls it once per projected layer and training step."""
-    if source == "table" or (source == "auto" and x.is_cpu):
-        if x.dtype.is_floating_point:
-            return _window(x.numel(), x.shape, x.device, x.dtype)
-    elif source not in NOISE_SOURCES:
-        check_source(source)
-    return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+    return _windows(n, device, dtype)[0].view(tuple(shape))
 
 
 class Draw(NamedTuple):
@@ -127,10 +114,10 @@ def _seeded(seed: int, device: torch.device) -> torch.Generator:
 
 
 def draw_like(x: torch.Tensor, source: str = "auto") -> tuple[torch.Tensor, Draw]:
-    """:func:`standard_normal_like`'s values (the same draw on a CPU) and the :class:`Draw` that
-    makes them again bit for bit. Fresh values on an accelerator come from a Philox generator
-    seeded by a number drawn from torch's global generator, so ``torch.manual_seed`` reproduces
-    every kind."""
+    """N(0, 1) values shaped like ``x`` (on a CPU the same draw as :func:`standard_normal` for
+    its shape, device and dtype) and the :class:`Draw` that makes them again bit for bit: the
+    projections' hot path. Fresh values on an accelerator come from a Philox generator seeded by
+    a number drawn from torch's global generator, so ``torch.manual_seed`` reproduces every kind."""
     table = source == "table" or (source == "auto" and x.is_cpu)
     if table and x.dtype.is_floating_point:
         values, offsets = _windows(x.numel(), x.device, x.dtype)
@@ -148,11 +135,7 @@ def draw_like(x: torch.Tensor, source: str = "auto") -> tuple[torch.Tensor, Draw
 def redraw(draw: Draw) -> torch.Tensor:
     """The values of the draw that :func:`draw_like` returned with ``draw``."""
     if draw.offsets is not None:
-        table, n = _table(draw.device, draw.dtype), math.prod(draw.shape)
-        if len(draw.offsets) == 1:
-            return table[draw.offsets[0]:draw.offsets[0] + n].view(draw.shape)
-        sizes = [min(_MAX_DRAW, n - i * _MAX_DRAW) for i in range(len(draw.offsets))]
-        return _gather(table, draw.offsets, sizes).view(draw.shape)
+        return _read(_table(draw.device, draw.dtype), draw.offsets, math.prod(draw.shape)).view(draw.shape)
     if draw.values is not None:
         return draw.values
     return torch.randn(draw.shape, generator=_seeded(draw.seed, draw.device), device=draw.device, dtype=draw.dtype)

@@ -73,19 +73,20 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     recording = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()  # torch.func refuses hooks
     regenerate = proj.regenerate and recording
     pending = None
-    if x.requires_grad or not sigma.requires_grad or unbatched or x.ndim < 2 or not recording:
-        u = sample(x, view, eps, draw) if regenerate else torch.addcmul(x, view, eps)
-    else:
+    if recording and sigma.requires_grad and not (x.requires_grad or unbatched or x.ndim < 2):
         n = x.shape[0]
         fraction = proj.input_grad_fraction
         if fraction is None:
             fraction = AUTO_INPUT_GRAD_FRACTION if x.is_cpu else 1.0
         k = math.ceil(fraction * n)
-        if k >= n or not _subsampling_layer(layer):
-            u = sample(x, view, eps, draw) if regenerate else torch.addcmul(x, view, eps)
-        else:
+        if k < n and _subsampling_layer(layer):
             pending = (sigma, draw, window_start(n), k, n / k)
-            u = torch.addcmul(x, view.detach(), eps)
+    if pending is not None:  # sigma's gradient comes from the window estimate
+        u = torch.addcmul(x, view.detach(), eps)
+    elif regenerate:
+        u = sample(x, view, eps, draw)
+    else:
+        u = torch.addcmul(x, view, eps)
     state = proj.__dict__
     if state["_regen"] is not None:  # left by a forward that raised before the layer's post-hook
         state["_regen"].__exit__()

@@ -113,12 +113,13 @@ class RegeneratedInput:
     """The saved-tensor hooks of one projected layer's forward (enter before, exit after): ``u``
     and its views are packed as a recipe, everything else passes to the hooks active before."""
 
-    __slots__ = ("u", "version", "x", "sigma", "draw", "outer", "pushed")
+    __slots__ = ("u", "version", "x", "sigma", "draw", "outer", "pushed", "source")
 
     def __init__(self, u: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, draw: Draw) -> None:
         self.u, self.version, self.x, self.sigma, self.draw = u, u._version, x, sigma.detach(), draw
         self.outer = _top_hooks(False) if _top_hooks is not None else None
         self.pushed = False
+        self.source: tuple[Any, ...] | None = None  # x (or the batch and m) as kept, once for every view of u
 
     def __enter__(self) -> "RegeneratedInput":
         torch._C._autograd._push_saved_tensors_default_hooks(self.pack, self.unpack)
@@ -138,14 +139,16 @@ class RegeneratedInput:
         u = self.u
         if u is None or u._version != self.version or not _within(t, u):
             return self._keep(t)
+        if self.source is None:
+            self.source = self._kept_input()
+        return _Recipe(self, _layout(t, u))
+
+    def _kept_input(self) -> tuple[Any, ...]:
         x, check = self.x, self.outer is None
         for stacked, batch, m in _repeats:
             if _within(x, stacked):
-                source = ("repeat", self._keep(batch), m, _layout(x, stacked), batch._version if check else None)
-                break
-        else:
-            source = ("x", self._keep(x), x._version if check else None)
-        return _Recipe(self, source, self.sigma, self.draw, _layout(t, u), self.outer[1] if self.outer is not None else None)
+                return ("repeat", self._keep(batch), m, _layout(x, stacked), batch._version if check else None)
+        return ("x", self._keep(x), x._version if check else None)
 
     def unpack(self, packed: Any) -> torch.Tensor:
         if type(packed) is _Recipe and packed.maker is self:
@@ -154,32 +157,26 @@ class RegeneratedInput:
 
 
 class _Recipe:
-    """How to rebuild a saved ``u`` (or a view of it) from ``x``, ``sigma`` and the draw."""
+    """How to rebuild a saved ``u`` (or a view of it, ``layout``) from what its maker kept: ``x``
+    (or the batch and m), ``sigma`` and the draw."""
 
-    __slots__ = ("maker", "source", "sigma", "draw", "layout", "outer_unpack")
+    __slots__ = ("maker", "layout")
 
-    def __init__(self, maker: RegeneratedInput, source: tuple[Any, ...], sigma: torch.Tensor, draw: Draw,
-                 layout: tuple[torch.Size, tuple[int, ...], int], outer_unpack: Any) -> None:
-        self.maker, self.source, self.sigma, self.draw, self.layout = maker, source, sigma, draw, layout
-        self.outer_unpack = outer_unpack
-
-    def restore(self, kept: Any) -> torch.Tensor:
-        return self.outer_unpack(kept) if self.outer_unpack is not None else kept
+    def __init__(self, maker: RegeneratedInput, layout: tuple[torch.Size, tuple[int, ...], int]) -> None:
+        self.maker, self.layout = maker, layout
 
     def _input(self) -> torch.Tensor:
-        if self.source[0] == "x":
-            _, kept, version = self.source
-            x = self.restore(kept)
-            _check_version(x, version)
-            return x
-        _, kept, m, (shape, stride, offset), version = self.source
-        batch = self.restore(kept)
-        _check_version(batch, version)
-        return batch.repeat(m, *([1] * (batch.ndim - 1))).as_strided(shape, stride, offset)
+        maker = self.maker
+        source = maker.source
+        kept = source[1] if maker.outer is None else maker.outer[1](source[1])
+        _check_version(kept, source[-1])
+        if source[0] == "x":
+            return kept
+        _, _, m, (shape, stride, offset), _ = source
+        return kept.repeat(m, *([1] * (kept.ndim - 1))).as_strided(shape, stride, offset)
 
     def build(self) -> torch.Tensor:
-        x = self._input().detach()
-        u = torch.addcmul(x, self.sigma, redraw(self.draw))
+        u = torch.addcmul(self._input().detach(), self.maker.sigma, redraw(self.maker.draw))
         shape, stride, offset = self.layout
         return u if (u.shape == shape and u.stride() == stride and offset == 0) else u.as_strided(shape, stride, offset)
 

@@ -2,7 +2,8 @@
 and batch in the same run: bytes autograd keeps for backward (the MNIST MLP 784-512-512-10 at
 B=128, ResNet-20 and the ViT at B=64; targets m=1 <= 1.15x, m=4 <= 4.3x), the training step on
 the compute-bound models at B=64 with 2 threads (m=1 <= 1.10x; beside it the parts:
-regenerate=False, the absolute scale, both) and the eval forward of a
+regenerate=False, the absolute scale, both, and the floor: the hidden layers' projections
+written by hand, no hooks, against the library doing the same) and the eval forward of a
 projected ResNet-20 over its stripped twin (<= 1.02x: eval runs no hook)."""
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 
 from dipnet.data import DatasetInfo
 from dipnet.models import build_model
-from dipnet.projection import DIPNetLoss, project, strip
+from dipnet.noise_table import draw_like
+from dipnet.projection import DIPNetLoss, project, projections, strip
+from dipnet.projection import _fast
 
 from _timing import paired, saved_mb
 
@@ -26,6 +29,8 @@ MODELS = {  # label -> (model, kwargs, info, batch)
     "vit, B=64": ("vit", {}, CIFAR, 64),
 }
 THREADS = 2
+FLOOR_LIBRARY = "dipnet m=1, hidden layers only, regenerate=False, no prior"
+FLOOR_HAND = "the same written by hand, no hooks: the floor"
 
 
 def _data(info: DatasetInfo, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +51,40 @@ def _step(model: torch.nn.Module, loss_fn) -> callable:
 def _dip_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> callable:
     loss = DIPNetLoss()
     return _step(model, lambda: loss(model, x, y))
+
+
+FLOOR = {"project_input": False, "regenerate": False}  # the library's settings the floor writes by hand
+
+
+def hand_written_floor(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``net`` (projected with :data:`FLOOR`, loss without the prior) whose projections
+    are written into each layer's forward: ``layer(x + exp(log_sigma) * rms * eps)``, the running
+    RMS and the table draw as the library does them, autograd's own backward, no hooks. The
+    cheapest form of DIPNet's computation in eager PyTorch (a test checks it equals the library
+    bit for bit)."""
+    floor = copy.deepcopy(net)
+    for _, proj in projections(floor):
+        layer = proj.__dict__[_fast._OWNER]
+        _fast.detach(layer)
+        layer.add_module("noise", proj)
+        layer.forward = _noisy_forward(layer, proj, type(layer).forward)
+    return floor
+
+
+def _noisy_forward(layer: torch.nn.Module, proj: torch.nn.Module, forward) -> callable:
+    dim, momentum = proj.feature_dim, proj.momentum
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        r = proj.running_rms
+        with torch.no_grad():
+            rms = torch.linalg.vector_norm(x.detach()) * (x.numel() ** -0.5)
+            torch.where(r > 0, r.lerp(rms, momentum), rms, out=r)
+        sigma = proj.log_sigma.exp() * r
+        if sigma.ndim == 1 and dim not in (-1, x.ndim - 1):
+            sigma = sigma.view(-1, *([1] * (x.ndim - 1 - dim)))
+        eps, _ = draw_like(x, "table")
+        return forward(layer, torch.addcmul(x, sigma, eps))
+    return run
 
 
 def memory_rows() -> list[dict]:
@@ -87,6 +126,11 @@ def speed_rows(quick: bool) -> list[dict]:
                 f"dipnet m=1, {', '.join(f'{k}={v}' for k, v in kw.items())}": _dip_step(project(copy.deepcopy(erm), **kw).train(), x, y)
                 for kw in ({"regenerate": False}, {"scale": "absolute"}, {"scale": "absolute", "regenerate": False})
             }
+            same = project(copy.deepcopy(erm), **FLOOR).train()  # the floor's settings, through the library
+            floor = hand_written_floor(same)
+            no_prior = DIPNetLoss(prior=(0.0, 0.0))
+            variants[FLOOR_LIBRARY] = _step(same, lambda: no_prior(same, x, y))
+            variants[FLOOR_HAND] = _step(floor, lambda: F.cross_entropy(floor(x), y))
             t, ratio = paired({**fns, **variants}, "erm", reps, inner, warmup=2, clock=time.perf_counter)
             base_name = f"train step erm ({label}, {THREADS} threads)"
             rows.append({"area": "projection", "name": base_name, "value": t["erm"] * 1e3, "unit": "ms"})

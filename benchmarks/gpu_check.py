@@ -7,7 +7,8 @@ gradient averages over all window starts to the exact autograd gradient; table n
 device is standard normal (moments, Kolmogorov-Smirnov); ``strip`` is bit-exact in eval; a SAM
 step on the GPU equals the same step on the CPU (float64); the noise regenerated in backward
 (a seeded Philox generator on the device) equals the forward's bit for bit, and the gradients
-equal those of regenerate=False (issue 17). Timings (CUDA-synchronized, medians of
+equal those of regenerate=False (issue 17); the fused projection kernels, compiled, pass the
+checks that CI runs under Triton's interpreter (tests/_fused_checks.py). Timings (CUDA-synchronized, medians of
 interleaved repetitions, ratios to ERM measured in the same run): DIPNet's training step (default
 estimator and the exact one, m = 1 and 4), eval overhead, and the comparison methods' update cost,
 on the MNIST MLP, ResNet-20 and the ViT (CIFAR-shaped batches); peak CUDA memory of a training
@@ -143,6 +144,21 @@ def check_regenerated(dev: torch.device) -> str:
             f"of regenerate=False (everything saved) bit for bit, sigma gradients to {worst:.1e} relative")
 
 
+def check_fused(dev: torch.device) -> str:
+    """tests/_fused_checks.py on the device: the kernels compiled by Triton, not interpreted."""
+    from dipnet.projection import fused
+
+    if not fused.available() or dev.type != "cuda":
+        return "fused kernels: not available here (no CUDA or no Triton), eager path only"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import _fused_checks
+
+    _fused_checks.DEVICE = dev
+    for name, fn in _fused_checks.CHECKS.items():
+        fn()
+    return f"fused kernels compiled on the device pass {', '.join(_fused_checks.CHECKS)}"
+
+
 def peak_memory(dev: torch.device, quick: bool) -> list[str]:
     """Peak CUDA memory of one training step (forward and backward) above what was allocated
     before it, DIPNet m = 1 and 4 over ERM; on a CPU the saved-tensor count stands in."""
@@ -205,7 +221,7 @@ MEMORY_CASES = CASES[:3]
 M1_TARGET = {"mlp": 1.3, "resnet20": 1.15, "vit": 1.15}  # issue 17: DIPNet m=1 over ERM on a GPU
 _CPU_ESTIMATOR = {"noise": "table", "input_grad_fraction": 0.125}
 RUNS = [
-    ("dipnet m=1 (default on a GPU: fresh randn, exact gradient)", "dipnet", {}, 1, M1_TARGET),
+    ("dipnet m=1 (default on a GPU: fused kernels, exact gradient)", "dipnet", {}, 1, M1_TARGET),
     ("dipnet m=1, CPU default forced (table, 1/8 window)", "dipnet", _CPU_ESTIMATOR, 1, None),
     ("dipnet m=4 (default)", "dipnet", {"trajectories": 4}, 1, 4.0),
     ("dipnet m=4, CPU default forced", "dipnet", {"trajectories": 4, **_CPU_ESTIMATOR}, 1, None),
@@ -219,6 +235,21 @@ RUNS = [
 ]
 
 
+UNFUSED = "dipnet m=1, fused kernels off (eager: randn, addcmul, autograd's reduction)"
+
+
+def _unfused(fn: Callable[[], None]) -> Callable[[], None]:
+    from dipnet.projection import fused
+
+    def run() -> None:
+        fused.enabled = False
+        try:
+            fn()
+        finally:
+            fused.enabled = True
+    return run
+
+
 def timings(dev: torch.device, quick: bool) -> list[str]:
     reps, n = (3, 5) if quick else (7, 20)
     lines = ["| model | update | time | ratio to ERM | target | meets |", "|---|---|---|---|---|---|"]
@@ -226,9 +257,10 @@ def timings(dev: torch.device, quick: bool) -> list[str]:
         fns = {"erm": _runner("erm", {}, model_name, shape, batch, 1, dev)}
         for label, spec, params, k, _ in RUNS:
             fns[label] = _runner(spec, params, model_name, shape, batch, k, dev)
+        fns[UNFUSED] = _unfused(_runner("dipnet", {}, model_name, shape, batch, 1, dev))
         t = interleaved(fns, reps, n, dev)
         lines.append(f"| {model_name} B={batch} | erm | {t['erm'] * 1e3:.3f} ms | 1.000x | | |")
-        for label, _, _, _, target in RUNS:
+        for label, _, _, _, target in [*RUNS[:1], (UNFUSED, None, None, None, None), *RUNS[1:]]:
             target = target.get(model_name) if isinstance(target, dict) else target
             r = t[label] / t["erm"]
             meets = "" if target is None else ("yes" if r <= target else "**NO**")
@@ -258,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "CPU"
     t0 = time.perf_counter()
     checks = []
-    for check in (check_window_estimate, check_table_noise, check_strip, check_sam, check_regenerated):
+    for check in (check_window_estimate, check_table_noise, check_strip, check_sam, check_regenerated, check_fused):
         try:
             checks.append(f"- PASS {check(dev)}")
-        except AssertionError as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed check (or a kernel that did not compile) is reported
             checks.append(f"- **FAIL** {check.__name__}: {exc}")
         print(checks[-1], flush=True)
     table = timings(dev, args.quick)

@@ -676,9 +676,8 @@ def test_a_forward_that_raises_leaves_nothing_active_behind():
             assert top(False) is None and proj.log_sigma.grad is not None
 
 
-def test_the_benchmarks_hand_written_step_is_the_librarys_step():
-    """benchmarks/bench_dipnet.py times the default m=1 loss written out op by op as a lower bound
-    for the library's step; it must compute the same loss and gradients, bit for bit."""
+def _bench_module(name: str):
+    """A module of benchmarks/ (which imports its siblings), loaded for a test."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -686,11 +685,18 @@ def test_the_benchmarks_hand_written_step_is_the_librarys_step():
     bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(bench_dir))
     try:
-        spec = importlib.util.spec_from_file_location("bench_dipnet_under_test", bench_dir / "bench_dipnet.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", bench_dir / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(bench_dir))
+    return module
+
+
+def test_the_benchmarks_hand_written_step_is_the_librarys_step():
+    """benchmarks/bench_dipnet.py times the default m=1 loss written out op by op as a lower bound
+    for the library's step; it must compute the same loss and gradients, bit for bit."""
+    bench = _bench_module("bench_dipnet")
     torch.manual_seed(0)
     net = project(bench._mnist_mlp(), sigma=0.1, scale="absolute").train()
     x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
@@ -704,6 +710,36 @@ def test_the_benchmarks_hand_written_step_is_the_librarys_step():
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vit"])
+def test_the_benchmarks_hand_written_floor_is_the_librarys_step(name):
+    """benchmarks/bench_projection.py times the hidden layers' projections written into each
+    layer's forward (no hooks, autograd's backward) as the floor for the library with the same
+    settings; both must give the same loss, gradients and running RMS, bit for bit."""
+    from dipnet.data import DatasetInfo
+    from dipnet.models import build_model
+
+    bench = _bench_module("bench_projection")
+    info = DatasetInfo("c", (3, 32, 32), 10, tuple("0123456789"), (0.0, 1.0))
+    torch.manual_seed(0)
+    net = project(build_model(name, info), **bench.FLOOR).train()
+    floor = bench.hand_written_floor(net)
+    assert not any(m._forward_pre_hooks for m in floor.modules())
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    results = []
+    for model, loss_fn in ((net, lambda: DIPNetLoss(prior=(0.0, 0.0))(net, x, y)), (floor, lambda: F.cross_entropy(floor(x), y))):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        for _ in range(2):  # the second step sees the running RMS the first one set
+            loss = loss_fn()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()],
+                        [b.clone() for n, b in model.named_buffers() if n.endswith("running_rms")]))
+    (loss_a, grads_a, rms_a), (loss_b, grads_b, rms_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert len(rms_a) == len(rms_b) > 0 and all(torch.equal(a, b) for a, b in zip(rms_a, rms_b))
 
 
 @pytest.mark.parametrize("build", [

@@ -16,7 +16,7 @@ from dipnet.data import DatasetInfo
 from dipnet.models import build_model
 from dipnet.noise_table import draw_like
 from dipnet.projection import DIPNetLoss, predict, project, projections, sampling, strip
-from dipnet.projection import _fast, regenerate
+from dipnet.projection import _fast, fused, regenerate
 
 MNIST = DatasetInfo("mnist", (1, 28, 28), 10, tuple("0123456789"), (0.0, 1.0))
 CIFAR = DatasetInfo("cifar10", (3, 32, 32), 10, tuple("0123456789"), (0.0, 1.0))
@@ -123,7 +123,7 @@ def test_regenerated_noise_is_the_forward_noise_bit_for_bit(monkeypatch, noise):
     net = project(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)),
                   sigma=0.3, noise=noise, input_grad_fraction=1.0).train()
     drawn, redrawn, seen, rebuilt = [], [], [], []
-    real_draw, real_redraw, real_build = _fast.draw_like, regenerate.redraw, regenerate._Recipe.build
+    real_draw, real_redraw, real_build = fused.draw_like, regenerate.redraw, regenerate._Recipe.build
 
     def spy_draw(x, source):
         eps, draw = real_draw(x, source)
@@ -140,7 +140,7 @@ def test_regenerated_noise_is_the_forward_noise_bit_for_bit(monkeypatch, noise):
         rebuilt.append(u.clone())
         return u
 
-    monkeypatch.setattr(_fast, "draw_like", spy_draw)
+    monkeypatch.setattr(fused, "draw_like", spy_draw)
     monkeypatch.setattr(regenerate, "redraw", spy_redraw)
     monkeypatch.setattr(regenerate._Recipe, "build", spy_build)
     for layer in (net[0], net[2], net[4]):

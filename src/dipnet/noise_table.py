@@ -92,7 +92,9 @@ def standard_normal(
 
 class Draw(NamedTuple):
     """Where a draw of :func:`draw_like` came from, enough for :func:`redraw` to make it again:
-    table ``offsets``, or the ``seed`` of an accelerator's generator, or the kept ``values``."""
+    table ``offsets``, or the ``seed`` of an accelerator's generator, or the kept ``values``;
+    ``kernel``: the seed of the fused projection's Philox stream
+    (:mod:`dipnet.projection.fused`), whose values exist only inside its kernels."""
 
     offsets: tuple[int, ...] | None
     seed: int | None
@@ -100,6 +102,7 @@ class Draw(NamedTuple):
     shape: torch.Size
     device: torch.device
     dtype: torch.dtype
+    kernel: bool = False
 
 
 _local = threading.local()  # one seeded generator per thread and device (forward and backward may differ)
@@ -138,4 +141,7 @@ def redraw(draw: Draw) -> torch.Tensor:
         return _read(_table(draw.device, draw.dtype), draw.offsets, math.prod(draw.shape)).view(draw.shape)
     if draw.values is not None:
         return draw.values
+    if draw.kernel:
+        raise ValueError("a kernel draw's values exist only inside the fused kernels: "
+                         "dipnet.projection.fused.values(draw) makes them")
     return torch.randn(draw.shape, generator=_seeded(draw.seed, draw.device), device=draw.device, dtype=draw.dtype)

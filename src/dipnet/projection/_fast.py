@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from ..errors import ConfigError
-from ..noise_table import Draw, draw_like, redraw
-from .regenerate import RegeneratedInput, sample, sigma_grad
+from . import fused
+from .regenerate import RegeneratedInput, plain, sample, sigma_grad
 
 ATTR = "dipnet_projection"  # the projection's name as a child of the layer it feeds
 _HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer while its hooks are installed
@@ -68,7 +68,7 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         sigma = proj.log_sigma.exp()
     else:  # relative scale, or the error for an input of the wrong width
         sigma = proj.sigma_for(x, dim)
-    eps, draw = draw_like(x, proj.noise)
+    eps, draw = fused.draw_like(x, proj.noise)
     view = sigma.view(features, *([1] * (x.ndim - 1 - dim))) if features and dim != -1 and dim != x.ndim - 1 else sigma
     recording = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()  # torch.func refuses hooks
     regenerate = proj.regenerate and recording
@@ -82,8 +82,8 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if k < n and _subsampling_layer(layer):
             pending = (sigma, draw, window_start(n), k, n / k)
     if pending is not None:  # sigma's gradient comes from the window estimate
-        u = torch.addcmul(x, view.detach(), eps)
-    elif regenerate:
+        u = plain(x, view.detach(), eps, draw)
+    elif regenerate or eps is None:  # a kernel draw saves only its seed either way
         u = sample(x, view, eps, draw)
     else:
         u = torch.addcmul(x, view, eps)
@@ -151,7 +151,7 @@ class SubsampledSigmaGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
-        eps_rows = cyclic_rows(redraw(ctx.draw), ctx.start, ctx.k)
+        eps_rows = cyclic_rows(fused.values(ctx.draw), ctx.start, ctx.k)
         grad_rows = cyclic_rows(grad, ctx.start, ctx.k)
         if ctx.shared:  # sum(W^T g * eps) = sum(g * W eps): the layer's cheap forward on the k rows
             g_sigma = sigma_grad(grad_rows, _layer_linear_part(ctx.layer, weight, eps_rows), torch.Size(()))

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..noise_table import NoiseSource, draw_like
+from ..noise_table import NoiseSource
 from ..schema import Limits, Validated, check, param
-from . import _fast
+from . import _fast, fused
 from .regenerate import sample
 
 __all__ = ["GaussianProjection", "ProjectionConfig", "gaussian_projection"]
@@ -32,12 +32,13 @@ def gaussian_projection(
 
     ``sigma`` is a scalar, or a vector over ``x``'s ``feature_dim`` (the last dimension for a
     Linear input, the channel dimension 1 for a convolution input). ``noise``: where ``eps`` comes
-    from, ``"fresh"`` (``torch.randn``) or ``"table"`` (a random window of a shared table,
-    :mod:`dipnet.noise_table`). The backward regenerates ``eps`` instead of keeping it.
+    from, ``"fresh"`` (``torch.randn``; on CUDA drawn inside the fused kernels of
+    :mod:`.fused`) or ``"table"`` (a random window of a shared table, :mod:`dipnet.noise_table`).
+    The backward regenerates ``eps`` instead of keeping it.
     """
     if not training:
         return x
-    eps, draw = draw_like(x, noise)
+    eps, draw = fused.draw_like(x, noise)
     return sample(x, _fast.feature_view(sigma, x, feature_dim), eps, draw)
 
 
@@ -74,7 +75,8 @@ class GaussianProjection(nn.Module):
     any scale. ``learnable=False`` keeps sigma fixed (fixed-sigma noise layers, Random Self-Ensemble).
     ``noise``: ``"fresh"`` calls ``torch.randn``; ``"table"`` draws ``eps`` as a random window of a
     shared N(0, 1) table (exactly i.i.d. within a draw, entries reused across draws;
-    :mod:`dipnet.noise_table`); ``"auto"`` (default) is the table on a CPU, fresh on accelerators.
+    :mod:`dipnet.noise_table`); ``"auto"`` (default) is the table on a CPU, fresh on accelerators
+    (on CUDA, drawn inside the fused projection kernels, :mod:`.fused`).
 
     ``input_grad_fraction`` (our choice, for speed): when the projected input needs no gradient of
     its own (the raw input), sigma's gradient ``sum_rows eps * dL/du`` costs one extra

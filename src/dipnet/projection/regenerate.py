@@ -29,8 +29,9 @@ from typing import Any, Iterator
 import torch
 
 from ..noise_table import Draw, redraw
+from . import fused
 
-__all__ = ["RegeneratedInput", "Sample", "repeated", "sample", "sigma_grad"]
+__all__ = ["RegeneratedInput", "Sample", "plain", "repeated", "sample", "sigma_grad"]
 
 _top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
 _DOT_DTYPES = (torch.float32, torch.float64)
@@ -40,19 +41,30 @@ _repeats: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (stacked batch, b
 class Sample(torch.autograd.Function):
     """``x + sigma * eps`` whose backward regenerates ``eps`` from its draw: nothing but the draw
     is kept. ``sigma`` broadcasts over ``x``; its gradient is ``sum(dL/du * eps)`` over the
-    broadcast dimensions, the same reduction autograd applies to ``addcmul``."""
+    broadcast dimensions, the same reduction autograd applies to ``addcmul``. A kernel draw
+    (``eps`` None) runs the fused kernels (:mod:`.fused`) both ways."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, draw: Draw) -> torch.Tensor:  # type: ignore[override]
-        ctx.draw, ctx.sigma_shape = draw, sigma.shape
-        return torch.addcmul(x, sigma, eps)
+    def forward(ctx: Any, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor | None, draw: Draw) -> torch.Tensor:  # type: ignore[override]
+        ctx.draw, ctx.sigma_shape, ctx.sigma_dtype = draw, sigma.shape, sigma.dtype
+        return plain(x, sigma, eps, draw)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         g_sigma = None
         if ctx.needs_input_grad[1]:
-            g_sigma = sigma_grad(grad, redraw(ctx.draw), ctx.sigma_shape)
+            if ctx.draw.kernel:
+                g_sigma = fused.sigma_grad(grad, ctx.draw, ctx.sigma_shape, ctx.sigma_dtype)
+            else:
+                g_sigma = sigma_grad(grad, redraw(ctx.draw), ctx.sigma_shape)
         return (grad if ctx.needs_input_grad[0] else None), g_sigma, None, None
+
+
+def plain(x: torch.Tensor, sigma: torch.Tensor | float, eps: torch.Tensor | None, draw: Draw) -> torch.Tensor:
+    """``x + sigma * eps`` without autograd's involvement: ``eps`` None is a kernel draw."""
+    if eps is None:
+        return fused.sample(x, sigma, draw)
+    return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
 
 
 def sigma_grad(grad: torch.Tensor, eps: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -71,12 +83,12 @@ def sigma_grad(grad: torch.Tensor, eps: torch.Tensor, shape: torch.Size) -> torc
     return (grad * eps).sum_to_size(shape)
 
 
-def sample(x: torch.Tensor, sigma: torch.Tensor | float, eps: torch.Tensor, draw: Draw) -> torch.Tensor:
-    """``x + sigma * eps`` through :class:`Sample` when autograd needs it, else the plain op."""
+def sample(x: torch.Tensor, sigma: torch.Tensor | float, eps: torch.Tensor | None, draw: Draw) -> torch.Tensor:
+    """``x + sigma * eps`` through :class:`Sample` when autograd needs it, else :func:`plain`."""
     if (isinstance(sigma, torch.Tensor) and torch.is_grad_enabled() and (x.requires_grad or sigma.requires_grad)
             and not torch._C._are_functorch_transforms_active()):  # torch.func: the plain op
         return Sample.apply(x, sigma, eps, draw)
-    return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
+    return plain(x, sigma, eps, draw)
 
 
 @contextlib.contextmanager
@@ -176,7 +188,8 @@ class _Recipe:
         return kept.repeat(m, *([1] * (kept.ndim - 1))).as_strided(shape, stride, offset)
 
     def build(self) -> torch.Tensor:
-        u = torch.addcmul(self._input().detach(), self.maker.sigma, redraw(self.maker.draw))
+        draw = self.maker.draw
+        u = plain(self._input().detach(), self.maker.sigma, None if draw.kernel else redraw(draw), draw)
         shape, stride, offset = self.layout
         return u if (u.shape == shape and u.stride() == stride and offset == 0) else u.as_strided(shape, stride, offset)
 

@@ -1,0 +1,73 @@
+"""The fused projection kernels (dipnet.projection.fused). CI has no GPU: the kernels run under
+Triton's interpreter on CPU tensors, in a fresh process with TRITON_INTERPRET=1 (Triton reads it
+when imported), through the checks in tests/_fused_checks.py; on a GPU,
+benchmarks/gpu_check.py runs them compiled. Skipped where Triton is not installed."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dipnet.noise_table import draw_like as table_or_fresh
+from dipnet.projection import fused
+
+CHECKS = Path(__file__).with_name("_fused_checks.py")
+NAMES = ["layouts", "half_precision_input", "saves_nothing", "statistics", "seeded",
+         "training_step_equals_the_eager_path", "not_under_torch_func"]
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    if not _has_triton():
+        pytest.skip("triton is not installed (make test installs it: the [fused] extra)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(CHECKS), *NAMES], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_kernels_under_the_interpreter(interpreted, name):
+    assert interpreted[name] == "ok", interpreted[name]
+
+
+def test_every_check_is_run():
+    assert sorted(NAMES) == sorted(re.findall(r"^@check\ndef (\w+)", CHECKS.read_text(), re.M))
+
+
+def test_cpu_tensors_take_the_eager_path_without_the_interpreter(monkeypatch):
+    """On a CPU the fused path is only for the interpreter: every source draws eagerly as before."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(4, 5)
+    for source in ("auto", "table", "fresh"):
+        assert not fused.applies(x, source)
+        torch.manual_seed(0)
+        eps, draw = fused.draw_like(x, source)
+        torch.manual_seed(0)
+        ref, ref_draw = table_or_fresh(x, source)
+        assert not draw.kernel and torch.equal(eps, ref) and draw.offsets == ref_draw.offsets
+
+
+def test_disabled_and_unsupported_inputs_take_the_eager_path(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(4, 3, 5, 5)
+    monkeypatch.setattr(fused, "enabled", False)
+    assert not fused.applies(x, "fresh")
+    monkeypatch.setattr(fused, "enabled", True)
+    assert not fused.applies(x.to(memory_format=torch.channels_last), "fresh")
+    assert not fused.applies(x.double(), "fresh")
+    assert not fused.applies(x, "table") and not fused.applies(x, "auto")

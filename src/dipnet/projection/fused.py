@@ -108,12 +108,14 @@ def available() -> bool:
 
 def applies(x: torch.Tensor, source: str) -> bool:
     """Whether a projection of ``x`` with noise ``source`` takes the fused path."""
-    if not (enabled and x.dtype in _DTYPES and 0 < x.numel() < 2**31 and x.is_contiguous()):
+    if not enabled:
         return False
     if x.is_cuda:
         if source not in ("auto", "fresh"):
             return False
-    elif not (x.is_cpu and source == "fresh" and _interpreting()):
+    elif not (source == "fresh" and x.is_cpu and _interpreting()):  # the CPU's hot path leaves here
+        return False
+    if not (x.dtype in _DTYPES and 0 < x.numel() < 2**31 and x.is_contiguous()):
         return False
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return False

@@ -98,7 +98,7 @@ def _kernels(interpret: bool) -> Any:
             acc += tl.sum(tl.where(mask, g * tl.randn(seed, offs), 0.0), axis=0)
         tl.store(part_ptr + tl.program_id(0) * channels + cols, acc, mask=cmask)
 
-    return triton, sample_kernel, normal_kernel, planes_kernel, rows_kernel
+    return sample_kernel, normal_kernel, planes_kernel, rows_kernel
 
 
 def available() -> bool:
@@ -154,7 +154,7 @@ def _grid(n: int) -> tuple[int]:
 def normal(draw: Draw, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The draw's N(0, 1) values in ``dtype`` (default the draw's; the kernels use them in float32)."""
     out = torch.empty(draw.shape, device=draw.device, dtype=dtype or draw.dtype)
-    _, _, normal_kernel, _, _ = _kernels(_interpreting())
+    _, normal_kernel, _, _ = _kernels(_interpreting())
     normal_kernel[_grid(out.numel())](out, draw.seed, out.numel(), BLOCK=_BLOCK)
     return out
 
@@ -173,7 +173,7 @@ def sample(x: torch.Tensor, sigma: torch.Tensor | float, draw: Draw) -> torch.Te
         return torch.addcmul(x, sigma, normal(draw, torch.float32)).to(torch.result_type(x, sigma))
     channels, inner = layout
     u = torch.empty(x.shape, device=x.device, dtype=torch.result_type(x, sigma))
-    _, sample_kernel, _, _, _ = _kernels(_interpreting())
+    sample_kernel, _, _, _ = _kernels(_interpreting())
     sample_kernel[_grid(x.numel())](x, sigma.detach().contiguous(), u, draw.seed, x.numel(), channels, inner, BLOCK=_BLOCK)
     return u
 
@@ -186,7 +186,7 @@ def sigma_grad(grad: torch.Tensor, draw: Draw, shape: torch.Size, dtype: torch.d
     grad = grad.contiguous()
     channels, inner = layout
     n = grad.numel()
-    _, _, _, planes_kernel, rows_kernel = _kernels(_interpreting())
+    _, _, planes_kernel, rows_kernel = _kernels(_interpreting())
     if channels == 1 or inner > 1:
         plane = _PLANE if channels == 1 else inner
         planes = (n + plane - 1) // plane

@@ -220,8 +220,10 @@ CASES = [("mlp", (1, 28, 28), 128), ("resnet20", (3, 32, 32), 128), ("vit", (3, 
 MEMORY_CASES = CASES[:3]
 M1_TARGET = {"mlp": 1.3, "resnet20": 1.15, "vit": 1.15}  # issue 17: DIPNet m=1 over ERM on a GPU
 _CPU_ESTIMATOR = {"noise": "table", "input_grad_fraction": 0.125}
+UNFUSED = "dipnet m=1, fused kernels off (eager: randn, addcmul, autograd's reduction)"
 RUNS = [
     ("dipnet m=1 (default on a GPU: fused kernels, exact gradient)", "dipnet", {}, 1, M1_TARGET),
+    (UNFUSED, "dipnet", {}, 1, None),
     ("dipnet m=1, CPU default forced (table, 1/8 window)", "dipnet", _CPU_ESTIMATOR, 1, None),
     ("dipnet m=4 (default)", "dipnet", {"trajectories": 4}, 1, 4.0),
     ("dipnet m=4, CPU default forced", "dipnet", {"trajectories": 4, **_CPU_ESTIMATOR}, 1, None),
@@ -233,9 +235,6 @@ RUNS = [
     ("marwp", "marwp", {}, 2, 2.2),
     ("icp", "icp", {"steps": 5}, 1, 7.0),
 ]
-
-
-UNFUSED = "dipnet m=1, fused kernels off (eager: randn, addcmul, autograd's reduction)"
 
 
 def _unfused(fn: Callable[[], None]) -> Callable[[], None]:
@@ -256,11 +255,11 @@ def timings(dev: torch.device, quick: bool) -> list[str]:
     for model_name, shape, batch in CASES:
         fns = {"erm": _runner("erm", {}, model_name, shape, batch, 1, dev)}
         for label, spec, params, k, _ in RUNS:
-            fns[label] = _runner(spec, params, model_name, shape, batch, k, dev)
-        fns[UNFUSED] = _unfused(_runner("dipnet", {}, model_name, shape, batch, 1, dev))
+            fn = _runner(spec, params, model_name, shape, batch, k, dev)
+            fns[label] = _unfused(fn) if label == UNFUSED else fn
         t = interleaved(fns, reps, n, dev)
         lines.append(f"| {model_name} B={batch} | erm | {t['erm'] * 1e3:.3f} ms | 1.000x | | |")
-        for label, _, _, _, target in [*RUNS[:1], (UNFUSED, None, None, None, None), *RUNS[1:]]:
+        for label, _, _, _, target in RUNS:
             target = target.get(model_name) if isinstance(target, dict) else target
             r = t[label] / t["erm"]
             meets = "" if target is None else ("yes" if r <= target else "**NO**")

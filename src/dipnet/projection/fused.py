@@ -46,9 +46,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool) -> Any:
-    """The Triton kernels, compiled (or interpreted) on first use; None without Triton."""
+@functools.lru_cache(maxsize=1)
+def _kernels() -> Any:
+    """The Triton kernels (sample, normal, planes, rows), compiled or, under TRITON_INTERPRET=1
+    (read by Triton when imported), interpreted; None without Triton."""
     try:
         import triton
         import triton.language as tl
@@ -103,7 +104,7 @@ def _kernels(interpret: bool) -> Any:
 
 def available() -> bool:
     """Whether the kernels can run here: Triton importable and :data:`enabled`."""
-    return enabled and _kernels(_interpreting()) is not None
+    return enabled and _kernels() is not None
 
 
 def applies(x: torch.Tensor, source: str) -> bool:
@@ -119,7 +120,7 @@ def applies(x: torch.Tensor, source: str) -> bool:
         return False
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return False
-    return _kernels(_interpreting()) is not None
+    return _kernels() is not None
 
 
 def draw_like(x: torch.Tensor, source: str = "auto") -> tuple[torch.Tensor | None, Draw]:
@@ -154,7 +155,7 @@ def _grid(n: int) -> tuple[int]:
 def normal(draw: Draw, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The draw's N(0, 1) values in ``dtype`` (default the draw's; the kernels use them in float32)."""
     out = torch.empty(draw.shape, device=draw.device, dtype=dtype or draw.dtype)
-    _, normal_kernel, _, _ = _kernels(_interpreting())
+    _, normal_kernel, _, _ = _kernels()
     normal_kernel[_grid(out.numel())](out, draw.seed, out.numel(), BLOCK=_BLOCK)
     return out
 
@@ -173,7 +174,7 @@ def sample(x: torch.Tensor, sigma: torch.Tensor | float, draw: Draw) -> torch.Te
         return torch.addcmul(x, sigma, normal(draw, torch.float32)).to(torch.result_type(x, sigma))
     channels, inner = layout
     u = torch.empty(x.shape, device=x.device, dtype=torch.result_type(x, sigma))
-    sample_kernel, _, _, _ = _kernels(_interpreting())
+    sample_kernel, _, _, _ = _kernels()
     sample_kernel[_grid(x.numel())](x, sigma.detach().contiguous(), u, draw.seed, x.numel(), channels, inner, BLOCK=_BLOCK)
     return u
 
@@ -186,7 +187,7 @@ def sigma_grad(grad: torch.Tensor, draw: Draw, shape: torch.Size, dtype: torch.d
     grad = grad.contiguous()
     channels, inner = layout
     n = grad.numel()
-    _, _, planes_kernel, rows_kernel = _kernels(_interpreting())
+    _, _, planes_kernel, rows_kernel = _kernels()
     if channels == 1 or inner > 1:
         plane = _PLANE if channels == 1 else inner
         planes = (n + plane - 1) // plane

@@ -44,7 +44,7 @@ def _runner(spec, params, model_name, shape, batch, per_update, device="cpu"):
     model = build_model(model_name, info).to(device)
     method = build_method(spec, params)
     model = method.transform_model(model)
-    opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.01, momentum=0.9)
+    opt = method.build_optimizer(model, torch.optim.SGD, lr=0.01, momentum=0.9)
     ctx = StepContext(epoch=3, epochs=4, bounds=(0.0, 1.0), batch_size=batch, progress=0.5)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *shape, generator=g).to(device)

@@ -159,7 +159,7 @@ def test_the_documented_way_to_add_a_method_works():
         exec(compile(code, "docs/architecture.md", "exec"), module.__dict__)
         method = build_method("label-smoothing", {"eps": "0.2"})
         model = torch.nn.Linear(4, 3)
-        opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.1)
+        opt = method.build_optimizer(model, torch.optim.SGD, lr=0.1)
         x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
         with torch.no_grad():  # oracle: the smoothed targets written out, before the step
             logp = model(x).log_softmax(-1)
@@ -173,3 +173,32 @@ def test_the_documented_way_to_add_a_method_works():
     finally:
         registry._COMPONENTS.pop("label-smoothing", None)
         sys.modules.pop(module.__name__, None)
+
+
+def test_the_engine_uses_no_projection_internals():
+    """DIPNet plugs into the engine as a method component: the engine imports nothing of
+    ``dipnet.projection`` (its parameter groups, prior and metrics come through the Method)."""
+    offenders = {m: sorted(i for i in imps if i.startswith("dipnet.projection"))
+                 for m, imps in _graph().items() if m.startswith("dipnet.engine")}
+    assert not {m: i for m, i in offenders.items() if i}
+
+
+def _loops(path: Path) -> list[str]:
+    """Calls of an optimizer's ``step``/``backward`` in a file: what a training loop of its own does."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [f"{path.name}:{n.lineno}" for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr in ("backward", "zero_grad") and not path.name.startswith("_")]
+
+
+def test_llm_runs_no_loop_of_its_own():
+    """Fine-tuning is a task on the engine's one loop: nothing in ``dipnet.llm`` calls backward or
+    zero_grad (the step is Method.step, the loop engine.core.Loop)."""
+    found = [hit for p in sorted((SRC / "llm").rglob("*.py")) for hit in _loops(p)]
+    assert not found
+
+
+def test_the_loop_oracle_sees_a_planted_step(tmp_path):
+    planted = tmp_path / "runner.py"
+    planted.write_text("def f(loss, opt):\n    opt.zero_grad()\n    loss.backward()\n")
+    assert _loops(planted) == ["runner.py:2", "runner.py:3"]

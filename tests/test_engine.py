@@ -22,7 +22,7 @@ from dipnet.data import Dataset, DatasetInfo
 from dipnet.engine import TrainConfig, evaluate, load_run, lr_at, train
 from dipnet.methods import Component, register_component
 from dipnet.engine.checkpoint import from_json_tree, load_checkpoint, save_checkpoint, to_json_tree
-from dipnet.engine import param_groups
+from dipnet.methods import build_method
 from dipnet.errors import ConfigError, DataError, NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,7 +369,7 @@ def test_gradient_clipping_bounds_the_global_norm():
 
 def test_weight_decay_only_on_weight_matrices():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    groups = param_groups(model, 0.1)
+    groups = build_method("erm").param_groups(model, 0.1)
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model[0].weight), id(model[2].weight)}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

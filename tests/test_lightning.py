@@ -21,7 +21,8 @@ pl = pytest.importorskip("lightning.pytorch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from dipnet.data import Dataset, DatasetInfo  # noqa: E402
-from dipnet.engine import TrainConfig, Trainer, param_groups, seed_everything  # noqa: E402
+from dipnet.engine import TrainConfig, Trainer, seed_everything
+from dipnet.projection import projection_parameters  # noqa: E402
 from dipnet.engine.setup import epoch_permutation  # noqa: E402
 from dipnet.errors import ConfigError  # noqa: E402
 from dipnet.integrations.lightning import DIPNetCallback, manual_step  # noqa: E402
@@ -61,12 +62,12 @@ class Classifier(pl.LightningModule):
         return manual_step(self, lambda: F.cross_entropy(self(x), y))
 
     def configure_optimizers(self):
-        groups = param_groups(self, 0.0)  # the engine's groups: DIPNet's sigmas apart, not perturbed
+        fixed = projection_parameters(self)  # DIPNet's sigmas: trained, never perturbed
         if self.update == "sam":
-            return SAM(groups, torch.optim.AdamW, rho=0.05, lr=LR, weight_decay=0.0)
+            return SAM(self.parameters(), torch.optim.AdamW, rho=0.05, lr=LR, weight_decay=0.0, fixed=fixed)
         if self.update == "rwp":
-            return RWP(groups, torch.optim.AdamW, sigma=0.05, lr=LR, weight_decay=0.0)
-        return torch.optim.AdamW(groups, lr=LR, weight_decay=0.0)
+            return RWP(self.parameters(), torch.optim.AdamW, sigma=0.05, lr=LR, weight_decay=0.0, fixed=fixed)
+        return torch.optim.AdamW(self.parameters(), lr=LR, weight_decay=0.0)
 
 
 def engine_params(method: str, params: dict) -> list[torch.Tensor]:
@@ -137,7 +138,8 @@ DDP_SCRIPT = textwrap.dedent('''
     import lightning.pytorch as pl
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
-    from dipnet.engine import param_groups, seed_everything
+    from dipnet.engine import seed_everything
+    from dipnet.projection import projection_parameters
     from dipnet.integrations.lightning import DIPNetCallback, manual_step
     from dipnet.methods import SAM
     from dipnet.projection import projections
@@ -155,7 +157,7 @@ DDP_SCRIPT = textwrap.dedent('''
             return manual_step(self, lambda: F.cross_entropy(self.model(x), y))
         def configure_optimizers(self):
             if self.update == "sam":
-                return SAM(param_groups(self, 0.0), torch.optim.SGD, rho=0.05, lr=0.05)
+                return SAM(self.parameters(), torch.optim.SGD, rho=0.05, lr=0.05, fixed=projection_parameters(self))
             return torch.optim.AdamW(self.parameters(), lr=0.01)
 
     out = sys.argv[1]

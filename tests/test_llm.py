@@ -25,10 +25,12 @@ pytest.importorskip("reasoning_gym")
 from dipnet.cli import main  # noqa: E402
 from dipnet.errors import ConfigError, DataError  # noqa: E402
 from dipnet.llm import (  # noqa: E402
-    FinetuneConfig, Finetuner, collate, encode, extract_answer, finetune, finetune_step, generate, load_adapters,
+    FinetuneConfig, Finetuner, collate, encode, extract_answer, finetune, generate, load_adapters,
     load_llm, load_task, prepare_model, save_adapters,
 )
+from dipnet.llm.runner import llm_method  # noqa: E402
 from dipnet.llm.tasks import answer_width, target_text  # noqa: E402
+from dipnet.methods import StepContext  # noqa: E402
 from dipnet.projection import (  # noqa: E402
     LLM_PRIOR, LLM_SIGMA, DIPNetLoss, GaussianProjection, causal_lm_loss, project, projections, strip,
 )
@@ -51,7 +53,18 @@ def tiny_lora(cfg: FinetuneConfig | None = None, seed: int = 0):
     cfg = cfg or tiny_config()
     torch.manual_seed(seed)
     model, tok = load_llm("tiny-llama")
-    return prepare_model(model, cfg), tok
+    return prepare_model(model, cfg, llm_method(cfg)), tok
+
+
+def finetune_step(model, opt, batch, labels, loss_fn, *, prior=None, grad_clip=None):
+    """The hand-written step of a trainer whose callback adds the prior after clipping (HF's order)."""
+    opt.zero_grad(set_to_none=True)
+    loss_fn(model, batch, labels).backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+    if prior is not None:
+        prior.prior_grad_(model)
+    opt.step()
 
 
 def batch_of(tok, items, n=4):
@@ -103,7 +116,7 @@ def test_sigmas_get_gradients_and_sit_in_the_optimizer_without_weight_decay(chai
     assert any(v == 0.1 for v in groups.values())  # the LoRA matrices are decayed
     before = [s.detach().clone() for s in sigmas]
     ex, batch, labels = batch_of(tuner.tokenizer, chain.train)
-    finetune_step(tuner.model, tuner.optimizer, batch, labels, tuner.loss_fn, prior=tuner.prior)
+    tuner.method.step(tuner.model, tuner.optimizer, batch, labels, StepContext(criterion=causal_lm_loss))
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in sigmas)
     assert all(not torch.equal(a, s) for a, s in zip(before, sigmas))
 
@@ -288,21 +301,21 @@ def test_adapters_and_sigmas_survive_save_and_reload(chain, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_adapters(tmp_path, monkeypatch):
-    import dipnet.llm.runner as ft
+    from dipnet.methods import Method
 
     whole = finetune(tiny_config(method="dipnet", out=str(tmp_path / "whole")))
-    real = ft.finetune_step
+    real = Method.step
 
-    def failing(*args, step=0, **kw):
-        if step == 2:
+    def failing(self, model, optimizer, x, y, ctx, **kw):
+        if ctx.step == 2:
             raise RuntimeError("power cut")
-        return real(*args, step=step, **kw)
+        return real(self, model, optimizer, x, y, ctx, **kw)
 
-    monkeypatch.setattr(ft, "finetune_step", failing)
+    monkeypatch.setattr(Method, "step", failing)
     cfg = tiny_config(method="dipnet", out=str(tmp_path / "cut"))
     with pytest.raises(RuntimeError, match="power cut"):
         finetune(cfg)
-    monkeypatch.setattr(ft, "finetune_step", real)
+    monkeypatch.setattr(Method, "step", real)
     resumed = finetune(tiny_config(method="dipnet", out=str(tmp_path / "cut")))
     a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
     assert all(torch.equal(a[n], b[n]) for n, p in a.items() if p.requires_grad)
@@ -350,7 +363,7 @@ def test_sampled_prediction_decodes_the_mean_of_k_noisy_passes(chain):
 def test_neftune_is_transformers_own_hook():
     from transformers.integrations.neftune import neftune_post_forward_hook
 
-    model, _ = tiny_lora(tiny_config(method="neftune", neftune_alpha=5.0))
+    model, _ = tiny_lora(tiny_config(method="neftune", method_params={"alpha": 5.0}))
     emb = model.get_input_embeddings()
     assert neftune_post_forward_hook in emb._forward_hooks.values() and emb.neftune_noise_alpha == 5.0
     ids = torch.randint(4, 90, (2, 10))
@@ -414,7 +427,7 @@ def test_cli_finetune_trains_resumes_and_refuses_bad_input(tmp_path, capsys):
     assert main(args[:-2] + ["--eval-samples", "2", "--out", str(tmp_path / "r")]) == 0  # only re-evaluated
     assert "sampled (k=2)" in capsys.readouterr().out
     for bad, msg in ((["--task", ""], "task is empty"), (["--task", "nope"], "unknown reasoning-gym task"),
-                     (["--model", "nope"], "unknown language model"), (["--method", "sam"], "method must be one of"),
+                     (["--model", "nope"], "unknown language model"), (["--method", "cutout"], "cannot train on token ids"),
                      (["--task-arg", "min_terms=90", "--task-arg", "max_terms=90"], "context is 256")):
         assert main(args[:-2] + bad + ["--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
@@ -428,7 +441,7 @@ def test_the_llm_suite_parses_and_a_tiny_one_runs(tmp_path):
     specs = suite.expand()
     assert len(specs) == 12 and len({s.key for s in specs}) == 12 and suite.baseline == "sft"
     assert {s.config["method"] for s in specs} == {"sft", "dipnet", "neftune"}
-    assert sorted({s.config["trajectories"] for s in specs if s.method.startswith("dipnet")}) == [1, 2]
+    assert sorted({s.config["method_params"].get("trajectories", 1) for s in specs if s.method.startswith("dipnet")}) == [1, 2]
     text = textwrap.dedent("""
         kind = "finetune"
         name = "tiny"
@@ -467,12 +480,13 @@ import os, sys, torch
 from transformers import Trainer, TrainingArguments
 from dipnet.integrations.hf import DIPNetCallback
 from dipnet.llm import collate, encode, load_llm, load_task, prepare_model, FinetuneConfig
+from dipnet.llm.runner import llm_method
 from dipnet.projection import projections
 cfg = FinetuneConfig(model="tiny-llama", task_kwargs={"min_terms": 2, "max_terms": 2})
 task = load_task("chain_sum", 16, 1, 1, options=cfg.task_kwargs)
 torch.manual_seed(0)
 model, tok = load_llm("tiny-llama")
-model = prepare_model(model, cfg)
+model = prepare_model(model, cfg, llm_method(cfg))
 ex = encode(tok, task.train, system=None, worked_solution=False, context=256, new_tokens=4)
 batch, labels = collate(ex, tok.pad_token_id)
 rows = [{**{k: v[i] for k, v in batch.items()}, "labels": labels[i]} for i in range(16)]

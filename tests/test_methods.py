@@ -46,7 +46,7 @@ def toy_model(seed: int = 0, bn: bool = False) -> nn.Module:
 def train_steps(spec, params, model, x, y, steps, epochs=4, lr=0.05, ctx=None):
     method = build_method(spec, params)
     model = method.transform_model(model)
-    opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=lr, momentum=0.9)
+    opt = method.build_optimizer(model, torch.optim.SGD, lr=lr, momentum=0.9)
     ctx = ctx or StepContext(epochs=epochs, bounds=(0.0, 1.0))
     n = x.shape[0]
     for step in range(steps):
@@ -60,7 +60,8 @@ def train_steps(spec, params, model, x, y, steps, epochs=4, lr=0.05, ctx=None):
 
 def builtin_components():
     """Every component the library registers (test doubles registered by other test modules left out)."""
-    return sorted(n for n in method_names() if n != "erm" and component_class(n).__module__.startswith("dipnet."))
+    return sorted(n for n in method_names() if n != "erm" and component_class(n).__module__.startswith("dipnet.")
+                  and "features" in component_class(n).inputs)  # token-only methods: tests/test_llm.py
 
 
 def valid_pairs():
@@ -431,15 +432,14 @@ def test_arwp_noise_std_equals_the_released_code_on_biases_too():
 
 def test_weight_perturbation_leaves_dipnet_sigmas_alone():
     """SAM's ascent and RWP's noise move the model's own weights, never the projections' log-sigmas
-    (the engine puts them in a perturb=False group), and SAM's norm leaves their gradients out."""
-    from dipnet.engine import param_groups
+    (DIPNet declares them fixed), and SAM's norm leaves their gradients out."""
     from dipnet.projection import projection_parameters
 
     x, y = toy_data()
     for spec in ("dipnet+sam", "dipnet+rwp", "dipnet+mrwp"):
         method = build_method(spec, {"dipnet.sigma": 0.1})
         model = method.transform_model(toy_model())
-        opt = method.build_optimizer(param_groups(model, 0.0), torch.optim.SGD, lr=0.0)
+        opt = method.build_optimizer(model, torch.optim.SGD, lr=0.0)
         sigmas = projection_parameters(model)
         before = [s.detach().clone() for s in sigmas]
         own_before = [p.detach().clone() for p in model.parameters() if all(p is not s for s in sigmas)]
@@ -460,12 +460,11 @@ def test_weight_perturbation_leaves_dipnet_sigmas_alone():
 
 
 def test_sam_norm_counts_only_the_perturbed_weights():
-    from dipnet.engine import param_groups
     from dipnet.projection import projection_parameters
 
     x, y = toy_data()
     model = build_method("dipnet").transform_model(toy_model())
-    opt = SAM(param_groups(model, 0.0), torch.optim.SGD, rho=0.1, lr=0.0)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.0, fixed=projection_parameters(model))
     F.cross_entropy(model(x), y).backward()
     own = [p for p in model.parameters() if all(p is not s for s in projection_parameters(model))]
     torch.testing.assert_close(opt.grad_norm(), torch.sqrt(sum((p.grad**2).sum() for p in own)))
@@ -481,7 +480,7 @@ def test_mrwp_bn_stats_from_clean_passes_only():
     x, y = toy_data()
     model = toy_model(bn=True)
     method = build_method("mrwp", {"sigma": 0.2})
-    opt = method.build_optimizer(model.parameters(), torch.optim.SGD, lr=0.1)
+    opt = method.build_optimizer(model, torch.optim.SGD, lr=0.1)
     ctx = StepContext(batch_size=B)
     bn = model[2]
     for i, expect_update in ((0, False), (1, True)):

@@ -39,7 +39,7 @@ from .projection import (
     project,
     projections,
     sampling,
-    sigma_summary,
+    sigma_stats,
     strip,
 )
 from .robust import FGSM, PGD, corrupt, evaluate_robustness
@@ -98,7 +98,7 @@ __all__ = [
     "run_suite",
     "sampling",
     "sharpness",
-    "sigma_summary",
+    "sigma_stats",
     "smoothed",
     "strip",
     "train",

@@ -1,7 +1,9 @@
-"""``dipnet finetune``: LoRA fine-tuning of a causal LM on a reasoning-gym task (SFT, DIPNet or
-NEFTune) into a run directory; re-running the same command resumes. Options are the fields of
-:class:`~dipnet.llm.FinetuneConfig` (``--lora-r``, ``--trajectories``, ...), values passed raw
-to its schema; ``--task-arg KEY=VALUE`` sets the task generator's options."""
+"""``dipnet finetune``: LoRA fine-tuning of a causal LM on a reasoning-gym task, with any method
+that applies to token inputs (``sft``, ``dipnet``, ``neftune``, ``sam``, ``dipnet+sam``, ...), into
+a run directory; re-running the same command resumes. Options are the fields of
+:class:`~dipnet.llm.FinetuneConfig` (``--lora-r``, ...), values passed raw to its schema; every
+other ``--name VALUE`` is a method hyperparameter, as in ``dipnet train`` (``--trajectories 2``,
+``--dipnet.sigma 0.1``, ``--rho 0.05``); ``--task-arg KEY=VALUE`` sets the task generator's options."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +12,9 @@ from pathlib import Path
 
 from ..errors import DivergenceError
 from ..schema import field_docs
-from ._common import add_threads_argument, apply_threads, parse_assignments, percent
+from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
 
-FLAG_SKIP = ("task_kwargs", "out")
+FLAG_SKIP = ("task_kwargs", "method_params", "out")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a language model with LoRA: SFT, DIPNet or NEFTune",
+        help="fine-tune a language model with LoRA: SFT, DIPNet, NEFTune, SAM, ... (the methods of `dipnet train`)",
         description="LoRA fine-tuning of a causal language model on a reasoning-gym task, evaluated by "
-        "greedy decoding and reasoning-gym's scorer (exact match). Models: "
+        "greedy decoding and reasoning-gym's scorer (exact match). Method hyperparameters follow as "
+        "--name VALUE (e.g. --trajectories 2, --dipnet.sigma 0.1, --rho 0.05; see `dipnet methods`); "
+        "methods that change continuous inputs (input noise, Cutout, Mixup, FGSM, ICP) do not apply to tokens. Models: "
         + ", ".join(f"{n} ({d})" for n, d in llm_names().items()) + ", or a local folder. Needs the [llm] extra. "
         "Re-running the same command resumes an interrupted run.",
     )
@@ -37,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/llm-MODEL-TASK-METHOD-sSEED)")
     p.add_argument("--overwrite", action="store_true", help="delete the files of a previous run in --out first (only those dipnet wrote)")
     add_threads_argument(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_extra=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     given = {k: v for k, v in vars(args).items()
              if k in FinetuneConfig.__dataclass_fields__ and k not in FLAG_SKIP and v is not None}
-    cfg = FinetuneConfig(**given, task_kwargs=parse_assignments(args.task_arg, "--task-arg"))
+    cfg = FinetuneConfig(**given, task_kwargs=parse_assignments(args.task_arg, "--task-arg"),
+                         method_params=parse_method_options(getattr(args, "extra", [])))
     name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
     out = Path(args.out or f"runs/llm-{name}-{cfg.task}-{cfg.method}-s{cfg.seed}")
     cfg.out = str(out)

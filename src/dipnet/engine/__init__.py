@@ -1,12 +1,19 @@
 """The training engine: configuration, setup, the loop, run directories and checkpoints."""
 from .config import OPTIMIZERS, PROGRESS_MODES, SCHEDULES, RunConfig, TrainConfig
-from .loop import RunResult, Trainer, evaluate, train
+from .core import Callback, Control, Loop
+from .loop import RunResult, Trainer, train
 from .run import LoadedRun, load_run, read_record
 from .rundir import RunDirectory, TrainState
 from .schedule import lr_at
-from .setup import build_optimizer, param_groups, prepare, resolve_device, seed_everything
+from .setup import build_optimizer, prepare, resolve_device, seed_everything
+from .task import ClassificationTask, Task, evaluate
 
 __all__ = [
+    "Callback",
+    "ClassificationTask",
+    "Control",
+    "Loop",
+    "Task",
     "LoadedRun",
     "OPTIMIZERS",
     "PROGRESS_MODES",
@@ -21,7 +28,6 @@ __all__ = [
     "evaluate",
     "load_run",
     "lr_at",
-    "param_groups",
     "prepare",
     "read_record",
     "resolve_device",

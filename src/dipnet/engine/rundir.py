@@ -31,7 +31,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import ConfigError, DataError, DivergenceError
 from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
-from .config import TrainConfig
+from .config import RunConfig
 
 RUN_FORMAT = "dipnet-run-1"
 LOCK = ".dipnet.lock"
@@ -77,7 +77,7 @@ class TrainState:
 class RunDirectory:
     """The files of one run (or none, when ``path`` is None)."""
 
-    def __init__(self, path: str | Path | None, cfg: TrainConfig) -> None:
+    def __init__(self, path: str | Path | None, cfg: RunConfig) -> None:
         self.path = Path(path) if path else None
         self.cfg = cfg
         self.header: dict[str, Any] = {}
@@ -168,6 +168,13 @@ class RunDirectory:
         set_rng_state(state["rng"])
         return TrainState(state["epoch"], state["step"], state["history"], state["example_grads"], state["wall_s"],
                           state.get("loss_start"), state.get("steps_above", 0))
+
+    def done_final(self) -> dict[str, Any] | None:
+        """The final metrics of a finished run recorded here, else None."""
+        if self.path is None or not is_run_record(self.path / "run.json"):
+            return None
+        record = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        return record.get("final") if record.get("status") == "done" else None
 
     def record(self, status: str, state: TrainState, final: dict[str, Any] | None = None,
                error: str | None = None) -> None:

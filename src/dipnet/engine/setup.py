@@ -12,7 +12,6 @@ from ..data import Dataset, DatasetInfo, load_dataset
 from ..errors import ConfigError
 from ..methods import Method, build_method
 from ..models import build_model
-from ..projection import projection_parameters
 from .config import TrainConfig
 
 ModelArg = Union[nn.Module, Callable[[DatasetInfo], nn.Module], None]
@@ -30,31 +29,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices and kernels only, not on biases, norms or 1-D scales (one
-    group when there is no weight decay: each group costs the optimizer its own kernels per step).
-    DIPNet's log-sigmas get a group of their own: no weight decay, and ``perturb=False``, so that
-    weight-perturbation methods (SAM, RWP) perturb only the model's own weights."""
-    sigmas = {id(p) for p in projection_parameters(model)}
-    own = [p for p in model.parameters() if p.requires_grad and id(p) not in sigmas]
-    if weight_decay == 0:
-        groups = [{"params": own, "weight_decay": 0.0}]
-    else:
-        groups = [{"params": [p for p in own if p.ndim > 1], "weight_decay": weight_decay},
-                  {"params": [p for p in own if p.ndim <= 1], "weight_decay": 0.0}]
-    groups.append({"params": [p for p in model.parameters() if id(p) in sigmas and p.requires_grad],
-                   "weight_decay": 0.0, "perturb": False})
-    return [g for g in groups if g["params"]]
-
-
 def build_optimizer(cfg: TrainConfig, model: nn.Module, method: Method) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if not groups:
-        raise ConfigError("the model has no trainable parameters")
+    """The config's base optimizer, as the method builds it over its parameter groups."""
     if cfg.optimizer == "sgd":
-        return method.build_optimizer(groups, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return method.build_optimizer(model, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
     base = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return method.build_optimizer(groups, base, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return method.build_optimizer(model, base, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def seed_everything(seed: int) -> None:

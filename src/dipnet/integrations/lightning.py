@@ -31,8 +31,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..methods import RWP, SAM, DIPNet, build_method, frozen_running_stats
 from ..methods._wrapper import has_batchnorm
-from ..methods.dipnet import sigma_metrics
-from ..projection import DIPNetLoss, is_projected, projections
+from ..projection import is_projected
 
 try:
     import lightning.pytorch as pl
@@ -53,8 +52,6 @@ class DIPNetCallback(pl.Callback):
         method = build_method("dipnet", settings).components[0]
         assert isinstance(method, DIPNet)
         self.method, self.module_attr, self.log_sigmas = method, module_attr, log_sigmas
-        self._data = DIPNetLoss(trajectories=method.trajectories, stability=method.stability, prior=(0.0, 0.0))
-        self._prior = DIPNetLoss(prior=(method.alpha, method.beta))
 
     def target(self, pl_module: nn.Module) -> nn.Module:
         """The network that carries the projections."""
@@ -74,20 +71,11 @@ class DIPNetCallback(pl.Callback):
     def loss(self, pl_module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """DIPNet's data term with m trajectories (and the stability term) on ``pl_module``'s
         forward; the prior comes from the callback as a gradient, so it is not in this value."""
-        return self._data(pl_module, x, y)
+        return self.method.without_prior()(pl_module, x, y)
 
     def add_prior_grad(self, pl_module: nn.Module) -> None:
         """Add the gradient of the variance prior to the sigmas' ``.grad``."""
-        if not (self.method.alpha or self.method.beta):
-            return
-        target = self.target(pl_module)
-        logs = [p.log_sigma for _, p in projections(target) if p.learnable]
-        if not logs:
-            return
-        with torch.enable_grad():
-            grads = torch.autograd.grad(self._prior.prior(target), logs)
-        for p, g in zip(logs, grads):
-            p.grad = g if p.grad is None else p.grad.add_(g)
+        self.method.add_prior_grad(self.target(pl_module))
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -95,7 +83,7 @@ class DIPNetCallback(pl.Callback):
 
     def sigmas(self, pl_module: nn.Module) -> dict[str, Any]:
         """The learned sigma per projected layer (input units) with its mean, min and max."""
-        return sigma_metrics(self.target(pl_module))
+        return self.method.epoch_metrics(self.target(pl_module))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

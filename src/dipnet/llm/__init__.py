@@ -6,16 +6,16 @@ run here; a user with their own Hugging Face ``Trainer`` adds DIPNet with
 transformers, peft or reasoning-gym until it is used (they are the ``[llm]`` extra).
 """
 from .adapters import load_adapters, save_adapters, trainable_state
-from .config import FINETUNE_METHODS, FinetuneConfig
+from .config import FinetuneConfig
 from .evaluate import answer_loss, exact_match, generate
-from .runner import FinetuneResult, Finetuner, finetune, finetune_step, prepare_model
+from .runner import CausalLMTask, FinetuneResult, Finetuner, finetune, prepare_model
 from .suite import FinetuneSuite, finetune_train, parse_finetune_suite
 from .models import llm_names, load_llm, register_llm, smollm2_folder
 from .tasks import Example, TaskData, collate, encode, extract_answer, load_task
 
 __all__ = [
+    "CausalLMTask",
     "Example",
-    "FINETUNE_METHODS",
     "FinetuneConfig",
     "FinetuneResult",
     "FinetuneSuite",
@@ -27,7 +27,6 @@ __all__ = [
     "exact_match",
     "extract_answer",
     "finetune",
-    "finetune_step",
     "finetune_train",
     "generate",
     "llm_names",

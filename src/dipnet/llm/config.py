@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal
 
 from ..engine.config import ProgressMode, RunConfig
 from ..errors import ConfigError
-from ..projection.hf import LLM_PRIOR, LLM_SIGMA
+from ..methods.registry import spec_names
 from ..schema import param
 
-__all__ = ["FINETUNE_METHODS", "FinetuneConfig", "NON_IDENTITY"]
+__all__ = ["FinetuneConfig", "NON_IDENTITY"]
 
-FinetuneMethod = Literal["sft", "dipnet", "neftune"]
-Placement = Literal["decoder", "lora"]
-FINETUNE_METHODS: tuple[str, ...] = get_args(FinetuneMethod)
 # Fields that change neither the training nor the data: a resume may differ in these (a finished
 # run given new evaluation settings is evaluated again).
 NON_IDENTITY = ("out", "progress", "eval_batch_size", "eval_samples", "log_every", "checkpoint_every")
@@ -22,7 +19,8 @@ EVAL_FIELDS = ("eval_batch_size", "eval_samples")
 
 @dataclass
 class FinetuneConfig(RunConfig):
-    """A LoRA fine-tuning run of a causal LM on a reasoning-gym task: SFT, DIPNet or NEFTune."""
+    """A LoRA fine-tuning run of a causal LM on a reasoning-gym task with any method that applies
+    to token inputs (``method`` and ``method_params`` as in :class:`~dipnet.engine.TrainConfig`)."""
 
     non_identity: ClassVar[tuple[str, ...]] = NON_IDENTITY
     what: ClassVar[str] = "fine-tuning"
@@ -30,7 +28,8 @@ class FinetuneConfig(RunConfig):
     model: str = param("smollm2-135m", doc="language model: smollm2-135m, tiny-llama or a local folder")
     task: str = param("chain_sum", doc="reasoning-gym dataset name (chain_sum, basic_arithmetic, gsm_symbolic, ...)")
     task_kwargs: dict[str, Any] = param(default_factory=dict, doc="the task generator's options (reasoning-gym config)")
-    method: FinetuneMethod = param("sft", doc="sft, dipnet or neftune (transformers' own NEFTune)")
+    method: str = param("sft", doc="method spec as for `dipnet train` (sft = erm): dipnet, neftune, sam, dipnet+sam, ...")
+    method_params: dict[str, Any] = param(default_factory=dict, doc="method hyperparameters (e.g. dipnet.sigma)")
     steps: int = param(200, ge=1, doc="optimizer steps")
     seed: int = param(0, ge=0, le=2**63 - 1, doc="seeds the adapters' initialization, data order and noise")
     data_seed: int = param(0, ge=0, le=2**63 - 1, doc="seeds the task's questions (the same splits for every run seed)")
@@ -47,12 +46,6 @@ class FinetuneConfig(RunConfig):
     lora_alpha: float = param(16.0, gt=0, doc="LoRA scale numerator (scale = alpha / r)")
     lora_dropout: float = param(0.0, ge=0, lt=1, doc="LoRA dropout")
     lora_targets: tuple[str, ...] = param(("q_proj", "k_proj", "v_proj", "o_proj"), doc="module names LoRA adapts")
-    placement: Placement = param("decoder", doc="dipnet: before attention and MLP sub-blocks, or at LoRA layers' inputs")
-    sigma: float = param(LLM_SIGMA, gt=0, doc="dipnet: initial sigma, a fraction of the input RMS")
-    trajectories: int = param(1, ge=1, doc="dipnet: m noise draws per question, stacked in one forward")
-    alpha: float = param(LLM_PRIOR[0], ge=0, doc="dipnet: variance prior alpha * lambda")
-    beta: float = param(LLM_PRIOR[1], ge=0, doc="dipnet: variance prior - beta * ln lambda")
-    neftune_alpha: float = param(5.0, gt=0, doc="neftune: noise alpha (uniform(-a, a), a = alpha / sqrt(L d))")
     system: str | None = param("Give only the final answer.", doc="system message of the prompt; none: no system message")
     worked_solution: bool = param(False, doc="train on the task's worked solution ending in #### n (gsm_symbolic)")
     max_new_tokens: int = param(16, ge=1, doc="tokens generated per test question")
@@ -68,7 +61,7 @@ class FinetuneConfig(RunConfig):
     def _check(self) -> None:
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be fewer than steps ({self.steps})")
-        if self.eval_samples and self.method != "dipnet":
+        if self.eval_samples and not {"dipnet", "noise-layers"} & set(spec_names(self.method)):
             raise ConfigError("eval_samples (k sampled passes) needs method dipnet: the other methods have no noise at test time")
         if not self.lora_targets:
             raise ConfigError("lora_targets is empty; name the modules LoRA adapts, e.g. q_proj,v_proj")

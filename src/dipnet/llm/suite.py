@@ -18,8 +18,8 @@ place of the engine's::
 
     [methods.sft]
     [methods.dipnet-m2]
-    method = "dipnet"              # default: the table's name
-    params = { trajectories = 2 }  # or the fields written directly in the table
+    method = "dipnet"              # default: the table's name; any method spec that applies to tokens
+    params = { trajectories = 2 }  # the method's hyperparameters (other FinetuneConfig fields: in the table)
 
 Each (task, method, seed) is a :class:`~dipnet.experiments.RunSpec` whose config is the full
 FinetuneConfig (defaults filled in, so a changed default is a new run); its final record has
@@ -37,13 +37,13 @@ from ..experiments import RunSpec, Suite, register_suite_kind
 from ..experiments.suite import MAX_SEEDS, MethodEntry, TaskEntry
 from ..schema import Limits, check, check_field
 from .config import FinetuneConfig
-from .runner import FinetuneResult, finetune
+from .runner import FinetuneResult, finetune, llm_method
 from .models import llm_names
 
 __all__ = ["FinetuneSuite", "finetune_train", "parse_finetune_suite"]
 
 TOP_KEYS = ("kind", "name", "description", "seeds", "baseline", "train", "tasks", "methods")
-SET_BY_SUITE = ("task", "method", "seed", "out", "progress")
+SET_BY_SUITE = ("task", "method", "method_params", "seed", "out", "progress")
 
 
 def finetune_train(config: dict[str, Any], run_dir: str) -> FinetuneResult:
@@ -59,7 +59,7 @@ class FinetuneSuite(Suite):
 
     def task_config(self, task: TaskEntry, method: MethodEntry) -> dict[str, Any]:
         return {**self.train, **task.overrides, "task": task.data, **method.overrides, "method": method.spec,
-                **method.params}
+                "method_params": method.params}
 
     def expand(self, cost_fn: Any = None) -> list[RunSpec]:
         runs, seen = [], {}
@@ -132,7 +132,13 @@ def parse_finetune_suite(raw: dict[str, Any], text: str, source: str, check_name
         if not isinstance(m, dict):
             raise ConfigError(f"{source}: methods.{label}: must be a table")
         spec = check_field(FinetuneConfig, "method", m.pop("method", label), f"{source}: methods.{label}.method")
-        params = _table(m.pop("params", {}), f"methods.{label}.params", source, fields)
+        params = m.pop("params", {})
+        if not isinstance(params, dict):
+            raise ConfigError(f"{source}: methods.{label}.params: must be a table")
+        try:
+            llm_method(FinetuneConfig(method=spec, method_params=params))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: methods.{label}: {exc}") from None
         methods.append(MethodEntry(label, spec, params, _table(m, f"methods.{label}", source, fields)))
     labels = [m.label for m in methods]
     baseline = raw.get("baseline", labels[0])

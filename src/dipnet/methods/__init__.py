@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from ._wrapper import disable_running_stats, enable_running_stats, frozen_running_stats, unwrap
 from .adversarial import FGSMExamples
-from .base import Closure, Component, Method, StepContext, cross_entropy_loss, plain_update
+from .base import Closure, Component, Method, StepContext, task_loss, plain_update
 from .baselines import CutMix, Cutout, GaussianExamples, InputNoise, Mixup
 from .dipnet import DIPNet, NoiseLayers
 from .icp import ICP
+from .neftune import NEFTune
 from .registry import build_method, component_class, method_fields, method_names, register_component
 from .rwp import RWP, ARWPMethod, MARWPMethod, MRWPMethod, RWPMethod, parallel_mrwp_update
 from .sam import SAM, ASAMMethod, SAMMethod, sam_update
@@ -32,6 +33,7 @@ __all__ = [
     "MRWPMethod",
     "Method",
     "Mixup",
+    "NEFTune",
     "NoiseLayers",
     "RWP",
     "RWPMethod",
@@ -40,7 +42,7 @@ __all__ = [
     "StepContext",
     "build_method",
     "component_class",
-    "cross_entropy_loss",
+    "task_loss",
     "disable_running_stats",
     "enable_running_stats",
     "frozen_running_stats",

@@ -56,18 +56,48 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
+def split_fixed(params: Iterable[Any], fixed: Iterable[torch.Tensor]) -> list[dict[str, Any]]:
+    """``params`` (tensors or groups) as groups, with the ``fixed`` tensors moved into groups of
+    their own marked unperturbed; the other settings of each group are kept."""
+    fixed_ids = {id(p) for p in fixed}
+    items = list(params)
+    groups = [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
+    out: list[dict[str, Any]] = []
+    for g in groups:
+        ps = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
+        moving = [p for p in ps if id(p) not in fixed_ids]
+        still = [p for p in ps if id(p) in fixed_ids]
+        if moving:
+            out.append({**g, "params": moving, _PERTURB: True})
+        if still:
+            out.append({**g, "params": still, _PERTURB: False})
+    return out
+
+
+_PERTURB = "perturb"  # set by split_fixed only: a component declares its fixed parameters, never this key
+
+
+def is_perturbed(group: dict[str, Any]) -> bool:
+    """Whether a weight-perturbation method moves this group (see :func:`split_fixed`)."""
+    return bool(group.get(_PERTURB, True))
+
+
 class WrappedOptimizer(torch.optim.Optimizer):
-    """A torch optimizer that owns a base optimizer sharing its param_groups (davda54/sam style)."""
+    """A torch optimizer that owns a base optimizer sharing its param_groups (davda54/sam style).
+
+    ``fixed``: parameters that take the base optimizer's steps but are never perturbed (nor counted
+    in a perturbation's norm): what :meth:`dipnet.methods.Method.fixed_parameters` declares, such as
+    DIPNet's log-sigmas."""
 
     _wrapper_state_keys: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer] | Any,
-                 defaults: dict[str, Any], **base_kwargs: Any) -> None:
+                 defaults: dict[str, Any], fixed: Iterable[torch.Tensor] = (), **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise ConfigError(
                 f"base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD, not {base_optimizer!r}"
             )
-        super().__init__(params, defaults)
+        super().__init__(split_fixed(params, fixed), defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)

@@ -15,7 +15,7 @@ from torch import nn
 from ..robust.attacks import FGSM
 from ..schema import param
 from ._wrapper import unwrap
-from .base import Component, StepContext
+from .base import FEATURES, Component, StepContext
 from .registry import register_component
 
 
@@ -31,6 +31,7 @@ class FGSMExamples(Component):
 
     name = "fgsm-examples"
     slots = frozenset({"batch"})
+    inputs = FEATURES
     description = "replace a fraction of each batch by FGSM adversarial examples of L-inf radius eps"
     tune = {"eps": (0.05, 0.1, 0.2)}
 

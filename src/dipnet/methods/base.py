@@ -28,9 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, NonFiniteLossError
+from ..projection.loss import batch_size_of, call_model
 from ..schema import Validated
 
 SLOTS = ("model", "batch", "loss", "update")
+# What a task feeds the model: continuous features (images, signals), or token ids (language
+# models). A component that changes continuous inputs (noise, Cutout, Mixup, FGSM, ICP) cannot
+# apply to token ids; one that hooks the input embeddings (NEFTune) needs them.
+INPUT_KINDS = ("features", "tokens")
+FEATURES: frozenset[str] = frozenset({"features"})
 Closure = Callable[[], torch.Tensor]
 
 
@@ -52,6 +58,8 @@ class StepContext:
     rank: int = 0
     world_size: int = 1
     loss_scale: float = 1.0
+    # the task's loss on the model's logits (cross-entropy; the answer tokens' loss for a causal LM)
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
 
     def count(self, examples: int) -> None:
         """Record ``examples`` forward+backward evaluations of a single example."""
@@ -71,6 +79,7 @@ class Component(Validated):
     # The main hyperparameter and the values an equal-tuning suite tries (``tune = true``): the
     # same small budget for every method, the winner chosen on validation.
     tune: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    inputs: ClassVar[frozenset[str]] = frozenset(INPUT_KINDS)
 
     def _owner(self) -> str:
         return self.name
@@ -91,9 +100,18 @@ class Component(Validated):
         raise NotImplementedError
 
     def build_optimizer(
-        self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any
+        self, params: Iterable[Any], base: type[torch.optim.Optimizer], *, fixed: Iterable[torch.Tensor] = (),
+        **base_kwargs: Any,
     ) -> torch.optim.Optimizer:
+        """The optimizer (slot "update"); ``fixed``: parameters other components declare as not
+        to be perturbed (see :meth:`fixed_parameters`)."""
         return base(params, **base_kwargs)
+
+    def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters this component adds to the model that are its own business: trained, but
+        never weight-decayed and never perturbed by a weight-perturbation method (DIPNet's
+        log-sigmas, which its variance prior regularizes)."""
+        return []
 
     def update(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext
@@ -108,18 +126,24 @@ class Component(Validated):
         processes (parallel m-RWP needs an even number); called before the first step."""
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
-        """JSON-able metrics recorded with each epoch (e.g. DIPNet's learned sigma)."""
+        """JSON-able metrics recorded with each evaluation (e.g. DIPNet's learned sigma)."""
         return {}
+
+    def on_train_end(self, model: nn.Module) -> list[str]:
+        """Called once when training ends (also in other trainers' integrations): leave the model
+        as it predicts; return one line per change made, for the log."""
+        return []
 
     def hyperparameters(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init} \
             if dataclasses.is_dataclass(self) else {}
 
 
-def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    """ERM: cross-entropy on hard labels (B,) or soft labels (B, C)."""
-    ctx.count(x.shape[0])
-    return F.cross_entropy(model(x), y)
+def task_loss(model: nn.Module, x: Any, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """ERM: the task's criterion (cross-entropy on hard labels (B,) or soft labels (B, C)) on
+    ``model(x)``, or ``model(**x)`` for a keyword batch."""
+    ctx.count(batch_size_of(x))
+    return ctx.criterion(call_model(model, x), y)
 
 
 def plain_update(model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
@@ -173,15 +197,52 @@ class Method:
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         if self._loss is None:
-            return cross_entropy_loss(model, x, y, ctx)
+            return task_loss(model, x, y, ctx)
         return self._loss.loss(model, x, y, ctx)
 
+    def check_inputs(self, kind: str) -> None:
+        """Refuse a component that cannot apply to a task's inputs (``"features"`` or ``"tokens"``)."""
+        for comp in self.components:
+            if kind not in comp.inputs:
+                what = "token ids (it changes continuous inputs)" if kind == "tokens" else f"{kind} inputs"
+                raise ConfigError(f"method {comp.name!r} cannot train on {what}; choose a method that "
+                                  f"applies to them (see `dipnet methods`)")
+
+    def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """What the components declare as trained but never decayed nor perturbed."""
+        seen: dict[int, nn.Parameter] = {}
+        for comp in self.components:
+            for p in comp.fixed_parameters(model):
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """The optimizer's groups: weight decay on weight matrices and kernels only, not on
+        biases, norms or 1-D scales (one group when there is no weight decay: each group costs the
+        optimizer its own kernels per step); the fixed parameters in a group of their own with no
+        weight decay."""
+        fixed = {id(p) for p in self.fixed_parameters(model)}
+        trained = [p for p in model.parameters() if p.requires_grad]
+        own = [p for p in trained if id(p) not in fixed]
+        if weight_decay == 0:
+            groups = [{"params": own, "weight_decay": 0.0}]
+        else:
+            groups = [{"params": [p for p in own if p.ndim > 1], "weight_decay": weight_decay},
+                      {"params": [p for p in own if p.ndim <= 1], "weight_decay": 0.0}]
+        groups.append({"params": [p for p in trained if id(p) in fixed], "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
+
     def build_optimizer(
-        self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any
+        self, model: nn.Module, base: type[torch.optim.Optimizer], *, weight_decay: float = 0.0, **base_kwargs: Any
     ) -> torch.optim.Optimizer:
+        """The method's optimizer over ``model``'s trainable parameters (:meth:`param_groups`)."""
+        groups = self.param_groups(model, weight_decay)
+        if not groups:
+            raise ConfigError("the model has no trainable parameters")
         if self._update is None:
-            return base(params, **base_kwargs)
-        return self._update.build_optimizer(params, base, **base_kwargs)
+            return base(groups, weight_decay=weight_decay, **base_kwargs)
+        return self._update.build_optimizer(groups, base, fixed=self.fixed_parameters(model),
+                                            weight_decay=weight_decay, **base_kwargs)
 
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
         if self._update is None:
@@ -228,6 +289,9 @@ class Method:
         for comp in self.components:
             out.update(comp.epoch_metrics(model))
         return out
+
+    def on_train_end(self, model: nn.Module) -> list[str]:
+        return [line for comp in self.components for line in comp.on_train_end(model)]
 
     def __repr__(self) -> str:
         return f"Method({self.components!r})"

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schema import override, param
-from .base import Component, StepContext
+from .base import FEATURES, Component, StepContext
 from .registry import register_component
 
 
@@ -79,6 +79,7 @@ class InputNoise(Component):
 
     name = "input-noise"
     slots = frozenset({"batch"})
+    inputs = FEATURES
     description = "Gaussian input noise of std sigma (randomized-smoothing training baseline, Cohen et al. 2019)"
     tune = {"sigma": (0.1, 0.25, 0.5)}
 
@@ -109,6 +110,7 @@ class Cutout(Component):
 
     name = "cutout"
     slots = frozenset({"batch"})
+    inputs = FEATURES
     description = "Cutout (DeVries & Taylor 2017): blank a random square / 1-D segment per example"
     tune = {"size": (0.25, 0.5, 0.75)}
 
@@ -149,6 +151,7 @@ class Mixup(Component):
 
     name = "mixup"
     slots = frozenset({"batch"})
+    inputs = FEATURES
     description = "Mixup (Zhang et al. 2018): convex pairs of inputs and labels, lam ~ Beta(alpha, alpha)"
     tune = {"alpha": (0.1, 0.2, 0.4)}
 
@@ -175,6 +178,7 @@ class CutMix(Mixup):
 
     name = "cutmix"
     slots = frozenset({"batch"})
+    inputs = FEATURES
     description = "CutMix (Yun et al. 2019): paste a patch / 1-D segment from another example, labels by area"
     tune = {"alpha": (0.5, 1.0, 2.0)}
 

@@ -9,26 +9,17 @@ what helps?" ablation. Input-only noise is ``input-noise`` (methods/baselines.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..projection import DIPNetLoss, LossConfig, PlacementConfig, project, projections
-from ..schema import override
+from ..projection.loss import batch_size_of
+from ..projection import DEFAULT_TARGETS, DIPNetLoss, LossConfig, PlacementConfig, project, projection_parameters, projections, sigma_stats
+from ..schema import override, param
 from .base import Component, StepContext
 from .registry import register_component
-
-
-def sigma_metrics(model: nn.Module) -> dict[str, Any]:
-    """The learned sigma per projected layer (in input units) with its mean, min and max."""
-    per_layer = {name: float(p.effective_sigma().detach().mean()) for name, p in projections(model)}
-    if not per_layer:
-        return {}
-    values = list(per_layer.values())
-    return {"sigma": per_layer, "sigma_mean": sum(values) / len(values),
-            "sigma_min": min(values), "sigma_max": max(values)}
 
 
 @register_component
@@ -41,18 +32,26 @@ class DIPNet(Component, LossConfig, PlacementConfig):
     description = "DIPNet: learnable Gaussian projection of every layer's input, m trajectories, variance prior"
     tune = {"beta": (1e-4, 4e-4, 1.6e-3)}  # the prior's minimum sqrt(beta / alpha): 0.1, 0.2, 0.4 of the input RMS
 
+    targets: Literal["layers", "blocks", "decoder", "lora"] = param(
+        "layers", doc="where: every Linear/Conv layer's input, transformer sub-blocks, a Hugging Face LM's "
+        "decoder sub-blocks, or peft LoRA layers' inputs")
+
     learnable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._loss = DIPNetLoss.from_config(self)
+        self._data = DIPNetLoss(trajectories=self.trajectories, batchnorm=self.batchnorm, stability=self.stability,
+                                prior=(0.0, 0.0))
+        self._prior = DIPNetLoss(prior=(self.alpha, self.beta))
 
     def transform_model(self, model: nn.Module) -> nn.Module:
-        return project(model, config=self, learnable=self.learnable)
+        targets = DEFAULT_TARGETS if self.targets == "layers" else self.targets
+        return project(model, targets=targets, config=self, learnable=self.learnable)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        ctx.count(self.trajectories * x.shape[0])
-        total = self._loss(model, x, y)
+        ctx.count(self.trajectories * batch_size_of(x))
+        total = self._loss(model, x, y, criterion=ctx.criterion)
         parts = self._loss.parts
         if self.stability > 0 and self.trajectories > 1:
             ctx.log(dip_stability=parts["stability"])
@@ -61,7 +60,27 @@ class DIPNet(Component, LossConfig, PlacementConfig):
         return total
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
-        return sigma_metrics(model)
+        return sigma_stats(model)
+
+    def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return projection_parameters(model)
+
+    def add_prior_grad(self, model: nn.Module) -> None:
+        """Add the variance prior's exact gradient to the sigmas' ``.grad``: the prior where a
+        trainer's loss cannot carry it (Hugging Face, Lightning callbacks)."""
+        self._prior.prior_grad_(model)
+
+    def without_prior(self) -> DIPNetLoss:
+        """The data term alone (m trajectories, stability), for a loop that adds the prior by
+        :meth:`add_prior_grad`."""
+        return self._data
+
+    def on_train_end(self, model: nn.Module) -> list[str]:
+        if not projections(model):
+            return []
+        model.eval()
+        return ["dipnet: training ended; the model is in eval mode and predicts deterministically "
+                "(its projections pass inputs through unchanged)"]
 
 
 @register_component

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..schema import param
 from ._wrapper import unwrap
-from .base import Component, StepContext
+from .base import FEATURES, Component, StepContext
 from .registry import register_component
 
 _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Mish, nn.Softplus)
@@ -93,6 +93,7 @@ class ICP(Component):
 
     name = "icp"
     slots = frozenset({"loss"})
+    inputs = FEATURES
     description = "ICP self-distillation (Dave et al. 2025): match features of loss-decreasing input perturbations"
     tune = {"step_size": (0.003, 0.01, 0.03)}
 

@@ -37,13 +37,18 @@ def method_names() -> dict[str, str]:
 
 def component_class(name: str) -> type[Component]:
     if name not in _COMPONENTS:
-        raise unknown_name("method", name, ["erm", *_COMPONENTS])
+        raise unknown_name("method", name, [*EMPTY, *_COMPONENTS])
     return _COMPONENTS[name]
 
 
+# Names of the empty method: plain training (``sft``, supervised fine-tuning, is what it is called
+# for language models).
+EMPTY = ("erm", "sft")
+
+
 def spec_names(spec: str) -> list[str]:
-    """The component names of a spec, ``erm`` dropped: ``"erm+sam"`` -> ``["sam"]``."""
-    names = [n.strip() for n in str(spec).split("+") if n.strip() and n.strip() != "erm"]
+    """The component names of a spec, ``erm``/``sft`` dropped: ``"erm+sam"`` -> ``["sam"]``."""
+    names = [n.strip() for n in str(spec).split("+") if n.strip() and n.strip() not in EMPTY]
     if len(set(names)) != len(names):
         raise ConfigError(f"method {spec!r} names a component twice")
     return names
@@ -82,14 +87,19 @@ def assign_hyperparameters(spec: str, params: dict[str, Any] | None) -> dict[str
     return out
 
 
-def build_method(spec: str | Method, params: dict[str, Any] | None = None) -> Method:
-    """Build a :class:`Method` from ``"name[+name...]"`` and raw hyperparameter values."""
+def build_method(spec: str | Method, params: dict[str, Any] | None = None,
+                 defaults: dict[str, dict[str, Any]] | None = None) -> Method:
+    """Build a :class:`Method` from ``"name[+name...]"`` and raw hyperparameter values.
+
+    ``defaults``: ``{component: {field: value}}`` a task puts in place of a component's own
+    defaults (a language model's DIPNet placement and sigma); what ``params`` sets wins."""
     if isinstance(spec, Method):
         if params:
             raise ConfigError("hyperparameters given with an already-built Method; set them on its components")
         return spec
     assigned = assign_hyperparameters(spec, params)
-    return Method([component_class(name)(**kwargs) for name, kwargs in assigned.items()])
+    return Method([component_class(name)(**{**(defaults or {}).get(name, {}), **kwargs})
+                   for name, kwargs in assigned.items()])
 
 
 def method_fields(spec: str) -> dict[str, dict[str, tuple[Any, str, str]]]:

@@ -16,11 +16,13 @@ the clean weights restored exactly, and only then the base optimizer steps.
   rows of a 2+-D parameter and over single elements of a 1-D one: a bias's noise std is
   ``sigma ||b||`` shared, divided by ``sqrt(1 + eta F_i)`` element by element.
 
-Parameter groups with ``perturb=False`` (the engine's group of DIPNet's log-sigmas) get no
-noise: weight-perturbation methods perturb only the model's own weights (docs/methods.md).
+Parameters passed as ``fixed`` (what the method's other components declare, such as DIPNet's
+log-sigmas) get no noise: weight-perturbation methods perturb only the model's own weights
+(docs/methods.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
@@ -31,7 +33,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..noise_table import NoiseSource, standard_normal
 from ..schema import Validated, override, param
-from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm
+from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm, is_perturbed
 from .rwp_parallel import parallel_mrwp_update
 from .base import Closure, Component, StepContext
 from .registry import register_component
@@ -143,12 +145,12 @@ class RWP(WrappedOptimizer):
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], sigma: float = 0.015,
                  mix: float | None = None, adaptive: bool = False, eta: float = 0.1, beta: float = 0.99,
-                 noise: str = "auto", **base_kwargs: Any) -> None:
+                 noise: str = "auto", fixed: Iterable[torch.Tensor] = (), **base_kwargs: Any) -> None:
         cfg = RWPSettings(sigma=sigma, noise=noise, mix=mix, eta=eta, beta=beta)
         defaults = dict(sigma=cfg.sigma, mix=cfg.mix, adaptive=bool(adaptive), eta=cfg.eta, beta=cfg.beta)
-        super().__init__(params, base_optimizer, defaults, **base_kwargs)
+        super().__init__(params, base_optimizer, defaults, fixed=fixed, **base_kwargs)
         for g in self.param_groups:
-            if not g.get("perturb", True):
+            if not is_perturbed(g):
                 g["sigma"] = 0.0
         self.layout = _Layout(self.param_groups)
         self.noise = cfg.noise
@@ -185,7 +187,7 @@ class RWP(WrappedOptimizer):
 
     def set_sigma(self, sigma: float) -> None:
         for g in self.param_groups:
-            if g.get("perturb", True):
+            if is_perturbed(g):
                 g["sigma"] = float(sigma)
 
     def _filter_std(self, w_flat: torch.Tensor) -> torch.Tensor:
@@ -305,11 +307,13 @@ class _RWPBase(Component, RWPNoise):
     sigma_schedule: Literal["constant", "cosine"] = param("constant", doc="cosine: ramp sigma up by half a cosine")
     sigma_ramp: float = param(11.0, ge=1, doc="final sigma / initial sigma of the cosine ramp")
 
-    adaptive_default = False
-
-    def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> RWP:
-        return RWP(params, base, sigma=self.sigma, mix=getattr(self, "mix", None), adaptive=self.adaptive_default,
-                   eta=getattr(self, "eta", 0.1), beta=getattr(self, "beta", 0.99), noise=self.noise, **base_kwargs)
+    def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], *,
+                        fixed: Iterable[torch.Tensor] = (), **base_kwargs: Any) -> RWP:
+        """The :class:`RWP` optimizer with this component's settings: ``mix`` from :class:`Mixing`,
+        ``eta``/``beta`` and the adaptive noise from :class:`Adaptivity`, where mixed in."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in ("mix", "eta", "beta")}
+        return RWP(params, base, sigma=self.sigma, adaptive=isinstance(self, Adaptivity), noise=self.noise,
+                   fixed=fixed, **own, **base_kwargs)
 
     def scheduled(self, optimizer: torch.optim.Optimizer, ctx: StepContext) -> RWP:
         """``optimizer`` with this step's sigma set."""
@@ -375,8 +379,6 @@ class ARWPMethod(_RWPBase, Adaptivity):
     sigma: float = override(RWPNoise, "sigma", 0.001)
     sigma_schedule: Literal["constant", "cosine"] = override(_RWPBase, "sigma_schedule", "cosine")
 
-    adaptive_default = True
-
 
 @register_component
 @dataclass
@@ -386,5 +388,3 @@ class MARWPMethod(_RWPBase, Mixing, Adaptivity):
     name = "marwp"
     description = "mixed adaptive RWP (Li et al. 2024): m-RWP with ARWP's adaptive noise"
     tune = {"sigma": (0.005, 0.015, 0.03)}
-
-    adaptive_default = True

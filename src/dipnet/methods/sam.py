@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..schema import Validated, override, param
-from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm
+from ._wrapper import WrappedOptimizer, disable_running_stats, enable_running_stats, has_batchnorm, is_perturbed
 from .base import Closure, Component, StepContext
 from .registry import register_component
 
@@ -44,16 +44,17 @@ class SAM(WrappedOptimizer):
     """
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, eta: float = 0.01, **base_kwargs: Any) -> None:
+                 adaptive: bool = False, eta: float = 0.01, fixed: Iterable[torch.Tensor] = (),
+                 **base_kwargs: Any) -> None:
         settings = ASAMSettings(rho=rho, eta=eta)
         super().__init__(params, base_optimizer, dict(rho=settings.rho, adaptive=bool(adaptive), eta=settings.eta),
-                         **base_kwargs)
+                         fixed=fixed, **base_kwargs)
         self._perturbed: list[list[torch.Tensor]] = []
 
     def _with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The group's parameters that have a gradient and are perturbed (``perturb=False`` groups,
-        such as the engine's group of DIPNet's log-sigmas, are neither moved nor counted in the norm)."""
-        if not group.get("perturb", True):
+        """The group's parameters that have a gradient and are perturbed (``fixed`` parameters, such
+        as DIPNet's log-sigmas, are neither moved nor counted in the norm)."""
+        if not is_perturbed(group):
             return [], []
         params = [p for p in group["params"] if p.grad is not None]
         return params, [p.grad for p in params]
@@ -160,8 +161,13 @@ class SAMMethod(Component, SAMSettings):
     description = "sharpness-aware minimization (Foret et al. 2021): gradient at w + rho g/||g||, 2 passes"
     tune = {"rho": (0.02, 0.05, 0.1)}
 
-    def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], **base_kwargs: Any) -> SAM:
-        return SAM(params, base, rho=self.rho, adaptive=self.name == "asam", eta=getattr(self, "eta", 0.01), **base_kwargs)
+    def build_optimizer(self, params: Iterable[Any], base: type[torch.optim.Optimizer], *,
+                        fixed: Iterable[torch.Tensor] = (), **base_kwargs: Any) -> SAM:
+        return SAM(params, base, rho=self.rho, fixed=fixed, **self.ascent(), **base_kwargs)
+
+    def ascent(self) -> dict[str, Any]:
+        """The ascent's shape: plain SAM's (ASAM overrides)."""
+        return {"adaptive": False}
 
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
         sam_update(model, optimizer, closure)  # type: ignore[arg-type]
@@ -178,3 +184,6 @@ class ASAMMethod(SAMMethod, ASAMSettings):
     tune = {"rho": (0.2, 0.5, 1.0)}
 
     rho: float = override(SAMSettings, "rho", 0.5)
+
+    def ascent(self) -> dict[str, Any]:
+        return {"adaptive": True, "eta": self.eta}

@@ -14,7 +14,7 @@ path behind them.
 from ._fast import AUTO_INPUT_GRAD_FRACTION
 from .hf import LLM_PRIOR, LLM_SIGMA, causal_lm_loss, decoder_sublayers, is_lora_layer, lora_layers
 from .insert import (DEFAULT_TARGETS, PlacementConfig, is_projected, project, projection_parameters, projections,
-                     sigma_summary, strip)
+                     sigma_stats, strip)
 from .layer import GaussianProjection, ProjectionConfig, gaussian_projection
 from .loss import DEFAULT_PRIOR, DIPNetLoss, LossConfig, call_model, logits_of, predict, repeat_batch
 from .noise import is_noise_layer, noise_layers, sampling
@@ -46,6 +46,6 @@ __all__ = [
     "projections",
     "repeat_batch",
     "sampling",
-    "sigma_summary",
+    "sigma_stats",
     "strip",
 ]

@@ -13,6 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Sequence
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -21,7 +22,7 @@ from . import _fast, hf
 from .layer import GaussianProjection, ProjectionConfig
 
 __all__ = ["DEFAULT_TARGETS", "PlacementConfig", "is_projected", "project", "projection_parameters", "projections",
-           "sigma_summary", "strip"]
+           "sigma_stats", "strip"]
 
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _BLOCK_WORDS = ("attention", "attn", "mlp", "feedforward", "ffn")
@@ -217,14 +218,30 @@ def projections(model: nn.Module) -> list[tuple[str, GaussianProjection]]:
 
 
 def projection_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learnable log-sigmas of every projection (for an optimizer group of their own:
-    ``[{"params": others}, {"params": projection_parameters(model), "weight_decay": 0.0, "perturb": False}]``)."""
+    """The learnable log-sigmas of every projection: train them with no weight decay (the variance
+    prior is their regularizer) and pass them as ``fixed=`` to SAM/RWP, which must not perturb them."""
     return [p.log_sigma for _, p in projections(model) if p.learnable]
 
 
-def sigma_summary(model: nn.Module) -> dict[str, float]:
-    """Mean learned sigma of every projection (effective: in input units), by layer name."""
-    return {name: float(p.effective_sigma().detach().mean()) for name, p in projections(model)}
+def sigma_stats(model: nn.Module) -> dict[str, Any]:
+    """The learned sigmas, the one definition every log and record uses (empty if unprojected):
+
+    - ``sigma``: ``{layer: mean sigma in input units}`` (the effective sigma: under the relative
+      scale, the relative sigma times the layer input's running RMS);
+    - ``sigma_mean``, ``sigma_min``, ``sigma_max``: mean, min and max of those per-layer means;
+    - ``sigma_relative_mean``, ``sigma_relative_min``, ``sigma_relative_max``: over every feature
+      of every projection, the sigma parameter itself (a fraction of the input RMS under the
+      relative scale; the same as the effective sigma under the absolute one).
+    """
+    found = projections(model)
+    if not found:
+        return {}
+    per_layer = {name: float(p.effective_sigma().detach().float().mean()) for name, p in found}
+    values = list(per_layer.values())
+    rel = torch.cat([p.sigma.detach().float().reshape(-1) for _, p in found])
+    return {"sigma": per_layer, "sigma_mean": sum(values) / len(values), "sigma_min": min(values),
+            "sigma_max": max(values), "sigma_relative_mean": float(rel.mean()),
+            "sigma_relative_min": float(rel.min()), "sigma_relative_max": float(rel.max())}
 
 
 def strip(model: nn.Module) -> nn.Module:

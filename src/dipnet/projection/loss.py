@@ -162,9 +162,11 @@ class DIPNetLoss:
             else:
                 log.grad.add_(grad)
 
-    def __call__(self, model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, x: Any, y: torch.Tensor, *, criterion: Callable[[torch.Tensor, torch.Tensor],
+                 torch.Tensor] | None = None) -> torch.Tensor:
         """The objective on a batch: ``x`` a tensor or a mapping of keyword inputs (each of its
-        tensors is repeated m times), ``y`` the targets (Hugging Face: ``labels``, repeated too)."""
+        tensors is repeated m times), ``y`` the targets (Hugging Face: ``labels``, repeated too);
+        ``criterion`` replaces this loss's own for the call (a task's loss on the logits)."""
         m, batch = self.trajectories, batch_size_of(x)
         xr = repeat_batch(x, m)
         try:
@@ -186,7 +188,7 @@ class DIPNetLoss:
                 "DIPNet needs a forward that maps a batch of N examples to N rows of logits"
             )
         yr = y.repeat(m, *([1] * (y.ndim - 1))) if m > 1 else y
-        data = self.criterion(logits, yr)
+        data = (criterion or self.criterion)(logits, yr)
         total = data
         self.parts = {"loss": data.detach()}
         if self.stability > 0 and m > 1:

@@ -26,19 +26,23 @@ import contextlib
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..methods import RWP, SAM, DIPNet, build_method, frozen_running_stats
+from ..methods import RWP, SAM, DIPNet, Method, StepContext, build_method, frozen_running_stats
 from ..methods._wrapper import has_batchnorm
 from ..projection import is_projected
 
+from ._stepped import SteppedOptimizer
+
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_info
 except ImportError as exc:  # pragma: no cover - the extra is installed in CI
     raise ConfigError("dipnet.integrations.lightning needs Lightning: pip install 'dipnet[lightning]'") from exc
 
-__all__ = ["DIPNetCallback", "manual_step"]
+__all__ = ["DIPNetCallback", "MethodModule", "manual_step"]
 
 
 class DIPNetCallback(pl.Callback):
@@ -137,3 +141,70 @@ def manual_step(pl_module: pl.LightningModule, loss_fn: Callable[[], torch.Tenso
     loss = lopt.step(closure=closure)
     inner.zero_grad(set_to_none=True)
     return loss
+
+
+class MethodModule(pl.LightningModule):
+    """Any dipnet method as a LightningModule: ``Trainer(...).fit(MethodModule(net, "dipnet+sam"), loader)``.
+
+    Each training batch ``(x, y)`` (or a mapping with ``labels``, the rest keyword inputs) is one
+    :meth:`~dipnet.methods.Method.step` - the engine's step, with Lightning's ``manual_backward``
+    for every backward (so Lightning's DDP reduces each pass's gradients) - and the LightningOptimizer
+    step that follows is the trainer's count, hooks and checkpoints, not a second update
+    (:mod:`._stepped`). The method changes ``model`` on construction (DIPNet's projections) and the
+    optimizer is ``optimizer(lr=lr, weight_decay=weight_decay)`` over the method's parameter groups.
+    ``criterion``: the loss on the logits (cross-entropy; :func:`~dipnet.projection.causal_lm_loss`
+    for a language model). Logged: ``train_loss`` per step, the method's numeric metrics per epoch.
+    """
+
+    def __init__(self, model: nn.Module, method: str | Method = "erm", method_params: dict[str, Any] | None = None,
+                 *, optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW, lr: float = 1e-3,
+                 weight_decay: float = 0.0, grad_clip: float | None = None,
+                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 defaults: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.method = build_method(method, method_params, defaults=defaults)
+        self.model = self.method.transform_model(model)
+        self.base, self.lr, self.weight_decay, self.grad_clip, self.criterion = \
+            optimizer, lr, weight_decay, grad_clip, criterion
+        self._inner: torch.optim.Optimizer | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        self._inner = self.method.build_optimizer(self.model, self.base, lr=self.lr, weight_decay=self.weight_decay)
+        return SteppedOptimizer(self._inner)
+
+    def on_train_epoch_start(self) -> None:
+        if self._inner is not None:
+            self.method.on_epoch_start(self.model, self._inner, self.current_epoch, self.trainer.max_epochs or 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, dict):
+            x = dict(batch)
+            y = x.pop("labels")
+        else:
+            x, y = batch
+        lopt = self.optimizers()
+        if isinstance(lopt, (list, tuple)) or self._inner is None:
+            raise ConfigError("MethodModule builds its own optimizer: do not override configure_optimizers")
+        step, total = self.global_step, max(int(self.trainer.estimated_stepping_batches), 1)
+        ctx = StepContext(epoch=self.current_epoch, step=step, progress=step / total,
+                          lr=self._inner.param_groups[0]["lr"], batch_size=int(y.shape[0]), criterion=self.criterion,
+                          epochs=self.trainer.max_epochs or 1)
+        value = self.method.step(self.model, self._inner, x, y, ctx, grad_clip=self.grad_clip,
+                                 backward=self.manual_backward)
+        lopt.step()  # the trainer's step count and hooks; the weights moved in the method's step
+        self.log("train_loss", value, on_step=True, on_epoch=False, prog_bar=True)
+        return torch.tensor(value)
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.method.epoch_metrics(self.model)
+        numeric = {f"dipnet/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if numeric:
+            self.log_dict(numeric, on_step=False, on_epoch=True)
+
+    def on_train_end(self) -> None:
+        for line in self.method.on_train_end(self.model):
+            rank_zero_info(line)

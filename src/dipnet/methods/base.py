@@ -252,10 +252,12 @@ class Method:
     def step(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
         ctx: StepContext, *, grad_clip: float | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None,
     ) -> float:
         """One training step on the batch ``(x, y)``: transform it, run the update with a closure
         that computes the loss and its gradients (of ``ctx.loss_scale`` times the loss, clipped to
-        ``grad_clip`` in global norm), and return the loss of the closure's first evaluation. A non-finite loss raises
+        ``grad_clip`` in global norm), and return the loss of the closure's first evaluation.
+        ``backward(loss)`` replaces ``loss.backward()`` (Lightning's ``manual_backward``). A non-finite loss raises
         :class:`~dipnet.errors.NonFiniteLossError` naming ``ctx.step`` before any weight moves."""
         x, y = self.transform_batch(model, x, y, ctx)
         values: list[float] = []
@@ -265,7 +267,8 @@ class Method:
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(ctx.step, ctx.epoch, value)
-            (loss if ctx.loss_scale == 1.0 else loss * ctx.loss_scale).backward()
+            scaled = loss if ctx.loss_scale == 1.0 else loss * ctx.loss_scale
+            scaled.backward() if backward is None else backward(scaled)
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
             values.append(value)

@@ -166,7 +166,7 @@ class Finetuner:
             progress.close()
         final = self.evaluate(state)
         if run.path is not None:
-            save_adapters(model, run.path / "adapters.safetensors")
+            save_adapters(model, run.path)
         run.record("done", state, final)
         return self._result(state, final)
 

@@ -62,15 +62,17 @@ def _dipnet_hooks(model) -> int:
 # ---------------------------------------------------------------- SmolLM2, stock Trainer
 
 
-def test_smollm2_trains_under_the_stock_trainer_and_then_generates_deterministically(tmp_path, capfd, caplog):
+def test_smollm2_trains_under_the_stock_trainer_and_then_generates_deterministically(tmp_path, capfd, caplog,
+                                                                                      monkeypatch):
     pytest.importorskip("gguf")
-    from dipnet.llm import smollm2_folder
+    from dipnet.llm import models, smollm2_folder
     from transformers.utils import logging as hf_logging
 
     try:
         smollm2_folder()
     except ConfigError as exc:
         pytest.skip(str(exc))
+    monkeypatch.setattr(models, "_CACHE", {})  # a real load (its output checked), kept from later tests
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two
     try:

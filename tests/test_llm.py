@@ -287,8 +287,8 @@ def chain_tok():
 def test_adapters_and_sigmas_survive_save_and_reload(chain, tmp_path):
     cfg = tiny_config(method="dipnet", steps=3, out=str(tmp_path / "run"))
     result = finetune(cfg)
-    assert (tmp_path / "run" / "adapters.safetensors").is_file()
-    path = save_adapters(result.model, tmp_path / "a.safetensors")
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    path = save_adapters(result.model, tmp_path / "a")
     fresh, tok = tiny_lora(cfg, seed=123)  # another seed: other LoRA init, all of it overwritten
     load_adapters(fresh, path)
     ex, batch, labels = batch_of(tok, chain.test)

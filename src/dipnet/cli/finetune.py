@@ -15,6 +15,22 @@ from ..schema import field_docs
 from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
 
 FLAG_SKIP = ("task_kwargs", "method_params", "out")
+TASKS = "{reasoning-gym tasks}"  # the epilog's placeholder, filled when the help is shown
+
+
+class _Help(argparse.HelpFormatter):
+    """Lists reasoning-gym's tasks in the help only (importing it takes about a second)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(text.replace(TASKS, _task_list()) if TASKS in text else text)
+
+
+def _task_list() -> str:
+    try:
+        from reasoning_gym.factory import DATASETS
+    except ModuleNotFoundError:
+        return "none: reasoning-gym is not installed (the [llm] extra)"
+    return ", ".join(sorted(DATASETS))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--name VALUE (e.g. --trajectories 2, --dipnet.sigma 0.1, --rho 0.05; see `dipnet methods`); "
         "methods that change continuous inputs (input noise, Cutout, Mixup, FGSM, ICP) do not apply to tokens. Models: "
         + ", ".join(f"{n} ({d})" for n, d in llm_names().items()) + ", or a local folder. Needs the [llm] extra. "
-        "Re-running the same command resumes an interrupted run.",
+        "Re-running the same command resumes an interrupted run. Writes the adapters in PEFT's format "
+        "(adapter_config.json + adapter_model.safetensors: PeftModel.from_pretrained(base, OUT)) and DIPNet's sigmas "
+        "beside them (dipnet_sigmas.safetensors: dipnet.integrations.hf.load_sigmas).",
+        epilog=f"Tasks (--task, reasoning-gym's generators; options with --task-arg): {TASKS}.",
+        formatter_class=_Help,
     )
     for name, (default, accepts, doc) in field_docs(FinetuneConfig).items():
         if name in FLAG_SKIP:

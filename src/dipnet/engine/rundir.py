@@ -36,8 +36,9 @@ from .config import RunConfig
 RUN_FORMAT = "dipnet-run-1"
 LOCK = ".dipnet.lock"
 # Every file dipnet writes into a run directory (training, fine-tuning, `dipnet measure`, `dipnet robust`).
-OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "adapters.safetensors", "measures.json", "robust.json",
-             "landscape.png", "robust_eps.png", "robust_severity.png", LOCK)
+OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "adapter_config.json", "adapter_model.safetensors",
+             "dipnet_sigmas.safetensors", "measures.json", "robust.json", "landscape.png", "robust_eps.png",
+             "robust_severity.png", LOCK)
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:

@@ -12,7 +12,15 @@
 - adds the variance prior as its exact gradient ``2 alpha sigma^2 - 2 beta`` in
   ``on_pre_optimizer_step`` (callbacks cannot change the loss; after the trainer's clipping,
   which therefore acts on the data gradient, as in ``dipnet finetune``);
-- writes the sigmas' mean/min/max (relative and in input units) into each log record.
+- writes the sigmas' statistics into each log record (:func:`dipnet.projection.sigma_stats`,
+  the one definition: ``sigma_mean/min/max`` in input units, ``sigma_relative_*`` relative);
+- makes ``model.save_pretrained`` (so ``trainer.save_model(folder)`` and the trainer's
+  checkpoints) write the learned sigmas beside the adapters, ``dipnet_sigmas.safetensors``, and
+  ``model.load_adapter`` (the trainer's resume) read them back; after loading the adapters
+  elsewhere, ``project`` the model as at training and call :func:`load_sigmas` (folder);
+- at the end of training leaves the model deterministic, as the trainer's own NEFTune does:
+  eval mode, no projection hooks (``model.train()`` turns the noise back on), and logs one line
+  saying so (logger ``dipnet.integrations.hf``, level WARNING).
 
 m > 1 trajectories change the loss, which a callback cannot: :class:`DIPNetTrainer` repeats
 every tensor of the batch (input ids, attention mask, labels) m times in ``compute_loss``, so
@@ -22,6 +30,7 @@ NEFTune is the trainer's own ``neftune_noise_alpha``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -33,10 +42,14 @@ require("transformers")
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
+from ..llm.adapters import load_sigmas, save_sigmas, save_sigmas_with_model  # noqa: E402
+from .hf_trainer import MethodTrainer  # noqa: E402
 from ..schema import Limits, check  # noqa: E402
-from ..projection import DIPNetLoss, LLM_PRIOR, LLM_SIGMA, is_projected, project, projections, repeat_batch  # noqa: E402
+from ..projection import DIPNetLoss, LLM_PRIOR, LLM_SIGMA, is_projected, project, projections, repeat_batch, sigma_stats  # noqa: E402
 
-__all__ = ["DIPNetCallback", "DIPNetTrainer"]
+__all__ = ["DIPNetCallback", "DIPNetTrainer", "MethodTrainer", "load_sigmas", "save_sigmas"]
+
+logger = logging.getLogger(__name__)
 
 
 class DIPNetCallback(TrainerCallback):
@@ -57,6 +70,7 @@ class DIPNetCallback(TrainerCallback):
             raise ConfigError("DIPNetCallback needs the Trainer's model at construction (model_init is not supported)")
         if not is_projected(model):
             project(model, targets=self.targets, sigma=self.sigma, **self.settings)
+        save_sigmas_with_model(model)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:
@@ -90,13 +104,19 @@ class DIPNetCallback(TrainerCallback):
                model: nn.Module | None = None, **kwargs: Any) -> None:
         if model is None or logs is None or not projections(model):
             return
-        rel = torch.cat([p.sigma.detach().reshape(-1).float() for _, p in projections(model)])
-        eff = torch.cat([p.effective_sigma().detach().reshape(-1).float() for _, p in projections(model)])
-        extra = {"sigma_mean": float(rel.mean()), "sigma_min": float(rel.min()), "sigma_max": float(rel.max()),
-                 "sigma_effective_mean": float(eff.mean())}
+        extra = {k: v for k, v in sigma_stats(model).items() if k != "sigma"}
         logs.update(extra)
         if state.log_history:
             state.log_history[-1].update(extra)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                     **kwargs: Any) -> None:
+        if model is None or not projections(model):
+            return
+        model.eval()
+        if state.is_world_process_zero:
+            logger.warning("DIPNet: training ended; the model is left in eval mode with its noise off (deterministic); "
+                           "model.train() turns the noise back on")
 
 
 class DIPNetTrainer(Trainer):

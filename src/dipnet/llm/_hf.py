@@ -1,9 +1,9 @@
 """The optional dependencies of the LLM path, imported on use: one line with the install
-command when one is missing, and Hugging Face kept offline (``HF_HUB_OFFLINE=1``)."""
+command when one is missing. Nothing here changes the process's environment: Hugging Face is
+kept offline by the loaders' arguments (``local_files_only=True``), not by ``HF_HUB_OFFLINE``."""
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 from ..errors import ConfigError
@@ -15,8 +15,6 @@ _PACKAGES = {"transformers": "transformers", "peft": "peft", "gguf": "gguf", "ac
 
 def require(module: str) -> ModuleType:
     """Import ``module`` (one of the ``[llm]`` extra's) or raise a one-line ConfigError saying how to install it."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:

@@ -6,18 +6,27 @@
   folder is found with ``importlib.util.find_spec`` and never imported.
 - ``tiny-llama``: a randomly initialized 2-layer Llama (hidden 64) with a character tokenizer,
   for tests: same code path, no weights package, fast.
-- Any local folder holding a Hugging Face causal LM (``config.json`` + weights, or a ``.gguf``).
+- Any local folder holding a Hugging Face causal LM (``config.json`` + safetensors weights, or a
+  ``.gguf``). Pickle weights (``pytorch_model.bin``, ``*.pt``) are refused: unpickling can run code.
 
-The dequantized SmolLM2 is kept in memory after the first load (about 20 s) and each later load
+Loading never downloads (``local_files_only=True``) and changes no process-wide setting: the
+loaders' progress bars are silenced for the load only. A GGUF file is dequantized on load
+(``GgufConfig(dequantize=True)``), so the model is a plain float model that a stock ``Trainer``
+trains, not one flagged as quantized.
+
+The dequantized SmolLM2 is kept in memory after the first load (about 15 s) and each later load
 returns a copy, so a suite's runs in one process pay the load once.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,6 +44,8 @@ CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 Loader = Callable[[torch.dtype], tuple[nn.Module, Any]]
 
@@ -121,19 +132,57 @@ def _tiny_llama(dtype: torch.dtype) -> tuple[nn.Module, Any]:
 def _from_folder(folder: Path, dtype: torch.dtype, gguf_file: str | None = None) -> tuple[nn.Module, Any]:
     require("transformers")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file:
         require("gguf")
+        from transformers import GgufConfig
+
         kwargs["gguf_file"] = gguf_file
+        weights: dict[str, Any] = {"quantization_config": GgufConfig(dequantize=True)}
+    else:
+        _refuse_pickles(folder)
+        weights = {"use_safetensors": True}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kwargs)
+        with _no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kwargs, **weights)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a causal language model from {folder}: {str(exc).splitlines()[0]}") from None
     return model, tokenizer
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """A folder whose weights are pickles only: one line, before anything unpickles them."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ConfigError(f"{folder} holds pickle weights ({', '.join(pickles)}); dipnet reads only safetensors or "
+                          "GGUF weights (unpickling can run code): convert them to model.safetensors")
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """No progress bars while a model loads (transformers' own, through its tqdm hook where it has
+    one, and the plain tqdm of its GGUF reader); both put back after, whatever happens."""
+    from transformers.utils import logging as hf_logging
+
+    gguf_reader = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    bar = gguf_reader.tqdm
+    hook = getattr(hf_logging, "set_tqdm_hook", None)
+    previous = hook(_silent_bar) if hook is not None else None
+    gguf_reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_reader.tqdm = bar
+        if hook is not None:
+            hook(previous)
+
+
+def _silent_bar(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return factory(*args, **{**kwargs, "disable": True})
 
 
 def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:

@@ -187,7 +187,7 @@ class Finetuner:
                 return previous
             done.update(self.task.final(self.model, state))
             if run.path is not None:
-                save_adapters(self.model, run.path / "adapters.safetensors")
+                save_adapters(self.model, run.path)
             return done
 
         state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,

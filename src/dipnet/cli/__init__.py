@@ -14,6 +14,7 @@ import signal
 import sys
 
 from .._version import __version__
+from ..engine import threads
 from ..errors import DipnetError, DivergenceError
 
 COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo", "finetune")
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands to torchrun
     previous = _sigterm_as_interrupt()
     try:
-        return int(args.func(args) or 0)
+        with threads.restoring():  # the command's torch threads end with it (main() run in-process)
+            return int(args.func(args) or 0)
     except DipnetError as exc:
         print(f"dipnet {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from .rundir import RunDirectory, TrainState, dataset_fingerprint
 from .runinfo import run_info
 from .schedule import lr_at
 from .setup import ModelArg, build_optimizer, epoch_permutation, prepare, resolve_device
+from .threads import using as using_threads
 
 Callback = Callable[[dict[str, Any]], None]
 # Divergence rule: a run fails when its step loss stays above DIVERGENCE_FACTOR x max(1, |L0|),
@@ -244,6 +245,9 @@ def train(
     ``dataset`` and ``model`` (a module, or a factory ``info -> module`` called after seeding)
     override the registry lookups, for a user's own data or network. ``callbacks`` get each
     epoch's record. Raises :class:`~dipnet.errors.DivergenceError` naming the step where the loss
-    diverged (a NaN/inf loss: :class:`~dipnet.errors.NonFiniteLossError`).
+    diverged (a NaN/inf loss: :class:`~dipnet.errors.NonFiniteLossError`). Torch trains on
+    ``cfg.threads`` threads (the threads policy, :mod:`dipnet.engine.threads`) and is left with
+    the threads it had.
     """
-    return Trainer(cfg, dataset=dataset, model=model, callbacks=callbacks).fit()
+    with using_threads(getattr(cfg, "threads", None), where="TrainConfig.threads"):
+        return Trainer(cfg, dataset=dataset, model=model, callbacks=callbacks).fit()

@@ -38,6 +38,7 @@ import datetime
 import gc
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -244,6 +245,20 @@ def scoped_environ(updates: Mapping[str, str], *, restore_all: bool = False) -> 
                 os.environ[key] = before[key]
 
 
+@contextlib.contextmanager
+def _kept_signal_handlers() -> Iterator[None]:
+    """Give back the handlers of the signals torchrun's agent takes over (and keeps) for its processes."""
+    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+    saved = {sig: signal.getsignal(sig) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                with contextlib.suppress(ValueError):  # not the main thread: nothing was changed
+                    signal.signal(sig, handler)
+
+
 def launch(nproc: int, args: Sequence[str], module: str = "dipnet", threads: int | None = None) -> int:
     """Run ``python -m MODULE ARGS`` on ``nproc`` local processes exactly as
     ``torchrun --standalone --nproc-per-node N -m MODULE ARGS`` does (torch's elastic agent,
@@ -254,7 +269,8 @@ def launch(nproc: int, args: Sequence[str], module: str = "dipnet", threads: int
     Each process gets ``threads`` torch threads (default: its share of the idle physical cores),
     decided here once by the threads policy (:mod:`dipnet.engine.threads`, which warns here if
     they oversubscribe the cores) and handed to the processes in their environment. This
-    process's environment is left as it was, and the agent's log folder is removed at the end."""
+    process's environment and signal handlers are left as they were, and the agent's log folder
+    is removed at the end."""
     import logging
 
     from torch.distributed import run as torchrun
@@ -269,7 +285,7 @@ def launch(nproc: int, args: Sequence[str], module: str = "dipnet", threads: int
     agent_log.setLevel(logging.CRITICAL)
     log_dir = tempfile.mkdtemp(prefix="dipnet-torchelastic-")
     try:
-        with scoped_environ(env, restore_all=True):  # the agent starts the processes from it (and writes to it)
+        with scoped_environ(env, restore_all=True), _kept_signal_handlers():  # the agent starts the processes
             torchrun.run(torchrun.parse_args(["--log-dir", log_dir, *torchrun_args(nproc, args, module)]))
     except ChildFailedError as exc:
         codes = {f.exitcode for f in exc.failures.values()}

@@ -40,7 +40,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..schema import Limits, check
 
 __all__ = ["ENV", "FACTOR", "Plan", "apply", "busy_cores", "check_processes", "check_threads", "logical_cores",
-           "physical_cores", "plan", "resolve", "using"]
+           "physical_cores", "plan", "resolve", "restoring", "using"]
 
 ENV = "DIPNET_THREADS"  # in a child's environment: the threads its launching dipnet process decided
 FACTOR = 4  # the most threads per process (and processes with --oversubscribe) per logical core
@@ -158,7 +158,8 @@ def resolve(requested: Any = None, processes: int | None = None, *, warn: bool =
     if inherited is not None:
         return requested if requested is not None else inherited
     if processes is None:
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        local = os.environ.get("LOCAL_WORLD_SIZE", "")
+        processes = int(local) if local.isdigit() else 1
     decision = plan(requested, max(1, processes))
     if warn and decision.oversubscribed and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
         print(decision.warning(), file=sys.stderr, flush=True)

@@ -14,7 +14,6 @@ import signal
 import sys
 
 from .._version import __version__
-from ..engine import threads
 from ..errors import DipnetError, DivergenceError
 
 COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo", "finetune")
@@ -50,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..engine import threads
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:

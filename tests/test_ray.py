@@ -1,16 +1,20 @@
 """Suites on Ray (a local Ray of 2 CPUs started and shut down by dipnet): the same per-run results
 as the local process pool with the same seeds; a run whose Ray worker is killed (SIGKILL) is
-trained again once, resuming from its checkpoint, recorded once; a second --resume trains
-nothing and starts no Ray."""
+trained again once, resuming from its checkpoint, recorded once; each task trains on the threads
+asked for, not its CPUs; the driver's environment and threads are left as they were and the
+session folder is removed; a second --resume trains nothing and starts no Ray."""
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -49,7 +53,7 @@ def kill_once_train(log: str, config: dict, run_dir: str):
     victim = (config["method"], config["seed"]) == VICTIM
     first = victim and not Path(log).exists()
     with open(log if victim else os.devnull, "a") as fh:
-        fh.write(f"attempt {os.getpid()}\n")
+        fh.write(f"attempt {os.getpid()} threads {torch.get_num_threads()}\n")
 
     def die(row):
         if first and row["epoch"] == 1:
@@ -76,12 +80,16 @@ def test_ray_suite_matches_the_local_pool_survives_a_killed_worker_and_resumes_n
     assert pool.done == 4 and pool.failed == 0
 
     log = tmp_path / "victim.log"
+    env, threads, sessions = dict(os.environ), torch.get_num_threads(), glob.glob(f"{tempfile.gettempdir()}/dipnet-ray-*")
     on_ray = run_suite(suite, tmp_path / "ray.sqlite", train_fn=functools.partial(kill_once_train, str(log)),
-                       executor=RayExecutor(cpus_per_run=1))
+                       executor=RayExecutor(cpus_per_run=2, threads=1))  # one run at a time, on 1 thread
     assert not ray.is_initialized()  # the local Ray dipnet started is shut down
+    assert dict(os.environ) == env and torch.get_num_threads() == threads
+    assert glob.glob(f"{tempfile.gettempdir()}/dipnet-ray-*") == sessions  # its session folder removed
     assert on_ray.done == 4 and on_ray.failed == 0
     attempts = log.read_text().splitlines()
     assert len(attempts) == 2 and attempts[0] != attempts[1]  # redone once, in another worker
+    assert all(a.endswith("threads 1") for a in attempts)  # --threads, not the 2 CPUs
     got, want = results(tmp_path / "ray.sqlite"), results(tmp_path / "pool.sqlite")
     assert got.keys() == want.keys()
     for key in want:

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..engine import threads
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands to torchrun
     previous = _sigterm_as_interrupt()
     try:
-        return int(args.func(args) or 0)
+        with threads.restoring():  # the command's torch threads end with it (main() run in-process)
+            return int(args.func(args) or 0)
     except DipnetError as exc:
         print(f"dipnet {args.command}: error: {exc}", file=sys.stderr)
         return 2

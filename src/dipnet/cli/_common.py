@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from typing import Any
 
+from ..engine import threads
 from ..errors import ConfigError
 
 
@@ -63,70 +62,13 @@ def percent(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def physical_cores() -> int:
-    """Physical cores this process may use (hyperthread siblings counted once)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        pairs = set()
-        core = phys = None
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "physical id":
-                phys = value.strip()
-            elif key == "core id":
-                core = value.strip()
-            elif not line.strip() and core is not None:
-                pairs.add((phys, core))
-                core = phys = None
-        if core is not None:
-            pairs.add((phys, core))
-        return max(1, min(usable, len(pairs) or usable))
-    except OSError:
-        return max(1, usable)
-
-
-def busy_cores() -> int:
-    """Cores other work keeps busy: the larger of the 1-minute load average and the processes
-    runnable right now (/proc/loadavg, this one not counted), since the average lags behind a
-    job that has just started."""
-    busy = 0
-    try:
-        with open("/proc/loadavg", encoding="ascii") as fh:
-            fields = fh.read().split()
-        busy = max(round(float(fields[0])), int(fields[3].split("/")[0]) - 1)
-    except (OSError, ValueError, IndexError):
-        if hasattr(os, "getloadavg"):
-            busy = round(os.getloadavg()[0])
-    return max(0, busy)
-
-
-def default_threads() -> int:
-    """Threads for one process: the physical cores not already busy, at least 1."""
-    return max(1, physical_cores() - busy_cores())
-
-
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", default=None, metavar="N",
-                   help="torch threads (default: the physical cores not busy with other work; 1 per worker in suites)")
+                   help="torch threads of each process (default: the idle physical cores, shared among the "
+                        f"processes; at most {threads.FACTOR} x the logical cores)")
 
 
-def apply_threads(args: argparse.Namespace, workers: int = 1) -> int:
-    """Set torch's thread count from ``--threads`` (or the default); warn in one line when
-    ``threads x workers`` exceeds the idle physical cores. Returns the threads per worker."""
-    import torch
-
-    from ..schema import Limits, check
-
-    chosen = getattr(args, "threads", None)
-    idle = default_threads()  # read once: the load can change between two reads
-    if chosen is None:
-        threads = 1 if workers > 1 else idle
-    else:
-        threads = check(chosen, int, "--threads", Limits(ge=1))
-    torch.set_num_threads(threads)
-    if threads * workers > idle:
-        print(f"dipnet: warning: {threads * workers} threads on {idle} idle physical core(s) ({busy_cores()} busy "
-              f"with other work); each step will wait for the others: try --threads {max(1, idle // max(workers, 1))}",
-              file=sys.stderr)
-    return threads
+def apply_threads(args: argparse.Namespace, processes: int | None = None) -> int:
+    """Set this command's torch threads from ``--threads`` by the threads policy
+    (:mod:`dipnet.engine.threads`, which warns once if the processes oversubscribe the cores)."""
+    return threads.apply(getattr(args, "threads", None), processes)

@@ -5,9 +5,11 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..engine.threads import check_threads
 from ..errors import ConfigError
-from ..schema import Limits, check
-from ._common import add_threads_argument, apply_threads
+from ..experiments.executors import RayExecutor
+from ..schema import Limits, check, field_docs
+from ._common import add_threads_argument
 
 LARGE_SUITE = 1000  # runs: a larger suite needs --yes
 
@@ -29,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local: this machine's process pool (--workers); ray: one Ray task per run")
     p.add_argument("--address", default=None, help="with --executor ray: the Ray cluster to join "
                    "(auto, HOST:6379, ray://HOST:10001); default: a local Ray started for this suite")
-    p.add_argument("--cpus-per-run", default=1.0, help="with --executor ray: CPUs (torch threads) "
-                   "Ray reserves per run (default 1)")
+    p.add_argument("--cpus-per-run", default=1.0, help="with --executor ray: CPUs Ray reserves per run "
+                   "(default 1; a run's torch threads: --threads, else these CPUs)")
+    p.add_argument("--connect-timeout", default=None, metavar="SECONDS",
+                   help="with --executor ray --address: give up joining the cluster after this long "
+                   f"(default {field_docs(RayExecutor)['connect_timeout'][0]:g})")
     p.add_argument("--resume", action="store_true", help="keep finished runs and train only the missing ones")
     p.add_argument("--fresh", action="store_true", help="retrain every run of the suite, replacing stored results")
     p.add_argument("--report", metavar="DIR", default=None, help="also write the report (Markdown + HTML) into DIR")
@@ -57,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.fresh:
         raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
     args.workers = check(args.workers, int, "--workers", Limits(ge=1))
-    threads = apply_threads(args, args.workers)
+    threads = check_threads(args.threads)  # the policy decides in run_suite, or in each Ray task
     executor = None
+    if args.connect_timeout is not None and (args.address is None or args.executor != "ray"):
+        raise ConfigError("--connect-timeout is for joining a Ray cluster: use it with --executor ray --address")
     if args.executor == "ray":
-        from ..experiments import RayExecutor
-
-        executor = RayExecutor(address=args.address, cpus_per_run=args.cpus_per_run)
+        timeout = {} if args.connect_timeout is None else {"connect_timeout": args.connect_timeout}
+        executor = RayExecutor(address=args.address, cpus_per_run=args.cpus_per_run, threads=threads, **timeout)
+        threads = None
     elif args.address is not None:
         raise ConfigError("--address names a Ray cluster: use it with --executor ray")
     suite = load_suite(args.suite)

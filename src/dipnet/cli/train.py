@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ..engine import RunDirectory, TrainConfig, Trainer, build_optimizer, prepare, resolve_device
+from ..engine import RunDirectory, TrainConfig, Trainer, build_optimizer, prepare, resolve_device, threads
 from ..engine.distributed import launch as launch_processes
 from ..engine.rundir import dataset_fingerprint
 from ..models import model_recipe
 from ..errors import ConfigError, DivergenceError
-from ..schema import Limits, check, field_docs
+from ..schema import field_docs
 from ._common import add_threads_argument, apply_threads, parse_assignments, parse_method_options, percent
 
 # --train-perturbation: a batch component put in front of the method (DIPNet paper, Table 1).
@@ -33,7 +33,8 @@ TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optim
 
 def trainer_flags() -> set[str]:
     """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
-    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads", "nproc"}
+    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads", "nproc",
+                                "oversubscribe"}
     return names | {n.replace("_", "-") for n in names}
 
 
@@ -88,7 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threads_argument(p)
     p.add_argument("--nproc", default=1, metavar="N",
                    help="train data-parallel on N local processes via torchrun (gloo on CPUs, NCCL on GPUs, one "
-                   "per GPU; the global --batch-size is kept)")
+                   "per GPU; the global --batch-size is kept; at most the logical cores)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help=f"allow --nproc above the logical cores (up to {threads.FACTOR} x them)")
     p.set_defaults(func=run, accepts_extra=True)
 
 
@@ -122,9 +125,9 @@ def launch(args: argparse.Namespace, cfg: TrainConfig, out: Path, nproc: int) ->
     if not args.overwrite:
         run_dir.world_size, run_dir.fingerprint = nproc, dataset_fingerprint(dataset)
         run_dir.resume(model, build_optimizer(cfg, model, method))
-    child = _without(args.argv, {"--nproc": True, "--out": True})
+    child = _without(args.argv, {"--nproc": True, "--out": True, "--oversubscribe": False})
     child = child[1:] if child[:1] == ["train"] else child
-    code = launch_processes(nproc, ["train", *child, "--out", str(out)])
+    code = launch_processes(nproc, ["train", *child, "--out", str(out)], threads=args.threads)
     if code not in (0, 2):
         print(f"dipnet train: the {nproc} training processes failed (exit status {code})", file=sys.stderr)
     return code
@@ -134,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.data}-{cfg.model}-{cfg.method}-s{cfg.seed}".replace("+", "_"))
     cfg.out = str(out)
-    nproc = check(args.nproc, int, "--nproc", Limits(ge=1))
+    nproc = threads.check_processes(args.nproc, "--nproc", args.oversubscribe)
+    args.threads = threads.check_threads(args.threads)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch(args, cfg, out, nproc)
-    apply_threads(args, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the node's processes share it
+    apply_threads(args)  # under torchrun: this rank's share, decided by the launcher
     trainer = Trainer(cfg)  # every check (method, data, model) before anything on disk changes
     try:
         result = trainer.fit(overwrite=args.overwrite)

@@ -17,7 +17,7 @@ SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
 FLOAT32_MAX = 3.4028234663852886e38  # optimizers turn the learning rate into a float32 scalar
 # Fields that do not change the numbers a run produces: a resume may differ in these.
-NON_IDENTITY = ("out", "progress")
+NON_IDENTITY = ("out", "progress", "threads")
 
 
 class RunConfig(Validated):
@@ -81,6 +81,8 @@ class TrainConfig(RunConfig):
     train_eval_max: int = param(10000, ge=1, doc="training examples evaluated each epoch")
     device: str = param("cpu", doc="cpu, cuda, cuda:N or auto")
     progress: ProgressMode = param("auto", doc="progress display")
+    threads: int | None = param(None, ge=1, doc="torch threads while training (none: the idle physical cores, "
+                                "shared among the run's processes; engine/threads.py)")
 
     def _check(self) -> None:
         if self.warmup_epochs >= self.epochs:

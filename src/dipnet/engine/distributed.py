@@ -37,19 +37,22 @@ import contextlib
 import datetime
 import gc
 import os
+import shutil
+import signal
 import socket
-import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
+from . import threads as threads_policy
 
-__all__ = ["Distributed", "LOOPBACK_ENV", "launch", "rank_seed", "setup", "spawn", "torchrun_args"]
+__all__ = ["Distributed", "LOOPBACK_ENV", "launch", "rank_seed", "scoped_environ", "setup", "spawn", "torchrun_args"]
 
 # Keeps a single-machine group on the loopback interface (no traffic leaves the machine).
 LOOPBACK_ENV = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
@@ -213,9 +216,9 @@ def setup(device: torch.device) -> Distributed:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
         raise ConfigError("CUDA training on several processes needs NCCL, which this torch build lacks")
-    if backend == "gloo" and os.environ.get("MASTER_ADDR") in ("127.0.0.1", "localhost"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10))
+    loopback = backend == "gloo" and os.environ.get("MASTER_ADDR") in ("127.0.0.1", "localhost")
+    with scoped_environ({"GLOO_SOCKET_IFNAME": "lo"} if loopback and "GLOO_SOCKET_IFNAME" not in os.environ else {}):
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10))
     return Distributed(rank, world, local, owned=True)
 
 
@@ -224,26 +227,65 @@ def torchrun_args(nproc: int, args: Sequence[str], module: str = "dipnet") -> li
     return ["--standalone", "--nproc-per-node", str(nproc), "-m", module, *args]
 
 
-def launch(nproc: int, args: Sequence[str], module: str = "dipnet") -> int:
+@contextlib.contextmanager
+def scoped_environ(updates: Mapping[str, str], *, restore_all: bool = False) -> Iterator[None]:
+    """``os.environ`` with ``updates`` for the duration of the block (for the processes started
+    from this one's environment meanwhile), then as it was: the keys of ``updates``, or with
+    ``restore_all`` every key (what the block itself wrote too)."""
+    before = dict(os.environ)
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key in (set(os.environ) | set(before)) if restore_all else set(updates):
+            if key not in before:
+                os.environ.pop(key, None)
+            elif os.environ.get(key) != before[key]:
+                os.environ[key] = before[key]
+
+
+@contextlib.contextmanager
+def _kept_signal_handlers() -> Iterator[None]:
+    """Give back the handlers of the signals torchrun's agent takes over (and keeps) for its processes."""
+    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+    saved = {sig: signal.getsignal(sig) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                with contextlib.suppress(ValueError):  # not the main thread: nothing was changed
+                    signal.signal(sig, handler)
+
+
+def launch(nproc: int, args: Sequence[str], module: str = "dipnet", threads: int | None = None) -> int:
     """Run ``python -m MODULE ARGS`` on ``nproc`` local processes exactly as
     ``torchrun --standalone --nproc-per-node N -m MODULE ARGS`` does (torch's elastic agent,
     rendezvous on localhost, gloo kept on the loopback interface), and return the exit status:
     0, the processes' common exit status if they agree (2 for a user error), else 1. The
-    agent's own report of a failure is left out: the processes print their errors themselves."""
+    agent's own report of a failure is left out: the processes print their errors themselves.
+
+    Each process gets ``threads`` torch threads (default: its share of the idle physical cores),
+    decided here once by the threads policy (:mod:`dipnet.engine.threads`, which warns here if
+    they oversubscribe the cores) and handed to the processes in their environment. This
+    process's environment and signal handlers are left as they were, and the agent's log folder
+    is removed at the end."""
     import logging
 
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    per_rank = str(threads_policy.resolve(threads, nproc))
+    env = {**{k: v for k, v in LOOPBACK_ENV.items() if k not in os.environ},
+           "OMP_NUM_THREADS": per_rank, threads_policy.ENV: per_rank}
     agent_log = logging.getLogger("torch.distributed.elastic")
     level = agent_log.level
     agent_log.setLevel(logging.CRITICAL)
+    log_dir = tempfile.mkdtemp(prefix="dipnet-torchelastic-")
     try:
-        torchrun.run(torchrun.parse_args(torchrun_args(nproc, args, module)))
+        with scoped_environ(env, restore_all=True), _kept_signal_handlers():  # the agent starts the processes
+            torchrun.run(torchrun.parse_args(["--log-dir", log_dir, *torchrun_args(nproc, args, module)]))
     except ChildFailedError as exc:
         codes = {f.exitcode for f in exc.failures.values()}
         return codes.pop() if len(codes) == 1 and 0 < next(iter(codes)) < 128 else 1
@@ -251,6 +293,7 @@ def launch(nproc: int, args: Sequence[str], module: str = "dipnet") -> int:
         raise KeyboardInterrupt from None
     finally:
         agent_log.setLevel(level)
+        shutil.rmtree(log_dir, ignore_errors=True)
     return 0
 
 
@@ -261,9 +304,10 @@ def free_port() -> int:
 
 
 def _spawned(local_rank: int, fn: Callable[..., Any], world: int, env: dict[str, str], args: tuple) -> None:
-    os.environ.update(env)
-    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world)})
-    torch.set_num_threads(1)
+    os.environ.update(env)  # this new process's own environment, as torchrun would give it
+    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world)})
+    threads_policy.apply(warn=False)
     fn(*args)
 
 
@@ -274,7 +318,7 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any, timeout: float | None 
     Raises if any process fails; every process has ended when this returns or raises."""
     import torch.multiprocessing as mp
 
-    env = {**LOOPBACK_ENV, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    env = {**LOOPBACK_ENV, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", threads_policy.ENV: "1"}
     ctx = mp.start_processes(_spawned, args=(fn, nproc, env, args), nprocs=nproc, join=False, start_method="spawn")
     deadline = None if timeout is None else time.monotonic() + timeout
     try:

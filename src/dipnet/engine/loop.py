@@ -28,6 +28,7 @@ from .runinfo import run_info
 from .schedule import lr_at
 from .setup import ModelArg, build_optimizer, prepare, resolve_device
 from .task import ClassificationTask
+from .threads import using as using_threads
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -151,8 +152,9 @@ class Trainer:
             return _final(state.history, state.example_grads)
 
         try:
-            state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
-                            overwrite=overwrite, finish=finish, dist=self.dist)
+            with using_threads(cfg.threads, where="TrainConfig.threads"):
+                state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
+                                overwrite=overwrite, finish=finish, dist=self.dist)
         finally:
             self.train_model = self.dist.close(self.train_model)  # distributed: leave the group this trainer joined
         return RunResult(run.path, cfg, state.history, _final(state.history, state.example_grads), self.model,
@@ -178,7 +180,10 @@ def train(
 
     ``dataset`` and ``model`` (a module, or a factory ``info -> module`` called after seeding)
     override the registry lookups, for a user's own data or network. ``callbacks``: the loop's
-    event handlers (:class:`~dipnet.engine.core.Callback`), or functions called with each epoch's record. Raises :class:`~dipnet.errors.DivergenceError` naming the step where the loss
-    diverged (a NaN/inf loss: :class:`~dipnet.errors.NonFiniteLossError`).
+    event handlers (:class:`~dipnet.engine.core.Callback`), or functions called with each epoch's
+    record. Raises :class:`~dipnet.errors.DivergenceError` naming the step where the loss
+    diverged (a NaN/inf loss: :class:`~dipnet.errors.NonFiniteLossError`). Torch trains on
+    ``cfg.threads`` threads (the threads policy, :mod:`dipnet.engine.threads`) and is left with
+    the threads it had.
     """
     return Trainer(cfg, dataset=dataset, model=model, callbacks=callbacks).fit()

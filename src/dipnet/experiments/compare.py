@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..engine import TrainConfig, train
+from ..engine import TrainConfig, threads as threads_policy, train
 from ..engine.runinfo import run_info
+from ..errors import ConfigError
 from ..schema import Limits, check
 from .instruments import MeasureFn, get_measure
 from .store import RunStore, owner_id
@@ -133,9 +134,7 @@ def _init_worker(threads: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+    threads_policy.apply(threads, warn=False)  # decided once by run_suite
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
 
 
@@ -157,7 +156,9 @@ def run_suite(
 
     ``resume=False`` retrains every run of the suite from scratch (old results are replaced).
     ``workers > 1`` trains in that many processes (spawned), each with ``threads`` torch threads
-    (default: CPU cores // workers); ``workers=1`` trains in this process. ``train_fn(config,
+    (default: its share of the idle physical cores; :mod:`dipnet.engine.threads` warns once if
+    they oversubscribe them); ``workers=1`` trains in this process, on ``threads`` threads until
+    the suite ends. ``train_fn(config,
     run_dir)`` defaults to the suite's own ``train_fn`` (a suite kind's), else
     :func:`engine_train`; it must be importable at module level when
     ``workers > 1``. ``on_event(kind, spec, info)`` is called with kind in
@@ -167,6 +168,9 @@ def run_suite(
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     workers = check(workers, int, "workers", Limits(ge=1))
+    threads = threads_policy.check_threads(threads, "threads")
+    if executor is not None and threads is not None:
+        raise ConfigError("threads= is for this machine's workers; an executor takes its own (RayExecutor(threads=...))")
     train_fn = train_fn or getattr(suite, "train_fn", None) or engine_train
     specs = suite.expand(cost_fn)
     keys = [s.key for s in specs]
@@ -211,23 +215,20 @@ def run_suite(
         if executor is not None:  # executors.py: e.g. Ray tasks
             executor.run(store, todo, runs_root, train_fn, measures, emit, finish)
         elif workers == 1 or len(todo) <= 1:
-            if threads is not None:
-                import torch
-
-                torch.set_num_threads(threads)
-            for spec in todo:
-                if not store.claim(spec.key, owner_id()):
-                    continue
-                emit("start", spec, {})
-                try:
-                    reply = execute_run(spec.to_dict(), str(run_dir_for(runs_root, spec)), train_fn, measures)
-                except KeyboardInterrupt:
-                    store.reset([spec.key], ("running",))
-                    raise
-                finish(spec, reply)
+            with threads_policy.using(threads, 1, where="threads"):
+                for spec in todo:
+                    if not store.claim(spec.key, owner_id()):
+                        continue
+                    emit("start", spec, {})
+                    try:
+                        reply = execute_run(spec.to_dict(), str(run_dir_for(runs_root, spec)), train_fn, measures)
+                    except KeyboardInterrupt:
+                        store.reset([spec.key], ("running",))
+                        raise
+                    finish(spec, reply)
         else:
             _run_parallel(store, todo, runs_root, train_fn, measures, workers,
-                          threads or max(1, (os.cpu_count() or 1) // workers), emit, finish)
+                          threads_policy.resolve(threads, min(workers, len(todo)), where="threads"), emit, finish)
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, load_dataset
-from ..engine import TrainConfig, evaluate, train
+from ..engine import TrainConfig, evaluate, threads, train
 from ..methods import method_names
 from ..measure import (circle_through, draw_anchors, jacobian_norm, lipschitz_bounds, measure_model, random_anchors,
                        region_transitions, sharpness, spearman, transitions_along)
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of the sweep: train the MLP and CNN with these methods, 2 seeds, and measure them")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(1)
+    threads.apply(1)
     ds = load_dataset(args.data)
     if args.compare_methods:
         records = compare_methods(ds, [m.strip() for m in args.compare_methods.split(",") if m.strip()])

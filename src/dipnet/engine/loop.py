@@ -140,6 +140,10 @@ class Trainer:
         previous run there (and only those). Raises :class:`~dipnet.errors.DivergenceError`
         (:class:`~dipnet.errors.NonFiniteLossError` for NaN/inf) naming the step where the
         loss diverged (rule: ``DIVERGENCE_FACTOR``)."""
+        with using_threads(self.cfg.threads, where="TrainConfig.threads"):
+            return self._fit(overwrite)
+
+    def _fit(self, overwrite: bool) -> RunResult:
         cfg, run, method = self.cfg, self.run, self.method
         if run.path is not None:
             run.fingerprint = dataset_fingerprint(self.dataset)
@@ -152,9 +156,8 @@ class Trainer:
             return _final(state.history, state.example_grads)
 
         try:
-            with using_threads(cfg.threads, where="TrainConfig.threads"):
-                state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
-                                overwrite=overwrite, finish=finish, dist=self.dist)
+            state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
+                            overwrite=overwrite, finish=finish, dist=self.dist)
         finally:
             self.train_model = self.dist.close(self.train_model)  # distributed: leave the group this trainer joined
         return RunResult(run.path, cfg, state.history, _final(state.history, state.example_grads), self.model,

@@ -18,7 +18,6 @@ process that no longer exists is put back to ``pending`` by :meth:`RunStore.reco
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import socket
@@ -30,9 +29,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigError, DataError
 from .runspec import RunSpec
+from .storefile import DAMAGED, SCHEMA_VERSION, checksum, layout, open_existing, sqlite_error
 
 STATUSES = ("pending", "running", "done", "failed")
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -66,7 +65,6 @@ CREATE TABLE IF NOT EXISTS members (
 _RUN_COLUMNS = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error", "attempts",
                 "owner", "created", "started", "finished", "checksum")
 _SEALED = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error")  # what the checksum covers
-_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -124,22 +122,6 @@ def owner_alive(owner: str | None) -> bool:
     return int(pid) != os.getpid() and _pid_alive(int(pid))
 
 
-# What reading a damaged file raises: SQLite's own error, or a stored text/JSON field that no longer decodes.
-DAMAGED = (sqlite3.DatabaseError, UnicodeDecodeError, json.JSONDecodeError)
-
-
-def _checksum(values: Iterable[Any]) -> str:
-    """SHA-256 of a row's sealed values (:data:`_SEALED`, in that order)."""
-    return hashlib.sha256(json.dumps(list(values)).encode()).hexdigest()
-
-
-def _sqlite_error(path: Path, exc: Exception, damaged: str) -> DataError:
-    """SQLite's error as one line: a read-only file is said to be one, anything else is ``damaged``."""
-    if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-        return DataError(f"{path} is read-only (SQLite says: {exc}); make it writable, or copy it and use the copy")
-    return DataError(f"{path} {damaged} (SQLite says: {exc})")
-
-
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A damaged database file (SQLite's own error) becomes one DataError naming the file."""
 
@@ -148,47 +130,10 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(self, *args, **kwargs)
         except DAMAGED as exc:
-            raise _sqlite_error(self.path, exc, "is damaged; restore it from a copy, or start a new store with "
+            raise sqlite_error(self.path, exc, "is damaged; restore it from a copy, or start a new store with "
                                 "--store") from None
 
     return wrapper
-
-
-def _check_existing(path: Path) -> sqlite3.Connection:
-    """A read-only connection to ``path`` once it is known to be a dipnet store (nothing written
-    before that); anything else is refused, unchanged."""
-    if not path.is_file():
-        raise ConfigError(f"{path} is not a file; give a run store file with --store")
-    with open(path, "rb") as fh:
-        head = fh.read(len(_HEADER))
-    if not head:
-        raise DataError(f"{path} is an empty file, not a dipnet run store; dipnet will not turn it into one: delete "
-                        "it or choose another --store")
-    if head != _HEADER:
-        raise DataError(f"{path} is not a dipnet run store (not an SQLite database); choose another --store")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
-            if {"runs", "meta"} <= tables else None
-    except BaseException:
-        conn.close()
-        raise
-    if row is None:
-        conn.close()
-        raise DataError(f"{path} is an SQLite database that dipnet did not write (no run tables); dipnet will not "
-                        "change it: choose another --store")
-    if str(row[0]) != str(SCHEMA_VERSION):
-        conn.close()
-        raise DataError(f"{path}: run store schema {row[0]}, this dipnet reads {SCHEMA_VERSION}")
-    return conn
-
-
-def _needs_migration(conn: sqlite3.Connection) -> bool:
-    """Whether the store predates suite members or row checksums."""
-    has_members = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='members'").fetchone()
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-    return has_members is None or "checksum" not in columns
 
 
 class RunStore:
@@ -200,19 +145,20 @@ class RunStore:
             raise ConfigError(f"no run store at {self.path}; run `dipnet compare SUITE.toml --store {self.path}` first")
         try:
             if self.path.exists():
-                self.conn = _check_existing(self.path)
-                if create or _needs_migration(self.conn):
+                self.conn = open_existing(self.path)
+                tables, columns = layout(self.conn)
+                if create or "members" not in tables or "checksum" not in columns:  # an older store: brought up to date
                     self.conn.close()
                     self._open_for_writing()
                     if not create:
                         self.conn.close()
-                        self.conn = _check_existing(self.path)
+                        self.conn = open_existing(self.path)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._open_for_writing()
             self.conn.execute("PRAGMA busy_timeout=30000")
         except DAMAGED as exc:
-            raise _sqlite_error(self.path, exc, "is not a dipnet run store") from None
+            raise sqlite_error(self.path, exc, "is not a dipnet run store") from None
 
     def _open_for_writing(self) -> None:
         """Connect read-write (WAL journal); create the tables, or bring an older store's up to date."""
@@ -221,20 +167,17 @@ class RunStore:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=30000")
         with self._tx():
-            had_members = self.conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='members'").fetchone() is not None
-            had_runs = self.conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone() is not None
-            if had_runs and "checksum" not in {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}:
+            tables, columns = layout(self.conn)
+            if "runs" in tables and "checksum" not in columns:
                 self.conn.execute("ALTER TABLE runs ADD COLUMN checksum TEXT")  # a store from before checksums
                 for row in self.conn.execute(f"SELECT {', '.join(_SEALED)} FROM runs").fetchall():
-                    self.conn.execute("UPDATE runs SET checksum=? WHERE key=?", (_checksum(row), row[0]))
+                    self.conn.execute("UPDATE runs SET checksum=? WHERE key=?", (checksum(row), row[0]))
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self.conn.execute(stmt)
             if self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None:
                 self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            if not had_members:  # a store written before suites had explicit members: use the row labels
+            if "members" not in tables:  # a store written before suites had explicit members: use the row labels
                 self.conn.execute("INSERT OR IGNORE INTO members SELECT suite, key, task, method, seed FROM runs")
 
     # -- plumbing
@@ -270,7 +213,7 @@ class RunStore:
             return False
         values = dict(zip(_RUN_COLUMNS, self._verified(row)))
         values.update(fields)
-        values["checksum"] = _checksum(values[c] for c in _SEALED)
+        values["checksum"] = checksum(values[c] for c in _SEALED)
         names = [c for c in _RUN_COLUMNS if c != "key"]
         self.conn.execute(f"UPDATE runs SET {', '.join(f'{c}=?' for c in names)} WHERE key=?",
                           (*(values[c] for c in names), key))
@@ -306,7 +249,7 @@ class RunStore:
         for s in specs:
             blob = json.dumps(s.to_dict(), sort_keys=True)
             if not self._update(s.key, suite=s.suite, task=s.task, method=s.method, seed=s.seed, config=blob):
-                sealed = _checksum((s.key, s.suite, s.task, s.method, s.seed, "pending", blob, None, None))
+                sealed = checksum((s.key, s.suite, s.task, s.method, s.seed, "pending", blob, None, None))
                 self.conn.execute(
                     "INSERT INTO runs (key, suite, task, method, seed, status, config, created, checksum) "
                     "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
@@ -340,17 +283,14 @@ class RunStore:
                 reset.append(key)
         return reset
 
-    def _status(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT status FROM runs WHERE key=?", (key,)).fetchone()
-        return None if row is None else row[0]
-
     @_guarded
     def reset(self, keys: Iterable[str], statuses: tuple[str, ...] = ("done", "failed")) -> int:
         """Mark the given runs ``pending`` again (to retrain them) if their status is in ``statuses``."""
         n = 0
+        marks = ",".join("?" * len(statuses))
         with self._tx():
             for key in keys:
-                if self._status(key) in statuses:
+                if self.conn.execute(f"SELECT 1 FROM runs WHERE key=? AND status IN ({marks})", (key, *statuses)).fetchone():
                     n += self._update(key, status="pending", owner=None, error=None)
         return n
 
@@ -381,7 +321,7 @@ class RunStore:
     def _verified(self, row: tuple) -> tuple:
         """``row`` (every column of :data:`_RUN_COLUMNS`) once its checksum matches."""
         values = dict(zip(_RUN_COLUMNS, row))
-        if values["checksum"] != _checksum(values[c] for c in _SEALED):
+        if values["checksum"] != checksum(values[c] for c in _SEALED):
             raise DataError(f"{self.path}: run {values['key']} ({values['suite']} / {values['task']} / "
                             f"{values['method']} / seed {values['seed']}) has a damaged record: it does not match its "
                             "checksum (it was changed outside dipnet); restore the store from a copy, or start a new "

@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 from ..engine import load_run
+from ..engine.files import write_output
+from ..engine.rundir import check_result_files
 from ..measure import MEASURES, measure_model
 
 from ._common import add_threads_argument, apply_threads
+
+FORMAT = "dipnet-measures-1"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,20 +40,22 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     run_ = load_run(args.run_dir)
     out_path = Path(args.out) if args.out else Path(run_.run_dir) / "measures.json"
+    check_result_files(out_path, FORMAT, ["landscape.png"] if "landscape" in args.what else [])
     result = measure_model(
         run_.model, run_.dataset, names=args.what, n_examples=args.n, seed=args.seed,
         smoothed_samples=args.smoothed, trajectories=args.trajectories, points=args.points,
         out_dir=out_path.parent,
     )
-    result = {"run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,
+    result = {"format": FORMAT, "run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,
               "method": run_.method.name, **result}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
+    write_output(out_path, json.dumps(result, indent=2).encode())
     print(f"{result['run_dir']}: {result['method']} {result['model']} on {result['data']}, {result['n_examples']} test points")
-    if "jacobian" in result:
-        j = result["jacobian"]
-        print(f"  Jacobian ||d softmax/dx||_F: mean {j['mean']:.4g} (train {j['train_mean']:.4g}), "
-              f"Spearman vs loss {j['spearman_vs_loss']:.3f}")
+    smoothed = f" of the smoothed net ({args.smoothed} samples)"
+    for key, what in (("jacobian", ""), ("jacobian_smoothed", smoothed)):
+        if key in result:
+            j = result[key]
+            print(f"  Jacobian ||d softmax/dx||_F{what}: mean {j['mean']:.4g} (train {j['train_mean']:.4g}), "
+                  f"Spearman vs loss {j['spearman_vs_loss']:.3f}")
     if "regions" in result and "skipped" not in result["regions"]:
         r = result["regions"]
         print("  transitions per unit length: " + ", ".join(f"{k} {v['flips_per_length_mean']:.4g}" for k, v in r.items()))
@@ -57,10 +63,16 @@ def run(args: argparse.Namespace) -> int:
         l = result["lipschitz"]
         flag = "" if l["upper_verified"] else " (not a bound: " + l["reason"] + ")"
         print(f"  Lipschitz: lower {l['lower']:.4g}, upper {l['upper']:.4g}{flag}")
-    if "curvature" in result:
-        print(f"  input curvature: mean {result['curvature']['mean']:.4g}")
+    if "lipschitz_smoothed" in result:
+        l = result["lipschitz_smoothed"]
+        print(f"  Lipschitz lower bound of the log-probabilities{smoothed}: {l['lower_log_probs']:.4g} "
+              f"(deterministic net {l['lower_log_probs_deterministic']:.4g})")
+    for key, what in (("curvature", ""), ("curvature_smoothed", smoothed)):
+        if key in result:
+            print(f"  input curvature{what}: mean {result[key]['mean']:.4g}")
     if "sharpness" in result:
         s = result["sharpness"]
         print(f"  sharpness: top eigenvalue {s['top_eigenvalue']:.4g}, trace {s['trace']:.4g}")
-    print(f"wrote {out_path}")
+    plot = (result.get("landscape") or {}).get("plot")
+    print(f"wrote {out_path}" + (f", {plot}" if plot else ""))
     return 0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+FORMAT = "dipnet-robust-1"
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -53,10 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     from ..engine import load_run
+    from ..engine.files import write_output
+    from ..engine.rundir import check_result_files
     from ..robust import evaluate_robustness
 
     run_ = load_run(args.run_dir)
     out_path = Path(args.out) if args.out else Path(run_.run_dir) / "robust.json"
+    check_result_files(out_path, FORMAT, ["robust_eps.png", "robust_severity.png"])
     result = evaluate_robustness(
         run_.model, run_.dataset, attacks=_names(args.attacks),
         eps=None if args.eps is None else _floats(args.eps), norm=args.norm, pgd_steps=args.steps,
@@ -64,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
         shifted=not args.no_shift, n_examples=args.n, seed=args.seed, mode=args.mode, eot_samples=args.eot,
         out_dir=out_path.parent,
     )
-    result = {"run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,
+    result = {"format": FORMAT, "run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,
               "method": run_.method.name, **result}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
+    write_output(out_path, json.dumps(result, indent=2).encode())
     print(f"{result['run_dir']}: {result['method']} {result['model']} on {result['data']}, "
           f"{result['n_examples']} test points, clean acc {100 * result['clean_acc']:.2f}%")
     adv = result["adversarial"]

@@ -125,20 +125,25 @@ def content_digest(tensors: dict[str, torch.Tensor], text: str = "") -> str:
     return h.hexdigest()
 
 
-def _read(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, its checksum verified (when it has one)."""
+_RESTART = "delete it (the run then restarts from its previous files, or from scratch)"
+
+
+def _read(path: Path, what: str, fix: str = _RESTART) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, its checksum verified (when it has one); an
+    error names ``fix``."""
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise DataError(f"{what} {path} cannot be read (permission denied); make it readable") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(f"{what} {path} is damaged or not a safetensors file ({exc}); delete it to start over") from None
+        raise DataError(f"{what} {path} is damaged or not a safetensors file ({exc}); {fix}") from None
     stated = meta.get("sha256")
     if stated is not None and stated != content_digest(tensors, meta.get("state", "")):
-        raise DataError(f"{what} {path} is corrupted: its contents do not match its checksum; delete it "
-                        "(the run then restarts from its previous files, or from scratch)")
+        raise DataError(f"{what} {path} is corrupted: its contents do not match its checksum; {fix}")
     return tensors, meta
 
 
@@ -169,9 +174,9 @@ def save_weights(path: Path, model_state: dict[str, torch.Tensor], metadata: dic
     save_tensors_atomic(path, tensors, {**(metadata or {}), "sha256": content_digest(tensors)})
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Weights written by :func:`save_weights`, checksum verified."""
-    return _read(Path(path), "weights file")[0]
+def load_weights(path: Path, fix: str = _RESTART) -> dict[str, torch.Tensor]:
+    """Weights written by :func:`save_weights`, checksum verified (an error names ``fix``)."""
+    return _read(Path(path), "weights file", fix)[0]
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from ..errors import DataError
 from .checkpoint import load_checkpoint, load_weights
 from ..methods import Method
 from .config import TrainConfig
+from .rundir import check_training_record
 from .setup import ModelArg, prepare
 
 
@@ -56,6 +57,7 @@ def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: Mode
     """
     run_dir = Path(run_dir)
     record = read_record(run_dir)
+    check_training_record(record, run_dir)
     cfg = TrainConfig.from_dict(record["config"])
     dataset, model, method = prepare(cfg, dataset, model)
     weights = run_dir / "model.safetensors"

@@ -5,12 +5,14 @@ Layout::
     run.json                  status, config, run info, history, final metrics (JSON)
     checkpoint.safetensors    latest end-of-epoch state (weights + optimizer + RNG), for resuming
     model.safetensors         final weights (plain safetensors)
-    .dipnet.lock              held (flock) by the process writing the run
+    .dipnet.lock              held (flock) by the process writing the run, removed when it ends
 
-:class:`RunDirectory` owns these files: it takes the lock (a second writer is refused), refuses a
-folder that holds something other than a dipnet run, resumes from the checkpoint (refusing one
-written for another config or other data), writes the record after every change of status and
-the checkpoint after every epoch, each atomically and checksummed. ``overwrite`` deletes only the
+:class:`RunDirectory` owns these files: it takes the lock (a second writer is refused; the lock is
+opened with ``O_NOFOLLOW``, so a link there is refused, never written through), refuses a folder
+that holds something other than a dipnet run, resumes from the checkpoint (refusing one written
+for another config or other data, and a finished run whose final weights fail their checksum),
+writes the record after every change of status and the checkpoint after every epoch, each
+atomically (a temporary file renamed over the old one) and checksummed. ``overwrite`` deletes only the
 files dipnet writes, never the folder's other contents. With no directory every write is skipped;
 so is every write of a data-parallel rank other than 0 (``writer=False``), which only reads.
 """
@@ -23,15 +25,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..data import Dataset
 from ..errors import ConfigError, DataError, DivergenceError
-from .checkpoint import atomic_write_json, load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
+from .checkpoint import (atomic_write_json, load_checkpoint, load_weights, rng_state, save_checkpoint, save_weights,
+                         set_rng_state)
 from .config import RunConfig
+from .files import check_output, json_format, open_no_follow, refuse_link
 
 RUN_FORMAT = "dipnet-run-1"
 LOCK = ".dipnet.lock"
@@ -59,6 +63,42 @@ def is_run_record(path: Path) -> bool:
         return False
     return isinstance(record, dict) and isinstance(record.get("config"), dict) and "status" in record \
         and record.get("format", RUN_FORMAT) == RUN_FORMAT
+
+
+def check_training_record(record: dict[str, Any], run_dir: str | Path) -> None:
+    """A fine-tuning run (its config names a task) cannot be loaded as a training run: say which it is."""
+    config = record.get("config") if isinstance(record, dict) else None
+    if isinstance(config, dict) and "task" in config:
+        raise ConfigError(f"{run_dir} is a fine-tuning run (task {config['task']}, model {config.get('model')}): "
+                          "eval, measure and robust read training runs; `dipnet finetune` with the same options and "
+                          f"--out {run_dir} re-evaluates it")
+
+
+def in_run_directory(path: str | Path) -> bool:
+    """Whether ``path`` is one of dipnet's own files in a dipnet run directory."""
+    path = Path(path)
+    return path.name in OWN_FILES and is_run_record(path.parent / "run.json")
+
+
+def _plot_names(value: Any) -> set[str]:
+    """The file names of every ``.png`` path a JSON result names."""
+    if isinstance(value, dict):
+        return set().union(*map(_plot_names, value.values()))
+    if isinstance(value, list):
+        return set().union(*map(_plot_names, value))
+    return {Path(value).name} if isinstance(value, str) and value.endswith(".png") else set()
+
+
+def check_result_files(path: str | Path, fmt: str, plots: Iterable[str] = ()) -> None:
+    """Refuse to write the JSON result ``path`` (format ``fmt``) and the plots ``plots`` beside it
+    through a link or over a file dipnet did not write. A file is dipnet's when it is one of its own
+    in a run directory, or (the JSON) carries ``fmt``, or (a plot) is named by that JSON."""
+    path = Path(path)
+    ours = not path.is_symlink() and json_format(path) == fmt
+    check_output(path, ours or in_run_directory(path))
+    named = _plot_names(json.loads(path.read_text(encoding="utf-8"))) if ours else set()
+    for name in plots:
+        check_output(path.parent / name, name in named or in_run_directory(path.parent / name))
 
 
 @dataclass
@@ -101,8 +141,15 @@ class RunDirectory:
             return
         if not path.is_dir():
             raise ConfigError(f"--out {path} is a file, not a directory; choose another --out")
+        for name in OWN_FILES:
+            refuse_link(path / name, "delete the link or choose another --out")
         record = path / "run.json"
         if record.exists() and not is_run_record(record):
+            try:
+                json.loads(record.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise DataError(f"{record} is damaged (not valid JSON: {exc}); dipnet cannot tell whose run it is: "
+                                "restore it or choose another --out") from None
             raise ConfigError(f"{path} holds a run.json that dipnet did not write; choose another --out")
         if not record.exists() and any(p.name != LOCK for p in path.iterdir()):
             what = "delete" if overwrite else "use"
@@ -111,22 +158,40 @@ class RunDirectory:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the run's lock (released when the process ends, however it ends)."""
+        """Hold the run's lock (released when the process ends, however it ends; the file is
+        removed when the run ends)."""
         if self.path is None or not self.writer:
             yield
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        lock = self.path / LOCK
+        fd = self._lock(lock)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise ConfigError(f"{self.path} is being written by {holder}; wait for it or choose another --out") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
             yield
         finally:
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(fd), os.lstat(lock)):
+                    lock.unlink()
+            os.close(fd)
+
+    def _lock(self, lock: Path) -> int:
+        """A descriptor of ``lock`` (never a link's target) holding its flock. A holder that ends
+        removes the file: a lock taken on a file removed meanwhile is retried on the new one."""
+        while True:
+            fd = open_no_follow(lock, "delete the link or choose another --out")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise ConfigError(f"{self.path} is being written by {holder}; wait for it or choose another --out") from None
+            try:
+                if os.path.samestat(os.fstat(fd), os.lstat(lock)):
+                    return fd
+            except FileNotFoundError:
+                pass
             os.close(fd)
 
     def clear(self) -> list[str]:
@@ -141,7 +206,9 @@ class RunDirectory:
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState | None:
         """Load the checkpoint into ``model`` and ``optimizer`` and restore the generators;
-        None if there is none. A checkpoint of another config or other data is an error."""
+        None if there is none. A checkpoint of another config or other data is an error, and so
+        are final weights that fail their checksum (a rerun would report the run done over them)."""
+        self.check_final()
         ck = self.last_checkpoint()
         if ck is None:
             return None
@@ -176,6 +243,16 @@ class RunDirectory:
             return None
         record = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
         return record.get("final") if record.get("status") == "done" else None
+
+    def check_final(self) -> None:
+        """Verify the checksum of the final weights (model or adapters) the directory holds."""
+        if self.path is None:
+            return
+        for name in OWN_FILES:
+            p = self.path / name
+            if name.endswith(".safetensors") and p != self.checkpoint_path and p.is_file():
+                load_weights(p, "dipnet will not report the run done over it: rerun with --overwrite to train "
+                                "the run again")
 
     def record(self, status: str, state: TrainState, final: dict[str, Any] | None = None,
                error: str | None = None) -> None:

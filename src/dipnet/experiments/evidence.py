@@ -1,8 +1,11 @@
 """Stored evidence: every figure the README and docs/ quote is generated from a committed run store.
 
 A suite's runs are exported to ``docs/results/<suite>/runs.jsonl.gz`` (:func:`export_suite`: the
-suite's metadata, then one JSON line per run with its config and results), small enough to
-commit and complete enough to rebuild the store (:func:`import_suite`). In Markdown, a region
+suite's metadata, then one JSON line per run with its config and results, each line carrying the
+SHA-256 of its own content), small enough to commit and complete enough to rebuild the store
+(:func:`import_suite`, which verifies every line's checksum). An export from a store where some
+of the suite's runs are unfinished, or that lacks runs the existing export holds as done, does
+not replace that export unless ``allow_incomplete``. In Markdown, a region
 
     <!-- dipnet:begin table suite=comparison task=mnist1d-mlp -->
     ...generated...
@@ -20,6 +23,8 @@ sigma per layer), ``measures`` (instrument results per method, ``keys=a.b,c.d``)
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import json
 import math
 import re
@@ -29,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import DataError
+from ..engine.checkpoint import atomic_write_bytes
+from ..engine.files import refuse_link
+from ..errors import ConfigError, DataError
 from .claims import CLAIMS
 from .runspec import RunSpec
 from .stats import adjust, format_p, paired_compare, summarize
@@ -46,35 +53,81 @@ def export_path(root: Path, suite: str) -> Path:
     return Path(root) / RESULTS / suite / "runs.jsonl.gz"
 
 
-def export_suite(store_path: str | Path, suite: str, out: str | Path) -> Path:
-    """Write the suite's metadata and every run of it (done or failed) as gzip'd JSON lines."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with RunStore(store_path, create=False) as store:
-        meta = store.get_meta(f"suite:{suite}")
-        if meta is None:
-            raise DataError(f"{store_path} holds no suite {suite!r}; suites there: {', '.join(store.suites()) or 'none'}")
-        lines = [json.dumps({"format": EXPORT_FORMAT, "suite": suite, "meta": meta}, sort_keys=True)]
-        for r in store.runs(suite=suite):
-            lines.append(json.dumps({"key": r.key, "status": r.status, "spec": r.spec.to_dict(), "task": r.task,
-                                     "method": r.method, "seed": r.seed, "results": r.results, "error": r.error},
-                                    sort_keys=True, allow_nan=True))
-    # mtime 0: the same runs give the same bytes, so an unchanged export makes no diff
-    with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as fh:
-        fh.write(("\n".join(lines) + "\n").encode())
-    return out
+def _sealed(record: dict[str, Any]) -> str:
+    """One export line: ``record`` and the SHA-256 of its canonical JSON (``sha256``)."""
+    text = json.dumps(record, sort_keys=True, allow_nan=True)
+    return json.dumps({**record, "sha256": hashlib.sha256(text.encode()).hexdigest()}, sort_keys=True, allow_nan=True)
 
 
-def import_suite(path: str | Path, store_path: str | Path) -> str:
-    """Rebuild a suite's runs from an export into the store at ``store_path``; returns the suite name."""
+def read_export(path: str | Path, verify: bool = True) -> list[dict[str, Any]]:
+    """The lines of an export (header first), each checksum verified (unless not ``verify``); a
+    damaged line is an error naming its run."""
     path = Path(path)
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
     except (OSError, EOFError, ValueError) as exc:
         raise DataError(f"{path} is not a readable suite export ({exc})") from None
-    if not rows or rows[0].get("format") != EXPORT_FORMAT:
+    if not rows or not isinstance(rows[0], dict) or rows[0].get("format") != EXPORT_FORMAT:
         raise DataError(f"{path} is not a dipnet suite export (format {EXPORT_FORMAT})")
+    for i, row in enumerate(rows if verify else []):
+        record = {k: v for k, v in row.items() if k != "sha256"} if isinstance(row, dict) else row
+        if not isinstance(row, dict) or _sealed(record) != json.dumps(row, sort_keys=True, allow_nan=True):
+            what = "its header" if i == 0 else (f"run {row.get('key')} ({row.get('task')} / {row.get('method')} / seed "
+                                                f"{row.get('seed')})" if isinstance(row, dict) else f"line {i + 1}")
+            raise DataError(f"{path}: {what} does not match its checksum (changed after export); restore the file "
+                            "from git, or export the suite again from its store")
+    return rows
+
+
+def _incomplete(store: RunStore, suite: str, out: Path) -> str | None:
+    """Why the store's runs of ``suite`` should not replace the export at ``out`` (None: they may)."""
+    runs = store.runs(suite=suite)
+    unfinished = [r for r in runs if r.status not in ("done", "failed")]
+    if unfinished:
+        return f"{len(unfinished)} of its {len(runs)} runs are not finished"
+    if not out.exists():
+        return None
+    done = {r.key for r in runs if r.status == "done"}
+    try:
+        before = read_export(out, verify=False)[1:]  # a damaged export may be replaced: that is its fix
+    except DataError:
+        return None
+    lost = [row.get("key") for row in before if isinstance(row, dict) and row.get("status") == "done"
+            and row.get("key") not in done]
+    return f"{len(lost)} run(s) done in {out} are missing or not done in it" if lost else None
+
+
+def export_suite(store_path: str | Path, suite: str, out: str | Path, *, allow_incomplete: bool = False) -> Path:
+    """Write the suite's metadata and every run of it (done or failed) as gzip'd JSON lines, each
+    with its checksum. An existing export is replaced only by the suite's finished runs, all it
+    held as done included, unless ``allow_incomplete``."""
+    out = Path(out)
+    with RunStore(store_path, create=False) as store:
+        meta = store.get_meta(f"suite:{suite}")
+        if meta is None:
+            raise DataError(f"{store_path} holds no suite {suite!r}; suites there: {', '.join(store.suites()) or 'none'}")
+        why = None if allow_incomplete else _incomplete(store, suite, out)
+        if why and out.exists():
+            raise ConfigError(f"{store_path} is incomplete for suite {suite!r} ({why}); it will not replace {out}: "
+                              "finish the suite first, or pass --allow-incomplete")
+        lines = [_sealed({"format": EXPORT_FORMAT, "suite": suite, "meta": meta})]
+        for r in store.runs(suite=suite):
+            lines.append(_sealed({"key": r.key, "status": r.status, "spec": r.spec.to_dict(), "task": r.task,
+                                  "method": r.method, "seed": r.seed, "results": r.results, "error": r.error}))
+    buf = io.BytesIO()
+    # mtime 0: the same runs give the same bytes, so an unchanged export makes no diff
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as fh:
+        fh.write(("\n".join(lines) + "\n").encode())
+    refuse_link(out, "choose another --root")
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def import_suite(path: str | Path, store_path: str | Path) -> str:
+    """Rebuild a suite's runs from an export (every line's checksum verified) into the store at
+    ``store_path``; returns the suite name."""
+    rows = read_export(path)
     suite, meta = rows[0]["suite"], rows[0]["meta"]
     with RunStore(store_path) as store:
         store.set_meta(f"suite:{suite}", meta)
@@ -307,11 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.add_argument("--store", help="export: the run store to export from")
     p.add_argument("--suite", help="export: the suite to export")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="export: replace the committed export even from a store with unfinished or fewer runs")
     args = p.parse_args(argv)
     if args.action == "export":
         if not (args.store and args.suite):
             p.error("export needs --store and --suite")
-        print(export_suite(args.store, args.suite, export_path(Path(args.root), args.suite)))
+        try:
+            print(export_suite(args.store, args.suite, export_path(Path(args.root), args.suite),
+                               allow_incomplete=args.allow_incomplete))
+        except (ConfigError, DataError) as exc:
+            print(f"export: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     try:
         problems = check(args.root, write=args.action == "write")

@@ -72,6 +72,14 @@ def fig_accuracy(table: TaskTable) -> bytes:
     return _png(fig)
 
 
+def _count(value: float, _pos: Any = None) -> str:
+    """A tick label that stays short: 140000 -> 140k, 2500000 -> 2.5M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g}{suffix}"
+    return f"{value:.4g}"
+
+
 def _integer_ticks(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -134,6 +142,10 @@ def fig_accuracy_per_time(table: TaskTable) -> bytes | None:
         return None
     axes[0].set_xlabel("training wall time (s)")
     axes[1].set_xlabel("example-gradients (equal costs offset by 1.5% each)")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axes[1].xaxis.set_major_locator(MaxNLocator(nbins=5))
+    axes[1].xaxis.set_major_formatter(FuncFormatter(_count))
     axes[0].set_ylabel("test accuracy (%)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     fig.suptitle(f"{table.task}: accuracy per training cost", fontsize=9)

@@ -16,6 +16,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.files import check_output, refuse_link, write_output
 from ..errors import ConfigError
 from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, fig_measures, fig_sigma
 from .store import RunStore
@@ -61,27 +62,55 @@ def _environment(store: RunStore) -> list[tuple[str, str]]:
     return items
 
 
-def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | None = None) -> ReportFiles:
-    """Write ``report.md`` (+ ``figures/*.png``) and a self-contained ``report.html`` into ``out_dir``."""
-    out = Path(out_dir)
+_TITLE = "dipnet comparison report"
+
+
+def _is_report(path: Path, mark: str) -> bool:
+    """Whether the file at ``path`` holds ``mark`` in its first kilobyte (dipnet's report title)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return mark in fh.read(1024)
+    except OSError:
+        return False
+
+
+def _check_folder(out: Path) -> None:
+    """Refuse a report folder that is a file, or a non-empty folder without dipnet's report, and
+    a report file there that is a link or that dipnet did not write."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"report folder {out} is a file; give a folder with -o")
+    md, html_file, figs = out / "report.md", out / "report.html", out / "figures"
+    for path in (md, html_file, figs):
+        refuse_link(path, "choose another -o")
+    if out.is_dir() and any(out.iterdir()) and not (md.is_file() and _is_report(md, f"# {_TITLE}")):
+        raise ConfigError(f"report folder {out} exists and holds no dipnet report (report.md); dipnet will not write "
+                          "into a folder it did not create (nor will --overwrite): choose another -o")
+    check_output(html_file, _is_report(html_file, f"<title>{_TITLE}</title>"), "-o")
+    if figs.exists() and not figs.is_dir():
+        raise ConfigError(f"{figs} is not a folder; choose another -o")
+
+
+def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | None = None) -> ReportFiles:
+    """Write ``report.md`` (+ ``figures/*.png``) and a self-contained ``report.html`` into ``out_dir``:
+    a new or empty folder, or one holding an earlier report (never through a link, never over a
+    file dipnet did not write)."""
+    out = Path(out_dir)
+    _check_folder(out)
     with RunStore(store_path, create=False) as store:
         names = store.suites()
         if not names:
             raise ConfigError(f"{store_path} holds no runs yet; run `dipnet compare SUITE --store {store_path}` first")
         if suite is not None and suite not in names:
             raise ConfigError(f"{store_path} holds no suite {suite!r}; suites there: {', '.join(names)}")
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    with RunStore(store_path, create=False) as store:
         tables = task_tables(store, suite)
         env = _environment(store)
         failed = store.runs(status="failed")
         pending = [r for r in store.runs() if r.status in ("pending", "running")]
         suites = {name: store.get_meta(f"suite:{name}", {}) or {} for name in ([suite] if suite else store.suites())}
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
 
-    md: list[str] = ["# dipnet comparison report", ""]
+    md: list[str] = [f"# {_TITLE}", ""]
     body: list[str] = []
     figures: list[Path] = []
     intro = (f"Store: `{Path(store_path).name}`. {STATISTICS_NOTE}")
@@ -124,7 +153,7 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
             if png is None:
                 continue
             path = fig_dir / f"{_slug(table.suite)}__{_slug(table.task)}__{_slug(name)}.png"
-            path.write_bytes(png)
+            write_output(path, png)
             figures.append(path)
             md += ["", f"![{table.task}: {name}](figures/{path.name})"]
             b64 = base64.b64encode(png).decode("ascii")
@@ -151,15 +180,15 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
                     f"<pre>{html.escape(text.strip())}</pre>")
 
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
-    html_path.write_text(_HTML.format(body="\n".join(body)), encoding="utf-8")
+    write_output(md_path, ("\n".join(md) + "\n").encode("utf-8"))
+    write_output(html_path, _HTML.format(title=_TITLE, body="\n".join(body)).encode("utf-8"))
     return ReportFiles(md_path, html_path, figures)
 
 
 _HTML = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>dipnet comparison report</title>
+<title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
@@ -174,7 +203,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 .note {{ color: #555; font-size: 0.9em; }}
 </style></head>
 <body>
-<h1>dipnet comparison report</h1>
+<h1>{title}</h1>
 {body}
 </body></html>
 """

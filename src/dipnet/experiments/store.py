@@ -1,5 +1,12 @@
 """The run store: one SQLite file (standard library ``sqlite3``, WAL journal) with a row per run.
 
+An existing file is first opened read-only and used only when it is a dipnet store (SQLite, with
+dipnet's tables and schema version): someone else's database, or an empty file, is refused and
+left as it was. ``create=False`` (reports, exports) keeps the connection read-only. Every row
+carries the SHA-256 of its record (labels, status, config, results, error), written with every
+change and verified on every read: a row changed outside dipnet is an error naming the run,
+never a silently different number.
+
 A row is keyed by :attr:`RunSpec.key` (the hash of the run's config) and moves through
 ``pending -> running -> done | failed``. Suites share runs of the same config (ERM at equal
 epochs and at equal example-gradients is one run); table ``members`` says which runs make up
@@ -22,9 +29,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigError, DataError
 from .runspec import RunSpec
+from .storefile import DAMAGED, SCHEMA_VERSION, checksum, layout, open_existing, sqlite_error
 
 STATUSES = ("pending", "running", "done", "failed")
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     owner     TEXT,
     created   REAL NOT NULL,
     started   REAL,
-    finished  REAL
+    finished  REAL,
+    checksum  TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_suite ON runs (suite, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,7 +63,8 @@ CREATE TABLE IF NOT EXISTS members (
 );
 """
 _RUN_COLUMNS = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error", "attempts",
-                "owner", "created", "started", "finished")
+                "owner", "created", "started", "finished", "checksum")
+_SEALED = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error")  # what the checksum covers
 
 
 @dataclass(frozen=True)
@@ -113,10 +122,6 @@ def owner_alive(owner: str | None) -> bool:
     return int(pid) != os.getpid() and _pid_alive(int(pid))
 
 
-# What reading a damaged file raises: SQLite's own error, or a stored text/JSON field that no longer decodes.
-DAMAGED = (sqlite3.DatabaseError, UnicodeDecodeError, json.JSONDecodeError)
-
-
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A damaged database file (SQLite's own error) becomes one DataError naming the file."""
 
@@ -125,8 +130,8 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(self, *args, **kwargs)
         except DAMAGED as exc:
-            raise DataError(f"{self.path} is damaged (SQLite says: {exc}); restore it from a copy, or start a new "
-                            "store with --store") from None
+            raise sqlite_error(self.path, exc, "is damaged; restore it from a copy, or start a new store with "
+                                "--store") from None
 
     return wrapper
 
@@ -136,29 +141,44 @@ class RunStore:
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        if not create and not self.path.exists():
             raise ConfigError(f"no run store at {self.path}; run `dipnet compare SUITE.toml --store {self.path}` first")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            if self.path.exists():
+                self.conn = open_existing(self.path)
+                tables, columns = layout(self.conn)
+                if create or "members" not in tables or "checksum" not in columns:  # an older store: brought up to date
+                    self.conn.close()
+                    self._open_for_writing()
+                    if not create:
+                        self.conn.close()
+                        self.conn = open_existing(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._open_for_writing()
             self.conn.execute("PRAGMA busy_timeout=30000")
-            with self._tx():
-                had_members = self.conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='members'").fetchone() is not None
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        self.conn.execute(stmt)
-                row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise DataError(f"{self.path}: run store schema {row[0]}, this dipnet reads {SCHEMA_VERSION}")
-                if not had_members:  # a store written before suites had explicit members: use the row labels
-                    self.conn.execute("INSERT OR IGNORE INTO members SELECT suite, key, task, method, seed FROM runs")
         except DAMAGED as exc:
-            raise DataError(f"{self.path} is not a dipnet run store (SQLite says: {exc})") from None
+            raise sqlite_error(self.path, exc, "is not a dipnet run store") from None
+
+    def _open_for_writing(self) -> None:
+        """Connect read-write (WAL journal); create the tables, or bring an older store's up to date."""
+        self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        with self._tx():
+            tables, columns = layout(self.conn)
+            if "runs" in tables and "checksum" not in columns:
+                self.conn.execute("ALTER TABLE runs ADD COLUMN checksum TEXT")  # a store from before checksums
+                for row in self.conn.execute(f"SELECT {', '.join(_SEALED)} FROM runs").fetchall():
+                    self.conn.execute("UPDATE runs SET checksum=? WHERE key=?", (checksum(row), row[0]))
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+            if self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None:
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if "members" not in tables:  # a store written before suites had explicit members: use the row labels
+                self.conn.execute("INSERT OR IGNORE INTO members SELECT suite, key, task, method, seed FROM runs")
 
     # -- plumbing
     def _tx(self) -> "_Transaction":
@@ -185,6 +205,20 @@ class RunStore:
         return default if row is None else json.loads(row[0])
 
     # -- writing
+    def _update(self, key: str, **fields: Any) -> bool:
+        """Change one row (inside a transaction): its checksum verified first, then renewed; False
+        if there is no such row."""
+        row = self.conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return False
+        values = dict(zip(_RUN_COLUMNS, self._verified(row)))
+        values.update(fields)
+        values["checksum"] = checksum(values[c] for c in _SEALED)
+        names = [c for c in _RUN_COLUMNS if c != "key"]
+        self.conn.execute(f"UPDATE runs SET {', '.join(f'{c}=?' for c in names)} WHERE key=?",
+                          (*(values[c] for c in names), key))
+        return True
+
     @_guarded
     def add(self, specs: Iterable[RunSpec]) -> int:
         """Insert runs not yet in the store as ``pending`` and make them members of their suites;
@@ -214,15 +248,12 @@ class RunStore:
         new = 0
         for s in specs:
             blob = json.dumps(s.to_dict(), sort_keys=True)
-            cur = self.conn.execute(
-                "UPDATE runs SET suite=?, task=?, method=?, seed=?, config=? WHERE key=?",
-                (s.suite, s.task, s.method, s.seed, blob, s.key),
-            )
-            if cur.rowcount == 0:
+            if not self._update(s.key, suite=s.suite, task=s.task, method=s.method, seed=s.seed, config=blob):
+                sealed = checksum((s.key, s.suite, s.task, s.method, s.seed, "pending", blob, None, None))
                 self.conn.execute(
-                    "INSERT INTO runs (key, suite, task, method, seed, status, config, created) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (s.key, s.suite, s.task, s.method, s.seed, blob, now),
+                    "INSERT INTO runs (key, suite, task, method, seed, status, config, created, checksum) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    (s.key, s.suite, s.task, s.method, s.seed, blob, now, sealed),
                 )
                 new += 1
             self.conn.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
@@ -248,7 +279,7 @@ class RunStore:
                         f"{self.path} is in use: run {key} is being trained by process {owner}; "
                         "wait for it or stop it first"
                     )
-                self.conn.execute("UPDATE runs SET status='pending', owner=NULL WHERE key=?", (key,))
+                self._update(key, status="pending", owner=None)
                 reset.append(key)
         return reset
 
@@ -259,45 +290,49 @@ class RunStore:
         marks = ",".join("?" * len(statuses))
         with self._tx():
             for key in keys:
-                cur = self.conn.execute(
-                    f"UPDATE runs SET status='pending', owner=NULL, error=NULL WHERE key=? AND status IN ({marks})",
-                    (key, *statuses),
-                )
-                n += cur.rowcount
+                if self.conn.execute(f"SELECT 1 FROM runs WHERE key=? AND status IN ({marks})", (key, *statuses)).fetchone():
+                    n += self._update(key, status="pending", owner=None, error=None)
         return n
 
     @_guarded
     def claim(self, key: str, owner: str | None = None) -> bool:
         """Atomically move a ``pending`` run to ``running``; False if it was not pending."""
         with self._tx():
-            cur = self.conn.execute(
-                "UPDATE runs SET status='running', owner=?, started=?, attempts=attempts+1 "
-                "WHERE key=? AND status='pending'",
-                (owner or owner_id(), time.time(), key),
-            )
-            return cur.rowcount == 1
+            row = self.conn.execute("SELECT status, attempts FROM runs WHERE key=?", (key,)).fetchone()
+            if row is None or row[0] != "pending":
+                return False
+            return self._update(key, status="running", owner=owner or owner_id(), started=time.time(),
+                                attempts=row[1] + 1)
 
     @_guarded
     def finish(self, key: str, results: dict[str, Any]) -> None:
         """Record a finished run's results (final metrics, history, environment)."""
         with self._tx():
-            self.conn.execute(
-                "UPDATE runs SET status='done', results=?, error=NULL, owner=NULL, finished=? WHERE key=?",
-                (json.dumps(results, allow_nan=True), time.time(), key),
-            )
+            self._update(key, status="done", results=json.dumps(results, allow_nan=True), error=None, owner=None,
+                         finished=time.time())
 
     @_guarded
     def fail(self, key: str, error: str, results: dict[str, Any] | None = None) -> None:
         with self._tx():
-            self.conn.execute(
-                "UPDATE runs SET status='failed', error=?, results=?, owner=NULL, finished=? WHERE key=?",
-                (error, None if results is None else json.dumps(results), time.time(), key),
-            )
+            self._update(key, status="failed", error=error, results=None if results is None else json.dumps(results),
+                         owner=None, finished=time.time())
 
     # -- reading
-    def _record(self, row: tuple) -> RunRecord:
+    def _verified(self, row: tuple) -> tuple:
+        """``row`` (every column of :data:`_RUN_COLUMNS`) once its checksum matches."""
+        values = dict(zip(_RUN_COLUMNS, row))
+        if values["checksum"] != checksum(values[c] for c in _SEALED):
+            raise DataError(f"{self.path}: run {values['key']} ({values['suite']} / {values['task']} / "
+                            f"{values['method']} / seed {values['seed']}) has a damaged record: it does not match its "
+                            "checksum (it was changed outside dipnet); restore the store from a copy, or start a new "
+                            "store with --store")
+        return row
+
+    def _record(self, row: tuple, labels: tuple | None = None) -> RunRecord:
+        """A verified row as a :class:`RunRecord`, under ``labels`` (suite, task, method, seed) if given."""
         (key, suite, task, method, seed, status, config, results, error, attempts, owner, created, started,
-         finished) = row
+         finished, _) = self._verified(row)
+        suite, task, method, seed = labels or (suite, task, method, seed)
         try:
             spec = RunSpec.from_dict(json.loads(config))
             decoded = None if results is None else json.loads(results)
@@ -312,18 +347,19 @@ class RunStore:
     def runs(self, *, suite: str | None = None, status: str | None = None,
              keys: Iterable[str] | None = None) -> list[RunRecord]:
         """Runs in insertion order, optionally filtered; ``suite``: that suite's runs, with its labels."""
+        cols = ", ".join(f"r.{c}" for c in _RUN_COLUMNS)
         if suite is None:  # every run under its latest labels
-            sql, args, order = "SELECT * FROM runs r WHERE 1=1", [], " ORDER BY r.rowid"
+            sql, args, order = f"SELECT {cols} FROM runs r WHERE 1=1", [], " ORDER BY r.rowid"
         else:  # the suite's members under the suite's labels
-            cols = ", ".join(f"m.{c}" if c in ("suite", "task", "method", "seed") else f"r.{c}" for c in _RUN_COLUMNS)
-            sql, args = f"SELECT {cols} FROM members m JOIN runs r ON r.key = m.key WHERE m.suite=?", [suite]
-            order = " ORDER BY m.rowid"
+            sql = f"SELECT {cols}, m.suite, m.task, m.method, m.seed FROM members m JOIN runs r ON r.key = m.key WHERE m.suite=?"
+            args, order = [suite], " ORDER BY m.rowid"
         if status is not None:
             if status not in STATUSES:
                 raise ConfigError(f"unknown run status {status!r}; choose one of: {', '.join(STATUSES)}")
             sql += " AND r.status=?"
             args.append(status)
-        rows = [self._record(r) for r in self.conn.execute(sql + order, args)]
+        n = len(_RUN_COLUMNS)
+        rows = [self._record(r[:n], r[n:] or None) for r in self.conn.execute(sql + order, args)]
         if keys is not None:
             wanted = set(keys)
             rows = [r for r in rows if r.key in wanted]
@@ -331,7 +367,7 @@ class RunStore:
 
     @_guarded
     def get(self, key: str) -> RunRecord | None:
-        row = self.conn.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
+        row = self.conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE key=?", (key,)).fetchone()
         return None if row is None else self._record(row)
 
     @_guarded

@@ -69,7 +69,8 @@ class TaskTable:
 
 
 def describe_setting(runs: list[RunRecord]) -> str:
-    """"mnist1d, mnist1d-mlp; adamw lr 0.01 cosine, batch 100, 40 epochs" from a task's run configs."""
+    """"mnist1d, mnist1d-mlp; adamw lr 0.01 cosine, batch 100, 40 epochs" from a task's run configs (a
+    fine-tuning run's: "chain_sum, smollm2-135m; adamw lr 0.001 constant, batch 8, 40 steps, LoRA r 8")."""
     cfgs = [r.spec.config for r in runs if r.spec.config]
     if not cfgs:
         return ""
@@ -81,8 +82,11 @@ def describe_setting(runs: list[RunRecord]) -> str:
             ep = f", {counts[0]} {unit}" if len(counts) == 1 else f", {counts[0]}-{counts[-1]} {unit}"
             break
     wd = f", weight decay {c['weight_decay']:g}" if c.get("weight_decay") else ""
-    return (f"{c.get('data')}, {c.get('model')}; {c.get('optimizer')} lr {c.get('lr'):g} {c.get('schedule')}, "
-            f"batch {c.get('batch_size')}{ep}{wd}")
+    lora = f", LoRA r {c['lora_r']}" if c.get("lora_r") else ""  # fine-tuning: a task, AdamW, LoRA adapters
+    optimizer = c.get("optimizer") or ("adamw" if lora else None)
+    lr = f"lr {c['lr']:g}" if isinstance(c.get("lr"), (int, float)) else None
+    recipe = " ".join(x for x in (optimizer, lr, c.get("schedule")) if x)
+    return (f"{c.get('data') or c.get('task')}, {c.get('model')}; {recipe}, batch {c.get('batch_size')}{ep}{wd}{lora}")
 
 
 def _ordered(found: list[str], preferred: list[str]) -> list[str]:

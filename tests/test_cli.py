@@ -164,16 +164,16 @@ def test_every_flag_in_the_docs_exists():
     hyperparameter (``--field`` or ``--component.field``)."""
     import dataclasses
 
-    from dipnet.methods import component_class, method_names
+    from dipnet.methods import METHODS
 
     parser = build_parser()
     accepted = {s for a in parser._actions for s in a.option_strings}
     for sub in parser._subparsers._group_actions[0].choices.values():
         accepted |= {s for a in sub._actions for s in a.option_strings}
-    for name in method_names():
+    for name in METHODS.names():
         if name == "erm":
             continue
-        for f in dataclasses.fields(component_class(name)):
+        for f in dataclasses.fields(METHODS.get(name)):
             for form in (f.name, f.name.replace("_", "-")):
                 accepted |= {f"--{form}", f"--{name}.{form}"}
     missing = sorted(_documented_flags() - accepted - FOREIGN_FLAGS - _script_flags())

@@ -16,14 +16,14 @@ FLAG_SKIP = ("task_kwargs", "out")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..llm import FinetuneConfig, llm_names
+    from ..llm import LLMS, FinetuneConfig
 
     p = sub.add_parser(
         "finetune",
         help="fine-tune a language model with LoRA: SFT, DIPNet or NEFTune",
         description="LoRA fine-tuning of a causal language model on a reasoning-gym task, evaluated by "
         "greedy decoding and reasoning-gym's scorer (exact match). Models: "
-        + ", ".join(f"{n} ({d})" for n, d in llm_names().items()) + ", or a local folder. Needs the [llm] extra. "
+        + ", ".join(f"{n} ({d})" for n, d in LLMS.list().items()) + ", or a local folder. Needs the [llm] extra. "
         "Re-running the same command resumes an interrupted run.",
     )
     for name, (default, accepts, doc) in field_docs(FinetuneConfig).items():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..methods import method_fields, method_names
+from ..methods import METHODS
+from ..schema import field_docs
 from .train import trainer_flags
 
 
@@ -25,13 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    items = method_names()
+    items = METHODS.list()
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")
-        if name == "erm":
-            continue
-        for field, (default, accepts, doc) in method_fields(name)[name].items():
+        for field, (default, accepts, doc) in field_docs(METHODS.get(name)).items():
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             print(" " * (width + 2) + f"{cli_flag(name, field)} {shown}   ({accepts}) {doc}")
     return 0

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from ..engine import TrainConfig, train
 from ..engine.runinfo import run_info
 from ..schema import Limits, check
-from .instruments import MeasureFn, get_measure
+from .instruments import INSTRUMENTS, MeasureFn
 from .store import RunStore, owner_id
 from .runspec import RunSpec
 from .suite import Suite, load_suite
@@ -174,7 +174,7 @@ def run_suite(
     t0 = time.perf_counter()
     outcome = SuiteOutcome(suite.name, Path(store_path), len(specs), keys=keys)
     emit = on_event or (lambda kind, spec, info: None)
-    measures = {name: get_measure(name) for name in suite.measure}
+    measures = {name: INSTRUMENTS.get(name) for name in suite.measure}
 
     with RunStore(store_path) as store:
         store.set_meta(f"suite:{suite.name}", {

@@ -148,13 +148,13 @@ FOREIGN_FLAGS = {"--no-deps", "--standalone", "--nproc-per-node", "--upgrade", "
 
 
 def _script_flags() -> set[str]:
-    """Options of the repository's own scripts (benchmarks, experiment drivers), read from their source."""
+    """Options of the repository's own scripts (benchmarks, research scripts), read from their source."""
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     flags = set()
-    for p in [*root.glob("benchmarks/*.py"), *root.glob("docs/*.py"), *root.glob("src/dipnet/experiments/*.py")]:
+    for p in [*root.glob("benchmarks/*.py"), *root.glob("docs/*.py"), *root.glob("research/*.py")]:
         flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", p.read_text(encoding="utf-8")))
     return flags
 

@@ -8,8 +8,8 @@ commit and complete enough to rebuild the store (:func:`import_suite`). In Markd
     ...generated...
     <!-- dipnet:end -->
 
-is a *fragment*: :func:`render` regenerates it from the export. ``python -m
-dipnet.experiments.evidence check`` (``make docs-check``, run by ``make test``) fails on any
+is a *fragment*: :func:`render` regenerates it from the export. ``PYTHONPATH=src python
+research/evidence.py check`` (``make docs-check``, run by ``make test``) fails on any
 fragment whose text differs from what the committed exports give; ``... write`` rewrites them.
 
 Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p),
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import DataError
-from .claims import CLAIMS
-from .runspec import RunSpec
-from .stats import adjust, format_p, paired_compare, summarize
-from .store import RunStore
-from .tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
+from claims import CLAIMS
+from dipnet.errors import DataError
+from dipnet.experiments.runspec import RunSpec
+from dipnet.experiments.stats import adjust, format_p, paired_compare, summarize
+from dipnet.experiments.store import RunStore
+from dipnet.experiments.tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
 
 EXPORT_FORMAT = "dipnet-suite-export-1"
 RESULTS = Path("docs") / "results"
@@ -300,7 +300,7 @@ def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = F
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m dipnet.experiments.evidence",
+    p = argparse.ArgumentParser(prog="research/evidence.py",
                                 description="Check (or rewrite) the figures README.md and docs/*.md quote against "
                                             "the committed suite exports in docs/results/.")
     p.add_argument("action", choices=("check", "write", "export"))

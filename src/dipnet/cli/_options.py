@@ -22,8 +22,9 @@ def add_options(p: argparse.ArgumentParser, cls: type) -> None:
         if default is False:
             p.add_argument(flag(name), dest=name, action="store_true", help=doc)
             continue
-        shown = "" if default is None else f" (default {','.join(map(str, default)) if isinstance(default, tuple) else default})"
-        p.add_argument(flag(name), dest=name, default=None, metavar="VALUE", help=f"{doc}: {accepts}{shown}")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        given = "" if default is None else f" (default {shown})"
+        p.add_argument(flag(name), dest=name, default=None, metavar="VALUE", help=f"{doc}: {accepts}{given}")
     p.set_defaults(options=cls)
 
 

@@ -24,13 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-	$(PY) -m dipnet.experiments.evidence check
+	PYTHONPATH=src $(PY) research/evidence.py check
 
 docs-check: $(STAMP)
-	$(PY) -m dipnet.experiments.evidence check
+	PYTHONPATH=src $(PY) research/evidence.py check
 
 docs: $(STAMP)
-	$(PY) -m dipnet.experiments.evidence write
+	PYTHONPATH=src $(PY) research/evidence.py write
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --write BENCHMARKS.md

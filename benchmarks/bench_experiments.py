@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dipnet.data import Dataset, DatasetInfo, list_datasets, register_dataset
+from dipnet.data import DATASETS, Dataset, DatasetInfo, register_dataset
 from dipnet.engine import TrainConfig, train
 from dipnet.experiments import RunStore, parse_suite, run_suite, write_report
-from dipnet.models import list_models, register_model
+from dipnet.models import MODELS, register_model
 
 SUITE = """
 name = "bench"
@@ -41,9 +41,9 @@ def _toy() -> Dataset:
 
 
 def _register() -> None:
-    if "bench-exp-toy" not in list_datasets():
+    if "bench-exp-toy" not in DATASETS:
         register_dataset("bench-exp-toy", "benchmark only")(_toy)
-    if "bench-exp-mlp" not in list_models():
+    if "bench-exp-mlp" not in MODELS:
         register_model("bench-exp-mlp", "benchmark only")(
             lambda info: nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, info.num_classes)))
 

@@ -148,13 +148,13 @@ FOREIGN_FLAGS = {"--no-deps", "--standalone", "--nproc-per-node", "--upgrade", "
 
 
 def _script_flags() -> set[str]:
-    """Options of the repository's own scripts (benchmarks, experiment drivers), read from their source."""
+    """Options of the repository's own scripts (benchmarks, research scripts), read from their source."""
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     flags = set()
-    for p in [*root.glob("benchmarks/*.py"), *root.glob("docs/*.py"), *root.glob("src/dipnet/experiments/*.py")]:
+    for p in [*root.glob("benchmarks/*.py"), *root.glob("docs/*.py"), *root.glob("research/*.py")]:
         flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", p.read_text(encoding="utf-8")))
     return flags
 
@@ -164,16 +164,16 @@ def test_every_flag_in_the_docs_exists():
     hyperparameter (``--field`` or ``--component.field``)."""
     import dataclasses
 
-    from dipnet.methods import component_class, method_names
+    from dipnet.methods import METHODS
 
     parser = build_parser()
     accepted = {s for a in parser._actions for s in a.option_strings}
     for sub in parser._subparsers._group_actions[0].choices.values():
         accepted |= {s for a in sub._actions for s in a.option_strings}
-    for name in method_names():
+    for name in METHODS.names():
         if name == "erm":
             continue
-        for f in dataclasses.fields(component_class(name)):
+        for f in dataclasses.fields(METHODS.get(name)):
             for form in (f.name, f.name.replace("_", "-")):
                 accepted |= {f"--{form}", f"--{name}.{form}"}
     missing = sorted(_documented_flags() - accepted - FOREIGN_FLAGS - _script_flags())

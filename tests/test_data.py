@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from dipnet.data import list_datasets, load_dataset, mnist1d_shifted, read_idx, stratified_split
+from dipnet.data import DATASETS, load_dataset, mnist1d_shifted, read_idx, stratified_split
 from dipnet.errors import ConfigError, DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def test_registry_lists_every_loader():
-    assert {"mnist1d", "digits", "mnist", "fashion-mnist", "kmnist", "emnist", "cifar10", "cifar100", "synthetic"} <= set(list_datasets())
+    assert {"mnist1d", "digits", "mnist", "fashion-mnist", "kmnist", "emnist", "cifar10", "cifar100", "synthetic"} <= set(DATASETS.names())
     with pytest.raises(ConfigError, match="unknown dataset 'nope'; choose one of: .*mnist1d"):
         load_dataset("nope")
 

@@ -135,9 +135,9 @@ def test_train_config_on_synthetic_records_sigma_per_epoch(tmp_path):
 
 @pytest.mark.parametrize("update", ["sam", "mrwp"])
 def test_dipnet_composes_with_registered_update_methods(tmp_path, update):
-    from dipnet.methods import method_names
+    from dipnet.methods import METHODS
 
-    if update not in method_names():
+    if update not in METHODS:
         pytest.skip(f"{update} is not registered")
     cfg = TrainConfig(data="synthetic", model="mlp", method=f"dipnet+{update}", epochs=1, batch_size=64, lr=1e-2,
                       seed=0, out=str(tmp_path / update), progress="none",

@@ -49,7 +49,7 @@ ENTRY_POINTS = {
     "sharpness": lambda m, ds, x, y: measure.sharpness(m, F.cross_entropy, (x, y), iters=5, trace_samples=2),
     "loss_landscape": lambda m, ds, x, y: measure.loss_landscape(m, F.cross_entropy, (x, y), steps=5),
     "measure_model": lambda m, ds, x, y: measure.measure_model(m, ds, n_examples=20, smoothed_samples=2,
-                                                               trajectories=2, points=50),
+                                                               circles=2, points=50),
     "fgsm eval": lambda m, ds, x, y: robust.fgsm(m, x, y, 0.1, bounds=INFO.bounds),
     "fgsm noise": lambda m, ds, x, y: robust.fgsm(m, x, y, 0.1, bounds=INFO.bounds, mode="noise", eot_samples=2),
     "pgd keep": lambda m, ds, x, y: robust.pgd(m, x, y, 0.1, steps=3, bounds=INFO.bounds, mode="keep"),

@@ -5,14 +5,17 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from dipnet.experiments import RunStore, parse_suite, run_suite
-from dipnet.experiments.evidence import check, export_suite, find_fragments, import_suite
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "research"))  # the evidence script lives outside the package
+
+from evidence import check, export_suite, find_fragments, import_suite  # noqa: E402
 
 
 def _fake(config: dict, run_dir: str) -> dict:

@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from dipnet.data import Dataset, DatasetInfo, list_datasets, register_dataset
+from dipnet.data import DATASETS, Dataset, DatasetInfo, register_dataset
 from dipnet.methods import Component, register_component
 from dipnet.errors import ConfigError
 from dipnet.experiments import (
@@ -47,7 +47,7 @@ from dipnet.experiments import (
 from dipnet.experiments import register_measure, probe_cost
 from dipnet.experiments.store import owner_id
 from dipnet.experiments import run_key
-from dipnet.models import list_models, register_model
+from dipnet.models import MODELS, register_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -254,9 +254,9 @@ def test_default_suite_ships_with_the_package():
     assert groups == ["erm", "dipnet", "sam", "mrwp", "input-noise"]
     # equal tuning: each method tries exactly the grid its own class declares (ERM: weight decay)
     from dipnet.experiments.budget import ERM_TUNE
-    from dipnet.methods import component_class
+    from dipnet.methods import METHODS
     for group in groups:
-        grid = ERM_TUNE if group == "erm" else component_class(group).tune
+        grid = ERM_TUNE if group == "erm" else METHODS.get(group).tune
         (knob, values), = grid.items()
         assert [m.choice for m in suite.methods if m.group == group] == [{knob: v} for v in values]
     runs = suite.expand()
@@ -585,9 +585,9 @@ def _toy(seed: int = 0) -> Dataset:
     return Dataset(x[:160], y[:160], x[160:], y[160:], info)
 
 
-if "test-exp-toy" not in list_datasets():
+if "test-exp-toy" not in DATASETS:
     register_dataset("test-exp-toy", "test only: 6-d Gaussian inputs, 3 classes")(_toy)
-if "test-exp-mlp" not in list_models():
+if "test-exp-mlp" not in MODELS:
     register_model("test-exp-mlp", "test only")(lambda info, width=16: nn.Sequential(
         nn.Linear(info.input_shape[0], width), nn.ReLU(), nn.Linear(width, info.num_classes)))
 
@@ -710,9 +710,9 @@ def test_real_engine_on_synthetic_data_in_two_worker_processes(tmp_path):
     """Built-in dataset, model and methods through spawned workers; resume trains nothing."""
     import dipnet.data  # noqa: F401
     import dipnet.methods  # noqa: F401
-    from dipnet.methods import method_names
+    from dipnet.methods import METHODS
 
-    if "synthetic" not in list_datasets() or "mlp" not in list_models() or "gaussian-examples" not in method_names():
+    if "synthetic" not in DATASETS or "mlp" not in MODELS or "gaussian-examples" not in METHODS:
         pytest.skip("needs the synthetic dataset, the mlp model and the gaussian-examples method")
     suite = parse_suite(SYNTHETIC_SUITE, "synthetic.toml")
     store = tmp_path / "runs.sqlite"
@@ -806,7 +806,7 @@ def test_a_sweep_is_won_on_validation_and_reported_on_test(tmp_path):
 
 def test_equal_tuning_gives_every_method_its_grid():
     from dipnet.experiments.budget import ERM_TUNE
-    from dipnet.methods import component_class
+    from dipnet.methods import METHODS
 
     suite = parse_suite(SELECTION_SUITE.replace("[methods.sam]\nsweep = { rho = [0.02, 0.05, 0.1] }",
                                                 "[methods.sam]\n[methods.noise]\nmethod = \"input-noise\"\n"
@@ -818,4 +818,4 @@ def test_equal_tuning_gives_every_method_its_grid():
     wd = sorted(m.overrides["weight_decay"] for m in suite.methods if m.group == "erm")
     assert wd == sorted(ERM_TUNE["weight_decay"])
     rhos = sorted(m.params["rho"] for m in suite.methods if m.group == "sam")
-    assert rhos == sorted(component_class("sam").tune["rho"])
+    assert rhos == sorted(METHODS.get("sam").tune["rho"])

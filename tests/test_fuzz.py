@@ -22,7 +22,7 @@ from dipnet.data import load_dataset
 from dipnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dipnet.errors import DipnetError
 from dipnet.experiments import RunStore, parse_suite, run_suite
-from dipnet.methods import component_class, method_names
+from dipnet.methods import METHODS
 
 BUDGET_S = 25.0
 VALUES = ["0", "-1", "1", "2", "0.5", "-0.5", "1e300", "-1e300", "1e-300", "nan", "inf", "-inf", "abc", "",
@@ -36,10 +36,10 @@ def _options(command: str) -> list[str]:
     sub = parser._subparsers._group_actions[0].choices[command]
     flags = [s for a in sub._actions for s in a.option_strings if s.startswith("--") and s not in ("--help",)]
     if command == "train":
-        for name in method_names():
+        for name in METHODS.names():
             if name != "erm":
-                flags += [f"--{name}.{f}" for f in component_class(name).__dataclass_fields__]
-                flags += [f"--{f.replace('_', '-')}" for f in component_class(name).__dataclass_fields__]
+                flags += [f"--{name}.{f}" for f in METHODS.get(name).__dataclass_fields__]
+                flags += [f"--{f.replace('_', '-')}" for f in METHODS.get(name).__dataclass_fields__]
     return flags + ["--no-such-flag"]
 
 

@@ -251,11 +251,11 @@ def test_pickle_weights_are_refused_unread(tmp_path, capsys):
 def test_finetune_help_lists_every_task_and_model(capsys):
     from reasoning_gym.factory import DATASETS
 
-    from dipnet.llm import llm_names
+    from dipnet.llm import LLMS
 
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     listed = text.split("Tasks (")[1]
     assert all(f" {name}," in listed or f" {name}." in listed for name in DATASETS)
-    assert all(name in text for name in llm_names())
+    assert all(name in text for name in LLMS.names())

@@ -462,7 +462,7 @@ def test_measure_model_runs_every_instrument_and_restores_the_mode(tmp_path):
     info = DatasetInfo("toy", (10,), 3, ("a", "b", "c"), (-5.0, 5.0))
     ds = Dataset(x[:80], y[:80], x[80:], y[80:], info)
     model = nn.Sequential(Noise(0.1), nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)).train()
-    out = measure_model(model, ds, n_examples=30, smoothed_samples=3, trajectories=2, points=100, out_dir=tmp_path)
+    out = measure_model(model, ds, n_examples=30, smoothed_samples=3, circles=2, points=100, out_dir=tmp_path)
     json.dumps(out)
     assert model.training and all(m.training for m in model.modules())
     assert set(out) >= {"jacobian", "jacobian_smoothed", "regions", "lipschitz", "curvature", "curvature_smoothed",
@@ -500,7 +500,7 @@ def test_cli_measure_writes_json_next_to_the_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(TrainConfig(data="measure-test-toy", model="measure-test-mlp", epochs=1, batch_size=50, progress="none",
                       out=str(run_dir)))
-    assert main(["measure", str(run_dir), "--n", "20", "--trajectories", "2", "--points", "50",
+    assert main(["measure", str(run_dir), "--n", "20", "--circles", "2", "--points", "50",
                  "--what", "jacobian,regions,lipschitz"]) == 0
     result = json.loads((run_dir / "measures.json").read_text())
     assert result["model"] == "measure-test-mlp" and result["measures"] == ["jacobian", "regions", "lipschitz"]

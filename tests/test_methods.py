@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipnet import noise_table
-from dipnet.methods import StepContext, build_method, component_class, method_names
+from dipnet.methods import METHODS, StepContext, build_method
 from dipnet.errors import ConfigError
 from dipnet.methods.baselines import Cutout
 from dipnet.methods.icp import ICP, icp_alpha, layer_weights
@@ -60,15 +60,15 @@ def train_steps(spec, params, model, x, y, steps, epochs=4, lr=0.05, ctx=None):
 
 def builtin_components():
     """Every component the library registers (test doubles registered by other test modules left out)."""
-    return sorted(n for n in method_names() if n != "erm" and component_class(n).__module__.startswith("dipnet.")
-                  and "features" in component_class(n).inputs)  # token-only methods: tests/test_llm.py
+    return [n for n in METHODS.names() if n != "erm" and METHODS.get(n).__module__.startswith("dipnet.")
+            and "features" in METHODS.get(n).inputs]  # token-only methods: tests/test_llm.py
 
 
 def valid_pairs():
     """Every two-component composition the slots allow (at most one loss and one update)."""
     out = []
     for a, b in itertools.combinations(builtin_components(), 2):
-        slots = [component_class(a).slots, component_class(b).slots]
+        slots = [METHODS.get(a).slots, METHODS.get(b).slots]
         if not any(("loss" in s1 and "loss" in s2) or ("update" in s1 and "update" in s2) for s1, s2 in [slots]):
             out.append(f"{a}+{b}")
     return out
@@ -129,7 +129,7 @@ def _bad_values(cls):
 
 @pytest.mark.parametrize("name", builtin_components())
 def test_every_component_refuses_every_bad_value_with_the_field_named(name):
-    cls = component_class(name)
+    cls = METHODS.get(name)
     cases = list(_bad_values(cls))
     assert cases, f"{name} declares no hyperparameters"
     for field, value in cases:

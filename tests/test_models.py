@@ -15,12 +15,12 @@ from dipnet.models import (
     MLP,
     MNIST1DCNN,
     MNIST1DMLP,
+    MODELS,
     Attention,
     Block,
     VisionTransformer,
     build_model,
     compatible_models,
-    list_models,
 )
 
 SHAPES = [(40,), (1, 8, 8), (1, 28, 28), (3, 32, 32), (2,)]
@@ -50,7 +50,7 @@ def linear_count(dims: list[int]) -> int:
 
 
 def test_zoo_is_registered() -> None:
-    assert set(ZOO) <= set(list_models())
+    assert set(ZOO) <= set(MODELS.names())
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -439,14 +439,13 @@ def test_docs_recipe_table_is_the_registry_and_the_cli_follows_it(tmp_path):
 
     from dipnet.cli import main
     from dipnet.cli.models import recipe_text
-    from dipnet.models import list_models, model_recipe
+    from dipnet.models import MODELS, model_recipe
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     rows = dict(re.findall(r"^\| `([\w-]+)` \| (optimizer [^|]+) \|$", doc, flags=re.M))
-    from dipnet.models.registry import _REGISTRY
 
     # the package's own models: other test files register stubs of their own in the same registry
-    shipped = [name for name in list_models() if _REGISTRY[name][0].__module__.startswith("dipnet.")]
+    shipped = [name for name in MODELS.names() if MODELS.get(name).builder.__module__.startswith("dipnet.")]
     assert set(ZOO) <= set(shipped)
     assert rows == {name: recipe_text(model_recipe(name)) for name in shipped}
     assert main(["train", "--data", "synthetic", "--model", "mnist1d-mlp", "--epochs", "1", "--out", str(tmp_path / "r"),

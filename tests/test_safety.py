@@ -8,13 +8,15 @@ import gzip
 import json
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
 from dipnet.errors import ConfigError, DataError
 from dipnet.experiments import RunStore, parse_suite, run_suite
-from dipnet.experiments.evidence import export_suite, import_suite, main as evidence_main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))  # the evidence script lives outside the package
+from evidence import export_suite, import_suite, main as evidence_main  # noqa: E402
 
 from clirun import cli, run_cli
 
@@ -298,7 +300,7 @@ def test_rerunning_a_finished_finetune_over_corrupted_adapters_is_refused(capsys
 
 def test_example_gradient_tick_labels_do_not_overlap(monkeypatch):
     from dipnet.experiments import figures
-    from dipnet.experiments.evidence import Evidence
+    from evidence import Evidence
 
     drawn = []
     monkeypatch.setattr(figures, "_png", lambda fig: drawn.append(fig) or b"")

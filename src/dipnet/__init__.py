@@ -13,7 +13,7 @@ from __future__ import annotations
 from ._version import __version__
 
 from . import data, engine, experiments, llm, measure, methods, models, projection, robust
-from .data import Dataset, DatasetInfo, list_datasets, load_dataset
+from .data import DATASETS, Dataset, DatasetInfo, load_dataset
 from .engine import TrainConfig, load_run, train
 from .errors import ConfigError, DataError, DipnetError, NonFiniteLossError
 from .experiments import load_suite, run_suite, write_report
@@ -27,8 +27,8 @@ from .measure import (
     sharpness,
     smoothed,
 )
-from .methods import ICP, RWP, SAM, Component, Method, StepContext, build_method, method_names, register_component
-from .models import build_model, list_models
+from .methods import ICP, METHODS, RWP, SAM, Component, Method, StepContext, build_method, register_component
+from .models import MODELS, build_model
 from .projection import (
     DIPNetLoss,
     GaussianProjection,
@@ -48,6 +48,7 @@ __all__ = [
     "__version__",
     "Component",
     "ConfigError",
+    "DATASETS",
     "DIPNetLoss",
     "DataError",
     "Dataset",
@@ -56,6 +57,8 @@ __all__ = [
     "FGSM",
     "GaussianProjection",
     "ICP",
+    "METHODS",
+    "MODELS",
     "Method",
     "NonFiniteLossError",
     "PGD",
@@ -75,16 +78,13 @@ __all__ = [
     "is_projected",
     "jacobian_norm",
     "lipschitz_bounds",
-    "list_datasets",
     "llm",
-    "list_models",
     "load_dataset",
     "load_run",
     "load_suite",
     "loss_landscape",
     "measure",
     "measure_model",
-    "method_names",
     "methods",
     "models",
     "noise_layers",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import list_datasets
+from ..data import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    items = list_datasets()
+    items = DATASETS.list()
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
+from ..schema import param
 from . import compare
 from ._common import add_threads_argument
+from ._options import add_options, read_options
+
+
+@dataclass
+class DemoOptions:
+    """The options of ``dipnet demo``, limits beside the fields."""
+
+    store: str = param("runs/demo.sqlite", doc="run store")
+    report: str = param("report", doc="report folder")
+    workers: int = param(min(2, os.cpu_count() or 1), ge=1, doc="parallel worker processes")
+    fresh: bool = param(False, doc="retrain everything instead of resuming")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,26 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(3 seeds, generated locally; each method's main knob chosen on validation from 3 values), print "
         "accuracy per run and mean ± 95% CI per method, and write a report.",
     )
-    p.add_argument("--store", default="runs/demo.sqlite", help="run store (default runs/demo.sqlite)")
-    p.add_argument("--report", default="report", help="report folder (default report/)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--fresh", action="store_true", help="retrain everything instead of resuming")
+    add_options(p, DemoOptions)
     add_threads_argument(p)
     p.set_defaults(func=run)
 
 
-def compare_args(args: argparse.Namespace) -> argparse.Namespace:
+def compare_args(opts: DemoOptions, threads: str | None) -> argparse.Namespace:
     """The ``dipnet compare default ...`` command line the demo stands for, parsed by compare's
     own parser (so every option compare has gets its default)."""
     parser = argparse.ArgumentParser(prog="dipnet")
     compare.register(parser.add_subparsers())
-    argv = ["compare", "default", "--store", args.store, "--workers", str(args.workers), "--report", args.report,
-            "--fresh" if args.fresh else "--resume"]
-    if args.threads is not None:
-        argv += ["--threads", str(args.threads)]
+    argv = ["compare", "default", "--store", opts.store, "--workers", str(opts.workers), "--report", opts.report,
+            "--fresh" if opts.fresh else "--resume"]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
-    os.makedirs(os.path.dirname(args.store) or ".", exist_ok=True)
-    return compare.run(compare_args(args))
+    opts: DemoOptions = read_options(args)
+    os.makedirs(os.path.dirname(opts.store) or ".", exist_ok=True)
+    return compare.run(compare_args(opts, args.threads))

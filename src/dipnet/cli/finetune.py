@@ -34,7 +34,7 @@ def _task_list() -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..llm import FinetuneConfig, llm_names
+    from ..llm import LLMS, FinetuneConfig
 
     p = sub.add_parser(
         "finetune",
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "greedy decoding and reasoning-gym's scorer (exact match). Method hyperparameters follow as "
         "--name VALUE (e.g. --trajectories 2, --dipnet.sigma 0.1, --rho 0.05; see `dipnet methods`); "
         "methods that change continuous inputs (input noise, Cutout, Mixup, FGSM, ICP) do not apply to tokens. Models: "
-        + ", ".join(f"{n} ({d})" for n, d in llm_names().items()) + ", or a local folder. Needs the [llm] extra. "
+        + ", ".join(f"{n} ({d})" for n, d in LLMS.list().items()) + ", or a local folder. Needs the [llm] extra. "
         "Re-running the same command resumes an interrupted run. Writes the adapters in PEFT's format "
         "(adapter_config.json + adapter_model.safetensors: PeftModel.from_pretrained(base, OUT)) and DIPNet's sigmas "
         "beside them (dipnet_sigmas.safetensors: dipnet.integrations.hf.load_sigmas).",

@@ -3,14 +3,30 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import load_run
 from ..engine.files import write_output
 from ..engine.rundir import check_result_files
 from ..measure import MEASURES, measure_model
-
+from ..schema import param
 from ._common import add_threads_argument, apply_threads
+from ._options import add_options, read_options, seed_param
+
+
+@dataclass
+class MeasureOptions:
+    """The options of ``dipnet measure``, limits beside the fields."""
+
+    what: tuple[str, ...] = param(MEASURES, doc="measures to run")
+    n: int = param(500, ge=1, doc="test (and train) points to measure on")
+    smoothed: int = param(0, ge=0, doc="also measure the smoothed net of a DIPNet with this many noise samples (0: off)")
+    circles: int = param(8, ge=1, doc="region transitions: circles through three anchors, per anchor kind "
+                                      "(train, test, random points)")
+    points: int = param(1000, ge=1, doc="region transitions: points per circle")
+    seed: int = seed_param("seed of the subsets, directions and probes")
+    out: str | None = param(None, doc="where to write the JSON (default RUN_DIR/measures.json)")
 
 FORMAT = "dipnet-measures-1"
 
@@ -23,34 +39,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "writes RUN_DIR/measures.json and RUN_DIR/landscape.png unless --out says otherwise.",
     )
     p.add_argument("run_dir", help="directory written by `dipnet train`")
-    p.add_argument("--what", default=",".join(MEASURES), metavar="LIST",
-                   help=f"comma-separated measures (default all: {','.join(MEASURES)})")
-    p.add_argument("--n", type=int, default=500, help="test (and train) points to measure on (default 500)")
-    p.add_argument("--smoothed", type=int, default=0, metavar="K",
-                   help="also measure the smoothed net of a DIPNet with K noise samples (default 0: off)")
-    p.add_argument("--trajectories", type=int, default=8, help="circles per anchor kind for region transitions")
-    p.add_argument("--points", type=int, default=1000, help="points per circle for region transitions")
-    p.add_argument("--seed", type=int, default=0, help="seed for the subsets, directions and probes")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/measures.json)")
+    add_options(p, MeasureOptions)
     add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    opts: MeasureOptions = read_options(args)
     apply_threads(args)
     run_ = load_run(args.run_dir)
-    out_path = Path(args.out) if args.out else Path(run_.run_dir) / "measures.json"
-    check_result_files(out_path, FORMAT, ["landscape.png"] if "landscape" in args.what else [])
+    out_path = Path(opts.out) if opts.out else Path(run_.run_dir) / "measures.json"
+    check_result_files(out_path, FORMAT, ["landscape.png"] if "landscape" in opts.what else [])
     result = measure_model(
-        run_.model, run_.dataset, names=args.what, n_examples=args.n, seed=args.seed,
-        smoothed_samples=args.smoothed, trajectories=args.trajectories, points=args.points,
-        out_dir=out_path.parent,
+        run_.model, run_.dataset, names=opts.what, n_examples=opts.n, seed=opts.seed,
+        smoothed_samples=opts.smoothed, circles=opts.circles, points=opts.points, out_dir=out_path.parent,
     )
     result = {"format": FORMAT, "run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,
               "method": run_.method.name, **result}
     write_output(out_path, json.dumps(result, indent=2).encode())
     print(f"{result['run_dir']}: {result['method']} {result['model']} on {result['data']}, {result['n_examples']} test points")
-    smoothed = f" of the smoothed net ({args.smoothed} samples)"
+    smoothed = f" of the smoothed net ({opts.smoothed} samples)"
     for key, what in (("jacobian", ""), ("jacobian_smoothed", smoothed)):
         if key in result:
             j = result[key]

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..methods import method_fields, method_names
+from ..methods import METHODS
+from ..schema import field_docs
 from .train import trainer_flags
 
 
-def cli_flag(component: str, field: str) -> str:
+def cli_flag(component: str, field: str, taken: set[str]) -> str:
     """The ``dipnet train`` flag for a hyperparameter: ``--field``, or ``--component.field`` when
-    a trainer option has that name (the trainer's option wins the bare name)."""
+    a trainer option has that name (``taken``: the trainer's options win the bare name)."""
     bare = field.replace("_", "-")
-    return f"--{component}.{bare}" if bare in trainer_flags() else f"--{bare}"
+    return f"--{component}.{bare}" if bare in taken else f"--{bare}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    items = method_names()
+    items = METHODS.list()
+    taken = trainer_flags()
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")
-        if name == "erm":
-            continue
-        for field, (default, accepts, doc) in method_fields(name)[name].items():
+        for field, (default, accepts, doc) in field_docs(METHODS.get(name)).items():
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            print(" " * (width + 2) + f"{cli_flag(name, field)} {shown}   ({accepts}) {doc}")
+            print(" " * (width + 2) + f"{cli_flag(name, field, taken)} {shown}   ({accepts}) {doc}")
     return 0

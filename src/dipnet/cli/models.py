@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import list_models, model_recipe
+from ..models import MODELS, model_recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def recipe_text(recipe: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    items = list_models()
+    items = MODELS.list()
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")

@@ -3,24 +3,39 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from ..errors import ConfigError
+from ..schema import param
 
 FORMAT = "dipnet-robust-1"
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--eps expects comma-separated numbers (e.g. 0,0.05,0.1), got {text!r}") from None
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip() and t.strip().lower() != "none"]
-
 from ._common import add_threads_argument, apply_threads
+from ._options import add_options, read_options, seed_param
+
+
+@dataclass
+class RobustOptions:
+    """The options of ``dipnet robust``, limits beside the fields (``none`` in a list: nothing)."""
+
+    attacks: tuple[str, ...] = param(("fgsm", "pgd"), doc="attacks: fgsm, pgd, or none")
+    eps: tuple[float, ...] | None = param(None, ge=0, doc="attack radii in data units (default: 0, 1, 2, 5, 10% "
+                                                          "of the valid range's width)")
+    norm: Literal["linf", "l2"] = param("linf", doc="attack norm")
+    steps: int = param(20, ge=1, doc="PGD steps (step size 2.5 * eps / steps)")
+    restarts: int = param(1, ge=1, doc="PGD random restarts")
+    corruptions: tuple[str, ...] = param(("all",), doc="corruption names; all: those that fit the input; none: skip")
+    no_shift: bool = param(False, doc="skip the shifted test sets")
+    mode: Literal["eval", "noise", "keep"] = param("eval", doc="eval: the deterministic net; noise: DIPNet's "
+                                                             "projections sample noise (use --eot); keep: the model's own flags")
+    eot: int = param(1, ge=1, doc="noise samples averaged per gradient and prediction")
+    n: int = param(1000, ge=1, doc="test points to evaluate on")
+    seed: int = seed_param("seed of the test subset, the attacks' random starts and the corruptions")
+    out: str | None = param(None, doc="where to write the JSON (default RUN_DIR/robust.json)")
+
+
+def _names(items: tuple[str, ...]) -> list[str]:
+    return [t for t in items if t.lower() != "none"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,26 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "robust_severity.png unless --out says otherwise.",
     )
     p.add_argument("run_dir", help="directory written by `dipnet train`")
-    p.add_argument("--attacks", default="fgsm,pgd", metavar="LIST", help="comma-separated: fgsm, pgd, or none")
-    p.add_argument("--eps", default=None, metavar="LIST",
-                   help="attack radii in data units (default 0, 1, 2, 5, 10%% of the valid range's width)")
-    p.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (step size 2.5 * eps / steps)")
-    p.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
-    p.add_argument("--corruptions", default=None, metavar="LIST",
-                   help="comma-separated corruption names, or none (default: all that fit the input)")
-    p.add_argument("--no-shift", action="store_true", help="skip the shifted test sets")
-    p.add_argument("--mode", choices=("eval", "noise", "keep"), default="eval",
-                   help="eval: deterministic net; noise: DIPNet projections sample noise (use --eot)")
-    p.add_argument("--eot", type=int, default=1, metavar="K", help="noise samples averaged per gradient and prediction")
-    p.add_argument("--n", type=int, default=1000, help="test points to evaluate on (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/robust.json)")
+    add_options(p, RobustOptions)
     add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    opts: RobustOptions = read_options(args)
     apply_threads(args)
     from ..engine import load_run
     from ..engine.files import write_output
@@ -60,13 +62,12 @@ def run(args: argparse.Namespace) -> int:
     from ..robust import evaluate_robustness
 
     run_ = load_run(args.run_dir)
-    out_path = Path(args.out) if args.out else Path(run_.run_dir) / "robust.json"
+    out_path = Path(opts.out) if opts.out else Path(run_.run_dir) / "robust.json"
     check_result_files(out_path, FORMAT, ["robust_eps.png", "robust_severity.png"])
     result = evaluate_robustness(
-        run_.model, run_.dataset, attacks=_names(args.attacks),
-        eps=None if args.eps is None else _floats(args.eps), norm=args.norm, pgd_steps=args.steps,
-        pgd_restarts=args.restarts, corruptions=None if args.corruptions is None else _names(args.corruptions),
-        shifted=not args.no_shift, n_examples=args.n, seed=args.seed, mode=args.mode, eot_samples=args.eot,
+        run_.model, run_.dataset, attacks=_names(opts.attacks), eps=opts.eps, norm=opts.norm, pgd_steps=opts.steps,
+        pgd_restarts=opts.restarts, corruptions=None if opts.corruptions == ("all",) else _names(opts.corruptions),
+        shifted=not opts.no_shift, n_examples=opts.n, seed=opts.seed, mode=opts.mode, eot_samples=opts.eot,
         out_dir=out_path.parent,
     )
     result = {"format": FORMAT, "run_dir": str(run_.run_dir), "data": run_.config.data, "model": run_.config.model,

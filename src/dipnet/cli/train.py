@@ -32,10 +32,12 @@ TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optim
 
 
 def trainer_flags() -> set[str]:
-    """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike)."""
-    names = set(TRAIN_FLAGS) | {"train_perturbation", "data_arg", "model_arg", "out", "overwrite", "threads", "nproc",
-                                "oversubscribe"}
-    return names | {n.replace("_", "-") for n in names}
+    """Every option name ``dipnet train`` takes itself (``--batch-size`` and ``--batch_size`` alike),
+    read from its parser."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    names = {s[2:] for action in sub.choices["train"]._actions for s in action.option_strings if s.startswith("--")}
+    return names | {n.replace("-", "_") for n in names}
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Datasets by name: in-memory tensors plus the metadata later code relies on."""
-from .base import Dataset, DatasetInfo, list_datasets, load_dataset, register_dataset
+from .base import DATASETS, Dataset, DatasetInfo, load_dataset, register_dataset
 from . import cifar, digits, idx, mnist1d, synthetic  # noqa: F401  (register the loaders)
 from .cifar import load_cifar, safe_unpickle
 from .idx import load_idx_folder, read_idx
@@ -7,11 +7,11 @@ from .mnist1d import SHIFTS as MNIST1D_SHIFTS, mnist1d_shifted
 from .base import DEFAULT_VAL_FRACTION, stratified_split, with_validation
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_VAL_FRACTION",
     "Dataset",
     "DatasetInfo",
     "MNIST1D_SHIFTS",
-    "list_datasets",
     "load_cifar",
     "load_dataset",
     "load_idx_folder",

@@ -1,4 +1,4 @@
-"""Dataset containers, metadata, the validation split and the name registry.
+"""Dataset containers, metadata, the validation split and the name registry (:data:`DATASETS`).
 
 Every loader returns a :class:`Dataset`: in-memory train and test tensors plus the
 :class:`DatasetInfo` that later code relies on (input shape, classes, the valid input range
@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry
 from ..schema import Limits, check
 
 DEFAULT_VAL_FRACTION = 0.125
@@ -83,30 +84,16 @@ class Dataset:
 
 
 Loader = Callable[..., Dataset]
-_REGISTRY: dict[str, tuple[Loader, str]] = {}
-
-
-def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
-    def deco(fn: Loader) -> Loader:
-        _REGISTRY[name] = (fn, description)
-        return fn
-
-    return deco
+DATASETS: Registry[Loader] = Registry("dataset")
+register_dataset = DATASETS.register  # @register_dataset("name", "one line") on a loader
 
 
 def dataset_options(name: str) -> list[str]:
     """The options ``load_dataset(name, ...)`` takes (the loader's, plus ``val_size``/``val_seed``)."""
-    if name not in _REGISTRY:
-        raise unknown_name("dataset", name, list(_REGISTRY))
-    loader = _REGISTRY[name][0]
+    loader = DATASETS.get(name)
     params = inspect.signature(loader).parameters.values()
     named = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     return named + list(getattr(loader, "options", ())) + ["val_size", "val_seed"]
-
-
-def list_datasets() -> dict[str, str]:
-    """Registered dataset names with a one-line description each."""
-    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
 def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +144,4 @@ def with_validation(ds: Dataset, val_size: Any = DEFAULT_VAL_FRACTION, val_seed:
 def load_dataset(name: str, val_size: Any = DEFAULT_VAL_FRACTION, val_seed: int = VAL_SEED, **kwargs: Any) -> Dataset:
     """Load a registered dataset by name with a validation split carved from its training set
     (``val_size``, ``val_seed``: see :func:`with_validation`); other options go to its loader."""
-    if name not in _REGISTRY:
-        raise unknown_name("dataset", name, list(_REGISTRY))
-    return with_validation(_REGISTRY[name][0](**kwargs), val_size, val_seed)
+    return with_validation(DATASETS.get(name)(**kwargs), val_size, val_seed)

@@ -1,8 +1,8 @@
 """Comparison suites: TOML suites, a SQLite run store, statistics over seeds and reports."""
 from .compare import SuiteOutcome, engine_train, run_suite
 from .executors import RayExecutor
-from .instruments import get_measure, measure_names, register_measure
-from .kinds import register_suite_kind, suite_kinds
+from .instruments import INSTRUMENTS, register_measure
+from .kinds import SUITE_KINDS, register_suite_kind
 from .report import ReportFiles, write_report
 from .tables import format_text_table, task_tables
 from .stats import (PairedComparison, Summary, adjust, effect_size, holm, paired_compare, paired_t_test,
@@ -18,20 +18,20 @@ __all__ = [
     "holm",
     "resolvable_difference",
     "sign_flip_test",
+    "INSTRUMENTS",
     "PairedComparison",
     "RayExecutor",
     "ReportFiles",
     "RunRecord",
     "RunSpec",
     "RunStore",
+    "SUITE_KINDS",
     "Suite",
     "SuiteOutcome",
     "Summary",
     "engine_train",
-    "get_measure",
     "format_text_table",
     "load_suite",
-    "measure_names",
     "packaged_suites",
     "paired_compare",
     "paired_t_test",
@@ -41,7 +41,6 @@ __all__ = [
     "register_suite_kind",
     "run_key",
     "run_suite",
-    "suite_kinds",
     "summarize",
     "t_quantile",
     "task_tables",

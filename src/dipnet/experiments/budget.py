@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 from ..engine import TrainConfig, build_optimizer, prepare
 from ..errors import ConfigError
-from ..methods import StepContext, component_class, method_names
+from ..methods import METHODS, StepContext
 from ..methods.registry import spec_names
 
 # ERM's main knob for equal tuning (`tune = true`): its regularization strength, the weight decay.
@@ -65,7 +65,7 @@ def tuning_grid(spec: str) -> dict[str, tuple[Any, ...]]:
     if not names:
         return dict(ERM_TUNE)
     for name in names:
-        grid = getattr(component_class(name), "tune", {}) if name in method_names() else {}
+        grid = METHODS.get(name).tune if name in METHODS else {}
         if grid:
             return dict(grid)
     return {}

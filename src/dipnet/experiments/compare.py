@@ -26,7 +26,7 @@ from ..engine import TrainConfig, threads as threads_policy, train
 from ..engine.runinfo import run_info
 from ..errors import ConfigError
 from ..schema import Limits, check
-from .instruments import MeasureFn, get_measure
+from .instruments import INSTRUMENTS, MeasureFn
 from .store import RunStore, owner_id
 from .runspec import RunSpec
 from .suite import Suite, load_suite
@@ -178,7 +178,7 @@ def run_suite(
     t0 = time.perf_counter()
     outcome = SuiteOutcome(suite.name, Path(store_path), len(specs), keys=keys)
     emit = on_event or (lambda kind, spec, info: None)
-    measures = {name: get_measure(name) for name in suite.measure}
+    measures = {name: INSTRUMENTS.get(name) for name in suite.measure}
 
     with RunStore(store_path) as store:
         store.set_meta(f"suite:{suite.name}", {

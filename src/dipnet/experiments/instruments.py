@@ -3,10 +3,12 @@
 Every instrument of :mod:`dipnet.measure` (``jacobian``, ``regions``, ``lipschitz``,
 ``curvature``, ``sharpness``, ``landscape``) and the robustness evaluations of
 :mod:`dipnet.robust` (``fgsm``, ``pgd``, ``corruptions``, ``shift``) are registered by default;
-:func:`register_measure` adds a user's own. An instrument is ``fn(result, spec) -> dict``: the
-trained run (a :class:`~dipnet.engine.RunResult`, or what a custom ``train_fn`` returned) and its
-:class:`~dipnet.experiments.suite.RunSpec`; the dict lands in ``results["measures"][name]``,
-where reports plot its numbers (a dict with numeric keys is drawn as a curve).
+:func:`register_measure` adds a user's own to :data:`INSTRUMENTS`. An instrument is ``fn(result,
+spec) -> dict``: the trained run (a :class:`~dipnet.engine.RunResult`, or what a custom
+``train_fn`` returned) and its :class:`~dipnet.experiments.suite.RunSpec`; the dict lands in
+``results["measures"][name]``, where reports plot its numbers (a dict with numeric keys is drawn
+as a curve). ``@register_measure("name")`` must decorate a module-level function (workers receive
+it by reference).
 """
 from __future__ import annotations
 
@@ -15,34 +17,12 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 from ..measure import MEASURES, measure_model
+from ..registry import Registry
 from ..robust import evaluate_robustness
 
 MeasureFn = Callable[[Any, Any], Mapping[str, Any]]
-_MEASURES: dict[str, MeasureFn] = {}
-
-
-def register_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
-    """Decorator: make an instrument available to suites as ``measure = ["name"]``.
-
-    The function must be importable at module level (workers receive it by reference) and is
-    called after training as ``fn(result, spec)``.
-    """
-
-    def deco(fn: MeasureFn) -> MeasureFn:
-        _MEASURES[name] = fn
-        return fn
-
-    return deco
-
-
-def measure_names() -> list[str]:
-    return sorted(_MEASURES)
-
-
-def get_measure(name: str) -> MeasureFn:
-    if name not in _MEASURES:
-        raise ConfigError(f"unknown instrument {name!r}; registered: {', '.join(measure_names()) or 'none'}")
-    return _MEASURES[name]
+INSTRUMENTS: Registry[MeasureFn] = Registry("instrument")
+register_measure = INSTRUMENTS.register  # @register_measure("name"): a suite's measure = ["name"]
 
 
 def _model_and_data(result: Any) -> tuple[Any, Any]:
@@ -80,6 +60,9 @@ def robustness(result: Any, spec: Any, *, name: str) -> dict[str, Any]:
 
 
 for _name in MEASURES:
-    _MEASURES[_name] = partial(smoothness, name=_name)
-for _name in ("fgsm", "pgd", "corruptions", "shift"):
-    _MEASURES[_name] = partial(robustness, name=_name)
+    INSTRUMENTS.add(_name, partial(smoothness, name=_name), f"dipnet.measure's {_name} on 500 test points",
+                    tags=("smoothness",))
+for _name, _what in (("fgsm", "accuracy under FGSM over eps"), ("pgd", "accuracy under PGD over eps"),
+                     ("corruptions", "accuracy under the corruptions over severity"),
+                     ("shift", "accuracy on the shifted test sets")):
+    INSTRUMENTS.add(_name, partial(robustness, name=_name), f"{_what}, on 1000 test points", tags=("robustness",))

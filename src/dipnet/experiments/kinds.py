@@ -7,24 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..registry import Registry
 
-__all__ = ["register_suite_kind", "suite_kind", "suite_kinds"]
+__all__ = ["SUITE_KINDS", "register_suite_kind"]
 
 SuiteParser = Callable[[dict[str, Any], str, str, bool], Any]  # (raw TOML, text, source, check_names) -> Suite
-_KINDS: dict[str, SuiteParser] = {}
-
-
-def register_suite_kind(name: str, parser: SuiteParser) -> None:
-    _KINDS[name] = parser
-
-
-def suite_kinds() -> list[str]:
-    return sorted(_KINDS)
-
-
-def suite_kind(name: Any, source: str) -> SuiteParser:
-    if name not in _KINDS:
-        raise ConfigError(f"{source}: kind: unknown suite kind {name!r}; registered: {', '.join(suite_kinds()) or 'none'} "
-                          "(the finetune kind is registered by importing dipnet.llm)")
-    return _KINDS[name]
+SUITE_KINDS: Registry[SuiteParser] = Registry("suite kind")
+register_suite_kind = SUITE_KINDS.add  # register_suite_kind("name", parser, "one line")

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..methods import build_method, method_names
+from ..methods import METHODS, build_method
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -48,7 +48,7 @@ def run_key(config: Mapping[str, Any], measure: tuple[str, ...] | list[str] = ()
 def resolved_hyperparameters(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """``{component: {field: value}}`` of a registered method with its defaults filled in; ``{}``
     for a name the registry does not know (test doubles, methods registered only in workers)."""
-    if any(part not in method_names() for part in method.split("+") if part != "erm"):
+    if any(part not in METHODS for part in method.split("+")):
         return {}
     hp = build_method(method, dict(params)).hyperparameters()
     return json.loads(json.dumps(hp, sort_keys=True, default=str))

@@ -44,8 +44,8 @@ from ..engine import TrainConfig
 from ..errors import ConfigError
 from ..schema import Limits, check, check_field
 from .budget import checked_cost, probe_cost, tuning_grid
-from .instruments import measure_names
-from .kinds import suite_kind
+from .instruments import INSTRUMENTS
+from .kinds import SUITE_KINDS
 from .runspec import RunSpec, resolved_hyperparameters
 from .suite_checks import Checker, check_names_and_options
 
@@ -206,7 +206,7 @@ def parse_suite(
     """
     raw = _load_toml(text, source)
     if "kind" in raw:
-        return suite_kind(raw["kind"], source)(raw, text, source, check_names)
+        return Checker(source).known(SUITE_KINDS, raw["kind"], "kind")(raw, text, source, check_names)
     ck = Checker(source)
     ck.keys(raw, TOP_KEYS, "")
     fields = train_fields()
@@ -237,10 +237,8 @@ def parse_suite(
     measure = raw.get("measure", [])
     if not isinstance(measure, list) or any(not isinstance(m, str) for m in measure):
         raise ck.fail("measure", f"must be a list of instrument names, got {measure!r}")
-    known_measures = measure_names()
     for m in measure:
-        if m not in known_measures:
-            raise ck.fail("measure", f"unknown instrument {m!r}; registered: {', '.join(known_measures) or 'none'}")
+        ck.known(INSTRUMENTS, m, "measure")
 
     train_raw = raw.get("train", {})
     if not isinstance(train_raw, dict):

@@ -4,16 +4,19 @@ every method hyperparameter), so that a mistake is reported when the suite loads
 starts."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
-from ..data import list_datasets
+from ..data import DATASETS
 from ..data.base import dataset_options
 from ..engine import TrainConfig, resolve_device
 from ..errors import ConfigError
 from ..methods import build_method
-from ..models import list_models
+from ..models import MODELS
 from ..models.registry import model_options
+from ..registry import Registry
 from ..schema import check_field
+
+T = TypeVar("T")
 
 
 class Checker:
@@ -24,6 +27,13 @@ class Checker:
 
     def fail(self, key: str, msg: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {msg}")
+
+    def known(self, registry: Registry[T], name: Any, key: str) -> T:
+        """``registry``'s entry for ``name``; an unknown name is the registry's error, at ``key``."""
+        try:
+            return registry.get(name)
+        except ConfigError as exc:
+            raise self.fail(key, str(exc)) from None
 
     def keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
         for k in table:
@@ -43,12 +53,9 @@ class Checker:
 
 
 def check_names_and_options(suite: Any, ck: Checker) -> None:
-    datasets, models = list_datasets(), list_models()
     for t in suite.tasks:
-        if t.data not in datasets:
-            raise ck.fail(f"tasks.{t.label}.data", f"unknown dataset {t.data!r}; choose one of: {', '.join(datasets)}")
-        if t.model not in models:
-            raise ck.fail(f"tasks.{t.label}.model", f"unknown model {t.model!r}; choose one of: {', '.join(models)}")
+        ck.known(DATASETS, t.data, f"tasks.{t.label}.data")
+        ck.known(MODELS, t.model, f"tasks.{t.label}.model")
         for m in suite.methods:
             cfg = suite.task_config(t, m)
             where = f"tasks.{t.label} with methods.{m.label}"

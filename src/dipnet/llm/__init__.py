@@ -10,8 +10,8 @@ from .config import FinetuneConfig
 from .evaluate import answer_loss, exact_match, generate
 from .runner import CausalLMTask, FinetuneResult, Finetuner, finetune, prepare_model
 from .suite import FinetuneSuite, finetune_train, parse_finetune_suite
-from .models import llm_names, load_llm, register_llm, smollm2_folder
-from .tasks import Example, TaskData, collate, encode, extract_answer, load_task
+from .models import LLMS, load_llm, register_llm, smollm2_folder
+from .tasks import TASKS, Example, TaskData, collate, encode, extract_answer, load_task
 
 __all__ = [
     "CausalLMTask",
@@ -20,6 +20,8 @@ __all__ = [
     "FinetuneResult",
     "FinetuneSuite",
     "Finetuner",
+    "LLMS",
+    "TASKS",
     "TaskData",
     "answer_loss",
     "collate",
@@ -29,7 +31,6 @@ __all__ = [
     "finetune",
     "finetune_train",
     "generate",
-    "llm_names",
     "load_adapters",
     "load_llm",
     "load_task",

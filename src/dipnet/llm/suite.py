@@ -38,7 +38,8 @@ from ..experiments.suite import MAX_SEEDS, MethodEntry, TaskEntry
 from ..schema import Limits, check, check_field
 from .config import FinetuneConfig
 from .runner import FinetuneResult, finetune, llm_method
-from .models import llm_names
+from .models import LLMS
+from .tasks import TASKS
 
 __all__ = ["FinetuneSuite", "finetune_train", "parse_finetune_suite"]
 
@@ -158,16 +159,12 @@ def parse_finetune_suite(raw: dict[str, Any], text: str, source: str, check_name
 
 
 def _check_names(cfg: FinetuneConfig, where: str) -> None:
-    if cfg.model not in llm_names() and not Path(cfg.model).is_dir():
-        raise ConfigError(f"{where}: unknown language model {cfg.model!r}; choose one of: "
-                          f"{', '.join(llm_names())} or a local folder")
-    from ._hf import require
-
-    require("reasoning_gym")
-    from reasoning_gym.factory import DATASETS
-
-    if cfg.task not in DATASETS:
-        raise ConfigError(f"{where}: unknown reasoning-gym task {cfg.task!r}; e.g. chain_sum, basic_arithmetic, gsm_symbolic")
+    try:
+        if not Path(cfg.model).is_dir():
+            LLMS.get(cfg.model)
+        TASKS.get(cfg.task)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-register_suite_kind("finetune", parse_finetune_suite)
+register_suite_kind("finetune", parse_finetune_suite, "LoRA fine-tuning of a causal LM on reasoning-gym tasks (dipnet.llm)")

@@ -17,17 +17,33 @@ positions only (``logits_to_keep``) and generation continue every row from its l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..errors import ConfigError, DataError
 from ..projection.hf import IGNORE_INDEX
+from ..registry import Registry
 from ._hf import require
 
-__all__ = ["Example", "TaskData", "collate", "encode", "extract_answer", "load_task"]
+__all__ = ["TASKS", "Example", "TaskData", "collate", "encode", "extract_answer", "load_task"]
 
 MAX_DRAW_FACTOR = 20  # draws allowed per distinct question wanted before the task counts as too small
+TaskFactory = Callable[..., Any]  # (size=, seed=, **options) -> a reasoning-gym ProceduralDataset
+
+
+def _reasoning_gym_tasks(registry: Registry[TaskFactory]) -> None:
+    """Every dataset of reasoning-gym's factory, registered on the first use of :data:`TASKS`."""
+    rg = require("reasoning_gym")
+    from reasoning_gym.factory import DATASETS
+
+    for name, (dataset_cls, _) in DATASETS.items():
+        summary = (dataset_cls.__doc__ or "").strip().split("\n", 1)[0]
+        registry.add(name, partial(rg.create_dataset, name), summary)
+
+
+TASKS: Registry[TaskFactory] = Registry("reasoning-gym task", fill=_reasoning_gym_tasks)
 
 
 @dataclass
@@ -49,18 +65,13 @@ class TaskData:
 def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
               options: dict[str, Any] | None = None) -> TaskData:
     """Draw ``test + val + train`` distinct questions of reasoning-gym task ``name`` from ``seed``."""
-    rg = require("reasoning_gym")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("the task is empty; name a reasoning-gym dataset such as chain_sum or gsm_symbolic")
-    from reasoning_gym.factory import DATASETS
-
-    if name not in DATASETS:
-        raise ConfigError(f"unknown reasoning-gym task {name!r}; e.g. chain_sum, basic_arithmetic, gsm_symbolic "
-                          f"(all {len(DATASETS)}: reasoning_gym.factory.DATASETS)")
+    factory = TASKS.get(name)
     wanted = train + val + test
     limit = MAX_DRAW_FACTOR * wanted
     try:
-        dataset = rg.create_dataset(name, size=limit, seed=seed, **(options or {}))
+        dataset = factory(size=limit, seed=seed, **(options or {}))
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(f"task {name!r} refuses its options {options or {}}: {exc}") from None
     seen: set[str] = set()

@@ -58,17 +58,17 @@ def measure_model(
     n_examples: int = 500,
     seed: int = 0,
     smoothed_samples: int = 0,
-    trajectories: int = 8,
+    circles: int = 8,
     points: int = 1000,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Measure ``model`` on ``n_examples`` test (and train) points of ``dataset``.
 
     Jacobian norms are of the softmax output at test points (Novak et al. 2018), with their rank
-    correlation to the per-point cross-entropy; region transitions around circles through training
-    points of one class, test points of one class and random points; Lipschitz bounds of the logits;
-    input curvature; weight-Hessian top eigenvalue and trace; a 1-D filter-normalized landscape
-    (plotted into ``out_dir`` when given). ``smoothed_samples=k`` also measures the smoothed net of a
+    correlation to the per-point cross-entropy; region transitions around ``circles`` circles
+    (``points`` points each) through training points of one class, test points of one class and
+    random points; Lipschitz bounds of the logits; input curvature; weight-Hessian top eigenvalue
+    and trace; a 1-D filter-normalized landscape (plotted into ``out_dir`` when given). ``smoothed_samples=k`` also measures the smoothed net of a
     DIPNet (k noise samples) for the Jacobian, Lipschitz lower bound and curvature.
     """
     chosen = _parse_names(names)
@@ -103,9 +103,9 @@ def measure_model(
                 out["regions"] = {"skipped": "the model has no piecewise-linear activation modules"}
                 continue
             anchors = {
-                "train": draw_anchors(x_train, y_train, trajectories, seed=seed),
-                "test": draw_anchors(x_test, y_test, trajectories, seed=seed),
-                "random": random_anchors(x_train, trajectories, seed=seed),
+                "train": draw_anchors(x_train, y_train, circles, seed=seed),
+                "test": draw_anchors(x_test, y_test, circles, seed=seed),
+                "random": random_anchors(x_train, circles, seed=seed),
             }
             out["regions"] = {k: region_transitions(model, a, points).to_dict() for k, a in anchors.items()}
         elif name == "lipschitz":

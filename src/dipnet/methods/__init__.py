@@ -13,7 +13,7 @@ from .baselines import CutMix, Cutout, GaussianExamples, InputNoise, Mixup
 from .dipnet import DIPNet, NoiseLayers
 from .icp import ICP
 from .neftune import NEFTune
-from .registry import build_method, component_class, method_fields, method_names, register_component
+from .registry import ERM, METHODS, build_method, register_component
 from .rwp import RWP, ARWPMethod, MARWPMethod, MRWPMethod, RWPMethod, parallel_mrwp_update
 from .sam import SAM, ASAMMethod, SAMMethod, sam_update
 
@@ -25,11 +25,13 @@ __all__ = [
     "CutMix",
     "Cutout",
     "DIPNet",
+    "ERM",
     "FGSMExamples",
     "GaussianExamples",
     "ICP",
     "InputNoise",
     "MARWPMethod",
+    "METHODS",
     "MRWPMethod",
     "Method",
     "Mixup",
@@ -41,13 +43,10 @@ __all__ = [
     "SAMMethod",
     "StepContext",
     "build_method",
-    "component_class",
     "task_loss",
     "disable_running_stats",
     "enable_running_stats",
     "frozen_running_stats",
-    "method_fields",
-    "method_names",
     "parallel_mrwp_update",
     "plain_update",
     "register_component",

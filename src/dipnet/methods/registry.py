@@ -1,4 +1,4 @@
-"""Method components by name: ``build_method("dipnet+mrwp", {"dipnet.sigma": 0.1})``.
+"""Method components by name (:data:`METHODS`): ``build_method("dipnet+mrwp", {"dipnet.sigma": 0.1})``.
 
 Specs join component names with ``+``; ``"erm"`` is the empty method (cross-entropy and a plain
 optimizer step). Hyperparameters are passed raw (CLI strings, TOML values): each component's
@@ -7,18 +7,19 @@ schema coerces and checks them once (:mod:`dipnet.schema`).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, unknown_name
-from ..schema import field_docs
+from ..errors import ConfigError
+from ..registry import Registry
 from .base import SLOTS, Component, Method
 
-ERM_DESCRIPTION = "empirical risk minimization: cross-entropy and a plain optimizer step"
-_COMPONENTS: dict[str, type[Component]] = {}
+METHODS: Registry[type[Component]] = Registry("method")
 
 
 def register_component(cls: type[Component]) -> type[Component]:
-    """Class decorator: make a component available by its ``name`` in method specs."""
+    """Class decorator: make a component available by its ``name`` in method specs (tagged with
+    its slots: ``METHODS.filter(tag="update")`` lists the update rules)."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a non-empty class attribute 'name'")
     bad = set(cls.slots) - set(SLOTS)
@@ -26,23 +27,20 @@ def register_component(cls: type[Component]) -> type[Component]:
         raise TypeError(f"{cls.__name__}: unknown slots {sorted(bad)}; allowed: {SLOTS}")
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a dataclass (its fields are its hyperparameters)")
-    _COMPONENTS[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls, cls.description, cls.slots)
 
 
-def method_names() -> dict[str, str]:
-    """Registered component names with their descriptions (``erm`` included)."""
-    return {"erm": ERM_DESCRIPTION, **{n: c.description for n, c in sorted(_COMPONENTS.items())}}
+@register_component
+@dataclass
+class ERM(Component):
+    """The empty method: no component changes the step (a spec drops ``erm``: ``"erm+sam"`` is SAM)."""
+
+    name = "erm"
+    description = "empirical risk minimization: cross-entropy and a plain optimizer step"
 
 
-def component_class(name: str) -> type[Component]:
-    if name not in _COMPONENTS:
-        raise unknown_name("method", name, [*EMPTY, *_COMPONENTS])
-    return _COMPONENTS[name]
-
-
-# Names of the empty method: plain training (``sft``, supervised fine-tuning, is what it is called
-# for language models).
+# Names of the empty method in a spec: plain training (``sft``, supervised fine-tuning, is what it
+# is called for language models).
 EMPTY = ("erm", "sft")
 
 
@@ -65,7 +63,7 @@ def assign_hyperparameters(spec: str, params: dict[str, Any] | None) -> dict[str
     component (needed when two share a field such as ``sigma``). Hyphens in a field name are
     read as underscores (``--sigma-schedule``); component names keep theirs.
     """
-    classes = {n: component_class(n) for n in spec_names(spec)}
+    classes = {n: METHODS.get(n) for n in spec_names(spec)}
     fields = {n: _field_names(c) for n, c in classes.items()}
     out: dict[str, dict[str, Any]] = {n: {} for n in classes}
     for key, value in (params or {}).items():
@@ -98,10 +96,5 @@ def build_method(spec: str | Method, params: dict[str, Any] | None = None,
             raise ConfigError("hyperparameters given with an already-built Method; set them on its components")
         return spec
     assigned = assign_hyperparameters(spec, params)
-    return Method([component_class(name)(**{**(defaults or {}).get(name, {}), **kwargs})
+    return Method([METHODS.get(name)(**{**(defaults or {}).get(name, {}), **kwargs})
                    for name, kwargs in assigned.items()])
-
-
-def method_fields(spec: str) -> dict[str, dict[str, tuple[Any, str, str]]]:
-    """``{component: {field: (default, what it accepts, doc)}}`` of a spec (for help texts)."""
-    return {n: field_docs(component_class(n)) for n in spec_names(spec)}

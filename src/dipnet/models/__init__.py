@@ -7,7 +7,7 @@ from ._common import ACTIVATIONS, compatible_models
 from .cnn import ConvBlock, SmallCNN
 from .mlp import MLP, MLPBlock
 from .mnist1d import MNIST1DCNN, MNIST1DMLP
-from .registry import build_model, list_models, model_recipe, register_model
+from .registry import MODELS, ModelEntry, build_model, model_recipe, register_model
 from .resnet import BasicBlock, PadShortcut, ResNet
 from .vit import Attention, Block, Mlp, PatchEmbed, VisionTransformer
 
@@ -21,7 +21,9 @@ __all__ = [
     "MLPBlock",
     "MNIST1DCNN",
     "MNIST1DMLP",
+    "MODELS",
     "Mlp",
+    "ModelEntry",
     "PadShortcut",
     "PatchEmbed",
     "ResNet",
@@ -29,7 +31,6 @@ __all__ = [
     "VisionTransformer",
     "build_model",
     "compatible_models",
-    "list_models",
     "model_recipe",
     "register_model",
 ]

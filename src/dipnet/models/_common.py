@@ -13,7 +13,7 @@ from torch import nn
 from ..data.base import DatasetInfo
 from ..errors import ConfigError
 from ..schema import Limits, check, choice
-from .registry import _REGISTRY, register_model
+from .registry import MODELS, ModelEntry, register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -110,19 +110,19 @@ def compatible_models(input_shape: Sequence[int], num_classes: int = 10) -> list
         class_names=tuple(str(i) for i in range(num_classes)),
         bounds=(0.0, 1.0),
     )
+    def builds(entry: ModelEntry) -> bool:
+        try:
+            with torch.device("meta"):
+                entry.builder(info)
+        except (ConfigError, TypeError, RuntimeError, NotImplementedError):
+            return False
+        return True
+
     token = _PROBING.set(True)
-    fits = []
     try:
-        for name, (builder, _) in sorted(_REGISTRY.items()):
-            try:
-                with torch.device("meta"):
-                    builder(info)
-            except (ConfigError, TypeError, RuntimeError, NotImplementedError):
-                continue
-            fits.append(name)
+        return MODELS.filter(builds)
     finally:
         _PROBING.reset(token)
-    return fits
 
 
 def zoo_model(name: str, description: str,

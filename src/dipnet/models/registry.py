@@ -1,4 +1,4 @@
-"""Model registry: ``build_model(name, info, **kwargs)`` returns a plain ``nn.Module``.
+"""Model registry (:data:`MODELS`): ``build_model(name, info, **kwargs)`` returns a plain ``nn.Module``.
 
 Before a model is built, it is built on PyTorch's ``meta`` device (shapes only, no memory) and its
 size estimated: weights, gradients and two optimizer moments in float32. A model whose estimate
@@ -9,27 +9,37 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..data.base import DatasetInfo
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry
 
 Builder = Callable[..., nn.Module]
-_REGISTRY: dict[str, tuple[Builder, str]] = {}
-# The training recipe of each model: the settings ``dipnet train`` uses for the options not given.
-_RECIPES: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and the training recipe ``dipnet train`` follows for the
+    options not given (optimizer, lr, schedule, batch size, epochs, weight decay)."""
+
+    builder: Builder
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(name: str, description: str, recipe: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
     """Register ``builder(info: DatasetInfo, **kwargs) -> nn.Module`` under ``name``, with its
-    training ``recipe`` (optimizer, lr, schedule, batch size, epochs, weight decay)."""
+    training ``recipe``."""
 
     def deco(fn: Builder) -> Builder:
-        _REGISTRY[name] = (fn, description)
-        _RECIPES[name] = dict(recipe or {})
+        MODELS.add(name, ModelEntry(fn, dict(recipe or {})), description)
         return fn
 
     return deco
@@ -37,28 +47,18 @@ def register_model(name: str, description: str, recipe: dict[str, Any] | None = 
 
 def model_recipe(name: str) -> dict[str, Any]:
     """The documented training recipe of a registered model (docs/models.md, "Recipes")."""
-    if name not in _REGISTRY:
-        raise unknown_name("model", name, list(_REGISTRY))
-    return dict(_RECIPES.get(name, {}))
+    return dict(MODELS.get(name).recipe)
 
 
 def model_options(name: str) -> list[str]:
     """The options ``build_model(name, info, ...)`` takes."""
-    if name not in _REGISTRY:
-        raise unknown_name("model", name, list(_REGISTRY))
-    params = inspect.signature(_REGISTRY[name][0]).parameters.values()
+    params = inspect.signature(MODELS.get(name).builder).parameters.values()
     return [p.name for p in params if p.name != "info" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-
-
-def list_models() -> dict[str, str]:
-    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
 def build_model(name: str, info: DatasetInfo, **kwargs: Any) -> nn.Module:
     """Build a registered model with defaults fitted to ``info`` (input shape, classes)."""
-    if name not in _REGISTRY:
-        raise unknown_name("model", name, list(_REGISTRY))
-    builder = _REGISTRY[name][0]
+    builder = MODELS.get(name).builder
     try:
         with torch.device("meta"):
             probe = builder(info, **kwargs)

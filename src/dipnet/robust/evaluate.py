@@ -134,7 +134,9 @@ def evaluate_robustness(
 
     per_corruption: dict[str, list[float]] = {}
     for k, c in enumerate(names):
-        per_corruption[c] = [acc(corrupt(x, c, s, seed=seed * 1000 + 10 * k + s, bounds=bounds)) for s in severities]
+        # each (corruption, severity) its own seed, kept in torch's seed range for any run seed
+        per_corruption[c] = [acc(corrupt(x, c, s, seed=(seed * 1000 + 10 * k + s) % 2**63, bounds=bounds))
+                             for s in severities]
     result["corruptions"] = {"severities": list(severities), "acc": per_corruption}
     if per_corruption:
         per_sev = [sum(v[j] for v in per_corruption.values()) / len(per_corruption) for j in range(len(severities))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .tables import MethodRow, TaskTable
+from dipnet.experiments.tables import MethodRow, TaskTable
 
 ClaimFn = Callable[[Any], list[str]]
 CLAIMS: dict[str, ClaimFn] = {}
@@ -115,7 +115,7 @@ MEASURE_KEYS = {  # instrument key in the measures suite -> (words, lower is smo
 
 
 def _measure_sentence(table: TaskTable, method: str, key: str, words: str, lower_better: bool) -> str | None:
-    from .stats import paired_compare
+    from dipnet.experiments.stats import paired_compare
 
     def values(label: str) -> dict[int, float]:
         out = {}

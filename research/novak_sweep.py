@@ -1,7 +1,7 @@
 """Novak et al. (2018) on our data: train a sweep of small models and relate their sensitivity
 (mean test Jacobian norm, region transitions) to their generalization gap.
 
-``python -m dipnet.experiments.novak_sweep --data mnist1d --out docs/measure_sweep_mnist1d.json`` trains
+``PYTHONPATH=src python research/novak_sweep.py --data mnist1d --out docs/measure_sweep_mnist1d.jsonl`` trains
 every configuration of :func:`sweep_configs` (a few seconds each on one CPU thread), measures it
 and appends one JSON record per model; :func:`summarize` computes the rank correlations and
 :func:`plot_sweep` draws the figures used in docs/measure.md.
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, load_dataset
-from ..engine import TrainConfig, evaluate, threads, train
-from ..methods import method_names
-from ..measure import (circle_through, draw_anchors, jacobian_norm, lipschitz_bounds, measure_model, random_anchors,
+from dipnet.data import Dataset, load_dataset
+from dipnet.engine import TrainConfig, evaluate, threads, train
+from dipnet.measure import (circle_through, draw_anchors, jacobian_norm, lipschitz_bounds, measure_model, random_anchors,
                        region_transitions, sharpness, spearman, transitions_along)
-from ..projection import noise_layers
+from dipnet.methods import METHODS
+from dipnet.projection import noise_layers
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _treated(ds: Dataset, run: SweepRun) -> Dataset:
     return Dataset(x, y, ds.x_test, ds.y_test, ds.info)
 
 
-def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajectories: int = 8, points: int = 1000) -> dict[str, Any]:
+def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, circles: int = 8, points: int = 1000) -> dict[str, Any]:
     """Train one configuration with the engine and take the Novak et al. measures on it."""
     t0 = time.perf_counter()
     cfg = TrainConfig(data=ds.info.name, model=run.model, method=run.method, epochs=run.epochs,
@@ -137,9 +137,9 @@ def train_and_measure(ds: Dataset, run: SweepRun, n_points: int = 1000, trajecto
         "loss_per_point": [round(float(v), 6) for v in point_loss[:300]],
         "train_seconds": train_s,
     }
-    for kind, anchors in (("train", draw_anchors(x_tr, y_tr, trajectories, seed=run.seed)),
-                          ("test", draw_anchors(x_te, y_te, trajectories, seed=run.seed)),
-                          ("random", random_anchors(x_tr, trajectories, seed=run.seed))):
+    for kind, anchors in (("train", draw_anchors(x_tr, y_tr, circles, seed=run.seed)),
+                          ("test", draw_anchors(x_te, y_te, circles, seed=run.seed)),
+                          ("random", random_anchors(x_tr, circles, seed=run.seed))):
         rt = region_transitions(model, anchors, points)
         rec[f"transitions_{kind}"] = float(rt.density.mean())
         rec[f"transitions_{kind}_flips"] = float(rt.flips.mean())
@@ -293,7 +293,7 @@ def compare_methods(ds: Dataset, methods: list[str], seeds: tuple[int, ...] = (0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dipnet.experiments.novak_sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="research/novak_sweep.py", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist1d", choices=("mnist1d", "mnist"))
     p.add_argument("--out", required=True, help="JSON-lines file; finished runs in it are skipped (resume)")
     p.add_argument("--figure", default=None, help="PNG for the three-panel figure")
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         records = compare_methods(ds, [m.strip() for m in args.compare_methods.split(",") if m.strip()])
         Path(args.out).write_text("\n".join(json.dumps(r) for r in records) + "\n")
         return 0
-    runs = sweep_configs(args.data, sorted(method_names()), args.epochs_scale)
+    runs = sweep_configs(args.data, METHODS.names(), args.epochs_scale)
     if args.limit:
         runs = runs[: args.limit]
     out = Path(args.out)

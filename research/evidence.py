@@ -11,8 +11,8 @@ not replace that export unless ``allow_incomplete``. In Markdown, a region
     ...generated...
     <!-- dipnet:end -->
 
-is a *fragment*: :func:`render` regenerates it from the export. ``python -m
-dipnet.experiments.evidence check`` (``make docs-check``, run by ``make test``) fails on any
+is a *fragment*: :func:`render` regenerates it from the export. ``PYTHONPATH=src python
+research/evidence.py check`` (``make docs-check``, run by ``make test``) fails on any
 fragment whose text differs from what the committed exports give; ``... write`` rewrites them.
 
 Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p),
@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..engine.checkpoint import atomic_write_bytes
-from ..engine.files import refuse_link
-from ..errors import ConfigError, DataError
-from .claims import CLAIMS
-from .runspec import RunSpec
-from .stats import adjust, format_p, paired_compare, summarize
-from .store import RunStore
-from .tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
+from claims import CLAIMS
+from dipnet.engine.checkpoint import atomic_write_bytes
+from dipnet.engine.files import refuse_link
+from dipnet.errors import ConfigError, DataError
+from dipnet.experiments.runspec import RunSpec
+from dipnet.experiments.stats import adjust, format_p, paired_compare, summarize
+from dipnet.experiments.store import RunStore
+from dipnet.experiments.tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
 
 EXPORT_FORMAT = "dipnet-suite-export-1"
 RESULTS = Path("docs") / "results"
@@ -353,7 +353,7 @@ def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = F
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m dipnet.experiments.evidence",
+    p = argparse.ArgumentParser(prog="research/evidence.py",
                                 description="Check (or rewrite) the figures README.md and docs/*.md quote against "
                                             "the committed suite exports in docs/results/.")
     p.add_argument("action", choices=("check", "write", "export"))

@@ -2,7 +2,8 @@
 from .config import OPTIMIZERS, PROGRESS_MODES, SCHEDULES, RunConfig, TrainConfig
 from .core import Callback, Control, Loop
 from .loop import RunResult, Trainer, train
-from .run import LoadedRun, load_run, read_record
+from .run import LoadedRun, load_run
+from .rundir import read_record
 from .rundir import RunDirectory, TrainState
 from .schedule import lr_at
 from .setup import build_optimizer, prepare, resolve_device, seed_everything

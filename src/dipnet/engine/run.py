@@ -1,7 +1,6 @@
 """Reading a finished (or interrupted) run directory back: config, history and the model."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from ..errors import DataError
 from .checkpoint import load_checkpoint, load_weights
 from ..methods import Method
 from .config import TrainConfig
-from .rundir import check_training_record
+from .rundir import check_training_record, read_record
 from .setup import ModelArg, prepare
 
 
@@ -37,16 +36,6 @@ class LoadedRun:
     @property
     def status(self) -> str:
         return self.record.get("status", "unknown")
-
-
-def read_record(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    if not path.exists():
-        raise DataError(f"{run_dir} is not a dipnet run directory (no run.json); train one with `dipnet train --out DIR`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
 
 
 def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: ModelArg = None) -> LoadedRun:

@@ -65,6 +65,17 @@ def is_run_record(path: Path) -> bool:
         and record.get("format", RUN_FORMAT) == RUN_FORMAT
 
 
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    """The record (``run.json``) of a run directory; a missing or undecodable one is a DataError."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        raise DataError(f"{run_dir} is not a dipnet run directory (no run.json); train one with `dipnet train --out DIR`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is damaged: not valid JSON ({exc})") from None
+
+
 def check_training_record(record: dict[str, Any], run_dir: str | Path) -> None:
     """A fine-tuning run (its config names a task) cannot be loaded as a training run: say which it is."""
     config = record.get("config") if isinstance(record, dict) else None
@@ -241,7 +252,7 @@ class RunDirectory:
         """The final metrics of a finished run recorded here, else None."""
         if self.path is None or not is_run_record(self.path / "run.json"):
             return None
-        record = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        record = read_record(self.path)
         return record.get("final") if record.get("status") == "done" else None
 
     def check_final(self) -> None:

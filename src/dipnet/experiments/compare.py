@@ -8,7 +8,6 @@ end-of-epoch checkpoint). A run that raises is recorded ``failed`` with its erro
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..engine import TrainConfig, threads as threads_policy, train
+from ..engine.rundir import read_record
 from ..engine.runinfo import run_info
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..schema import Limits, check
 from .instruments import INSTRUMENTS, MeasureFn
 from .store import RunStore, owner_id
@@ -91,8 +91,8 @@ def _recorded_run_info(run_dir: Any) -> dict[str, Any] | None:
     if not run_dir:
         return None
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text()).get("run_info")
-    except (OSError, ValueError, AttributeError):
+        return read_record(run_dir).get("run_info")
+    except (DataError, OSError, AttributeError):
         return None
 
 

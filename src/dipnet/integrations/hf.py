@@ -45,7 +45,8 @@ from ..errors import ConfigError  # noqa: E402
 from ..llm.adapters import load_sigmas, save_sigmas, save_sigmas_with_model  # noqa: E402
 from .hf_trainer import MethodTrainer  # noqa: E402
 from ..schema import Limits, check  # noqa: E402
-from ..projection import DIPNetLoss, LLM_PRIOR, LLM_SIGMA, is_projected, project, projections, repeat_batch, sigma_stats  # noqa: E402
+from ..methods import DIPNet, build_method  # noqa: E402
+from ..projection import LLM_PRIOR, LLM_SIGMA, is_projected, repeat_batch  # noqa: E402
 
 __all__ = ["DIPNetCallback", "DIPNetTrainer", "MethodTrainer", "load_sigmas", "save_sigmas"]
 
@@ -53,30 +54,41 @@ logger = logging.getLogger(__name__)
 
 
 class DIPNetCallback(TrainerCallback):
-    """DIPNet for a Hugging Face ``Trainer`` (see the module docstring).
+    """DIPNet for a Hugging Face ``Trainer`` (see the module docstring): a thin adapter over the
+    ``dipnet`` method component (:class:`dipnet.methods.DIPNet`), which owns the placement, the
+    sigmas' parameter group, the prior's gradient, the logged statistics and the end of training.
 
     ``targets``: ``"decoder"`` (default) or ``"lora"``; ``sigma``: initial relative sigma;
-    ``prior``: the variance prior (alpha, beta), ``(0, 0)`` for none; ``settings``: any other
-    :func:`dipnet.project` setting (``scale``, ``noise``, ``include``, ``exclude``, ...).
+    ``prior``: the variance prior (alpha, beta), ``(0, 0)`` for none; ``include``/``exclude``:
+    :func:`dipnet.project`'s filters; ``settings``: any other hyperparameter of the ``dipnet``
+    method (``scale``, ``noise``, ``granularity``, ...), checked by its schema.
     """
 
     def __init__(self, *, targets: str = "decoder", sigma: float = LLM_SIGMA,
-                 prior: tuple[float, float] = LLM_PRIOR, **settings: Any) -> None:
-        self.targets, self.sigma, self.settings = targets, sigma, settings
-        self.prior = DIPNetLoss(prior=prior)
+                 prior: tuple[float, float] = LLM_PRIOR, include: Any = None, exclude: Any = None,
+                 **settings: Any) -> None:
+        try:
+            alpha, beta = prior
+        except (TypeError, ValueError):
+            raise ConfigError(f"prior must be a pair (alpha, beta), not {prior!r}") from None
+        dipnet = build_method("dipnet", {"targets": targets, "sigma": sigma, "alpha": alpha, "beta": beta,
+                                         **settings}).components[0]
+        assert isinstance(dipnet, DIPNet)
+        self.dipnet, self.include, self.exclude = dipnet, include, exclude
 
     def on_init_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
         if model is None:
             raise ConfigError("DIPNetCallback needs the Trainer's model at construction (model_init is not supported)")
         if not is_projected(model):
-            project(model, targets=self.targets, sigma=self.sigma, **self.settings)
+            self.dipnet.transform_model(model, include=self.include, exclude=self.exclude)
         save_sigmas_with_model(model)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:
+        """Move the sigmas out of the trainer's weight-decay groups (the prior regularizes them)."""
         if optimizer is None or model is None:
             return
-        sigmas = {id(p.log_sigma) for _, p in projections(model) if p.learnable}
+        sigmas = {id(p) for p in self.dipnet.fixed_parameters(model)}
         seen: set[int] = set()
         moved: list[torch.Tensor] = []
         for group in optimizer.param_groups:
@@ -98,25 +110,24 @@ class DIPNetCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                               **kwargs: Any) -> None:
         if model is not None:
-            self.prior.prior_grad_(model)
+            self.dipnet.add_prior_grad(model)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                model: nn.Module | None = None, **kwargs: Any) -> None:
-        if model is None or logs is None or not projections(model):
+        if model is None or logs is None:
             return
-        extra = {k: v for k, v in sigma_stats(model).items() if k != "sigma"}
+        extra = {k: v for k, v in self.dipnet.epoch_metrics(model).items() if k != "sigma"}
         logs.update(extra)
-        if state.log_history:
+        if extra and state.log_history:
             state.log_history[-1].update(extra)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                      **kwargs: Any) -> None:
-        if model is None or not projections(model):
+        if model is None:
             return
-        model.eval()
-        if state.is_world_process_zero:
-            logger.warning("DIPNet: training ended; the model is left in eval mode with its noise off (deterministic); "
-                           "model.train() turns the noise back on")
+        for line in self.dipnet.on_train_end(model):
+            if state.is_world_process_zero:
+                logger.warning(line + "; model.train() turns the noise back on")
 
 
 class DIPNetTrainer(Trainer):

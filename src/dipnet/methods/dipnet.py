@@ -45,9 +45,10 @@ class DIPNet(Component, LossConfig, PlacementConfig):
                                 prior=(0.0, 0.0))
         self._prior = DIPNetLoss(prior=(self.alpha, self.beta))
 
-    def transform_model(self, model: nn.Module) -> nn.Module:
+    def transform_model(self, model: nn.Module, *, include: Any = None, exclude: Any = None) -> nn.Module:
+        """Project ``model`` (``include``/``exclude``: :func:`~dipnet.project`'s name or type filters)."""
         targets = DEFAULT_TARGETS if self.targets == "layers" else self.targets
-        return project(model, targets=targets, config=self, learnable=self.learnable)
+        return project(model, targets=targets, include=include, exclude=exclude, config=self, learnable=self.learnable)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         ctx.count(self.trajectories * batch_size_of(x))

@@ -71,12 +71,13 @@ def read_export(path: str | Path, verify: bool = True) -> list[dict[str, Any]]:
     if not rows or not isinstance(rows[0], dict) or rows[0].get("format") != EXPORT_FORMAT:
         raise DataError(f"{path} is not a dipnet suite export (format {EXPORT_FORMAT})")
     for i, row in enumerate(rows if verify else []):
-        record = {k: v for k, v in row.items() if k != "sha256"} if isinstance(row, dict) else row
-        if not isinstance(row, dict) or _sealed(record) != json.dumps(row, sort_keys=True, allow_nan=True):
-            what = "its header" if i == 0 else (f"run {row.get('key')} ({row.get('task')} / {row.get('method')} / seed "
-                                                f"{row.get('seed')})" if isinstance(row, dict) else f"line {i + 1}")
-            raise DataError(f"{path}: {what} does not match its checksum (changed after export); restore the file "
-                            "from git, or export the suite again from its store")
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {i + 1} is not a JSON object; restore the file from git")
+        if _sealed({k: v for k, v in row.items() if k != "sha256"}) != json.dumps(row, sort_keys=True, allow_nan=True):
+            what = "its header" if i == 0 else \
+                f"run {row.get('key')} ({row.get('task')} / {row.get('method')} / seed {row.get('seed')})"
+            why = "does not match its checksum (changed after export)" if "sha256" in row else "carries no checksum"
+            raise DataError(f"{path}: {what} {why}; restore the file from git, or export the suite again from its store")
     return rows
 
 

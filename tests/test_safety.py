@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dipnet.errors import DataError
+from dipnet.errors import ConfigError, DataError
 from dipnet.experiments import RunStore, parse_suite, run_suite
 from dipnet.experiments.evidence import export_suite, import_suite, main as evidence_main
 

@@ -53,10 +53,15 @@ def export_path(root: Path, suite: str) -> Path:
     return Path(root) / RESULTS / suite / "runs.jsonl.gz"
 
 
+def _digest(record: dict[str, Any]) -> str:
+    """SHA-256 of ``record``'s canonical JSON (its ``sha256`` field left out)."""
+    text = json.dumps({k: v for k, v in record.items() if k != "sha256"}, sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _sealed(record: dict[str, Any]) -> str:
-    """One export line: ``record`` and the SHA-256 of its canonical JSON (``sha256``)."""
-    text = json.dumps(record, sort_keys=True, allow_nan=True)
-    return json.dumps({**record, "sha256": hashlib.sha256(text.encode()).hexdigest()}, sort_keys=True, allow_nan=True)
+    """One export line: ``record`` and its checksum (``sha256``)."""
+    return json.dumps({**record, "sha256": _digest(record)}, sort_keys=True, allow_nan=True)
 
 
 def read_export(path: str | Path, verify: bool = True) -> list[dict[str, Any]]:
@@ -71,12 +76,13 @@ def read_export(path: str | Path, verify: bool = True) -> list[dict[str, Any]]:
     if not rows or not isinstance(rows[0], dict) or rows[0].get("format") != EXPORT_FORMAT:
         raise DataError(f"{path} is not a dipnet suite export (format {EXPORT_FORMAT})")
     for i, row in enumerate(rows if verify else []):
-        record = {k: v for k, v in row.items() if k != "sha256"} if isinstance(row, dict) else row
-        if not isinstance(row, dict) or _sealed(record) != json.dumps(row, sort_keys=True, allow_nan=True):
-            what = "its header" if i == 0 else (f"run {row.get('key')} ({row.get('task')} / {row.get('method')} / seed "
-                                                f"{row.get('seed')})" if isinstance(row, dict) else f"line {i + 1}")
-            raise DataError(f"{path}: {what} does not match its checksum (changed after export); restore the file "
-                            "from git, or export the suite again from its store")
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {i + 1} is not a JSON object; restore the file from git")
+        if row.get("sha256") != _digest(row):
+            what = "its header" if i == 0 else \
+                f"run {row.get('key')} ({row.get('task')} / {row.get('method')} / seed {row.get('seed')})"
+            why = "does not match its checksum (changed after export)" if "sha256" in row else "carries no checksum"
+            raise DataError(f"{path}: {what} {why}; restore the file from git, or export the suite again from its store")
     return rows
 
 

@@ -64,15 +64,17 @@ def _store(path: Path, text: str = SUITE) -> Path:
 # ---------------------------------------------------------------- 1. no write through a link
 
 
+@pytest.mark.parametrize("name", [".dipnet.lock", "run.json", "checkpoint.safetensors"])
 @pytest.mark.parametrize("fresh", [True, False])
-def test_lock_that_is_a_link_is_refused_and_its_target_kept(capsys, tmp_path, fresh):
+def test_a_run_file_that_is_a_link_is_refused_and_its_target_kept(capsys, tmp_path, fresh, name):
     run, target = tmp_path / "run", decoy(tmp_path)
     if not fresh:
         assert cli(capsys, "train", *FAST, "--out", str(run))[0] == 0
+        (run / name).unlink(missing_ok=True)
     run.mkdir(exist_ok=True)
-    (run / ".dipnet.lock").symlink_to(target)
-    one_line(*cli(capsys, "train", *FAST, "--out", str(run)), "symbolic link")
-    assert target.read_bytes() == DECOY and (run / ".dipnet.lock").is_symlink()
+    (run / name).symlink_to(target)
+    one_line(*cli(capsys, "train", *FAST, "--epochs", "3", "--out", str(run)), "symbolic link")
+    assert target.read_bytes() == DECOY and (run / name).is_symlink()
 
 
 def test_lock_file_is_removed_when_the_run_ends(capsys, tmp_path):

@@ -22,9 +22,12 @@ def checksum(values: Iterable[Any]) -> str:
 
 
 def sqlite_error(path: Path, exc: Exception, damaged: str) -> DataError:
-    """SQLite's error as one line: a read-only file is said to be one, anything else is ``damaged``."""
+    """SQLite's error as one line: a read-only file or one that cannot be opened is said to be
+    one, anything else is ``damaged``."""
     if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
         return DataError(f"{path} is read-only (SQLite says: {exc}); make it writable, or copy it and use the copy")
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+        return DataError(f"{path} cannot be opened (SQLite says: {exc}); check the permissions of the file and its folder")
     return DataError(f"{path} {damaged} (SQLite says: {exc})")
 
 

@@ -28,7 +28,7 @@ TRAIN_PERTURBATIONS = {"none": None, "gaussian": "gaussian-examples", "fgsm": "f
 # TrainConfig fields with a flag of their own (the dict fields have --data-arg / --model-arg).
 TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum",
                "weight_decay", "schedule", "warmup_epochs", "milestones", "gamma", "grad_clip",
-               "eval_batch_size", "train_eval_max", "device", "progress")
+               "eval_batch_size", "train_eval_max", "device", "progress", "log_to")
 
 
 def trainer_flags() -> set[str]:

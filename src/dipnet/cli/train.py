@@ -41,7 +41,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     docs = field_docs(TrainConfig)
     for name in TRAIN_FLAGS:
         default, accepts, doc = docs[name]
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = (",".join(map(str, default)) or "none") if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
                        help=f"{doc}: {accepts} (default: the model's recipe, else {shown})")
     p.add_argument("--train-perturbation", choices=tuple(TRAIN_PERTURBATIONS), default="none",

@@ -17,7 +17,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
 LOG_KINDS: tuple[str, ...] = get_args(LogKind)
-LOG_TO_DOC = "run logs under the run directory: tensorboard (<out>/tensorboard), mlflow (<out>/mlflow.db)"
+LOG_TO_DOC = "run logs: tensorboard (<out>/tensorboard), mlflow (<out>/mlflow.db)"
 FLOAT32_MAX = 3.4028234663852886e38  # optimizers turn the learning rate into a float32 scalar
 # Fields that do not change the numbers a run produces: a resume may differ in these.
 NON_IDENTITY = ("out", "progress", "log_to")

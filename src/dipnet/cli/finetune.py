@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, (default, accepts, doc) in field_docs(FinetuneConfig).items():
         if name in FLAG_SKIP:
             continue
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = (",".join(map(str, default)) or "none") if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
                        help=f"{doc}: {accepts} (default {shown})")
     p.add_argument("--task-arg", action="append", metavar="KEY=VALUE",

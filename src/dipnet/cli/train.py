@@ -28,7 +28,7 @@ TRAIN_PERTURBATIONS = {"none": None, "gaussian": "gaussian-examples", "fgsm": "f
 # TrainConfig fields with a flag of their own (the dict fields have --data-arg / --model-arg).
 TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum",
                "weight_decay", "schedule", "warmup_epochs", "milestones", "gamma", "grad_clip",
-               "eval_batch_size", "train_eval_max", "device", "progress")
+               "eval_batch_size", "train_eval_max", "device", "progress", "log_to")
 
 
 def trainer_flags() -> set[str]:
@@ -44,7 +44,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     docs = field_docs(TrainConfig)
     for name in TRAIN_FLAGS:
         default, accepts, doc = docs[name]
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = (",".join(map(str, default)) or "none") if isinstance(default, tuple) else default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
                        help=f"{doc}: {accepts} (default: the model's recipe, else {shown})")
     p.add_argument("--train-perturbation", choices=tuple(TRAIN_PERTURBATIONS), default="none",

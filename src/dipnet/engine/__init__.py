@@ -1,6 +1,7 @@
 """The training engine: configuration, setup, the loop, run directories and checkpoints."""
 from .config import OPTIMIZERS, PROGRESS_MODES, SCHEDULES, RunConfig, TrainConfig
 from .core import Callback, Control, Loop
+from .logs import MLflowLog, TensorBoardLog
 from .loop import RunResult, Trainer, train
 from .run import LoadedRun, load_run
 from .rundir import read_record
@@ -16,12 +17,14 @@ __all__ = [
     "Loop",
     "Task",
     "LoadedRun",
+    "MLflowLog",
     "OPTIMIZERS",
     "PROGRESS_MODES",
     "RunDirectory",
     "RunConfig",
     "RunResult",
     "SCHEDULES",
+    "TensorBoardLog",
     "TrainConfig",
     "TrainState",
     "Trainer",

@@ -12,12 +12,15 @@ from ..schema import Validated, param
 Optimizer = Literal["sgd", "adamw", "adam"]
 Schedule = Literal["constant", "cosine", "step"]
 ProgressMode = Literal["auto", "rich", "plain", "none"]
+LogKind = Literal["tensorboard", "mlflow"]  # run logs (dipnet.engine.logs)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
+LOG_KINDS: tuple[str, ...] = get_args(LogKind)
+LOG_TO_DOC = "run logs: tensorboard (<out>/tensorboard), mlflow (<out>/mlflow.db)"
 FLOAT32_MAX = 3.4028234663852886e38  # optimizers turn the learning rate into a float32 scalar
 # Fields that do not change the numbers a run produces: a resume may differ in these.
-NON_IDENTITY = ("out", "progress", "threads")
+NON_IDENTITY = ("out", "progress", "threads", "log_to")
 
 
 class RunConfig(Validated):
@@ -83,6 +86,7 @@ class TrainConfig(RunConfig):
     progress: ProgressMode = param("auto", doc="progress display")
     threads: int | None = param(None, ge=1, doc="torch threads while training (none: the idle physical cores, "
                                 "shared among the run's processes; engine/threads.py)")
+    log_to: tuple[LogKind, ...] = param((), doc=LOG_TO_DOC)
 
     def _check(self) -> None:
         if self.warmup_epochs >= self.epochs:

@@ -8,8 +8,9 @@ fine-tuning. Each period ends in an evaluation whose record row goes into the hi
 
 Events, in the spirit of the Hugging Face Trainer's callback handler: a :class:`Callback`
 implements any of ``on_fit_start``, ``on_period_start``, ``on_step_end``, ``on_evaluate`` (the
-period's row, which it may extend), ``on_period_end``, ``on_save`` and ``on_fit_end``; each gets
-the loop and its :class:`~dipnet.engine.rundir.TrainState`. ``loop.control.stop(reason)`` ends
+period's row, which it may extend), ``on_period_end``, ``on_save`` and ``on_fit_end``, or
+``on_exception`` instead of ``on_fit_end`` when the run fails; each gets the loop and its
+:class:`~dipnet.engine.rundir.TrainState`. ``loop.control.stop(reason)`` ends
 training after the current step (the run is then checkpointed and recorded as ``stopped``).
 The divergence watch, the progress display and run logs (:mod:`dipnet.engine.logs`) are
 callbacks; checkpoints and the run record go through :class:`~dipnet.engine.rundir.RunDirectory`.
@@ -72,6 +73,10 @@ class Callback:
 
     def on_fit_end(self, loop: Loop, state: TrainState, final: dict[str, Any]) -> None:
         """After training and the final evaluation, before the result is returned."""
+
+    def on_exception(self, loop: Loop, state: TrainState, exc: BaseException) -> None:
+        """When training or the final evaluation raised ``exc`` (after ``run.json`` recorded the
+        failure), before it propagates: the place to close files."""
 
 
 class DivergenceWatch(Callback):
@@ -142,8 +147,8 @@ class Loop:
     def fit(self, state: TrainState) -> TrainState:
         """Train from ``state`` (a fresh or resumed one) to the last step or a stop; returns it."""
         self.ctx.example_grads, self.start_step = state.example_grads, state.step
+        self._emit("on_fit_start", state)  # before the clock: opening a log store is no training time
         self._wall_before, self._t_run = state.wall_s, time.perf_counter()
-        self._emit("on_fit_start", state)
         while state.step < self.total_steps and not self.control.should_stop:
             self.period_of(state)
         return state

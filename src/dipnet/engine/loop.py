@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .core import Callback, Loop, ProgressDisplay
 from .distributed import Distributed
 from .distributed import setup as setup_distributed
+from .logs import run_logs
 from .progress import Progress
 from .rundir import RunDirectory, TrainState, dataset_fingerprint
 from .runinfo import run_info
@@ -92,16 +93,20 @@ def fit_run(loop: Loop, run: RunDirectory, *, label: str, progress_mode: str, ov
         loop.callbacks.append(ProgressDisplay(progress))
         run.record("running", state)
         try:
-            with run.recording(state):
-                loop.fit(state)
-        finally:
-            progress.close()
-        for line in loop.method.on_train_end(loop.model):
-            progress.message(line)
-        loop.model.eval()
-        final = finish(state)
-        run.record("stopped" if loop.control.should_stop else "done", state, final)
-        loop._emit("on_fit_end", state, final)
+            try:
+                with run.recording(state):
+                    loop.fit(state)
+            finally:
+                progress.close()
+            for line in loop.method.on_train_end(loop.model):
+                progress.message(line)
+            loop.model.eval()
+            final = finish(state)
+            run.record("stopped" if loop.control.should_stop else "done", state, final)
+            loop._emit("on_fit_end", state, final)
+        except BaseException as exc:
+            loop._emit("on_exception", state, exc)
+            raise
         return state
 
 
@@ -131,7 +136,7 @@ class Trainer:
         self.loop = Loop(self.task, self.model, self.method, self.optimizer, self.run, dist=self.dist,
                          lr_at=lambda step: lr_at(step, total, cfg.lr, cfg.schedule, warmup, cfg.milestones, cfg.gamma),
                          train_model=self.train_model, grad_clip=cfg.grad_clip, seed=cfg.seed,
-                         callbacks=as_callbacks(callbacks))
+                         callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)])
 
     def fit(self, overwrite: bool = False) -> RunResult:
         """Train (resuming from the run directory's checkpoint if it holds one) and return the result.

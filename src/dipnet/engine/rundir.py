@@ -5,6 +5,7 @@ Layout::
     run.json                  status, config, run info, history, final metrics (JSON)
     checkpoint.safetensors    latest end-of-epoch state (weights + optimizer + RNG), for resuming
     model.safetensors         final weights (plain safetensors)
+    tensorboard/, mlflow.db   run logs, with ``log_to`` (:mod:`dipnet.engine.logs`)
     .dipnet.lock              held (flock) by the process writing the run, removed when it ends
 
 :class:`RunDirectory` owns these files: it takes the lock (a second writer is refused; the lock is
@@ -23,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -42,7 +44,8 @@ LOCK = ".dipnet.lock"
 # Every file dipnet writes into a run directory (training, fine-tuning, `dipnet measure`, `dipnet robust`).
 OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "adapter_config.json", "adapter_model.safetensors",
              "dipnet_sigmas.safetensors", "measures.json", "robust.json", "landscape.png", "robust_eps.png",
-             "robust_severity.png", LOCK)
+             "robust_severity.png", "mlflow.db", LOCK)
+OWN_FOLDERS = ("tensorboard",)  # folders dipnet fills: ``overwrite`` deletes them whole
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
@@ -212,6 +215,10 @@ class RunDirectory:
             p = self.path / name
             if name != LOCK and p.is_file():
                 p.unlink()
+                gone.append(name)
+        for name in OWN_FOLDERS:
+            if (self.path / name).is_dir():
+                shutil.rmtree(self.path / name)
                 gone.append(name)
         return gone
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..engine.config import ProgressMode, RunConfig
+from ..engine.config import LOG_TO_DOC, LogKind, ProgressMode, RunConfig
 from ..errors import ConfigError
 from ..methods.registry import spec_names
 from ..schema import param
@@ -13,7 +13,7 @@ __all__ = ["FinetuneConfig", "NON_IDENTITY"]
 
 # Fields that change neither the training nor the data: a resume may differ in these (a finished
 # run given new evaluation settings is evaluated again).
-NON_IDENTITY = ("out", "progress", "eval_batch_size", "eval_samples", "log_every", "checkpoint_every")
+NON_IDENTITY = ("out", "progress", "log_to", "eval_batch_size", "eval_samples", "log_every", "checkpoint_every")
 EVAL_FIELDS = ("eval_batch_size", "eval_samples")
 
 
@@ -57,6 +57,7 @@ class FinetuneConfig(RunConfig):
     device: str = param("cpu", doc="cpu, cuda, cuda:N or auto")
     out: str | None = param(None, doc="run directory (record, checkpoint, adapters)")
     progress: ProgressMode = param("auto", doc="progress display")
+    log_to: tuple[LogKind, ...] = param((), doc=LOG_TO_DOC)
 
     def _check(self) -> None:
         if self.warmup_steps >= self.steps:

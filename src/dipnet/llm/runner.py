@@ -25,6 +25,7 @@ from torch import nn
 from ..engine import RunDirectory, RunResult, TrainState, lr_at, resolve_device, seed_everything
 from ..engine.core import Loop
 from ..engine.distributed import setup as setup_distributed
+from ..engine.logs import run_logs
 from ..engine.loop import as_callbacks, fit_run
 from ..engine.runinfo import run_info
 from ..engine.setup import epoch_permutation
@@ -163,7 +164,8 @@ class Finetuner:
         self.loop = Loop(self.task, self.model, self.method, self.optimizer, self.run, dist=self.dist,
                          lr_at=lambda step: lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup_steps),
                          grad_clip=cfg.grad_clip, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                         state_module=TrainableState(self.model), callbacks=as_callbacks(callbacks))
+                         state_module=TrainableState(self.model),
+                         callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)])
 
     @property
     def train_set(self) -> list[Example]:

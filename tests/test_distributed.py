@@ -115,7 +115,7 @@ def _killed(out: str, kill_step: int) -> None:
     original = trainer.method.step
 
     def dying(*a, **k):
-        if trainer.ctx.step == kill_step and trainer.dist.rank == 1:
+        if trainer.loop.ctx.step == kill_step and trainer.dist.rank == 1:
             os._exit(9)
         return original(*a, **k)
 

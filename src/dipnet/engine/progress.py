@@ -6,12 +6,14 @@ from typing import Any, TextIO
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch'] + 1:>3}/{epochs}"]
-    parts.append(f"loss {row['objective']:.4f}")
-    parts.append(f"train {100 * row['train_acc']:.2f}%")
-    if row.get("val_acc") is not None:
-        parts.append(f"val {100 * row['val_acc']:.2f}%")
-    parts.append(f"test {100 * row['test_acc']:.2f}%")
+    """One line for a period's row: its loss and whichever accuracies and losses the task reports
+    (classification: train/val/test accuracy; fine-tuning: the validation answer loss)."""
+    parts = [f"epoch {row['epoch'] + 1:>3}/{epochs}", f"step {row['step']}", f"loss {row['objective']:.4f}"]
+    for key, label in (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")):
+        if row.get(key) is not None:
+            parts.append(f"{label} {100 * row[key]:.2f}%")
+    if row.get("val_acc") is None and row.get("val_loss") is not None:
+        parts.append(f"val loss {row['val_loss']:.4f}")
     parts.append(f"lr {row['lr']:.2e}")
     parts.append(f"{row['epoch_s']:.1f}s")
     return "  ".join(parts)

@@ -155,14 +155,30 @@ class RunStore:
                         self.conn = open_existing(self.path)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._create()
                 self._open_for_writing()
             self.conn.execute("PRAGMA busy_timeout=30000")
         except DAMAGED as exc:
             raise sqlite_error(self.path, exc, "is not a dipnet run store") from None
 
-    def _open_for_writing(self) -> None:
+    def _create(self) -> None:
+        """Make a new store whole under a temporary name, then link it into place: another process
+        never sees a half-made (empty) store, and a store made meanwhile by another is kept."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        try:
+            self._open_for_writing(tmp)
+            self.conn.execute("PRAGMA journal_mode=DELETE")  # one file to link (WAL again once in place)
+            self.conn.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _open_for_writing(self, path: Path | None = None) -> None:
         """Connect read-write (WAL journal); create the tables, or bring an older store's up to date."""
-        self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self.conn = sqlite3.connect(str(path or self.path), timeout=30.0, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=30000")

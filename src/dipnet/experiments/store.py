@@ -29,42 +29,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigError, DataError
 from .runspec import RunSpec
-from .storefile import DAMAGED, SCHEMA_VERSION, checksum, layout, open_existing, sqlite_error
+from .storefile import DAMAGED, RUN_COLUMNS, SCHEMA, SCHEMA_VERSION, SEALED, checksum, layout, open_existing, sqlite_error
 
 STATUSES = ("pending", "running", "done", "failed")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    key       TEXT PRIMARY KEY,
-    suite     TEXT NOT NULL,
-    task      TEXT NOT NULL,
-    method    TEXT NOT NULL,
-    seed      INTEGER NOT NULL,
-    status    TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    config    TEXT NOT NULL,
-    results   TEXT,
-    error     TEXT,
-    attempts  INTEGER NOT NULL DEFAULT 0,
-    owner     TEXT,
-    created   REAL NOT NULL,
-    started   REAL,
-    finished  REAL,
-    checksum  TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_suite ON runs (suite, status);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS members (
-    suite     TEXT NOT NULL,
-    key       TEXT NOT NULL REFERENCES runs (key),
-    task      TEXT NOT NULL,
-    method    TEXT NOT NULL,
-    seed      INTEGER NOT NULL,
-    PRIMARY KEY (suite, key)
-);
-"""
-_RUN_COLUMNS = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error", "attempts",
-                "owner", "created", "started", "finished", "checksum")
-_SEALED = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error")  # what the checksum covers
 
 
 @dataclass(frozen=True)
@@ -186,9 +154,9 @@ class RunStore:
             tables, columns = layout(self.conn)
             if "runs" in tables and "checksum" not in columns:
                 self.conn.execute("ALTER TABLE runs ADD COLUMN checksum TEXT")  # a store from before checksums
-                for row in self.conn.execute(f"SELECT {', '.join(_SEALED)} FROM runs").fetchall():
+                for row in self.conn.execute(f"SELECT {', '.join(SEALED)} FROM runs").fetchall():
                     self.conn.execute("UPDATE runs SET checksum=? WHERE key=?", (checksum(row), row[0]))
-            for stmt in _SCHEMA.strip().split(";"):
+            for stmt in SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self.conn.execute(stmt)
             if self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None:
@@ -224,13 +192,13 @@ class RunStore:
     def _update(self, key: str, **fields: Any) -> bool:
         """Change one row (inside a transaction): its checksum verified first, then renewed; False
         if there is no such row."""
-        row = self.conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE key=?", (key,)).fetchone()
+        row = self.conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key=?", (key,)).fetchone()
         if row is None:
             return False
-        values = dict(zip(_RUN_COLUMNS, self._verified(row)))
+        values = dict(zip(RUN_COLUMNS, self._verified(row)))
         values.update(fields)
-        values["checksum"] = checksum(values[c] for c in _SEALED)
-        names = [c for c in _RUN_COLUMNS if c != "key"]
+        values["checksum"] = checksum(values[c] for c in SEALED)
+        names = [c for c in RUN_COLUMNS if c != "key"]
         self.conn.execute(f"UPDATE runs SET {', '.join(f'{c}=?' for c in names)} WHERE key=?",
                           (*(values[c] for c in names), key))
         return True
@@ -335,9 +303,9 @@ class RunStore:
 
     # -- reading
     def _verified(self, row: tuple) -> tuple:
-        """``row`` (every column of :data:`_RUN_COLUMNS`) once its checksum matches."""
-        values = dict(zip(_RUN_COLUMNS, row))
-        if values["checksum"] != checksum(values[c] for c in _SEALED):
+        """``row`` (every column of :data:`RUN_COLUMNS`) once its checksum matches."""
+        values = dict(zip(RUN_COLUMNS, row))
+        if values["checksum"] != checksum(values[c] for c in SEALED):
             raise DataError(f"{self.path}: run {values['key']} ({values['suite']} / {values['task']} / "
                             f"{values['method']} / seed {values['seed']}) has a damaged record: it does not match its "
                             "checksum (it was changed outside dipnet); restore the store from a copy, or start a new "
@@ -363,7 +331,7 @@ class RunStore:
     def runs(self, *, suite: str | None = None, status: str | None = None,
              keys: Iterable[str] | None = None) -> list[RunRecord]:
         """Runs in insertion order, optionally filtered; ``suite``: that suite's runs, with its labels."""
-        cols = ", ".join(f"r.{c}" for c in _RUN_COLUMNS)
+        cols = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
         if suite is None:  # every run under its latest labels
             sql, args, order = f"SELECT {cols} FROM runs r WHERE 1=1", [], " ORDER BY r.rowid"
         else:  # the suite's members under the suite's labels
@@ -374,7 +342,7 @@ class RunStore:
                 raise ConfigError(f"unknown run status {status!r}; choose one of: {', '.join(STATUSES)}")
             sql += " AND r.status=?"
             args.append(status)
-        n = len(_RUN_COLUMNS)
+        n = len(RUN_COLUMNS)
         rows = [self._record(r[:n], r[n:] or None) for r in self.conn.execute(sql + order, args)]
         if keys is not None:
             wanted = set(keys)
@@ -383,7 +351,7 @@ class RunStore:
 
     @_guarded
     def get(self, key: str) -> RunRecord | None:
-        row = self.conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE key=?", (key,)).fetchone()
+        row = self.conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key=?", (key,)).fetchone()
         return None if row is None else self._record(row)
 
     @_guarded

@@ -62,3 +62,38 @@ def open_existing(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+# The store's tables (created if absent; an older store gains what it lacks).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key       TEXT PRIMARY KEY,
+    suite     TEXT NOT NULL,
+    task      TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    seed      INTEGER NOT NULL,
+    status    TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    config    TEXT NOT NULL,
+    results   TEXT,
+    error     TEXT,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    owner     TEXT,
+    created   REAL NOT NULL,
+    started   REAL,
+    finished  REAL,
+    checksum  TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_suite ON runs (suite, status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    suite     TEXT NOT NULL,
+    key       TEXT NOT NULL REFERENCES runs (key),
+    task      TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    seed      INTEGER NOT NULL,
+    PRIMARY KEY (suite, key)
+);
+"""
+RUN_COLUMNS = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error", "attempts",
+               "owner", "created", "started", "finished", "checksum")
+SEALED = ("key", "suite", "task", "method", "seed", "status", "config", "results", "error")  # what the checksum covers

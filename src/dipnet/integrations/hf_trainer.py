@@ -14,7 +14,9 @@ leaves the model as it predicts (eval mode; NEFTune's hook removed) and says so 
 For a language model the loss is :func:`~dipnet.projection.causal_lm_loss` on the batch's
 ``labels`` (Hugging Face's own causal-LM loss), with the language-model defaults of the noise
 methods (:data:`dipnet.llm.runner.LLM_METHOD_DEFAULTS`); for other models cross-entropy. The
-batch's ``labels`` are the targets, its other entries the model's keyword inputs. Gradient
+batch's ``labels`` are the targets, its other entries the model's keyword inputs (a batch with
+just ``x`` and ``labels`` calls ``model(x)``); ``bounds`` is the inputs' valid range, which
+batch methods (input noise, FGSM, ICP) keep inputs within. Gradient
 accumulation is refused (a method's update needs the whole batch's gradient at once).
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..projection import causal_lm_loss
 from ._stepped import SteppedOptimizer
 
 require("transformers")
-from transformers import Trainer  # noqa: E402
+from transformers import Trainer, TrainerCallback  # noqa: E402
 
 __all__ = ["MethodTrainer", "is_language_model"]
 
@@ -46,13 +48,26 @@ def is_language_model(model: nn.Module) -> bool:
     return callable(getattr(model, "get_input_embeddings", None)) and callable(getattr(model, "generate", None))
 
 
+class _EpochStart(TrainerCallback):
+    """Tells the method each epoch's start (its schedules: ICP's warm-up)."""
+
+    def __init__(self, trainer: "MethodTrainer") -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+        t = self.trainer
+        if model is not None and t._step_optimizer is not None:
+            t.method.on_epoch_start(model, t._step_optimizer, int(state.epoch or 0), t.epochs())
+
+
 class MethodTrainer(Trainer):
     """A ``Trainer`` that trains with a dipnet method (see the module docstring); ``method`` is a
     spec (``"sft"``, ``"dipnet"``, ``"sam"``, ``"dipnet+sam"``, ...) or a built
     :class:`~dipnet.methods.Method`, ``method_params`` its hyperparameters."""
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *, method: str | Method = "sft",
-                 method_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 method_params: dict[str, Any] | None = None, bounds: tuple[float, float] | None = None,
+                 **kwargs: Any) -> None:
         if model is None:
             raise ConfigError("MethodTrainer needs the model at construction (model_init is not supported)")
         lm = is_language_model(model)
@@ -60,8 +75,10 @@ class MethodTrainer(Trainer):
         self.method.check_inputs("tokens" if lm else "features")
         self.method.transform_model(model)
         self.criterion = causal_lm_loss if lm else F.cross_entropy
+        self.bounds = bounds
         self._step_optimizer: torch.optim.Optimizer | None = None
-        super().__init__(model=model, args=args, **kwargs)
+        callbacks = [*(kwargs.pop("callbacks", None) or []), _EpochStart(self)]
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         if self.args.gradient_accumulation_steps != 1:
             raise ConfigError("MethodTrainer updates once per batch: set gradient_accumulation_steps=1 "
                               "(raise per_device_train_batch_size instead)")
@@ -84,15 +101,21 @@ class MethodTrainer(Trainer):
         if "labels" not in inputs:
             raise ConfigError("MethodTrainer needs the targets in the batch's 'labels'")
         labels = inputs.pop("labels")
+        if set(inputs) == {"x"}:
+            inputs = inputs["x"]
         step, total = self.state.global_step, max(self.state.max_steps, 1)
         lr = self._step_optimizer.param_groups[0]["lr"]
-        ctx = StepContext(step=step, progress=step / total, lr=lr, batch_size=int(labels.shape[0]),
-                          criterion=self.criterion, epochs=max(int(self.args.num_train_epochs), 1))
+        ctx = StepContext(epoch=int(self.state.epoch or 0), epochs=self.epochs(), step=step, progress=step / total,
+                          lr=lr, batch_size=int(labels.shape[0]), criterion=self.criterion, bounds=self.bounds)
         clip = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else None
         value = self.method.step(model, self._step_optimizer, inputs, labels, ctx, grad_clip=clip)
         if ctx.logs:
             self._method_logs = dict(ctx.logs)
         return torch.tensor(value, device=labels.device)
+
+    def epochs(self) -> int:
+        """The run's epochs as the method's schedules count them (ICP's warm-up)."""
+        return max(int(getattr(self.state, "num_train_epochs", 0) or self.args.num_train_epochs or 1), 1)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         metrics = self.method.epoch_metrics(self.model)

@@ -23,6 +23,7 @@ lives outside the module's loss; everything else is Lightning's own machinery.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable
 
 import torch
@@ -153,15 +154,17 @@ class MethodModule(pl.LightningModule):
     (:mod:`._stepped`). The method changes ``model`` on construction (DIPNet's projections) and the
     optimizer is ``optimizer(lr=lr, weight_decay=weight_decay)`` over the method's parameter groups.
     ``criterion``: the loss on the logits (cross-entropy; :func:`~dipnet.projection.causal_lm_loss`
-    for a language model). Logged: ``train_loss`` per step, the method's numeric metrics per epoch.
+    for a language model); ``bounds``: the inputs' valid range (input noise, FGSM, ICP keep to it). Logged: ``train_loss`` per step, the method's numeric metrics per epoch.
     """
 
     def __init__(self, model: nn.Module, method: str | Method = "erm", method_params: dict[str, Any] | None = None,
                  *, optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW, lr: float = 1e-3,
                  weight_decay: float = 0.0, grad_clip: float | None = None,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                 defaults: dict[str, dict[str, Any]] | None = None) -> None:
+                 defaults: dict[str, dict[str, Any]] | None = None,
+                 bounds: tuple[float, float] | None = None) -> None:
         super().__init__()
+        self.bounds = bounds
         self.automatic_optimization = False
         self.method = build_method(method, method_params, defaults=defaults)
         self.model = self.method.transform_model(model)
@@ -189,10 +192,14 @@ class MethodModule(pl.LightningModule):
         lopt = self.optimizers()
         if isinstance(lopt, (list, tuple)) or self._inner is None:
             raise ConfigError("MethodModule builds its own optimizer: do not override configure_optimizers")
-        step, total = self.global_step, max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("MethodModule needs a known number of steps (Trainer(max_steps=...) or a dataloader with "
+                              "a length): the methods' schedules follow the training progress")
+        step, total = self.global_step, max(int(total), 1)
         ctx = StepContext(epoch=self.current_epoch, step=step, progress=step / total,
                           lr=self._inner.param_groups[0]["lr"], batch_size=int(y.shape[0]), criterion=self.criterion,
-                          epochs=self.trainer.max_epochs or 1)
+                          epochs=self.trainer.max_epochs or 1, bounds=self.bounds)
         value = self.method.step(self.model, self._inner, x, y, ctx, grad_clip=self.grad_clip,
                                  backward=self.manual_backward)
         lopt.step()  # the trainer's step count and hooks; the weights moved in the method's step

@@ -23,6 +23,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import ConfigError, DivergenceError
 from ..methods import Method, StepContext
+from ..schema import check_type
 from .config import TrainConfig
 from .distributed import setup as setup_distributed
 from .progress import Progress
@@ -75,7 +76,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, dataset: Dataset | None = None, model: ModelArg = None,
                  callbacks: Sequence[Callback] = ()) -> None:
-        cfg.validate()
+        check_type(cfg, TrainConfig, "the training config", "build one with TrainConfig(...) or TrainConfig.from_dict(d)").validate()
         self.cfg, self.callbacks = cfg, list(callbacks)
         device = resolve_device(cfg.device)
         self.dist = setup_distributed(device)  # distributed: a world of 1 without torchrun
@@ -84,6 +85,7 @@ class Trainer:
         self.model = model.to(device)
         self.optimizer = build_optimizer(cfg, self.model, self.method)
         self.method.check_world(self.dist.world_size)  # distributed: parallel m-RWP needs an even world
+        self.method.check_epochs(cfg.epochs)
         self.train_model = self.dist.wrap(self.model, device)  # distributed: DDP, or the model itself
         self.x_train, self.y_train = self.dataset.x_train.to(device), self.dataset.y_train.to(device)
         self.x_test, self.y_test = self.dataset.x_test.to(device), self.dataset.y_test.to(device)

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..methods import Method, build_method
 from ..models import build_model
 from ..projection import projection_parameters
+from ..schema import check_type
 from .config import TrainConfig
 
 ModelArg = Union[nn.Module, Callable[[DatasetInfo], nn.Module], None]
@@ -75,6 +76,8 @@ def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: ModelArg = 
     ``model`` may be a ready module or a factory ``info -> module``, called after seeding so that
     its initialization is reproducible.
     """
+    check_type(dataset, (Dataset, None), "dataset", "load one with dipnet.load_dataset(name), or name it in the config")
+    check_type(model, (nn.Module, callable, None), "model", "pass a module, a function info -> module, or None for cfg.model")
     method = build_method(cfg.method, cfg.method_params)
     if dataset is None:
         dataset = load_dataset(cfg.data, **cfg.data_kwargs)

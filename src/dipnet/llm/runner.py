@@ -101,7 +101,7 @@ class Finetuner:
     optimizer, run directory); :meth:`fit` trains, resuming from the run directory."""
 
     def __init__(self, cfg: FinetuneConfig, *, model: nn.Module | None = None, tokenizer: Any = None) -> None:
-        cfg.validate()
+        FinetuneConfig.checked(cfg, model)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         dtype = getattr(torch, cfg.dtype)

@@ -30,7 +30,7 @@ def test_every_subcommand_has_help(capsys):
     [
         (["train", "--data", "no-such-data"], "unknown dataset 'no-such-data'; choose one of"),
         (["train", "--method", "no-such-method"], "unknown method 'no-such-method'; choose one of"),
-        (["train", "--epochs", "0"], "epochs must be an integer >= 1"),
+        (["train", "--epochs", "0"], "epochs must be an integer in [1, 100000]"),
         (["train", "--rho", "0.1"], "has no hyperparameter 'rho'"),
         (["train", "--lr"], "expected one argument"),
         (["train", "--data-arg", "seed"], "--data-arg expects KEY=VALUE"),

@@ -80,14 +80,19 @@ class Dataset:
                     f"{self.info.name}: {split} inputs have shape {tuple(x.shape[1:])}, "
                     f"metadata says {self.info.input_shape}"
                 )
-            _check_finite(self.info.name, split, x)
+        self.check_finite()
+
+    def check_finite(self) -> None:
+        """DataError naming the split and the first example with a NaN or infinite input."""
+        for split, x in (("train", self.x_train), ("val", self.x_val), ("test", self.x_test)):
+            if x is not None:
+                _check_finite(self.info.name, split, x)
 
     def with_info(self, **changes: Any) -> "Dataset":
         return replace(self, info=replace(self.info, **changes))
 
 
 def _check_finite(name: str, split: str, x: torch.Tensor) -> None:
-    """DataError naming the split and the first example with a NaN or infinite input."""
     if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
         return
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.ndim > 1 else ~torch.isfinite(x)

@@ -81,6 +81,8 @@ def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: ModelArg = 
     method = build_method(cfg.method, cfg.method_params)
     if dataset is None:
         dataset = load_dataset(cfg.data, **cfg.data_kwargs)
+    else:
+        dataset.check_finite()  # a user's tensors may have changed since the Dataset was built
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, dataset.info, **cfg.model_kwargs)

@@ -109,20 +109,30 @@ def check_data_and_models(specs: Iterable[Any]) -> None:
 
 
 def toml_depth(text: str) -> int:
-    """An upper bound of the nesting of a TOML text (arrays, inline tables, dotted keys), read
-    without parsing it: strings and comments are skipped, brackets counted, dots added."""
-    depth = deepest = dots = 0
+    """The nesting of a TOML text (arrays, tables, dotted keys), read without parsing it: strings
+    and comments are skipped, brackets are counted and the dots of keys (not of numbers) added."""
+    stack: list[str] = []
+    deepest = dots = 0
+    in_key = True
     for match in _TOML_TOKENS.finditer(text):
         token = match.group()
         if token in "[{":
-            depth += 1
+            stack.append(token)
+            in_key, dots = token == "{" or in_key, 0
         elif token in "]}":
-            depth = max(0, depth - 1)
-        elif token == ".":
+            if stack:
+                stack.pop()
+            in_key = False
+        elif token == "=":
+            in_key = False
+        elif token == ",":
+            in_key, dots = bool(stack) and stack[-1] == "{", 0
+        elif token == "\n":
+            if not stack or stack[-1] == "{":
+                in_key, dots = True, 0
+        elif in_key:
             dots += 1
-        elif token in "=,\n":
-            dots = 0
-        deepest = max(deepest, depth + dots)
+        deepest = max(deepest, len(stack) + dots)
     return deepest
 
 

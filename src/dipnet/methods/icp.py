@@ -137,8 +137,8 @@ class ICP(Component):
             return
         enough = max(2, math.ceil(2.5 / (1 - self.warmup)))  # E (1 - w) >= 2.5 gives E - 1 > round(w E)
         least = next(e for e in range(2, enough + 1) if e - 1 > self.warmup_epochs(e)) if enough <= 100_000 else None
-        fix = ("train at least 2 epochs" if epochs < 2 else
-               f"train at least {least} epochs or lower icp.warmup" if least else "lower icp.warmup")
+        fixes = ([f"train at least {least} epochs"] if least else []) + (["lower icp.warmup"] if epochs >= 2 else [])
+        fix = " or ".join(fixes) or "train more epochs"
         raise ConfigError(
             f"icp: with {epochs} epoch(s) and warmup {self.warmup:g}, every epoch trains with cross-entropy only "
             f"({self.warmup_epochs(epochs)} warm-up epochs, then a(e) = 1 at the first one after them), "

@@ -59,14 +59,6 @@ def batch_size_of(x: Any) -> int:
     return x.shape[0]
 
 
-def _first_rows(x: Any, n: int) -> Any:
-    """The first ``n`` rows of a batch (a keyword batch: of each of its tensors of the batch's rows)."""
-    if isinstance(x, Mapping):
-        rows = batch_size_of(x)
-        return {k: v[:n] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows else v for k, v in x.items()}
-    return x[:n]
-
-
 def _nbytes(x: Any) -> int:
     values = x.values() if isinstance(x, Mapping) else (x,)
     return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
@@ -78,10 +70,11 @@ def _device_of(x: Any) -> torch.device:
 
 
 @torch.no_grad()
-def activation_bytes(model: nn.Module, x: Any) -> int:
-    """Bytes of the outputs of ``model``'s leaf modules in one forward of the first row of ``x``:
-    what the forward keeps for the backward, per example. Measured in eval mode (noise layers are
-    the identity, no buffer changes) with the random state restored."""
+def activation_bytes(model: nn.Module, x: Any) -> int | None:
+    """Bytes of the outputs of ``model``'s layers (modules without children or with parameters of
+    their own) in one forward of the batch ``x``: what the forward keeps for the backward. Measured
+    in eval mode (noise layers are the identity, no buffer changes) with the random state
+    restored; None if that forward fails (the training forward then reports why)."""
     total = 0
 
     def hook(module: nn.Module, inputs: Any, out: Any) -> None:
@@ -89,22 +82,25 @@ def activation_bytes(model: nn.Module, x: Any) -> int:
         total += sum(t.numel() * t.element_size() for t in (out if isinstance(out, (tuple, list)) else (out,))
                      if isinstance(t, torch.Tensor))
 
-    leaves = [m for m in model.modules() if not m._modules]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    layers = [m for m in model.modules() if not m._modules or next(m.parameters(recurse=False), None) is not None]
+    handles = [m.register_forward_hook(hook) for m in layers]
     device = _device_of(x)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), sampling(model, layers=()):
-            call_model(model, _first_rows(x, 1))
+            call_model(model, x)
+    except RuntimeError:
+        return None
     finally:
         for h in handles:
             h.remove()
     return total
 
 
-def stacked_bytes(model: nn.Module, x: Any, m: int) -> int:
+def stacked_bytes(model: nn.Module, x: Any, m: int) -> int | None:
     """Estimated bytes of a training step on m stacked copies of the batch ``x``: the copies, and
-    twice the activations of their m B rows (kept by the forward, then their gradients)."""
-    return m * (_nbytes(x) + 2 * batch_size_of(x) * activation_bytes(model, x))
+    twice their activations (kept by the forward, then their gradients); None if unknown."""
+    activations = activation_bytes(model, x)
+    return None if activations is None else m * (_nbytes(x) + 2 * activations)
 
 
 def repeat_batch(x: Any, m: int) -> Any:
@@ -191,8 +187,9 @@ class DIPNetLoss:
             warnings.warn("DIPNetLoss: the model has no DIPNet projections, so the loss is plain cross-entropy "
                           "(identical trajectories, no prior); call dipnet.project(model) first", stacklevel=3)
         m = self.trajectories
-        if m > 1:
-            check_memory(stacked_bytes(inner, x, m), f"DIPNetLoss: {m} trajectories of a batch of {batch_size_of(x)}",
+        need = stacked_bytes(inner, x, m) if m > 1 else None
+        if need is not None:
+            check_memory(need, f"DIPNetLoss: {m} trajectories of a batch of {batch_size_of(x)}",
                          "lower the trajectories or the batch size", _device_of(x))
         self._seen = weakref.ref(model)
 

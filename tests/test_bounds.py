@@ -4,6 +4,9 @@ loudly. Each case of the issue is a test; the oracles are hand counts, brute for
 schedule, the data generator itself and the bytes of the store."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 import warnings
@@ -368,3 +371,15 @@ def test_a_shipped_suite_that_needs_mnist_stops_at_once_without_it(tmp_path, mon
         run_suite(suite, tmp_path / "s.sqlite", cost_fn=lambda cfg: 1.0)
     with RunStore(tmp_path / "s.sqlite") as store:
         assert {r.status for r in store.runs()} == {"pending"}
+
+
+def test_the_old_unguarded_docs_script_now_fails_loudly(tmp_path):
+    """docs/experiments.md's run_suite(workers=2) block without its __main__ guard: the workers
+    cannot start, every run fails, and the script exits non-zero (it exited 0)."""
+    (tmp_path / "s.toml").write_text('name = "u"\nseeds = [0, 1]\n[train]\nepochs = 1\n' + TASK + "[methods.erm]\n")
+    (tmp_path / "run.py").write_text('from dipnet.experiments import load_suite, run_suite\n'
+                                     'outcome = run_suite(load_suite("s.toml"), "api.sqlite", workers=2, resume=True)\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "SuiteError: suite 'u': 2 of 2 runs failed" in proc.stderr
+    assert "__main__" in proc.stderr  # the error names the guard

@@ -274,7 +274,8 @@ def _run_parallel(store: RunStore, todo: list[RunSpec], runs_root: Path, train_f
                     reply = fut.result()
                 except BrokenProcessPool:
                     broken = True
-                    reply = {"ok": False, "error": "the worker process died during this run (killed, or out of memory?)"}
+                    reply = {"ok": False, "error": "the worker process died during this run (killed, out of memory, or a script "
+                                                   "that calls run_suite outside `if __name__ == \"__main__\":`?)"}
                 except Exception as exc:  # e.g. a train_fn that cannot be pickled
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 finish(spec, reply)

@@ -155,8 +155,9 @@ def test_every_code_block_of_the_docs_runs_as_written(tmp_path):
     failed = [r for r in results if r["status"] == "failed"]
     assert not failed, "\n\n".join(f"{r['page']}:{r['line']} {r.get('command', '')}\n{r.get('traceback') or r.get('error') or r}"
                                    for r in failed)
-    ran = [r for r in results if r["status"] == "ok"]
-    assert len([r for r in ran if r["lang"] == "python"]) >= 15 and len([r for r in ran if "command" in r]) >= 8
+    python = [(page.name, line) for page in pages() for line, lang, _ in blocks(page) if lang == "python"]
+    assert [(r["page"], r["line"]) for r in results if r["lang"] == "python"] == python  # every one ran, in order
+    assert len([r for r in results if r["status"] == "ok" and "command" in r]) >= 8
     used = {(r["page"], start) for r in results if r["status"] == "skipped"
             for (page, start) in SKIP if page == r["page"] and r["command"].startswith(start)}
     assert used == set(SKIP), f"SKIP entries that match no command any more: {set(SKIP) - used}"

@@ -9,7 +9,12 @@ A field declares its type by annotation and its limits with :func:`param`::
 :func:`validate` (run by :class:`Validated.__post_init__`) coerces every field once by its type
 (CLI strings such as ``"0.1"``, ``"true"``, ``"a,b"``, ``"none"``; TOML and JSON values) and checks
 it against its limits; a bad value is one :class:`~dipnet.errors.ConfigError` naming the field,
-the value and what is allowed. The CLI and the TOML suites pass raw values to it.
+the value and what is allowed. The CLI and the TOML suites pass raw values to it; inside
+:func:`typed_values` (the suites) a string is not read as a number or a boolean.
+
+The same one line for the rest of the boundary: :func:`check_type` for the public API's
+arguments (``train({...})``, ``strip("x")``), :func:`check_memory` for sizes bounded by what the
+machine has free (:func:`available_memory`).
 
 Why by hand: pydantic would check and coerce, but its errors are multi-line reports, it has no
 rule for ``"a,b"`` as a tuple, and components would stop being plain dataclasses that users

@@ -30,7 +30,7 @@ def test_every_subcommand_has_help(capsys):
     [
         (["train", "--data", "no-such-data"], "unknown dataset 'no-such-data'; choose one of"),
         (["train", "--method", "no-such-method"], "unknown method 'no-such-method'; choose one of"),
-        (["train", "--epochs", "0"], "epochs must be an integer >= 1"),
+        (["train", "--epochs", "0"], "epochs must be an integer in [1, 100000]"),
         (["train", "--rho", "0.1"], "has no hyperparameter 'rho'"),
         (["train", "--lr"], "expected one argument"),
         (["train", "--data-arg", "seed"], "--data-arg expects KEY=VALUE"),
@@ -93,8 +93,8 @@ def _train_record(capsys, tmp_path, *extra: str) -> dict:
     (["--method", "mrwp", "--mrwp.sigma-schedule=cosine"], "mrwp", "sigma_schedule", "cosine"),
     (["--train-perturbation", "gaussian", "--method", "input-noise", "--gaussian-examples.sigma", "0.2",
       "--input-noise.sigma", "0.05"], "gaussian-examples", "sigma", 0.2),
-    (["--method", "icp", "--layers", "blocks.0.act,blocks.1.act"], "icp", "layers", ["blocks.0.act", "blocks.1.act"]),
-    (["--method", "icp", "--icp.warmup", "0.5"], "icp", "warmup", 0.5),
+    (["--method", "icp", "--layers", "blocks.0.act,blocks.1.act", "--epochs", "2"], "icp", "layers", ["blocks.0.act", "blocks.1.act"]),
+    (["--method", "icp", "--icp.warmup", "0.5", "--epochs", "4"], "icp", "warmup", 0.5),
 ])
 def test_hyphenated_components_and_list_values_reach_the_method(capsys, tmp_path, extra, component, field, value):
     record = _train_record(capsys, tmp_path, *extra)
@@ -102,7 +102,7 @@ def test_hyphenated_components_and_list_values_reach_the_method(capsys, tmp_path
 
 
 def test_trainer_option_wins_its_bare_name_and_no_abbreviation_is_taken(capsys, tmp_path):
-    record = _train_record(capsys, tmp_path, "--method", "icp", "--warmup-epochs", "0")
+    record = _train_record(capsys, tmp_path, "--method", "icp", "--warmup-epochs", "0", "--epochs", "2")
     assert record["config"]["warmup_epochs"] == 0 and record["method"]["hyperparameters"]["icp"]["warmup"] == 0.25
     code, _, err = run_cli(capsys, "train", "--data", "synthetic", "--method", "icp", "--warmup", "0.5", "--mom", "0.5",
                            "--out", str(tmp_path / "r2"), "--progress", "none", "--epochs", "1")

@@ -1,9 +1,11 @@
-"""Fuzzers (issue 18), seeded and bounded in time: the command line over random arguments, and the
-file readers over mutated bytes (IDX, CIFAR pickles, the SQLite run store, safetensors
-checkpoints). Every outcome must be a result or one clear error: never a traceback."""
+"""Fuzzers (issues 18 and 26), seeded and bounded in time: the command line over random arguments,
+the file readers over mutated bytes (IDX, CIFAR pickles, the SQLite run store, safetensors
+checkpoints), sizes on train and finetune, suite TOML shapes and the public API's argument types.
+Every outcome must be a result or one clear error: never a traceback or a hang."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import pickle
@@ -200,3 +202,144 @@ def test_checkpoint_reader_fuzzed(tmp_path):
 
     assert _fuzz_files(make, lambda: load_checkpoint(path), 3) > 20
     json.dumps({})  # the reader never needed anything but safetensors and JSON
+
+
+# ---------------------------------------------------------------- issue 26: sizes, suite shapes, API types
+
+SIZES = ["0", "1", "2", "3", "1000", "100000", "1000000", "1000000000", "1000000000000", "1e12", "1e300", "-1",
+         "9223372036854775808", "2.5", "nan", "inf"]
+TRAIN_SIZES = ["--epochs", "--batch-size", "--eval-batch-size", "--train-eval-max", "--trajectories", "--warmup-epochs",
+               "--data-arg n_train=", "--data-arg n_test=", "--data-arg dim=", "--model-arg width=", "--model-arg depth="]
+FINETUNE_SIZES = ["--steps", "--train-size", "--val-size", "--test-size", "--lora-r", "--eval-samples", "--trajectories",
+                  "--batch-size", "--max-new-tokens", "--warmup-steps", "--eval-batch-size"]
+
+
+def _size_args(rng: random.Random, flags: list[str]) -> list[str]:
+    out: list[str] = []
+    for flag in rng.sample(flags, rng.randint(1, 3)):
+        value = rng.choice(SIZES)
+        out += flag.split(" ")[:-1] + [flag.split(" ")[-1] + value] if flag.endswith("=") else [flag, value]
+    return out
+
+
+def _no_traceback(argv: list[str], capsys) -> int:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except Exception as exc:  # noqa: BLE001 - this is what the fuzzer hunts
+            pytest.fail(f"dipnet {' '.join(argv)!r} raised {type(exc).__name__}: {exc}")
+    text = err.getvalue() + capsys.readouterr().err
+    assert "Traceback" not in text and code in (0, 1, 2, 130), (argv, code, text)
+    return code
+
+
+def test_sizes_fuzzer_refuses_or_stops_before_work(tmp_path, monkeypatch, capsys):
+    """Random sizes on train and finetune: each is refused in one line before any work, or gets
+    through every check (and stops there: training is replaced by Ctrl-C)."""
+    from dipnet.engine import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("dipnet.cli.train.launch_processes", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    rng, deadline, cases = random.Random(26), time.time() + 5, 0
+    base = ["train", "--data", "synthetic", "--model", "mlp", "--method", "dipnet", "--progress", "none", "--threads", "1"]
+    while time.time() < deadline and cases < 150:
+        _no_traceback(base + _size_args(rng, TRAIN_SIZES) + ["--out", str(tmp_path / f"r{cases}")], capsys)
+        cases += 1
+    assert cases >= 20
+    if importlib.util.find_spec("reasoning_gym") is None or importlib.util.find_spec("peft") is None:
+        return
+    from dipnet.llm import Finetuner
+
+    monkeypatch.setattr(Finetuner, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("dipnet.llm.tasks.MAX_PREPARE_S", 2.0)
+    base = ["finetune", "--model", "tiny-llama", "--train-size", "40", "--val-size", "4", "--test-size", "8",
+            "--method", "dipnet", "--progress", "none", "--threads", "1"]
+    for case in range(4):
+        _no_traceback(base + _size_args(rng, FINETUNE_SIZES) + ["--out", str(tmp_path / f"f{case}")], capsys)
+
+
+SUITE_BASE = 'name = "z"\nseeds = [0, 1]\n[train]\nepochs = 2\n[tasks.t]\ndata = "synthetic"\nmodel = "mlp"\n[methods.erm]\n'
+
+
+def _suite_text(rng: random.Random) -> str:
+    """A suite with one random change of shape: deep nesting, long dotted keys, big sweeps,
+    values of the wrong TOML type, tables where values go, huge counts."""
+    deep = rng.choice([1, 5, 31, 32, 33, 200, 5000])
+    value = rng.choice(['"3"', "3.0", "1e12", "-1", "true", "[]", "{}", '"none"', "inf", "nan", "1e300", '"é"'])
+    edits = [
+        lambda t: t + "[methods.sam]\nsweep = { " + ", ".join(
+            f"k{i} = [{', '.join(map(str, range(rng.randint(1, 60))))}]" for i in range(rng.randint(1, 12))) + " }\n",
+        lambda t: t + "[methods.sam]\nsweep = { rho = [" + ", ".join(f"{0.01 * (i + 1):.2f}" for i in range(rng.randint(1, 600))) + "] }\n",
+        lambda t: "x = " + "[" * deep + "]" * deep + "\n" + t,
+        lambda t: "x = " + "{a = " * deep + "1" + "}" * deep + "\n" + t,
+        lambda t: "x" + ".x" * deep + " = 1\n" + t,
+        lambda t: t.replace("epochs = 2", f"epochs = {value}"),
+        lambda t: t.replace("seeds = [0, 1]", "seeds = " + rng.choice(['[0, "1"]', "1e3", "100000", "[]", "[-1]", value])),
+        lambda t: t.replace('model = "mlp"', f"model = {value}"),
+        lambda t: t.replace("[methods.erm]", f"[methods.erm]\nparams = {{ x = {value} }}"),
+        lambda t: t + f"[methods.sam]\nparams = {{ rho = {value} }}\n",
+        lambda t: t.replace("[train]", f"[train]\nbatch_size = {value}\nlr = {value}"),
+        lambda t: t.replace("[tasks.t]", "[tasks.t]\ndata_kwargs = { n_train = " + rng.choice(SIZES).replace("nan", "1") + " }"),
+        lambda t: t.replace('data = "synthetic"', 'data = [' + ", ".join(['"synthetic"'] * rng.randint(1, 40)) + "]"),
+        lambda t: t + "tasks = 5\n",
+        lambda t: t[: rng.randrange(len(t))],
+    ]
+    text = SUITE_BASE
+    for _ in range(rng.randint(1, 2)):
+        text = rng.choice(edits)(text)
+    return text
+
+
+def test_suite_shapes_fuzzer_parses_or_refuses_in_one_line():
+    rng, deadline, cases = random.Random(2626), time.time() + 8, 0
+    while time.time() < deadline and cases < 400:
+        text = _suite_text(rng)
+        try:
+            suite = parse_suite(text, "z.toml")
+            assert len(suite.expand()) <= 1000
+        except DipnetError as exc:
+            assert "\n" not in str(exc).strip() or "invalid TOML" in str(exc), (text[:200], exc)
+        except Exception as exc:  # noqa: BLE001 - this is what the fuzzer hunts
+            pytest.fail(f"{text[:300]!r} raised {type(exc).__name__}: {exc}")
+        cases += 1
+    assert cases >= 50
+
+
+def test_api_types_fuzzer_refuses_each_wrong_argument(tmp_path):
+    """One argument of a public entry point replaced by a value of a wrong type: a DipnetError in
+    one line, before any work (training would be stopped by the fit stub)."""
+    from torch import nn
+
+    import dipnet
+
+    cfg = dipnet.TrainConfig(data="synthetic", epochs=1, progress="none")
+    model, x, y = nn.Linear(10, 3), torch.zeros(4, 10), torch.zeros(4, dtype=torch.long)
+    wrong = {"config": [None, 5, "x", {"data": "synthetic"}, [], model],
+             "module": [None, 5, "x", [], {}, x, b"m"],
+             "tensor": [None, 5, "x", [[1.0] * 10] * 4, model, (1, 2)],
+             "data": [5, "mnist1d", [], {}, x],
+             "path": [None, 5, 1.5, [], {}, x]}
+    calls = {
+        "config": [lambda a: dipnet.train(a), lambda a: dipnet.engine.Trainer(a)],
+        "module": [dipnet.strip, dipnet.project, lambda a: dipnet.predict(a, x), lambda a: dipnet.DIPNetLoss()(a, x, y),
+                   lambda a: dipnet.projections(a)],
+        "tensor": [lambda a: dipnet.predict(model, a), lambda a: dipnet.DIPNetLoss()(model, a, y),
+                   lambda a: dipnet.DIPNetLoss()(model, x, a)],
+        "data": [lambda a: dipnet.train(cfg, dataset=a), lambda a: dipnet.train(cfg, model=a)],
+        "path": [lambda a: dipnet.load_run(a)],
+    }
+    rng = random.Random(2627)
+    for _ in range(200):
+        kind = rng.choice(list(calls))
+        value, call = rng.choice(wrong[kind]), rng.choice(calls[kind])
+        with pytest.raises(DipnetError) as err:
+            call(value)
+        assert "\n" not in str(err.value), str(err.value)
+    for name in ("epochs", "lr", "data", "method_params", "milestones", "grad_clip", "seed"):
+        for value in (object(), b"x", {1, 2}):
+            with pytest.raises(DipnetError):
+                dipnet.TrainConfig(**{name: value})

@@ -543,15 +543,13 @@ def test_smollm2_lora_dipnet_steps_lower_the_loss_and_move_the_sigmas():
     assert isinstance(tuner.model.base_model.model.model.layers[0].self_attn.dipnet_projection, GaussianProjection)
 
 
-def test_the_three_lines_of_docs_llm_run(chain, tmp_path):
-    """docs/llm.md's Hugging Face version, as written, with a tiny model, args and data."""
+def test_the_three_lines_of_docs_llm_run(tmp_path, monkeypatch):
+    """docs/llm.md's Hugging Face version, as written (its own tiny model, args and data)."""
     import re
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "llm.md").read_text(encoding="utf-8")
     code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
-    ex, batch, labels = batch_of(chain_tok(), chain.train, n=4)
-    model, _ = tiny_lora()
-    scope = {"model": model, "args": _hf_args(tmp_path, **{}), "train_dataset": _rows(batch, labels)}
-    scope["args"].max_steps = 1
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
     exec(compile(code, "docs/llm.md", "exec"), scope)
-    assert len(projections(model)) == 4 and "sigma_mean" in scope["trainer"].state.log_history[0]
+    assert len(projections(scope["model"])) == 4 and "sigma_mean" in scope["trainer"].state.log_history[-1]

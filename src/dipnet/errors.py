@@ -37,6 +37,14 @@ class NonFiniteLossError(DivergenceError):
     what = "non-finite loss"
 
 
+class SuiteError(RuntimeError):
+    """Runs of a suite failed (their errors are in the run store); carries the suite's outcome."""
+
+    def __init__(self, message: str, outcome: object = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
 def unknown_name(kind: str, name: str, allowed: "list[str] | tuple[str, ...]") -> ConfigError:
     """The one-line error for a name that is not registered."""
     return ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(allowed))}")

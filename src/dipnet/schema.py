@@ -9,7 +9,12 @@ A field declares its type by annotation and its limits with :func:`param`::
 :func:`validate` (run by :class:`Validated.__post_init__`) coerces every field once by its type
 (CLI strings such as ``"0.1"``, ``"true"``, ``"a,b"``, ``"none"``; TOML and JSON values) and checks
 it against its limits; a bad value is one :class:`~dipnet.errors.ConfigError` naming the field,
-the value and what is allowed. The CLI and the TOML suites pass raw values to it.
+the value and what is allowed. The CLI and the TOML suites pass raw values to it; inside
+:func:`typed_values` (the suites) a string is not read as a number or a boolean.
+
+The same one line for the rest of the boundary: :func:`check_type` for the public API's
+arguments (``train({...})``, ``strip("x")``), :func:`check_memory` for sizes bounded by what the
+machine has free (:func:`available_memory`).
 
 Why by hand: pydantic would check and coerce, but its errors are multi-line reports, it has no
 rule for ``"a,b"`` as a tuple, and components would stop being plain dataclasses that users
@@ -18,19 +23,35 @@ dependency.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Iterator, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["Limits", "Validated", "check", "check_field", "choice", "describe", "field_docs", "override", "param", "validate"]
+__all__ = ["Limits", "Validated", "available_memory", "check", "check_field", "check_memory", "check_type", "choice",
+           "describe", "field_docs", "override", "param", "typed_values", "validate"]
 
 _MISSING = dataclasses.MISSING
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_TYPED: contextvars.ContextVar[bool] = contextvars.ContextVar("dipnet_typed_values", default=False)
+
+
+@contextlib.contextmanager
+def typed_values() -> Iterator[None]:
+    """Within it, values come typed (TOML, JSON): a string is never read as a number or a boolean
+    (``seeds = [0, "1"]`` is an error), as it is from the command line (``--epochs 3``)."""
+    token = _TYPED.set(True)
+    try:
+        yield
+    finally:
+        _TYPED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -135,6 +156,8 @@ class _Bad(Exception):
 
 
 def _scalar(value: Any, kind: Any) -> Any:
+    if isinstance(value, str) and kind in (bool, int, float) and _TYPED.get():
+        raise _Bad
     if typing.get_origin(kind) is Literal:
         allowed = typing.get_args(kind)
         if value not in allowed:
@@ -211,7 +234,12 @@ def check(value: Any, annotation: Any, where: str, limits: Limits = Limits()) ->
             raise _Bad
         return out
     except _Bad:
-        raise ConfigError(f"{where} must be {describe(annotation, limits)}, not {value!r}") from None
+        quoted = " (a quoted string: write numbers and booleans without quotes)" if _TYPED.get() and _has_str(value) else ""
+        raise ConfigError(f"{where} must be {describe(annotation, limits)}, not {value!r}{quoted}") from None
+
+
+def _has_str(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
 
 
 def validate(obj: Any, owner: str = "") -> None:
@@ -262,3 +290,61 @@ def check_field(cls: type, name: str, value: Any, where: str) -> Any:
 def choice(value: Any, where: str, allowed: Any) -> Any:
     """``value`` if it is one of ``allowed`` (a sequence, or a dict's keys); ConfigError otherwise."""
     return check(value, Literal[tuple(allowed)], where)
+
+
+def _kind_name(kind: Any) -> str:
+    if kind is None:
+        return "None"
+    if kind is callable:
+        return "a function"
+    name = getattr(kind, "__qualname__", str(kind))
+    if getattr(kind, "__module__", "").startswith("torch"):
+        name = "nn.Module" if name == "Module" else f"torch.{name}"
+    return f"{'an' if name[0].lower() in 'aeiou' or name.startswith('nn.') else 'a'} {name}"
+
+
+def check_type(value: Any, kinds: Any, where: str, fix: str = "") -> Any:
+    """``value`` if it is an instance of one of ``kinds`` (types, ``None``, or ``callable`` for any
+    function); otherwise one :class:`ConfigError` naming ``where``, what it must be and ``fix``.
+    The public API checks its arguments with this at the boundary."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    for kind in kinds:
+        if (value is None if kind is None else callable(value) if kind is callable else isinstance(value, kind)):
+            return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    must = " or ".join(_kind_name(k) for k in kinds)
+    raise ConfigError(f"{where} must be {must}, not {type(value).__name__} {shown}" + (f"; {fix}" if fix else ""))
+
+
+def available_memory(device: Any = None) -> int | None:
+    """Bytes free for this process on ``device`` (None or a CPU: MemAvailable of /proc/meminfo; a
+    CUDA device: its free memory); None where unknown."""
+    kind = getattr(device, "type", str(device) if device is not None else "cpu").split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    if kind != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str, fix: str, device: Any = None) -> None:
+    """ConfigError when ``need`` bytes (``what`` says for what) exceed the memory free on ``device``."""
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"{what} needs about {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
+                          f"{'this machine' if device is None or str(device) == 'cpu' else device}; {fix}")

@@ -17,6 +17,7 @@ from .._version import __version__
 from ..errors import DipnetError, DivergenceError
 
 COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust", "compare", "report", "demo", "finetune")
+PATHS = ("out", "store", "report", "db", "run_dir", "suite")  # options naming a file or folder: never empty
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _refuse_empty_paths(parser, args)
     args.extra = extra
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands to torchrun
     previous = _sigterm_as_interrupt()
@@ -82,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _refuse_empty_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--out ''`` is a usage error, not the current folder or a default one."""
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    for action in sub._actions:
+        value = getattr(args, action.dest, None) if action.dest in PATHS else None
+        if isinstance(value, str) and not value.strip():
+            sub.error(f"{action.option_strings[-1] if action.option_strings else action.metavar or action.dest.upper()} "
+                      "is empty; give a path")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

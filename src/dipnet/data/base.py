@@ -17,9 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
-from ..schema import Limits, check
+from ..schema import Limits, check, check_type
 
 DEFAULT_VAL_FRACTION = 0.125
 VAL_SEED = 0
@@ -65,22 +65,42 @@ class Dataset:
         return self.x_val is not None and self.x_val.shape[0] > 0
 
     def __post_init__(self) -> None:
+        check_type(self.info, DatasetInfo, "Dataset's info", "describe the data with DatasetInfo(...)")
         splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
         if self.x_val is not None or self.y_val is not None:
             if self.x_val is None or self.y_val is None:
-                raise ValueError(f"{self.info.name}: give both x_val and y_val, or neither")
+                raise DataError(f"{self.info.name}: give both x_val and y_val, or neither")
             splits.append(("val", self.x_val, self.y_val))
         for split, x, y in splits:
+            check_type(x, torch.Tensor, f"{self.info.name}: x_{split}")
+            check_type(y, torch.Tensor, f"{self.info.name}: y_{split}")
             if x.shape[0] != y.shape[0]:
-                raise ValueError(f"{self.info.name}: {split} has {x.shape[0]} inputs but {y.shape[0]} labels")
+                raise DataError(f"{self.info.name}: {split} has {x.shape[0]} inputs but {y.shape[0]} labels")
             if tuple(x.shape[1:]) != tuple(self.info.input_shape):
-                raise ValueError(
+                raise DataError(
                     f"{self.info.name}: {split} inputs have shape {tuple(x.shape[1:])}, "
                     f"metadata says {self.info.input_shape}"
                 )
+        self.check_finite()
+
+    def check_finite(self) -> None:
+        """DataError naming the split and the first example with a NaN or infinite input."""
+        for split, x in (("train", self.x_train), ("val", self.x_val), ("test", self.x_test)):
+            if x is not None:
+                _check_finite(self.info.name, split, x)
 
     def with_info(self, **changes: Any) -> "Dataset":
         return replace(self, info=replace(self.info, **changes))
+
+
+def _check_finite(name: str, split: str, x: torch.Tensor) -> None:
+    if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.ndim > 1 else ~torch.isfinite(x)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise DataError(f"{name}: {split} input {first} is not finite (NaN or inf), and {int(bad.sum())} of "
+                        f"{x.shape[0]} are not; clean or drop them before training")
 
 
 Loader = Callable[..., Dataset]

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..schema import Limits, check, check_memory
 from .base import Dataset, DatasetInfo, register_dataset
 from ._util import strict_options
 
@@ -27,15 +28,16 @@ def teacher(n: int, dim: int, classes: int, gen: torch.Generator, weights: tuple
 @strict_options("synthetic")
 def load_synthetic(task: str = "teacher", n_train: int = 512, n_test: int = 256, dim: int = 10,
                    classes: int = 3, noise: float = 0.05, seed: int = 0) -> Dataset:
-    if n_train < 1 or n_test < 1:
-        raise ConfigError("n_train and n_test must be >= 1")
+    n_train, n_test, dim, classes = (check(v, int, f"synthetic.{k}", Limits(ge=low)) for k, v, low in
+                                      (("n_train", n_train, 1), ("n_test", n_test, 1), ("dim", dim, 1), ("classes", classes, 2)))
+    width = 2 if task == "spirals" else dim
+    check_memory(4 * (n_train + n_test + 32) * (width + 32), f"synthetic data of {n_train + n_test:,} examples x {width} "
+                 "features", "lower n_train, n_test or dim")
     gen = torch.Generator().manual_seed(seed)
     if task == "spirals":
         x, y = two_spirals(n_train + n_test, noise, gen)
         dim, classes = 2, 2
     elif task == "teacher":
-        if dim < 1 or classes < 2:
-            raise ConfigError("teacher needs dim >= 1 and classes >= 2")
         weights = (torch.randn(dim, 32, generator=gen), torch.randn(32, classes, generator=gen))
         x, y = teacher(n_train + n_test, dim, classes, gen, weights)
     else:

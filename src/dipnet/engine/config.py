@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, Mapping, TypeVar, get_args
 
 from ..errors import ConfigError
-from ..schema import Validated, param
+from ..schema import Validated, check_type, param
 
 Optimizer = Literal["sgd", "adamw", "adam"]
 Schedule = Literal["constant", "cosine", "step"]
@@ -40,6 +40,7 @@ class RunConfig(Validated):
 
     @classmethod
     def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        check_type(d, Mapping, f"{cls.__name__}.from_dict's argument", "pass a dict of its fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -64,7 +65,7 @@ class TrainConfig(RunConfig):
     data: str = param("mnist1d", doc="dataset name (see `dipnet datasets`)")
     model: str = param("mlp", doc="model name (see `dipnet models`)")
     method: str = param("erm", doc="method spec, e.g. erm, dipnet, sam, dipnet+mrwp (see `dipnet methods`)")
-    epochs: int = param(10, ge=1, doc="passes over the training set")
+    epochs: int = param(10, ge=1, le=100_000, doc="passes over the training set")
     batch_size: int = param(128, ge=1, doc="examples per step")
     seed: int = param(0, ge=0, le=2**63 - 1, doc="seeds initialization, data order and noise")
     optimizer: Optimizer = param("adamw", doc="base optimizer")

@@ -18,6 +18,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import ConfigError
 from ..methods import Method
+from ..schema import check_type
 from .config import TrainConfig
 from .core import Callback, Loop, ProgressDisplay
 from .distributed import Distributed
@@ -116,7 +117,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, dataset: Dataset | None = None, model: ModelArg = None,
                  callbacks: Sequence[Callback | EpochCallback] = ()) -> None:
-        cfg.validate()
+        check_type(cfg, TrainConfig, "the training config", "build one with TrainConfig(...) or TrainConfig.from_dict(d)").validate()
         self.cfg = cfg
         device = resolve_device(cfg.device)
         self.dist = setup_distributed(device)  # distributed: a world of 1 without torchrun
@@ -126,6 +127,7 @@ class Trainer:
         self.model = model.to(device)
         self.optimizer = build_optimizer(cfg, self.model, self.method)
         self.method.check_world(self.dist.world_size)  # distributed: parallel m-RWP needs an even world
+        self.method.check_epochs(cfg.epochs)
         self.train_model = self.dist.wrap(self.model, device)  # distributed: DDP, or the model itself
         self.task = ClassificationTask(self.dataset, device, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                        seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,

@@ -1,6 +1,7 @@
 """Reading a finished (or interrupted) run directory back: config, history and the model."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import DataError
+from ..schema import check_type
 from .checkpoint import load_checkpoint, load_weights
 from ..methods import Method
 from .config import TrainConfig
@@ -44,7 +46,7 @@ def load_run(run_dir: str | Path, *, dataset: Dataset | None = None, model: Mode
     The model is returned in eval mode. Pass ``dataset``/``model`` for runs trained on a user's
     own data or network, which the registries cannot rebuild.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(check_type(run_dir, (str, os.PathLike), "run_dir", "give the folder that dipnet train wrote"))
     record = read_record(run_dir)
     check_training_record(record, run_dir)
     cfg = TrainConfig.from_dict(record["config"])

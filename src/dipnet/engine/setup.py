@@ -12,6 +12,7 @@ from ..data import Dataset, DatasetInfo, load_dataset
 from ..errors import ConfigError
 from ..methods import Method, build_method
 from ..models import build_model
+from ..schema import check_type
 from .config import TrainConfig
 
 ModelArg = Union[nn.Module, Callable[[DatasetInfo], nn.Module], None]
@@ -56,9 +57,13 @@ def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: ModelArg = 
     ``model`` may be a ready module or a factory ``info -> module``, called after seeding so that
     its initialization is reproducible.
     """
+    check_type(dataset, (Dataset, None), "dataset", "load one with dipnet.load_dataset(name), or name it in the config")
+    check_type(model, (nn.Module, callable, None), "model", "pass a module, a function info -> module, or None for cfg.model")
     method = build_method(cfg.method, cfg.method_params)
     if dataset is None:
         dataset = load_dataset(cfg.data, **cfg.data_kwargs)
+    else:
+        dataset.check_finite()  # a user's tensors may have changed since the Dataset was built
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, dataset.info, **cfg.model_kwargs)

@@ -24,12 +24,13 @@ from typing import Any, Callable, Mapping
 from ..engine import TrainConfig, threads as threads_policy, train
 from ..engine.rundir import read_record
 from ..engine.runinfo import run_info
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, SuiteError
 from ..schema import Limits, check
 from .instruments import INSTRUMENTS, MeasureFn
 from .store import RunStore, owner_id
 from .runspec import RunSpec
 from .suite import Suite, load_suite
+from .suite_checks import check_data_and_models
 
 TrainFn = Callable[[dict[str, Any], str], Any]
 """``train_fn(config, run_dir)``: trains one run; returns a RunResult or a dict with final/history."""
@@ -54,6 +55,7 @@ class SuiteOutcome:
     recovered: int = 0
     keys: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    failures: list[str] = field(default_factory=list)  # "task method seed N: error" of each failed run
 
     @property
     def trained(self) -> int:
@@ -151,6 +153,7 @@ def run_suite(
     on_event: EventFn | None = None,
     cost_fn: Callable[[dict[str, Any]], float] | None = None,
     executor: Any = None,
+    allow_failures: bool = False,
 ) -> SuiteOutcome:
     """Train every run of ``suite`` that the store at ``store_path`` does not hold as done.
 
@@ -164,6 +167,10 @@ def run_suite(
     ``workers > 1``. ``on_event(kind, spec, info)`` is called with kind in
     ``skip``/``start``/``done``/``failed``. ``executor`` (e.g. :class:`~dipnet.experiments.RayExecutor`)
     trains the runs instead of this process or its pool; this process still writes the store.
+    Before the first run, every dataset and model the runs need (with the default ``train_fn``)
+    is loaded and built once, so that a missing file stops the suite before any run trains.
+    A run that fails is recorded with its error and the others go on; then
+    :class:`~dipnet.errors.SuiteError` is raised, unless ``allow_failures`` (the outcome counts them).
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
@@ -197,6 +204,8 @@ def run_suite(
             store.reset(keys, redo)
         status = {r.key: r.status for r in store.runs(keys=keys)}
         todo = [s for s in specs if status[s.key] == "pending"]
+        if train_fn is engine_train:
+            check_data_and_models(todo)
         for s in specs:
             if status[s.key] != "pending":
                 outcome.skipped += 1
@@ -210,6 +219,7 @@ def run_suite(
             else:
                 store.fail(spec.key, reply["error"], {"traceback": reply["traceback"]} if reply.get("traceback") else None)
                 outcome.failed += 1
+                outcome.failures.append(f"{spec.task} {spec.method} seed {spec.seed}: {reply['error']}")
                 emit("failed", spec, reply)
 
         if executor is not None:  # executors.py: e.g. Ray tasks
@@ -230,6 +240,10 @@ def run_suite(
             _run_parallel(store, todo, runs_root, train_fn, measures, workers,
                           threads_policy.resolve(threads, min(workers, len(todo)), where="threads"), emit, finish)
     outcome.wall_s = time.perf_counter() - t0
+    if outcome.failed and not allow_failures:
+        first = outcome.failures[0].splitlines()[0][:300]
+        raise SuiteError(f"suite {suite.name!r}: {outcome.failed} of {outcome.trained} runs failed (first: {first}); "
+                         f"their errors are in {store_path} (allow_failures=True returns the outcome instead)", outcome)
     return outcome
 
 
@@ -260,7 +274,8 @@ def _run_parallel(store: RunStore, todo: list[RunSpec], runs_root: Path, train_f
                     reply = fut.result()
                 except BrokenProcessPool:
                     broken = True
-                    reply = {"ok": False, "error": "the worker process died during this run (killed, or out of memory?)"}
+                    reply = {"ok": False, "error": "the worker process died during this run (killed, out of memory, or a script "
+                                                   "that calls run_suite outside `if __name__ == \"__main__\":`?)"}
                 except Exception as exc:  # e.g. a train_fn that cannot be pickled
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 finish(spec, reply)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,12 +43,12 @@ from typing import Any, Callable
 
 from ..engine import TrainConfig
 from ..errors import ConfigError
-from ..schema import Limits, check, check_field
+from ..schema import Limits, check, check_field, typed_values
 from .budget import checked_cost, probe_cost, tuning_grid
 from .instruments import INSTRUMENTS
 from .kinds import SUITE_KINDS
 from .runspec import RunSpec, resolved_hyperparameters
-from .suite_checks import Checker, check_names_and_options
+from .suite_checks import MAX_RUNS, MAX_SUITE_BYTES, Checker, check_names_and_options, check_size, load_toml
 
 BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods")
@@ -55,26 +56,11 @@ METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")
 SET_BY_SUITE = ("data", "model", "method", "method_params", "seed", "out", "progress")
+MAX_SEEDS = 1000
+LARGE_SUITE = 1000  # runs: a larger suite needs an explicit yes (max_runs=, `dipnet compare --yes`)
 # The core training fields every run's config (and so its key) carries; a run's key stays the
 # same when the engine grows an option.
-MAX_SEEDS = 1000
 CORE_TRAIN_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "data_kwargs", "model_kwargs")
-
-
-def _load_toml(text: str, where: str) -> dict[str, Any]:
-    try:
-        import tomllib  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                f"{where}: reading TOML suites needs Python >= 3.11 or the 'tomli' package (pip install tomli)"
-            ) from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
 
 
 def train_fields() -> tuple[str, ...]:
@@ -197,16 +183,26 @@ class Suite:
 
 
 def parse_suite(
-    text: str, source: str = "<suite>", *, check_names: bool = True
+    text: str, source: str = "<suite>", *, check_names: bool = True, max_runs: int = LARGE_SUITE
 ) -> Suite:
     """Parse and validate a suite from TOML text. ``source`` names the file in error messages.
 
     With ``check_names`` the dataset, model and method names and every method hyperparameter
-    are checked against the registries (``build_method`` validates the values too).
+    are checked against the registries (``build_method`` validates the values too). Values are
+    taken as TOML typed them (``epochs = "3"`` is an error). A suite of more than ``max_runs``
+    runs (at most :data:`MAX_RUNS`) is refused from its counts, before its sweeps are expanded.
     """
-    raw = _load_toml(text, source)
-    if "kind" in raw:
-        return Checker(source).known(SUITE_KINDS, raw["kind"], "kind")(raw, text, source, check_names)
+    check(max_runs, int, "max_runs", Limits(ge=1, le=MAX_RUNS))
+    raw = load_toml(text, source)
+    with typed_values():
+        if "kind" in raw:
+            suite = Checker(source).known(SUITE_KINDS, raw["kind"], "kind")(raw, text, source, check_names)
+            check_size(source, len(suite.tasks), len(suite.methods), len(suite.seeds), max_runs)
+            return suite
+        return _parse(raw, text, source, check_names, max_runs)
+
+
+def _parse(raw: dict[str, Any], text: str, source: str, check_names: bool, max_runs: int) -> Suite:
     ck = Checker(source)
     ck.keys(raw, TOP_KEYS, "")
     fields = train_fields()
@@ -248,7 +244,7 @@ def parse_suite(
     tasks_raw = raw.get("tasks")
     if not isinstance(tasks_raw, dict) or not tasks_raw:
         raise ck.fail("tasks", "the suite needs at least one [tasks.NAME] table with data and model")
-    tasks: list[TaskEntry] = []
+    task_tables = []
     for label, t in tasks_raw.items():
         where = f"tasks.{label}"
         if not isinstance(t, dict):
@@ -264,10 +260,7 @@ def parse_suite(
         if not isinstance(compose_params, dict):
             raise ck.fail(f"{where}.compose_params", "must be a table such as { \"fgsm-examples.eps\" = 0.1 }")
         overrides = ck.train_table({k: v for k, v in t.items() if k not in TASK_KEYS + COMPOSE_KEYS}, where, fields)
-        grid = len(datas) * len(models) > 1
-        for d, m in itertools.product(datas, models):
-            tasks.append(TaskEntry(f"{label}:{d}-{m}" if grid else label, d, m, overrides,
-                                   compose.strip(), dict(compose_params)))
+        task_tables.append((label, datas, models, compose.strip(), compose_params, overrides))
 
     tune = raw.get("tune", False)
     if not isinstance(tune, bool):
@@ -275,7 +268,7 @@ def parse_suite(
     methods_raw = raw.get("methods")
     if not isinstance(methods_raw, dict) or not methods_raw:
         raise ck.fail("methods", "the suite needs at least one [methods.NAME] table (e.g. [methods.erm])")
-    methods: list[MethodEntry] = []
+    method_tables = []
     for label, m in methods_raw.items():
         where = f"methods.{label}"
         if not isinstance(m, dict):
@@ -294,6 +287,18 @@ def parse_suite(
         cost = m.get("cost")
         cost = check(cost, float | None, f"{source}: {where}.cost (example-gradients per example)", Limits(gt=0))
         overrides = ck.train_table({k: v for k, v in m.items() if k not in METHOD_KEYS}, where, fields)
+        method_tables.append((label, spec, params, sweep, cost, overrides))
+
+    check_size(source, sum(len(d) * len(mo) for _, d, mo, *_ in task_tables),
+                sum(math.prod(len(v) for v in sweep.values()) for *_, sweep, _, _ in method_tables), len(seeds), max_runs)
+    tasks: list[TaskEntry] = []
+    for label, datas, models, compose, compose_params, overrides in task_tables:
+        grid = len(datas) * len(models) > 1
+        for d, mo in itertools.product(datas, models):
+            tasks.append(TaskEntry(f"{label}:{d}-{mo}" if grid else label, d, mo, overrides, compose, dict(compose_params)))
+    methods: list[MethodEntry] = []
+    for label, spec, params, sweep, cost, overrides in method_tables:
+        where = f"methods.{label}"
         combos = [dict(zip(sweep, vals)) for vals in itertools.product(*sweep.values())] if sweep else [{}]
         for combo in combos:
             lab = label if not combo else label + "(" + ",".join(f"{k}={v}" for k, v in combo.items()) + ")"
@@ -333,19 +338,23 @@ def packaged_suites() -> list[str]:
         return []
 
 
-def load_suite(path_or_name: str | Path, *, check_names: bool = True) -> Suite:
-    """Load a suite from a TOML file, or a shipped one by name (``load_suite("default")``)."""
+def load_suite(path_or_name: str | Path, *, check_names: bool = True, max_runs: int = LARGE_SUITE) -> Suite:
+    """Load a suite from a TOML file, or a shipped one by name (``load_suite("default")``);
+    ``max_runs``: see :func:`parse_suite`."""
     path = Path(path_or_name)
     if path.is_file():
         try:
+            if path.stat().st_size > MAX_SUITE_BYTES:
+                raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a suite file has at most {MAX_SUITE_BYTES:,}")
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read suite file {path}: {exc}") from None
-        return parse_suite(text, str(path), check_names=check_names)
+        return parse_suite(text, str(path), check_names=check_names, max_runs=max_runs)
     name = str(path_or_name)
     if name in packaged_suites():
         res = resources.files("dipnet") / "suites" / f"{name}.toml"
-        return parse_suite(res.read_text(encoding="utf-8"), f"dipnet/suites/{name}.toml", check_names=check_names)
+        return parse_suite(res.read_text(encoding="utf-8"), f"dipnet/suites/{name}.toml", check_names=check_names,
+                           max_runs=max_runs)
     raise ConfigError(
         f"no suite file {str(path_or_name)!r}; give a path to a .toml file or a shipped suite: "
         f"{', '.join(packaged_suites()) or 'none'}"

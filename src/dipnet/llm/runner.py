@@ -140,7 +140,7 @@ class Finetuner:
 
     def __init__(self, cfg: FinetuneConfig, *, model: nn.Module | None = None, tokenizer: Any = None,
                  callbacks: Any = ()) -> None:
-        cfg.validate()
+        FinetuneConfig.checked(cfg, model)
         self.cfg = cfg
         self.method = llm_method(cfg)
         self.device = resolve_device(cfg.device)

@@ -16,6 +16,7 @@ positions only (``logits_to_keep``) and generation continue every row from its l
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -25,7 +26,9 @@ import torch
 from ..errors import ConfigError, DataError
 from ..projection.hf import IGNORE_INDEX
 from ..registry import Registry
+from ..schema import check_field
 from ._hf import require
+from .config import FinetuneConfig
 
 __all__ = ["TASKS", "Example", "TaskData", "collate", "encode", "extract_answer", "load_task"]
 
@@ -44,6 +47,17 @@ def _reasoning_gym_tasks(registry: Registry[TaskFactory]) -> None:
 
 
 TASKS: Registry[TaskFactory] = Registry("reasoning-gym task", fill=_reasoning_gym_tasks)
+
+MAX_PREPARE_S = 60.0  # seconds to draw, or to tokenize, a task's questions: a larger request is refused
+PROBE = 64  # items timed before the time of the rest is estimated
+
+
+def _check_time(elapsed: float, done: int, total: float, what: str, fix: str) -> None:
+    """ConfigError when ``total`` items at the rate of the first ``done`` would take over :data:`MAX_PREPARE_S`."""
+    estimate = elapsed / done * total
+    if estimate > MAX_PREPARE_S:
+        raise ConfigError(f"{what} would take about {estimate:,.0f} s on this machine ({1e3 * elapsed / done:.2f} ms "
+                          f"each, timed on the first {done}), more than {MAX_PREPARE_S:g} s; {fix}")
 
 
 @dataclass
@@ -64,10 +78,14 @@ class TaskData:
 
 def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
               options: dict[str, Any] | None = None) -> TaskData:
-    """Draw ``test + val + train`` distinct questions of reasoning-gym task ``name`` from ``seed``."""
+    """Draw ``test + val + train`` distinct questions of reasoning-gym task ``name`` from ``seed``;
+    a request whose drawing would take over :data:`MAX_PREPARE_S` (estimated from the first
+    draws and their share of repeats) is refused before the rest are drawn."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("the task is empty; name a reasoning-gym dataset such as chain_sum or gsm_symbolic")
     factory = TASKS.get(name)
+    train, val, test = (check_field(FinetuneConfig, f"{k}_size", v, f"load_task's {k}")
+                        for k, v in (("train", train), ("val", val), ("test", test)))
     wanted = train + val + test
     limit = MAX_DRAW_FACTOR * wanted
     try:
@@ -76,8 +94,12 @@ def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
         raise ConfigError(f"task {name!r} refuses its options {options or {}}: {exc}") from None
     seen: set[str] = set()
     items: list[dict[str, Any]] = []
-    draws = 0
+    draws, start = 0, time.perf_counter()
     while len(items) < wanted and draws < limit:
+        if draws == PROBE and items:
+            _check_time(time.perf_counter() - start, draws, min(limit, draws * wanted / len(items)),
+                        f"drawing {wanted:,} distinct questions of task {name!r} (train {train} + val {val} + test {test})",
+                        "ask for fewer questions")
         item = dataset[draws]
         draws += 1
         question = item.get("question")
@@ -128,10 +150,15 @@ def _prompt_text(tokenizer: Any, question: str, system: str | None) -> str:
 def encode(tokenizer: Any, items: Sequence[dict[str, Any]], *, system: str | None, worked_solution: bool,
            context: int, new_tokens: int, task: str = "task") -> list[Example]:
     """Token ids of each item's prompt and answer (+ end-of-turn). An item whose prompt and answer,
-    or whose prompt and ``new_tokens`` generated tokens, do not fit ``context`` is an error."""
+    or whose prompt and ``new_tokens`` generated tokens, do not fit ``context`` is an error, and so
+    is a list whose tokenizing would take over :data:`MAX_PREPARE_S` (estimated from the first items)."""
     eos = tokenizer.eos_token_id
     out = []
+    start = time.perf_counter()
     for i, item in enumerate(items):
+        if i == PROBE:
+            _check_time(time.perf_counter() - start, i, len(items), f"{task}: tokenizing {len(items):,} questions",
+                        "ask for fewer questions")
         prompt = tokenizer(_prompt_text(tokenizer, item["question"], system), add_special_tokens=False).input_ids
         answer = tokenizer(target_text(item, worked_solution), add_special_tokens=False).input_ids + [eos]
         need = len(prompt) + max(len(answer), new_tokens)

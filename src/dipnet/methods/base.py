@@ -125,6 +125,10 @@ class Component(Validated):
         """Raise :class:`ConfigError` if this component cannot train on ``world_size`` data-parallel
         processes (parallel m-RWP needs an even number); called before the first step."""
 
+    def check_epochs(self, epochs: int) -> None:
+        """Raise :class:`ConfigError` if this component would do nothing in a run of ``epochs``
+        (ICP's warm-up covering every epoch); called before the first step."""
+
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         """JSON-able metrics recorded with each evaluation (e.g. DIPNet's learned sigma)."""
         return {}
@@ -286,6 +290,10 @@ class Method:
     def check_world(self, world_size: int) -> None:
         for comp in self.components:
             comp.check_world(world_size)
+
+    def check_epochs(self, epochs: int) -> None:
+        for comp in self.components:
+            comp.check_epochs(epochs)
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -131,6 +131,20 @@ class ICP(Component):
     def warmup_epochs(self, epochs: int) -> int:
         return int(round(self.warmup * epochs))
 
+    def check_epochs(self, epochs: int) -> None:
+        """Refuse a run in which ICP would never act: ``a(e) = 1`` (cross-entropy only) in every
+        epoch, the warm-up's and the first one after it (``a(W) = 1``)."""
+        if epochs - 1 > self.warmup_epochs(epochs):
+            return
+        enough = max(2, math.ceil(2.5 / (1 - self.warmup)))  # E (1 - w) >= 2.5 gives E - 1 > round(w E)
+        least = next(e for e in range(2, enough + 1) if e - 1 > self.warmup_epochs(e)) if enough <= 100_000 else None
+        fixes = ([f"train at least {least} epochs"] if least else []) + (["lower icp.warmup"] if epochs >= 2 else [])
+        fix = " or ".join(fixes) or "train more epochs"
+        raise ConfigError(
+            f"icp: with {epochs} epoch(s) and warmup {self.warmup:g}, every epoch trains with cross-entropy only "
+            f"({self.warmup_epochs(epochs)} warm-up epochs, then a(e) = 1 at the first one after them), "
+            f"so the run would be ERM; {fix}")
+
     def constructive_input(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
         """``T`` loss-decreasing input steps in eval mode; the weights receive no gradient."""
         was_training = model.training

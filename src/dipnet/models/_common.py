@@ -35,11 +35,12 @@ def check_choice(owner: str, key: str, value: Any, allowed: Sequence[str] | dict
     return choice(value, f"{owner}.{key}", allowed)
 
 
-MAX_SIZE = 100_000  # any one structural option (a width, a depth): larger ones are typos, and a depth of 10^9 modules would take the machine's memory before any estimate
+MAX_SIZE = 100_000  # any one structural option (a width, a channel count): larger ones are typos
+MAX_LAYERS = 1000  # layers or blocks of one model (a depth, the entries of widths=): building 10^5 modules takes minutes before any estimate
 
 
-def check_int(owner: str, key: str, value: Any, minimum: int = 1) -> int:
-    return check(value, int, f"{owner}.{key}", Limits(ge=minimum, le=MAX_SIZE))
+def check_int(owner: str, key: str, value: Any, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
+    return check(value, int, f"{owner}.{key}", Limits(ge=minimum, le=maximum))
 
 
 def check_float(owner: str, key: str, value: Any, minimum: float = 0.0) -> float:
@@ -50,12 +51,15 @@ def check_bool(owner: str, key: str, value: Any) -> bool:
     return check(value, bool, f"{owner}.{key}")
 
 
-def check_int_seq(owner: str, key: str, value: Any, minimum: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
-    """An int or a sequence of ints (``256`` -> ``(256,)``; CLI ``widths=256,256`` -> ``(256, 256)``)."""
+def check_int_seq(owner: str, key: str, value: Any, minimum: int = 1, allow_empty: bool = False,
+                  maximum: int = MAX_SIZE) -> tuple[int, ...]:
+    """An int or a sequence of ints (``256`` -> ``(256,)``; CLI ``widths=256,256`` -> ``(256, 256)``),
+    one per layer: at most :data:`MAX_LAYERS` of them."""
     items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum, le=MAX_SIZE))
-    if len(out) > MAX_SIZE:
-        raise ConfigError(f"{owner}.{key} lists {len(out)} values; at most {MAX_SIZE}")
+    count = len(items.split(",")) if isinstance(items, str) else len(items) if isinstance(items, (list, tuple)) else 0
+    if count > MAX_LAYERS:
+        raise ConfigError(f"{owner}.{key} lists {count} values; at most {MAX_LAYERS}")
+    out = check(items, tuple[int, ...], f"{owner}.{key}", Limits(ge=minimum, le=maximum))
     if not out and not allow_empty:
         raise ConfigError(f"{owner}.{key} must be a list of integers >= {minimum} (e.g. 256,256), not {value!r}")
     return out

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..data.base import DatasetInfo
 from ..errors import ConfigError
-from ._common import check_bool, check_int, check_int_seq, flat_features, make_activation, zoo_model
+from ._common import MAX_LAYERS, check_bool, check_int, check_int_seq, flat_features, make_activation, zoo_model
 
 
 class MLPBlock(nn.Module):
@@ -82,7 +82,7 @@ def mlp(
         raise ConfigError("model 'mlp': give either widths=... or width=/depth=, not both")
     if widths is None:
         w = 256 if width is None else check_int("MLP", "width", width)
-        d = 2 if depth is None else check_int("MLP", "depth", depth, minimum=0)
+        d = 2 if depth is None else check_int("MLP", "depth", depth, minimum=0, maximum=MAX_LAYERS)
         widths = (w,) * d
     else:
         widths = check_int_seq("MLP", "widths", widths, allow_empty=True)

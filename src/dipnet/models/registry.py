@@ -8,7 +8,6 @@ the machine's memory until the kernel kills the process.
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,6 +17,7 @@ from torch import nn
 from ..data.base import DatasetInfo
 from ..errors import ConfigError
 from ..registry import Registry
+from ..schema import available_memory
 
 Builder = Callable[..., nn.Module]
 
@@ -79,18 +79,3 @@ def estimated_bytes(model: nn.Module) -> int:
     """Bytes to train ``model``: 4 float32 copies of its parameters (weights, gradients, two
     optimizer moments) and its buffers (activations come on top and depend on the batch)."""
     return 16 * sum(p.numel() for p in model.parameters()) + 4 * sum(b.numel() for b in model.buffers())
-
-
-def available_memory() -> int | None:
-    """Memory available to this process (MemAvailable of /proc/meminfo; None where unknown)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None

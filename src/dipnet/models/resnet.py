@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.base import DatasetInfo
 from ..errors import ConfigError
-from ._common import as_image, check_choice, check_int, check_int_seq, image_shape, zoo_model
+from ._common import MAX_LAYERS, as_image, check_choice, check_int, check_int_seq, image_shape, zoo_model
 
 SHORTCUTS = ("A", "B")
 
@@ -82,7 +82,7 @@ class ResNet(nn.Module):
             raise ConfigError(f"ResNet: image_shape must be (C, H, W), got {tuple(image_shape)}")
         self.image_shape = tuple(check_int("ResNet", "image_shape", s) for s in image_shape)
         num_classes = check_int("ResNet", "num_classes", num_classes)
-        blocks = check_int_seq("ResNet", "blocks", blocks)
+        blocks = check_int_seq("ResNet", "blocks", blocks, maximum=MAX_LAYERS)
         widths = check_int_seq("ResNet", "widths", widths)
         shortcut = check_choice("ResNet", "shortcut", shortcut, SHORTCUTS)
         if len(blocks) != len(widths):

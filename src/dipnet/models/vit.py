@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data.base import DatasetInfo
 from ..errors import ConfigError
-from ._common import as_image, check_bool, check_float, check_int, image_shape, zoo_model
+from ._common import MAX_LAYERS, as_image, check_bool, check_float, check_int, image_shape, zoo_model
 
 DEFAULT_PATCH = {28: 7, 32: 4}
 
@@ -113,7 +113,7 @@ class VisionTransformer(nn.Module):
         num_classes = check_int("VisionTransformer", "num_classes", num_classes)
         patch = default_patch(h, w) if patch is None else check_int("VisionTransformer", "patch", patch)
         dim = check_int("VisionTransformer", "dim", dim)
-        depth = check_int("VisionTransformer", "depth", depth)
+        depth = check_int("VisionTransformer", "depth", depth, maximum=MAX_LAYERS)
         heads = check_int("VisionTransformer", "heads", heads)
         mlp_ratio = check_float("VisionTransformer", "mlp_ratio", mlp_ratio, minimum=0.0)
         qkv_bias = check_bool("VisionTransformer", "qkv_bias", qkv_bias)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..schema import check, param
+from ..schema import check, check_type, param
 from . import _fast, hf
 from .layer import GaussianProjection, ProjectionConfig
 
@@ -178,8 +178,8 @@ def project(
     name (fnmatch pattern, e.g. ``"blocks.*.mlp.fc1"``) or type. Call before building the
     optimizer. A second call on a projected model is an error: :func:`strip` it first.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"project() needs an nn.Module, not {type(model).__name__}")
+    check_type(model, nn.Module, "project's model")
+    check_type(config, (PlacementConfig, None), "project's config", "build one with PlacementConfig(...)")
     if config is None:
         llm = isinstance(targets, str) and targets in hf.HF_TARGETS
         config = PlacementConfig(**({"scale": "relative", "sigma": hf.LLM_SIGMA, **settings} if llm else settings))
@@ -209,6 +209,7 @@ def project(
 
 def projections(model: nn.Module) -> list[tuple[str, GaussianProjection]]:
     """The inserted projections with their names (the name of the layer they feed)."""
+    check_type(model, nn.Module, "projections' model")
     out = []
     for name, module in model.named_modules():
         proj = module._modules.get(_fast.ATTR)
@@ -246,6 +247,7 @@ def sigma_stats(model: nn.Module) -> dict[str, Any]:
 
 def strip(model: nn.Module) -> nn.Module:
     """Remove every projection and its hooks, in place; the plain model gives the eval outputs bit for bit."""
+    check_type(model, nn.Module, "strip's model")
     _fast.bump()
     for _, module in list(model.named_modules()):
         if isinstance(module._modules.get(_fast.ATTR), GaussianProjection):

@@ -7,6 +7,7 @@ attribute (Hugging Face's ``ModelOutput``) gives its logits.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
@@ -17,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError
-from ..schema import Limits, Validated, check, param
+from ..schema import Limits, Validated, check, check_memory, check_type, param
 from . import _fast
 from .insert import projections
 from .noise import noise_layers, sampling
@@ -56,6 +57,50 @@ def batch_size_of(x: Any) -> int:
                 return value.shape[0]
         raise ConfigError(f"the keyword batch has no tensor inputs (keys: {', '.join(map(str, x))})")
     return x.shape[0]
+
+
+def _nbytes(x: Any) -> int:
+    values = x.values() if isinstance(x, Mapping) else (x,)
+    return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+
+
+def _device_of(x: Any) -> torch.device:
+    values = x.values() if isinstance(x, Mapping) else (x,)
+    return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+
+
+@torch.no_grad()
+def activation_bytes(model: nn.Module, x: Any) -> int | None:
+    """Bytes of the outputs of ``model``'s layers (modules without children or with parameters of
+    their own) in one forward of the batch ``x``: what the forward keeps for the backward. Measured
+    in eval mode (noise layers are the identity, no buffer changes) with the random state
+    restored; None if that forward fails (the training forward then reports why)."""
+    total = 0
+
+    def hook(module: nn.Module, inputs: Any, out: Any) -> None:
+        nonlocal total
+        total += sum(t.numel() * t.element_size() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                     if isinstance(t, torch.Tensor))
+
+    layers = [m for m in model.modules() if not m._modules or next(m.parameters(recurse=False), None) is not None]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    device = _device_of(x)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), sampling(model, layers=()):
+            call_model(model, x)
+    except RuntimeError:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def stacked_bytes(model: nn.Module, x: Any, m: int) -> int | None:
+    """Estimated bytes of a training step on m stacked copies of the batch ``x``: the copies, and
+    twice their activations (kept by the forward, then their gradients); None if unknown."""
+    activations = activation_bytes(model, x)
+    return None if activations is None else m * (_nbytes(x) + 2 * activations)
 
 
 def repeat_batch(x: Any, m: int) -> Any:
@@ -106,6 +151,7 @@ class DIPNetLoss:
         prior: tuple[float, float] = DEFAULT_PRIOR,
         batchnorm: str = "pooled",
     ) -> None:
+        check_type(criterion, callable, "DIPNetLoss's criterion", "pass a loss function such as F.cross_entropy")
         alpha, beta = _prior_pair(prior)
         self._setup(criterion, LossConfig(trajectories=trajectories, stability=stability, alpha=alpha, beta=beta,
                                           batchnorm=batchnorm))
@@ -122,13 +168,30 @@ class DIPNetLoss:
         self.alpha, self.beta, self.batchnorm = config.alpha, config.beta, config.batchnorm
         self.parts: dict[str, torch.Tensor] = {}
         self._cache: tuple[Any, int, list[torch.Tensor]] | None = None
+        self._seen: Any = None
 
     def __repr__(self) -> str:
         return (f"DIPNetLoss(trajectories={self.trajectories}, stability={self.stability}, "
                 f"prior=({self.alpha}, {self.beta}))")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": None}
+        return {**self.__dict__, "_cache": None, "_seen": None}
+
+    def _first_call(self, model: nn.Module, x: Any) -> None:
+        """Once per model: warn when it has no noise layer (the loss is then cross-entropy), and
+        refuse m stacked trajectories that would not fit in the memory of the batch's device."""
+        check_type(model, nn.Module, "DIPNetLoss's model")
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        active = self.trajectories > 1 or self.stability > 0 or self.alpha or self.beta
+        if active and not noise_layers(inner):
+            warnings.warn("DIPNetLoss: the model has no DIPNet projections, so the loss is plain cross-entropy "
+                          "(identical trajectories, no prior); call dipnet.project(model) first", stacklevel=3)
+        m = self.trajectories
+        need = stacked_bytes(inner, x, m) if m > 1 else None
+        if need is not None:
+            check_memory(need, f"DIPNetLoss: {m} trajectories of a batch of {batch_size_of(x)}",
+                         "lower the trajectories or the batch size", _device_of(x))
+        self._seen = weakref.ref(model)
 
     def _log_sigmas(self, model: nn.Module) -> list[torch.Tensor]:
         cached = self._cache
@@ -167,6 +230,10 @@ class DIPNetLoss:
         """The objective on a batch: ``x`` a tensor or a mapping of keyword inputs (each of its
         tensors is repeated m times), ``y`` the targets (Hugging Face: ``labels``, repeated too);
         ``criterion`` replaces this loss's own for the call (a task's loss on the logits)."""
+        check_type(x, (torch.Tensor, Mapping), "DIPNetLoss's inputs x", "pass a batch tensor or a dict of them")
+        check_type(y, torch.Tensor, "DIPNetLoss's targets y")
+        if self._seen is None or self._seen() is not model:
+            self._first_call(model, x)
         m, batch = self.trajectories, batch_size_of(x)
         xr = repeat_batch(x, m)
         try:
@@ -208,6 +275,8 @@ def predict(model: nn.Module, x: torch.Tensor, samples: int = 0) -> torch.Tensor
     """Class probabilities. ``samples=0``: deterministic (eval, the paper's Algorithm 3);
     ``samples=k``: mean softmax of k stochastic passes (noise layers sampling, the rest in eval,
     no buffer updated), as one batched forward. The model's train/eval flags are restored."""
+    check_type(model, nn.Module, "predict's model")
+    check_type(x, (torch.Tensor, Mapping), "predict's inputs x", "pass a batch tensor or a dict of them")
     samples = check(samples, int, "samples", Limits(ge=0))
     if samples == 0:
         with sampling(model, layers=()):

@@ -364,7 +364,10 @@ def test_a_suite_checks_every_task_s_data_before_its_first_run(tmp_path):
 
 
 def test_a_shipped_suite_that_needs_mnist_stops_at_once_without_it(tmp_path, monkeypatch):
+    from dipnet.data import _util
+
     monkeypatch.setenv("DIPNET_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setattr(_util, "SHARED_DATA", tmp_path / "no-shared")  # as on a fresh clone without ../shared
     monkeypatch.chdir(tmp_path)
     suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "dipnet-defaults.toml")
     with pytest.raises(DataError, match="task 'mnist-mlp'"):

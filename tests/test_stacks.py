@@ -152,7 +152,7 @@ def test_a_method_for_continuous_inputs_is_refused_on_tokens(base, tmp_path):
 
 # ---------------------------------------------------------------- every method, a tiny classifier
 
-N_CLS, B_CLS, BOUNDS = 80, 16, (-3.0, 3.0)  # 5 steps of 16 in one epoch
+N_CLS, B_CLS, EPOCHS, BOUNDS = 80, 16, 2, (-3.0, 3.0)  # 2 epochs of 5 steps (ICP acts from its second epoch)
 
 
 def _feature_methods() -> list[str]:
@@ -177,14 +177,27 @@ def _net(info=None):
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
 
 
-def _params_for(method: str) -> dict:
-    return {"icp.warmup": 0.0} if method == "icp" else {}
+class EpochBatches(torch.utils.data.IterableDataset):
+    """The engine's batches of each epoch, in its order (HF's dataloader tells it the epoch)."""
+
+    def __init__(self, per_epoch, rows: bool):
+        self.per_epoch, self.rows, self.epoch = per_epoch, rows, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.per_epoch[self.epoch])
+
+    def __iter__(self):
+        for x, y in self.per_epoch[self.epoch]:
+            yield {"x": x, "labels": y} if self.rows else (x, y)
 
 
 @pytest.mark.parametrize("method", _feature_methods())
 def test_every_method_steps_the_same_in_the_engine_hf_and_lightning(method, tmp_path):
-    """The engine's step, HF's MethodTrainer and Lightning's MethodModule: the same weights after
-    5 steps (1e-6) for every registered method that applies to continuous inputs."""
+    """The engine's loop, HF's MethodTrainer and Lightning's MethodModule: the same weights after
+    2 epochs of 5 steps (1e-6) for every registered method that applies to continuous inputs."""
     import lightning.pytorch as pl
     from transformers import TrainerCallback, TrainingArguments
 
@@ -192,12 +205,12 @@ def test_every_method_steps_the_same_in_the_engine_hf_and_lightning(method, tmp_
     from dipnet.integrations.hf_trainer import MethodTrainer
     from dipnet.integrations.lightning import MethodModule
 
-    data, params = _classifier_data(), _params_for(method)
+    data, params = _classifier_data(), ({"icp.warmup": 0.0} if method == "icp" else {})
     cfg = TrainConfig(method=method, method_params=params, optimizer="adamw", lr=1e-2, schedule="constant",
-                      epochs=1, batch_size=B_CLS, seed=0, progress="none")
+                      epochs=EPOCHS, batch_size=B_CLS, seed=0, progress="none")
     engine = Trainer(cfg, dataset=data, model=_net, callbacks=[SeedEachStep()])
-    batches = [engine.task.batch(engine.task.indices(s)) for s in range(engine.task.total_steps)]
-    rows = [{"x": x, "labels": y} for x, y in batches]
+    steps = engine.task.period_steps
+    per_epoch = [[engine.task.batch(engine.task.indices(e * steps + i)) for i in range(steps)] for e in range(EPOCHS)]
     engine.fit()
     want = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
 
@@ -205,26 +218,28 @@ def test_every_method_steps_the_same_in_the_engine_hf_and_lightning(method, tmp_
         def on_step_begin(self, args, state, control, **kw):
             torch.manual_seed(NOISE_SEED + state.global_step)
 
-    class InOrder(MethodTrainer):
-        def _get_train_sampler(self, *a, **k):
-            return torch.utils.data.SequentialSampler(self.train_dataset)
-
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=1, num_train_epochs=1,
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=1, num_train_epochs=EPOCHS,
                              learning_rate=1e-2, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
                              optim="adamw_torch", report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
                              remove_unused_columns=False, seed=0)
-    hf = InOrder(model=_net(), args=args, train_dataset=rows, method=method, method_params=params, bounds=BOUNDS,
-                 data_collator=lambda items: items[0], callbacks=[Seed()])
+    hf = MethodTrainer(model=_net(), args=args, train_dataset=EpochBatches(per_epoch, rows=True), method=method,
+                       method_params=params, bounds=BOUNDS, data_collator=lambda items: items[0], callbacks=[Seed()])
     hf.train()
 
     class SeedPl(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             torch.manual_seed(NOISE_SEED + trainer.global_step)
 
+    class EpochData(pl.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(per_epoch[self.trainer.current_epoch], batch_size=None)
+
     module = MethodModule(_net(), method, params, lr=1e-2, bounds=BOUNDS)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[SeedPl()])
-    trainer.fit(module, torch.utils.data.DataLoader(Batches(batches), batch_size=None))
+    trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
+                         callbacks=[SeedPl()])
+    trainer.fit(module, datamodule=EpochData())
+    assert hf.state.global_step == trainer.global_step == EPOCHS * steps
     for name, model in (("hf", hf.model), ("lightning", module.model)):
         got = dict(model.named_parameters())
         assert got.keys() == want.keys(), name

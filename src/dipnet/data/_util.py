@@ -40,6 +40,9 @@ def strict_options(dataset: str) -> Callable[[F], F]:
     return deco
 
 
+SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # the project's offline data, beside the repo
+
+
 def data_root(root: str | os.PathLike | None, sub: str) -> Path:
     """Where a dataset folder lives: ``root``, else ``$DIPNET_DATA/sub``, else ``../shared/data/sub``
     beside the repository (the shared offline data of this project)."""
@@ -55,7 +58,7 @@ def data_root(root: str | os.PathLike | None, sub: str) -> Path:
         if path.is_dir():
             return path
         tried.append(str(path))
-    shared = Path(__file__).resolve().parents[3].parent / "shared" / "data" / sub
+    shared = SHARED_DATA / sub
     if shared.is_dir():
         return shared
     tried.append(str(shared))

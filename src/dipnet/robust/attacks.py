@@ -115,9 +115,9 @@ def _check_batch(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ConfigError(f"x must be a non-empty floating-point batch of shape (B, *input_shape), got {got}")
     soft = isinstance(y, torch.Tensor) and y.is_floating_point() and y.ndim == 2 and y.shape[0] == x.shape[0]
-    if not soft and (not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]):
-        got = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ConfigError(f"y must be int64 class labels of shape ({x.shape[0]},) or soft labels (B, classes), got {got}")
+    if not isinstance(y, torch.Tensor) or not (soft or (y.dtype == torch.int64 and y.shape == x.shape[:1])):
+        got_y = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ConfigError(f"y must be int64 class labels of shape ({x.shape[0]},) or soft labels (B, classes), got {got_y}")
     return x.detach(), y.to(x.device)
 
 
@@ -146,20 +146,20 @@ def input_gradient(
     """``(grad, loss, probs)``: the input gradient of the per-example loss, that loss and the softmax
     probabilities, each averaged over ``eot_samples`` forward passes (EOT; one pass is exact for a
     deterministic model). The model is called as it is: use :func:`attack_mode` around it."""
-    grad = total = probs = None
-    for _ in range(eot_samples):
+    def one_pass() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xr = x.detach().requires_grad_(True)
         logits = model(xr)
         value = per_example_loss(logits, y, loss)
         (g,) = torch.autograd.grad(value.sum(), xr)
-        p = logits.detach().softmax(-1)
-        if grad is None:
-            grad, total, probs = g, value.detach(), p
-        else:
-            grad, total, probs = grad + g, total + value.detach(), probs + p
+        return g, value.detach(), logits.detach().softmax(-1)
+
+    grad, total, probs = one_pass()
     if eot_samples == 1:
-        return grad, total, probs  # type: ignore[return-value]
-    return grad / eot_samples, total / eot_samples, probs / eot_samples  # type: ignore[operator]
+        return grad, total, probs
+    for _ in range(eot_samples - 1):
+        g, value, p = one_pass()
+        grad, total, probs = grad + g, total + value, probs + p
+    return grad / eot_samples, total / eot_samples, probs / eot_samples
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import signal
 import sys
+from typing import NoReturn
 
 from .._version import __version__
 from ..errors import DipnetError, DivergenceError
@@ -26,7 +27,7 @@ class Parser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

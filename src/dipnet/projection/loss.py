@@ -104,7 +104,7 @@ class DIPNetLoss:
         trajectories: int = 1,
         stability: float = 0.0,
         prior: tuple[float, float] = DEFAULT_PRIOR,
-        batchnorm: str = "pooled",
+        batchnorm: Literal["pooled", "per-trajectory"] = "pooled",
     ) -> None:
         alpha, beta = _prior_pair(prior)
         self._setup(criterion, LossConfig(trajectories=trajectories, stability=stability, alpha=alpha, beta=beta,

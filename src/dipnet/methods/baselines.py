@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import EllipsisType
 
 import torch
 from torch import nn
@@ -131,6 +132,7 @@ class Cutout(Component):
             shape[1 + axis] = n
             along = along.reshape(shape)
             m = along if m is None else m & along
+        assert m is not None, "spatial_dims is 1 or 2"
         return m
 
     def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
@@ -192,7 +194,7 @@ class CutMix(Mixup):
         box = random_box(spatial, math.sqrt(1 - lam) if d == 2 else 1 - lam)
         perm = torch.randperm(x.shape[0], device=x.device)
         out = x.clone()
-        idx = (Ellipsis, *box)
+        idx: tuple[EllipsisType | slice, ...] = (Ellipsis, *box)
         out[idx] = x[perm][idx]
         area = math.prod(s.stop - s.start for s in box)
         kept = 1.0 - area / math.prod(spatial)

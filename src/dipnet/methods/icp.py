@@ -137,7 +137,7 @@ class ICP(Component):
         model.eval()
         x0 = x.detach()
         xi = x0.clone()
-        m = v = m_slow = None
+        moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # Adam's m, v and AdEMAMix's slow m
         bounds = getattr(ctx, "bounds", None) if ctx is not None else None
         try:
             for t in range(1, self.steps + 1):
@@ -151,8 +151,9 @@ class ICP(Component):
                     if self.direction == "sgd":
                         d = g
                     else:
-                        if m is None:
-                            m, v, m_slow = torch.zeros_like(g), torch.zeros_like(g), torch.zeros_like(g)
+                        if moments is None:
+                            moments = torch.zeros_like(g), torch.zeros_like(g), torch.zeros_like(g)
+                        m, v, m_slow = moments
                         m.mul_(self.beta1).add_(g, alpha=1 - self.beta1)
                         v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
                         m_hat = m / (1 - self.beta1**t)
@@ -187,6 +188,7 @@ class ICP(Component):
             cap.remove()
         ce = F.cross_entropy(logits, y)
         weights = layer_weights(len(feats), self.weighting)
-        distill = sum(w * F.mse_loss(h, t.detach()) for w, h, t in zip(weights, feats, targets))
+        terms = [w * F.mse_loss(h, t.detach()) for w, h, t in zip(weights, feats, targets)]
+        distill = sum(terms[1:], terms[0])
         ctx.log(icp_alpha=alpha, icp_distill=float(distill.detach()))
         return alpha * ce + (1 - alpha) * distill

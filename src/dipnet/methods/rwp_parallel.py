@@ -10,14 +10,19 @@ applies before the backward, so that DDP's reduction sees them.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ._wrapper import disable_running_stats, enable_running_stats, has_batchnorm
 from .base import Closure, StepContext
 
+if TYPE_CHECKING:
+    from .rwp import RWP
 
-def parallel_mrwp_update(model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext, mix: float) -> bool:
+
+def parallel_mrwp_update(model: nn.Module, optimizer: RWP, closure: Closure, ctx: StepContext, mix: float) -> bool:
     """One update of m-RWP's parallel form on this rank (``ctx.rank``, ``ctx.world_size`` even) with
     ``optimizer`` a :class:`~dipnet.methods.RWP` (its ``perturb``/``restore``/``second_step``):
     odd ranks perturb the weights in place (``optimizer.perturb``; BatchNorm statistics frozen

@@ -12,7 +12,8 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import NoReturn
+from types import FrameType
+from typing import Any, Callable, NoReturn
 
 from .._version import __version__
 from ..errors import DipnetError, DivergenceError
@@ -23,7 +24,7 @@ COMMANDS = ("train", "eval", "datasets", "models", "methods", "measure", "robust
 class Parser(argparse.ArgumentParser):
     """argparse without abbreviations ("--warm" is never "--warmup-epochs"), errors in one line."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
@@ -86,7 +87,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Callable[[int, FrameType | None], Any] | int | None:
     """SIGTERM (a scheduler's stop) handled like Ctrl-C: the run is recorded as interrupted."""
     try:
         return signal.signal(signal.SIGTERM, _raise_interrupt)

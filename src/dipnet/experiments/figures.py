@@ -12,7 +12,7 @@ from .store import RunRecord
 from .tables import TaskTable, sigma_series
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)

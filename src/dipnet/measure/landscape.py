@@ -56,7 +56,8 @@ class Landscape:
                 "losses": self.losses.tolist(), "seed": self.seed}
 
 
-def _mean_loss(model, params, loss_fn, x, y, batch_size) -> float:
+def _mean_loss(model: nn.Module, params: dict[str, torch.Tensor], loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int) -> float:
     total = 0.0
     for s in chunks(x.shape[0], batch_size):
         total += float(loss_fn(functional_call(model, params, (x[s],)), y[s])) * (s.stop - s.start)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,13 +62,13 @@ class _Capture:
         self.active = False
         self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, inp: Any, out: Any) -> None:
             if self.active:
                 self.out[name] = out if torch.is_tensor(out) else out[0]
         return hook
 
-    def run(self, fn):
+    def run(self, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self.out, self.active = {}, True
         try:
             result = fn()

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from ..errors import ConfigError
+from ..noise_table import Draw
 from . import fused
 from .regenerate import RegeneratedInput, plain, sample, sigma_grad
 
@@ -143,14 +144,15 @@ class SubsampledSigmaGrad(torch.autograd.Function):
     to sigma's gradient (the unbiased window estimate), ``eps`` regenerated from its draw."""
 
     @staticmethod
-    def forward(ctx, output, sigma, draw, start, k, scale, layer, feature_dim):
+    def forward(ctx: Any, output: torch.Tensor, sigma: torch.Tensor, draw: Draw, start: int, k: int, scale: float,
+                layer: nn.Linear | _Conv, feature_dim: int) -> torch.Tensor:
         ctx.save_for_backward(layer.weight.detach())
         ctx.layer, ctx.draw, ctx.start, ctx.k, ctx.scale = layer, draw, start, k, scale
         ctx.feature_dim, ctx.shared = feature_dim, sigma.ndim == 0
         return output.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (weight,) = ctx.saved_tensors
         eps_rows = cyclic_rows(fused.values(ctx.draw), ctx.start, ctx.k)
         grad_rows = cyclic_rows(grad, ctx.start, ctx.k)

@@ -14,7 +14,7 @@ as given) and its train/eval flags and ``requires_grad`` flags are restored afte
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal, Union
+from typing import Any, Iterator, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -238,7 +238,7 @@ class FGSM(Attack):
     """Fast gradient sign method: ``x' = clip(x + eps * sign(grad_x L(f(x), y)))`` (Goodfellow et
     al. 2015, eq. 3); with ``norm="l2"`` the fast gradient method ``x + eps * g / ||g||_2``."""
 
-    def perturb(self, x, y, box):
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         grad, _, _ = self.gradient(x, y)
         step = grad.sign_() if self.norm == "linf" else _direction(grad, self.norm)
         adv = step.mul_(self.eps).add_(x)
@@ -261,7 +261,7 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         seed: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
         self.steps = _positive_int(steps, "steps")
@@ -285,7 +285,7 @@ class PGD(Attack):
         radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) ** (1.0 / d)
         return direction * (self.eps * radius).view(-1, *([1] * (x.ndim - 1)))
 
-    def perturb(self, x, y, box):
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         n = x.shape[0]
         state = {"best": x.clone()}
@@ -324,7 +324,7 @@ class PGD(Attack):
                 adv = new
             with torch.no_grad():
                 value = x.new_zeros(n)
-                probs = 0
+                probs = x.new_zeros(())  # 0-dim: the sum takes the logits' shape and dtype
                 for _ in range(self.eot_samples):
                     logits = self.model(adv)
                     value = value + per_example_loss(logits, y, self.loss)
@@ -334,7 +334,7 @@ class PGD(Attack):
 
 
 def fgsm(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, bounds: Bounds = None, **kwargs
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, bounds: Bounds = None, **kwargs: Any
 ) -> torch.Tensor:
     """:class:`FGSM` in one call; ``kwargs``: norm, loss, eot_samples, mode."""
     return FGSM(model, eps, bounds=bounds, **kwargs)(x, y)
@@ -351,7 +351,7 @@ def pgd(
     bounds: Bounds = None,
     random_start: bool = True,
     restarts: int = 1,
-    **kwargs,
+    **kwargs: Any,
 ) -> torch.Tensor:
     """:class:`PGD` in one call; ``kwargs``: loss, eot_samples, mode, seed."""
     return PGD(model, eps, alpha, steps, norm=norm, bounds=bounds, random_start=random_start,

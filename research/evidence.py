@@ -229,7 +229,7 @@ def _markdown(cells: tuple[list[str], list[list[str]]] | None) -> list[str]:
         "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
 
 
-def _lookup(results: dict[str, Any], dotted: str) -> float | None:
+def _lookup(results: dict[str, Any] | None, dotted: str) -> float | None:
     """The number at a dotted path of a run's measures (``final.x``: of its final metrics); a key
     that itself holds dots (an eps such as ``0.05``) is matched by the longest prefix."""
     value: Any = (results or {}).get("measures") or {}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from dipnet.data import Dataset, load_dataset
 from dipnet.engine import TrainConfig, evaluate, threads, train
+from dipnet.engine.config import Optimizer
 from dipnet.measure import (circle_through, draw_anchors, jacobian_norm, lipschitz_bounds, measure_model, random_anchors,
                        region_transitions, sharpness, spearman, transitions_along)
 from dipnet.methods import METHODS
@@ -33,7 +34,7 @@ class SweepRun:
     name: str
     model: str = "mlp"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3
     batch_size: int = 128
     epochs: int = 30
@@ -203,9 +204,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     out["models_with_fewer_transitions_on_train_than_random"] = int((t("transitions_train") < t("transitions_random")).sum())
     for kind in ("train", "test", "random"):
         for key in ("near_over_far_transitions", "anchor_over_path_jacobian"):
-            col = t(f"{key}_{kind}")
-            out[f"{key}_{kind}_median"] = float(col[~col.isnan()].median())
-            out[f"{key}_{kind}_below_1"] = int((col < 1).sum())
+            ratios = t(f"{key}_{kind}")
+            out[f"{key}_{kind}_median"] = float(ratios[~ratios.isnan()].median())
+            out[f"{key}_{kind}_below_1"] = int((ratios < 1).sum())
     return out
 
 

@@ -144,4 +144,6 @@ def redraw(draw: Draw) -> torch.Tensor:
     if draw.kernel:
         raise ValueError("a kernel draw's values exist only inside the fused kernels: "
                          "dipnet.projection.fused.values(draw) makes them")
+    if draw.seed is None:
+        raise ValueError("this Draw holds no offsets, values or seed: only draw_like makes one")
     return torch.randn(draw.shape, generator=_seeded(draw.seed, draw.device), device=draw.device, dtype=draw.dtype)

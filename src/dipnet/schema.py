@@ -31,7 +31,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Union
+from typing import Any, ClassVar, Iterator, Literal, Union
 
 from .errors import ConfigError
 
@@ -68,12 +68,14 @@ class Limits:
                 and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le))
 
     def describe(self) -> str:
-        low = f"> {_num(self.gt)}" if self.gt is not None else f">= {_num(self.ge)}" if self.ge is not None else ""
-        high = f"< {_num(self.lt)}" if self.lt is not None else f"<= {_num(self.le)}" if self.le is not None else ""
-        if low and high:
-            return (f"in {'(' if self.gt is not None else '['}{_num(self.gt if self.gt is not None else self.ge)}, "
-                    f"{_num(self.lt if self.lt is not None else self.le)}{')' if self.lt is not None else ']'}")
-        return low or high
+        lo = self.gt if self.gt is not None else self.ge
+        hi = self.lt if self.lt is not None else self.le
+        if lo is not None and hi is not None:
+            return (f"in {'(' if self.gt is not None else '['}{_num(lo)}, "
+                    f"{_num(hi)}{')' if self.lt is not None else ']'}")
+        if lo is not None:
+            return f"{'>' if self.gt is not None else '>='} {_num(lo)}"
+        return f"{'<' if self.lt is not None else '<='} {_num(hi)}" if hi is not None else ""
 
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.gt, self.ge, self.lt, self.le))
@@ -269,6 +271,8 @@ def field_docs(cls: type) -> dict[str, tuple[Any, str, str]]:
 class Validated:
     """Mixin for dataclasses: fields are validated on construction; ``_check()`` adds rules
     between fields. ``_owner()`` names the instance in errors (``"sam"`` -> ``sam.rho``)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # set by @dataclass on each subclass
 
     def __post_init__(self) -> None:
         validate(self, self._owner())

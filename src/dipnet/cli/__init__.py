@@ -12,6 +12,8 @@ import argparse
 import importlib
 import signal
 import sys
+from types import FrameType
+from typing import Any, Callable, NoReturn
 
 from .._version import __version__
 from ..errors import DipnetError, DivergenceError
@@ -23,11 +25,11 @@ PATHS = ("out", "store", "report", "db", "run_dir", "suite")  # options naming a
 class Parser(argparse.ArgumentParser):
     """argparse without abbreviations ("--warm" is never "--warmup-epochs"), errors in one line."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -100,7 +102,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Callable[[int, FrameType | None], Any] | int | None:
     """SIGTERM (a scheduler's stop) handled like Ctrl-C: the run is recorded as interrupted."""
     try:
         return signal.signal(signal.SIGTERM, _raise_interrupt)

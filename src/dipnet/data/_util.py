@@ -5,7 +5,7 @@ import functools
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ def strict_options(dataset: str) -> Callable[[F], F]:
             check_kwargs(dataset, kwargs, allowed)
             return fn(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     return deco
 

@@ -156,8 +156,7 @@ def with_validation(ds: Dataset, val_size: Any = DEFAULT_VAL_FRACTION, val_seed:
     if k >= n:
         raise ConfigError(f"{ds.info.name}: a validation split of {k} leaves no training examples out of {n}; "
                           "lower val_size")
-    tr, va = stratified_split(ds.y_train.numpy(), k, seed)
-    tr, va = torch.from_numpy(tr), torch.from_numpy(va)
+    tr, va = (torch.from_numpy(i) for i in stratified_split(ds.y_train.numpy(), k, seed))
     return Dataset(ds.x_train[tr], ds.y_train[tr], ds.x_test, ds.y_test, info, ds.x_train[va], ds.y_train[va])
 
 

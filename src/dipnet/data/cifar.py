@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -28,7 +28,21 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"),
     ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2; it only turns str into bytes
 }
-LAYOUT = {
+
+
+class _Layout(TypedDict):
+    """Where a CIFAR variant's pickled batches are and what their keys are called."""
+
+    folder: str
+    train: list[str]
+    test: list[str]
+    meta: str
+    names_key: bytes
+    label_key: bytes
+    classes: int
+
+
+LAYOUT: dict[str, _Layout] = {
     "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
                 "meta": "batches.meta", "names_key": b"label_names", "label_key": b"labels", "classes": 10},
     "cifar100": {"folder": "cifar-100-python", "train": ["train"], "test": ["test"],
@@ -94,7 +108,8 @@ def load_cifar(name: str, root: Any = None, standardize: bool = False) -> Datase
     folder = data_root(root, name)
     if (folder / spec["folder"]).is_dir():
         folder = folder / spec["folder"]
-    parts = {s: [_batch(folder / f, spec["label_key"], spec["classes"]) for f in spec[s]] for s in ("train", "test")}
+    parts = {s: [_batch(folder / f, spec["label_key"], spec["classes"]) for f in files]
+             for s, files in (("train", spec["train"]), ("test", spec["test"]))}
     x_train = np.concatenate([p[0] for p in parts["train"]])
     y_train = np.concatenate([p[1] for p in parts["train"]])
     x_test = np.concatenate([p[0] for p in parts["test"]])

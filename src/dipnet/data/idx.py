@@ -79,11 +79,12 @@ def _find(folder: Path, split: str, kind: str, subset: str = "") -> Path | None:
 
 def load_idx_pair(folder: Path, split: str, subset: str = "") -> tuple[np.ndarray, np.ndarray] | None:
     images, labels = _find(folder, split, "images", subset), _find(folder, split, "labels", subset)
-    if images is None and labels is None:
-        return None
-    if images is None or labels is None:
-        missing = "images" if images is None else "labels"
-        raise DataError(f"{folder}: the {split} {missing} file is missing (found {(images or labels).name})")
+    if images is None:
+        if labels is None:
+            return None
+        raise DataError(f"{folder}: the {split} images file is missing (found {labels.name})")
+    if labels is None:
+        raise DataError(f"{folder}: the {split} labels file is missing (found {images.name})")
     x, y = read_idx(images, IMAGES_MAGIC), read_idx(labels, LABELS_MAGIC)
     if x.ndim != 3 or y.ndim != 1:
         raise DataError(f"{images}: expected images of shape (N, H, W) and labels (N,), got {x.shape} and {y.shape}")
@@ -134,12 +135,13 @@ def load_idx_folder(name: str, root: Any = None, n_test: int | None = None, spli
     folder = data_root(root, name)
     train = load_idx_pair(folder, "train", subset)
     test = load_idx_pair(folder, "test", subset)
-    if test is None and train is None:
-        raise DataError(f"{folder}: no IDX files (expected e.g. t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz)")
     extra: dict[str, Any] = {"folder": str(folder)}
     if train is None or test is None:
+        pair = test if train is None else train
+        if pair is None:
+            raise DataError(f"{folder}: no IDX files (expected e.g. t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz)")
         source = "test files" if train is None else "train files"
-        x, y = test if train is None else train
+        x, y = pair
         held = n_test or DEFAULT_HELD_OUT
         tr, te = stratified_split(y, held, split_seed)
         train, test = (x[tr], y[tr]), (x[te], y[te])

@@ -55,10 +55,10 @@ def _generate(args_json: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    out = tuple(np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test"))
-    for a in out:
+    x, y, x_test, y_test = (np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test"))
+    for a in (x, y, x_test, y_test):
         a.setflags(write=False)
-    return out  # type: ignore[return-value]
+    return x, y, x_test, y_test
 
 
 def generate(**knobs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -158,4 +158,4 @@ def load_mnist1d(**options: Any) -> Dataset:
     return Dataset(x_train, y_train, x_test, y_test, info)
 
 
-load_mnist1d.options = tuple(f.name for f in dataclasses.fields(MNIST1DOptions))  # type: ignore[attr-defined]
+setattr(load_mnist1d, "options", tuple(f.name for f in dataclasses.fields(MNIST1DOptions)))  # read by dataset_options

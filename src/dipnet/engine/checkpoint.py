@@ -181,7 +181,9 @@ def load_weights(path: Path, fix: str = _RESTART) -> dict[str, torch.Tensor]:
 
 def rng_state() -> dict[str, Any]:
     """The torch (CPU and CUDA), numpy and Python generators' states, checkpointable."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    np_state = np.random.get_state()
+    assert isinstance(np_state, tuple), "numpy's global generator is MT19937, whose legacy state is a tuple"
+    name, keys, pos, has_gauss, cached = np_state
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],

@@ -29,7 +29,7 @@ from ..errors import DivergenceError
 from ..methods import Method, StepContext
 from .distributed import Distributed
 from .progress import Progress
-from .rundir import RunDirectory, TrainState
+from .rundir import RunDirectory, Stateful, TrainState
 from .task import Task
 
 # Divergence rule: a run fails when its step loss stays above DIVERGENCE_FACTOR x max(1, |L0|),
@@ -122,7 +122,7 @@ class Loop:
     def __init__(self, task: Task, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                  run: RunDirectory, *, lr_at: Callable[[int], float], dist: Distributed,
                  train_model: nn.Module | None = None, grad_clip: float | None = None, seed: int = 0,
-                 checkpoint_every: int | None = None, state_module: nn.Module | None = None,
+                 checkpoint_every: int | None = None, state_module: Stateful | None = None,
                  callbacks: Sequence[Callback] = ()) -> None:
         self.task, self.model, self.method, self.optimizer, self.run = task, model, method, optimizer, run
         self.train_model = train_model if train_model is not None else model
@@ -170,7 +170,8 @@ class Loop:
         method.on_epoch_start(self.model, self.optimizer, period, self.periods)
         self.model.train()
         self._emit("on_period_start", state)
-        objective_sum, objective_n, log_sums = 0.0, 0, {}
+        objective_sum, objective_n = 0.0, 0
+        log_sums: dict[str, float] = {}
         grads_before, lr = ctx.example_grads, ctx.lr
         while state.step < end:
             idx = task.indices(state.step)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress, TaskID
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
@@ -27,7 +30,8 @@ class Progress:
         if mode == "auto":
             mode = "rich" if getattr(self.stream, "isatty", lambda: False)() else "plain"
         self.mode, self.label = mode, label
-        self._bar = self._task = None
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         if self.mode != "rich":

@@ -27,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -46,6 +46,14 @@ OWN_FILES = ("run.json", "checkpoint.safetensors", "model.safetensors", "adapter
              "dipnet_sigmas.safetensors", "measures.json", "robust.json", "landscape.png", "robust_eps.png",
              "robust_severity.png", "mlflow.db", LOCK)
 OWN_FOLDERS = ("tensorboard",)  # folders dipnet fills: ``overwrite`` deletes them whole
+
+
+class Stateful(Protocol):
+    """What a checkpoint holds: a module, or a view of part of one (fine-tuning's trainable state)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], /) -> object: ...
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
@@ -210,7 +218,9 @@ class RunDirectory:
 
     def clear(self) -> list[str]:
         """Delete the files dipnet writes (``overwrite``), keeping anything else; returns what was deleted."""
-        gone = []
+        gone: list[str] = []
+        if self.path is None:
+            return gone
         for name in OWN_FILES:
             p = self.path / name
             if name != LOCK and p.is_file():
@@ -222,7 +232,7 @@ class RunDirectory:
                 gone.append(name)
         return gone
 
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState | None:
+    def resume(self, model: Stateful, optimizer: torch.optim.Optimizer) -> TrainState | None:
         """Load the checkpoint into ``model`` and ``optimizer`` and restore the generators;
         None if there is none. A checkpoint of another config or other data is an error, and so
         are final weights that fail their checksum (a rerun would report the run done over them)."""
@@ -297,11 +307,12 @@ class RunDirectory:
                         error=f"{type(exc).__name__}: {exc}")
             raise
 
-    def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+    def checkpoint(self, model: Stateful, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         """The end-of-epoch state: everything a resume needs (weights, optimizer, generators)."""
-        if self.path is None or not self.writer:
+        path = self.checkpoint_path
+        if path is None or not self.writer:
             return
-        save_checkpoint(self.checkpoint_path, model.state_dict(), {
+        save_checkpoint(path, model.state_dict(), {
             **({"world_size": self.world_size} if self.world_size != 1 else {}),
             "config": self.cfg.identity(), "data": self.fingerprint, "epoch": state.epoch, "step": state.step,
             "history": state.history, "example_grads": state.example_grads, "wall_s": state.wall_s,

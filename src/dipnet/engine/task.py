@@ -28,7 +28,7 @@ class Task:
 
     name: str = ""
     inputs: str = "features"
-    criterion: Criterion = staticmethod(F.cross_entropy)  # type: ignore[assignment]  # a plain function as a class default
+    criterion: Criterion = staticmethod(F.cross_entropy)  # a plain function as a class default
     bounds: tuple[float, float] | None = None
     total_steps: int = 1
     period_steps: int = 1
@@ -81,7 +81,8 @@ class ClassificationTask(Task):
         self.name, self.bounds = dataset.info.name, dataset.info.bounds
         self.x_train, self.y_train = dataset.x_train.to(device), dataset.y_train.to(device)
         self.x_test, self.y_test = dataset.x_test.to(device), dataset.y_test.to(device)
-        self.val = (dataset.x_val.to(device), dataset.y_val.to(device)) if dataset.has_val else None
+        x_val, y_val = dataset.x_val, dataset.y_val
+        self.val = (x_val.to(device), y_val.to(device)) if dataset.has_val and x_val is not None and y_val is not None else None
         self.n = n = self.x_train.shape[0]
         if n == 0:
             raise ConfigError(f"dataset {self.name!r} has no training examples")

@@ -12,7 +12,7 @@ from .store import RunRecord
 from .tables import TaskTable, sigma_series
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -224,9 +224,9 @@ def fig_measures(table: TaskTable) -> list[tuple[str, bytes]]:
         fig.legend(loc="outside right upper", fontsize=7)
         ax.set_title(f"{table.task}: {name} (mean, 95% CI)", fontsize=9)
         figs.append((f"{name}", _png(fig)))
-    for name, per_method in scalars.items():
+    for name, points in scalars.items():
         fig, ax = plt.subplots(figsize=(6.2, 3.4), layout="constrained")
-        for i, (method, pts) in enumerate(per_method.items()):
+        for i, (method, pts) in enumerate(points.items()):
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o", label=method, color=f"C{i % 10}")
         ax.set_xlabel(name)
         ax.set_ylabel("generalization gap (pp)")

@@ -31,7 +31,7 @@ def t_quantile(q: float, df: int) -> float:
     return float(stats.t.ppf(q, df))
 
 
-def _values(values: Iterable[float]) -> np.ndarray:
+def _values(values: Iterable[float | None]) -> np.ndarray:
     arr = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
     return arr[np.isfinite(arr)]
 
@@ -62,7 +62,7 @@ class Summary:
         return f"{self.mean * scale:.{digits}f} ± {self.half_width * scale:.{digits}f}"
 
 
-def summarize(values: Iterable[float], level: float = 0.95) -> Summary:
+def summarize(values: Iterable[float | None], level: float = 0.95) -> Summary:
     """Mean, sample standard deviation (ddof=1) and the t interval half-width t_{(1+level)/2, n-1} s / sqrt(n).
 
     Non-finite and missing values are dropped; with one value the interval is undefined (nan).
@@ -183,10 +183,10 @@ def resolvable_difference(sd: float, n: int, level: float = 0.95) -> float:
     return t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
 
 
-def paired_compare(a: Mapping[Any, float], b: Mapping[Any, float], level: float = 0.95) -> PairedComparison:
+def paired_compare(a: Mapping[Any, float | None], b: Mapping[Any, float | None], level: float = 0.95) -> PairedComparison:
     """Compare per-seed values ``a[seed]`` with ``b[seed]`` over the seeds present in both."""
     seeds = sorted(set(a) & set(b), key=str)
-    pairs = [(float(a[s]), float(b[s])) for s in seeds if a[s] is not None and b[s] is not None]
+    pairs = [(float(x), float(y)) for x, y in ((a[s], b[s]) for s in seeds) if x is not None and y is not None]
     pairs = [p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])]
     d = [x - y for x, y in pairs]
     t, tp = paired_t_test(d)

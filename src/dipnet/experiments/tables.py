@@ -122,8 +122,8 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
         suite_tables = []
         for task in _ordered(list(by_task), meta.get("tasks", [])):
             labels = _ordered(list(by_task[task]), meta.get("methods", []))
-            groups = {g: [m for m in members if m in by_task[task]]
-                      for g, members in (meta.get("groups") or {m: [m] for m in labels}).items()}
+            groups: dict[str, list[str]] = {g: [m for m in members if m in by_task[task]]
+                                            for g, members in (meta.get("groups") or {m: [m] for m in labels}).items()}
             baseline = meta.get("baseline") or labels[0]
             order = {m: i for i, m in enumerate(labels)}
             groups = dict(sorted(((g, members) for g, members in groups.items() if members),

@@ -141,7 +141,8 @@ class DIPNetTrainer(Trainer):
             callbacks.insert(0, DIPNetCallback(**(dipnet or {})))
         elif dipnet:
             raise ConfigError("give DIPNet's settings either in dipnet= or to the DIPNetCallback passed in callbacks")
-        super().__init__(*args, callbacks=callbacks, **kwargs)
+        kwargs["callbacks"] = callbacks
+        super().__init__(*args, **kwargs)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

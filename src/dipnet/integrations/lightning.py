@@ -130,7 +130,7 @@ def manual_step(pl_module: pl.LightningModule, loss_fn: Callable[[], torch.Tenso
     if sam:
         inner.zero_grad(set_to_none=True)
         first = closure()
-        for cb in pl_module.trainer.callbacks:
+        for cb in pl_module.trainer.callbacks:  # type: ignore[attr-defined]  # Lightning's CallbackConnector sets it, undeclared on Trainer
             if isinstance(cb, DIPNetCallback):  # the ascent sees the prior, as in the engine's loss
                 cb.add_prior_grad(pl_module)
         lopt.step(closure=closure)

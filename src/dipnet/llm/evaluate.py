@@ -59,7 +59,7 @@ def generate(model: nn.Module, tokenizer: Any, examples: Sequence[Example], *, m
             batch = repeat_batch(batch, samples)
             kwargs["logits_processor"] = LogitsProcessorList([_MeanOfTrajectories(samples)])
         with sampling(model, layers=None if samples else ()):
-            ids = model.generate(**batch, **kwargs)
+            ids = model.generate(**batch, **kwargs)  # type: ignore[operator]  # an HF model's method; nn.Module types attributes as Tensor | Module
         new = ids[:len(chunk), batch["input_ids"].shape[1]:]
         out += tokenizer.batch_decode(new, skip_special_tokens=True)
     return out
@@ -89,9 +89,9 @@ def answer_loss(model: nn.Module, examples: Sequence[Example], pad_id: int, batc
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
             batch, labels = collate(chunk, pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            batch["logits_to_keep"] = answer_width(chunk)
+            inputs: dict[str, Any] = {k: v.to(device) for k, v in batch.items()}
+            inputs["logits_to_keep"] = answer_width(chunk)
             n = sum(len(e.answer) for e in chunk)
-            total += float(loss(model, batch, labels.to(device))) * n
+            total += float(loss(model, inputs, labels.to(device))) * n
             tokens += n
     return total / max(tokens, 1)

@@ -114,7 +114,7 @@ def _tiny_llama(dtype: torch.dtype) -> tuple[nn.Module, Any]:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        model = LlamaForCausalLM(config)
+        model: nn.Module = LlamaForCausalLM(config)
     return model.to(dtype), tok
 
 

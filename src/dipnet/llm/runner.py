@@ -16,6 +16,7 @@ evaluation settings is only evaluated again.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -84,11 +85,9 @@ class CausalLMTask(Task):
     def __init__(self, cfg: FinetuneConfig, task: TaskData, tokenizer: Any, device: torch.device, context: int) -> None:
         self.cfg, self.data, self.tokenizer, self.device = cfg, task, tokenizer, device
         self.name = cfg.task
-        enc = dict(system=cfg.system, worked_solution=cfg.worked_solution, context=context,
-                   new_tokens=cfg.max_new_tokens, task=cfg.task)
-        self.train_set = encode(tokenizer, task.train, **enc)
-        self.val_set = encode(tokenizer, task.val, **enc)
-        self.test_set = encode(tokenizer, task.test, **enc)
+        enc = functools.partial(encode, tokenizer, system=cfg.system, worked_solution=cfg.worked_solution,
+                                context=context, new_tokens=cfg.max_new_tokens, task=cfg.task)
+        self.train_set, self.val_set, self.test_set = enc(task.train), enc(task.val), enc(task.test)
         self.pad_id = tokenizer.pad_token_id
         self.total_steps, self.period_steps = cfg.steps, cfg.log_every
 

@@ -63,7 +63,8 @@ class FinetuneSuite(Suite):
                 "method_params": method.params}
 
     def expand(self, cost_fn: Any = None) -> list[RunSpec]:
-        runs, seen = [], {}
+        runs: list[RunSpec] = []
+        seen: dict[str, str] = {}
         for task in self.tasks:
             for m in self.methods:
                 for seed in self.seeds:

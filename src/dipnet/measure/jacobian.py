@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.autograd.graph import Node
 
 from ._checks import check_inputs, choice, chunks, eval_mode, frozen_params, positive_int, unit_modules
 
@@ -81,9 +82,10 @@ def _leading_linear(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
     return None
 
 
-def _reaches(root: object, leaf: torch.Tensor) -> bool:
+def _reaches(root: Node | None, leaf: torch.Tensor) -> bool:
     """Whether the autograd graph under ``root`` (a grad_fn) depends on the leaf tensor ``leaf``."""
-    seen, stack = set(), [root]
+    seen: set[Node] = set()
+    stack = [root]
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
@@ -164,8 +166,9 @@ def jacobian_norm(
             if layer is not None:
                 w = layer.weight.detach()
                 gram = w @ w.T
-                parts = [_frobenius_through_linear(fn, layer, x[s], gram) for s in chunks(x.shape[0], chunk_size)]
-                if all(p is not None for p in parts):
+                found = [_frobenius_through_linear(fn, layer, x[s], gram) for s in chunks(x.shape[0], chunk_size)]
+                parts = [p for p in found if p is not None]
+                if len(parts) == len(found):
                     return torch.cat(parts).detach()
             return torch.cat([_batched_jacobian(fn, x[s]).flatten(1).norm(dim=1) for s in chunks(x.shape[0], chunk_size)]).detach()
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -176,7 +179,7 @@ def jacobian_norm(
             xs = x[s]
             xr = xs.repeat(samples, *([1] * (xs.ndim - 1)))
             u = torch.randn(xr.shape, generator=gen, device=x.device, dtype=x.dtype)
-            _, ju = torch.func.jvp(fn, (xr,), (u,))
+            ju = torch.func.jvp(fn, (xr,), (u,))[1]
             sq = ju.detach().pow(2).flatten(1).sum(1).view(samples, xs.shape[0]).mean(0)
             norms.append(sq.sqrt())
     return torch.cat(norms)

@@ -56,7 +56,8 @@ class Landscape:
                 "losses": self.losses.tolist(), "seed": self.seed}
 
 
-def _mean_loss(model, params, loss_fn, x, y, batch_size) -> float:
+def _mean_loss(model: nn.Module, params: dict[str, torch.Tensor], loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int) -> float:
     total = 0.0
     for s in chunks(x.shape[0], batch_size):
         total += float(loss_fn(functional_call(model, params, (x[s],)), y[s])) * (s.stop - s.start)
@@ -97,7 +98,7 @@ def loss_landscape(
             params = {k: w + a * d1[k] + (b * d2[k] if d2 is not None else 0) for k, w in weights.items()}
             return _mean_loss(model, {**params, **buffers}, loss_fn, x, y, batch_size)
 
-        if dims == 1:
+        if betas is None:
             losses = torch.tensor([at(float(a), 0.0) for a in alphas], dtype=torch.float64)
         else:
             losses = torch.tensor([[at(float(a), float(b)) for b in betas] for a in alphas], dtype=torch.float64)
@@ -114,7 +115,7 @@ def plot_landscape(landscape: Landscape, path: str | Path, title: str | None = N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    if landscape.dims == 1:
+    if landscape.betas is None:
         ax.plot(landscape.alphas.numpy(), landscape.losses.numpy())
         ax.set_xlabel("step along filter-normalized direction")
         ax.set_ylabel("loss")

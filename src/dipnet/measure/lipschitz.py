@@ -105,9 +105,10 @@ def _activation_constant(m: nn.Module) -> float | None:
     if isinstance(m, nn.SiLU):
         return 1.0999
     if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
-        k, s, d = m.kernel_size, m.stride, m.dilation
         dims = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(m)]
-        k, s, d = ((v,) * dims if isinstance(v, int) else tuple(v) for v in (k, s, d))
+        sizes: list[tuple[int, ...]] = [(v,) * dims if isinstance(v, int) else tuple(v)
+                                        for v in (m.kernel_size, m.stride, m.dilation)]
+        k, s, d = sizes
         if any(di != 1 for di in d):
             return None
         return math.sqrt(math.prod(math.ceil(ki / si) for ki, si in zip(k, s)))
@@ -118,7 +119,7 @@ def _activation_constant(m: nn.Module) -> float | None:
 class _Call:
     name: str
     module: nn.Module
-    inp: torch.Tensor
+    inp: torch.Tensor | None
     out: torch.Tensor
 
 
@@ -183,13 +184,14 @@ def layer_lipschitz_constants(
                 problems.append(f"{c.name or type(c.module).__name__} does not take the previous module's output "
                                 "(a residual connection or a functional op between modules)")
             prev = c.out
-            if isinstance(c.module, AFFINE_LAYERS):
+            value: float | None
+            if isinstance(c.module, AFFINE_LAYERS) and c.inp is not None:
                 value = operator_norm(layer_operator(c.module), tuple(c.inp.shape), iters, seed=seed,
                                       dtype=c.inp.dtype, device=c.inp.device)
-            elif _activation_constant(c.module) is not None:
-                value = _activation_constant(c.module)
+            elif (const := _activation_constant(c.module)) is not None:
+                value = const
             elif isinstance(c.out, torch.Tensor) and (c.out is c.inp or (
-                    _same_storage(c.out, c.inp) and torch.equal(c.out, c.inp))):
+                    c.inp is not None and _same_storage(c.out, c.inp) and torch.equal(c.out, c.inp))):
                 value = 1.0
             else:
                 value = None
@@ -219,12 +221,12 @@ def jacobian_spectral_norm(
             v = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=xs.device)
             v = v / flat(v)
             with torch.enable_grad():
-                _, vjp_fn = torch.func.vjp(fn, xs)
+                vjp_fn = torch.func.vjp(fn, xs)[1]
                 for _ in range(iters):
-                    _, ju = torch.func.jvp(fn, (xs,), (v,))
+                    ju = torch.func.jvp(fn, (xs,), (v,))[1]
                     (w,) = vjp_fn(ju)
                     v = (w / flat(w)).detach()
-                _, ju = torch.func.jvp(fn, (xs,), (v,))
+                ju = torch.func.jvp(fn, (xs,), (v,))[1]
             result.append(ju.detach().flatten(1).norm(dim=1))
     return torch.cat(result)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -74,6 +75,12 @@ def activation_codes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+@overload
+def transitions_along(model: nn.Module, path: torch.Tensor, closed: bool = ..., chunk_size: int = ...,
+                      per_step: Literal[False] = ...) -> int: ...
+@overload
+def transitions_along(model: nn.Module, path: torch.Tensor, closed: bool = ..., chunk_size: int = ..., *,
+                      per_step: Literal[True]) -> torch.Tensor: ...
 def transitions_along(
     model: nn.Module, path: torch.Tensor, closed: bool = True, chunk_size: int = 1024, per_step: bool = False
 ) -> int | torch.Tensor:
@@ -93,7 +100,7 @@ def transitions_along(
                 first = codes[:1]
             steps.append((codes[1:] - codes[:-1]).abs().sum(1))
             prev = codes[-1:]
-    if closed and path.shape[0] > 1:
+    if closed and path.shape[0] > 1 and prev is not None and first is not None:
         steps.append((prev - first).abs().sum(1))
     per = torch.cat(steps).long()
     return per if per_step else int(per.sum())

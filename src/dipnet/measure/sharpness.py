@@ -26,7 +26,7 @@ def _data(model: nn.Module, data: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no parameters that require grad; sharpness is taken w.r.t. them")
     return params
@@ -60,7 +60,7 @@ class HessianOperator:
         return total
 
 
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor | float:
     return sum((ai * bi).sum() for ai, bi in zip(a, b))
 
 

@@ -12,23 +12,25 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import ConfigError
 
 
+_FROZEN = "_dipnet_frozen_stats"  # a frozen BatchNorm's (momentum, num_batches_tracked), kept in its __dict__
+
+
 def disable_running_stats(model: nn.Module) -> None:
     """Freeze BatchNorm running statistics for the next passes (davda54/sam ``bypass_bn``)."""
     for m in model.modules():
-        if isinstance(m, _BatchNorm) and not hasattr(m, "_dipnet_momentum"):
-            m._dipnet_momentum = m.momentum  # type: ignore[attr-defined]
-            m._dipnet_tracked = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None  # type: ignore[attr-defined]
+        if isinstance(m, _BatchNorm) and _FROZEN not in vars(m):
+            tracked = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None
+            vars(m)[_FROZEN] = (m.momentum, tracked)
             m.momentum = 0.0
 
 
 def enable_running_stats(model: nn.Module) -> None:
     """Undo :func:`disable_running_stats`: the running statistics are exactly as before."""
     for m in model.modules():
-        if isinstance(m, _BatchNorm) and hasattr(m, "_dipnet_momentum"):
-            m.momentum = m._dipnet_momentum  # type: ignore[attr-defined]
-            if m._dipnet_tracked is not None:  # type: ignore[attr-defined]
-                m.num_batches_tracked.copy_(m._dipnet_tracked)  # type: ignore[attr-defined]
-            del m._dipnet_momentum, m._dipnet_tracked  # type: ignore[attr-defined]
+        if isinstance(m, _BatchNorm) and _FROZEN in vars(m):
+            m.momentum, tracked = vars(m).pop(_FROZEN)
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 @contextlib.contextmanager

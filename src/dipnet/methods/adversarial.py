@@ -39,7 +39,7 @@ class FGSMExamples(Component):
     fraction: float = param(0.5, gt=0, le=1, doc="share of each batch replaced by FGSM examples")
     mode: Literal["eval", "noise", "keep"] = param("eval", doc="the model's mode during the attack")
 
-    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         k = max(1, round(self.fraction * b))
         idx = torch.randperm(b, device=x.device)[:k] if k < b else torch.arange(b, device=x.device)

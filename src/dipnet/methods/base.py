@@ -65,7 +65,7 @@ class StepContext:
         """Record ``examples`` forward+backward evaluations of a single example."""
         self.example_grads += int(examples)
 
-    def log(self, **values: float) -> None:
+    def log(self, **values: float | torch.Tensor) -> None:
         for key, value in values.items():
             self.logs[key] = float(value)
 
@@ -244,7 +244,7 @@ class Method:
         if not groups:
             raise ConfigError("the model has no trainable parameters")
         if self._update is None:
-            return base(groups, weight_decay=weight_decay, **base_kwargs)
+            return base(groups, weight_decay=weight_decay, **base_kwargs)  # type: ignore[call-arg]  # torch's optimizers take weight_decay; their base class's __init__ does not
         return self._update.build_optimizer(groups, base, fixed=self.fixed_parameters(model),
                                             weight_decay=weight_decay, **base_kwargs)
 

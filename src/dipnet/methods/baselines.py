@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import EllipsisType
 
 import torch
 from torch import nn
@@ -85,7 +86,7 @@ class InputNoise(Component):
 
     sigma: float = param(0.25, ge=0, doc="noise std in input units")
 
-    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         out = x + self.sigma * torch.randn_like(x)
         b = _bounds(ctx)
         return (out if b is None else out.clamp(*b)), y
@@ -131,9 +132,10 @@ class Cutout(Component):
             shape[1 + axis] = n
             along = along.reshape(shape)
             m = along if m is None else m & along
+        assert m is not None, "spatial_dims is 1 or 2"
         return m
 
-    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.mask(x)
         if x.ndim == 4 or x.ndim == 3:
             m = m.unsqueeze(1)
@@ -158,7 +160,7 @@ class Mixup(Component):
     alpha: float = param(0.2, gt=0, doc="lam ~ Beta(alpha, alpha)")
     num_classes: int = param(0, ge=0, doc="classes of the soft labels (0: from the model's last Linear)")
 
-    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         c = infer_num_classes(model, y, self.num_classes, self.name)
         lam = sample_beta(self.alpha)
         perm = torch.randperm(x.shape[0], device=x.device)
@@ -184,7 +186,7 @@ class CutMix(Mixup):
 
     alpha: float = override(Mixup, "alpha", 1.0)
 
-    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+    def transform_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         d = spatial_dims(x, self.name)
         c = infer_num_classes(model, y, self.num_classes, self.name)
         lam = sample_beta(self.alpha)
@@ -192,7 +194,7 @@ class CutMix(Mixup):
         box = random_box(spatial, math.sqrt(1 - lam) if d == 2 else 1 - lam)
         perm = torch.randperm(x.shape[0], device=x.device)
         out = x.clone()
-        idx = (Ellipsis, *box)
+        idx: tuple[EllipsisType | slice, ...] = (Ellipsis, *box)
         out[idx] = x[perm][idx]
         area = math.prod(s.stop - s.start for s in box)
         kept = 1.0 - area / math.prod(spatial)

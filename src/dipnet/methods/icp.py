@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,13 +62,13 @@ class _Capture:
         self.active = False
         self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, inp: Any, out: Any) -> None:
             if self.active:
                 self.out[name] = out if torch.is_tensor(out) else out[0]
         return hook
 
-    def run(self, fn):
+    def run(self, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self.out, self.active = {}, True
         try:
             result = fn()
@@ -151,7 +151,7 @@ class ICP(Component):
         model.eval()
         x0 = x.detach()
         xi = x0.clone()
-        m = v = m_slow = None
+        moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # Adam's m, v and AdEMAMix's slow m
         bounds = getattr(ctx, "bounds", None) if ctx is not None else None
         try:
             for t in range(1, self.steps + 1):
@@ -165,8 +165,9 @@ class ICP(Component):
                     if self.direction == "sgd":
                         d = g
                     else:
-                        if m is None:
-                            m, v, m_slow = torch.zeros_like(g), torch.zeros_like(g), torch.zeros_like(g)
+                        if moments is None:
+                            moments = torch.zeros_like(g), torch.zeros_like(g), torch.zeros_like(g)
+                        m, v, m_slow = moments
                         m.mul_(self.beta1).add_(g, alpha=1 - self.beta1)
                         v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
                         m_hat = m / (1 - self.beta1**t)
@@ -201,6 +202,7 @@ class ICP(Component):
             cap.remove()
         ce = F.cross_entropy(logits, y)
         weights = layer_weights(len(feats), self.weighting)
-        distill = sum(w * F.mse_loss(h, t.detach()) for w, h, t in zip(weights, feats, targets))
+        terms = [w * F.mse_loss(h, t.detach()) for w, h, t in zip(weights, feats, targets)]
+        distill = sum(terms[1:], terms[0])
         ctx.log(icp_alpha=alpha, icp_distill=float(distill.detach()))
         return alpha * ce + (1 - alpha) * distill

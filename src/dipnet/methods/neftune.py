@@ -43,7 +43,7 @@ class NEFTune(Component):
             hook = importlib.import_module("transformers.integrations.neftune").neftune_post_forward_hook
         except ModuleNotFoundError:
             raise ConfigError("neftune uses transformers' own hook: pip install 'dipnet[llm]'") from None
-        embed.neftune_noise_alpha = self.alpha
+        setattr(embed, "neftune_noise_alpha", self.alpha)  # transformers' hook reads it (a float: no typed Module attribute)
         self._handle = embed.register_forward_hook(hook)
         return model
 

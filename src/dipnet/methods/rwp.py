@@ -145,7 +145,7 @@ class RWP(WrappedOptimizer):
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], sigma: float = 0.015,
                  mix: float | None = None, adaptive: bool = False, eta: float = 0.1, beta: float = 0.99,
-                 noise: str = "auto", fixed: Iterable[torch.Tensor] = (), **base_kwargs: Any) -> None:
+                 noise: NoiseSource = "auto", fixed: Iterable[torch.Tensor] = (), **base_kwargs: Any) -> None:
         cfg = RWPSettings(sigma=sigma, noise=noise, mix=mix, eta=eta, beta=beta)
         defaults = dict(sigma=cfg.sigma, mix=cfg.mix, adaptive=bool(adaptive), eta=cfg.eta, beta=cfg.beta)
         super().__init__(params, base_optimizer, defaults, fixed=fixed, **base_kwargs)
@@ -216,7 +216,7 @@ class RWP(WrappedOptimizer):
     @torch.no_grad()
     def sample_noise(self, w: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """One draw of ``eps``, as tensors shaped like the parameters."""
-        return torch._foreach_mul(self._unit_noise(), self.noise_std(w))
+        return list(torch._foreach_mul(self._unit_noise(), self.noise_std(w)))
 
     @torch.no_grad()
     def perturb(self) -> None:
@@ -268,7 +268,7 @@ class RWP(WrappedOptimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None, model: nn.Module | None = None) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, model: nn.Module | None = None) -> torch.Tensor:  # type: ignore[override]  # adds model=; the closure is required and returns the loss tensor
         """One call = one mini-batch. ``closure`` does forward+loss+backward; ``.grad`` is zeroed here.
 
         ``model`` (optional) lets the perturbed pass leave BatchNorm running statistics alone
@@ -285,15 +285,15 @@ class RWP(WrappedOptimizer):
             self.phase, self.updated = 1, False
             return loss
         self.perturb()
-        freeze = self.mixed and model is not None and has_batchnorm(model)
-        if freeze:
-            disable_running_stats(model)  # type: ignore[arg-type]
+        frozen = model if self.mixed and model is not None and has_batchnorm(model) else None
+        if frozen is not None:
+            disable_running_stats(frozen)
         try:
             with torch.enable_grad():
                 loss = closure()
         finally:
-            if freeze:
-                enable_running_stats(model)  # type: ignore[arg-type]
+            if frozen is not None:
+                enable_running_stats(frozen)
             self.restore()
         self.second_step(zero_grad=True)
         self.phase, self.updated = 0, True

@@ -10,6 +10,8 @@ applies before the backward, so that DDP's reduction sees them.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -17,7 +19,19 @@ from ._wrapper import disable_running_stats, enable_running_stats, has_batchnorm
 from .base import Closure, StepContext
 
 
-def parallel_mrwp_update(model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext, mix: float) -> bool:
+class Perturbing(Protocol):
+    """What the parallel form asks of its optimizer (an :class:`~dipnet.methods.RWP`)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def perturb(self) -> None: ...
+
+    def restore(self) -> None: ...
+
+    def second_step(self, zero_grad: bool = False) -> None: ...
+
+
+def parallel_mrwp_update(model: nn.Module, optimizer: Perturbing, closure: Closure, ctx: StepContext, mix: float) -> bool:
     """One update of m-RWP's parallel form on this rank (``ctx.rank``, ``ctx.world_size`` even) with
     ``optimizer`` a :class:`~dipnet.methods.RWP` (its ``perturb``/``restore``/``second_step``):
     odd ranks perturb the weights in place (``optimizer.perturb``; BatchNorm statistics frozen

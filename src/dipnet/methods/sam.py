@@ -62,7 +62,7 @@ class SAM(WrappedOptimizer):
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
         """``||T_w g||_2`` over all parameters (``T_w = I`` for SAM)."""
-        norms = []
+        norms: list[torch.Tensor] = []
         for group in self.param_groups:
             params, grads = self._with_grad(group)
             if not params:
@@ -82,7 +82,7 @@ class SAM(WrappedOptimizer):
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to ``w + e`` (remembering ``w``)."""
         norm = self.grad_norm()
-        self._perturbed: list[list[torch.Tensor]] = []
+        self._perturbed = []
         for group in self.param_groups:
             params, grads = self._with_grad(group)
             if not params:
@@ -119,7 +119,7 @@ class SAM(WrappedOptimizer):
             self.zero_grad()
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]  # the closure is required and returns the loss tensor
         """Full SAM step. ``closure`` must zero nothing and do forward+loss+backward; it runs twice.
 
         The gradients of the first pass must already be in ``.grad`` (davda54 convention), so a
@@ -170,7 +170,8 @@ class SAMMethod(Component, SAMSettings):
         return {"adaptive": False}
 
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext) -> bool:
-        sam_update(model, optimizer, closure)  # type: ignore[arg-type]
+        assert isinstance(optimizer, SAM), "the optimizer is the one build_optimizer made"
+        sam_update(model, optimizer, closure)
         return True
 
 

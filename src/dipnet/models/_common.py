@@ -73,9 +73,9 @@ def image_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
     """``(C, H, W)`` from ``(C, H, W)``, ``(H, W)`` or a flat vector of square length (C = 1)."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 3 and min(shape) >= 1:
-        return shape  # type: ignore[return-value]
+        return shape
     if len(shape) == 2 and min(shape) >= 1:
-        return (1, *shape)  # type: ignore[return-value]
+        return (1, *shape)
     if len(shape) == 1 and shape[0] >= 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
         side = math.isqrt(shape[0])
         return (1, side, side)
@@ -88,7 +88,7 @@ def signal_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int]:
     if len(shape) == 1 and shape[0] >= 1:
         return (1, shape[0])
     if len(shape) == 2 and min(shape) >= 1:
-        return shape  # type: ignore[return-value]
+        return shape
     raise shape_error(name, "a 1-D signal input (L,) or (C, L)", shape)
 
 

@@ -80,7 +80,8 @@ class ResNet(nn.Module):
         super().__init__()
         if len(image_shape) != 3:
             raise ConfigError(f"ResNet: image_shape must be (C, H, W), got {tuple(image_shape)}")
-        self.image_shape = tuple(check_int("ResNet", "image_shape", s) for s in image_shape)
+        c, h, w = (check_int("ResNet", "image_shape", s) for s in image_shape)
+        self.image_shape = (c, h, w)
         num_classes = check_int("ResNet", "num_classes", num_classes)
         blocks = check_int_seq("ResNet", "blocks", blocks, maximum=MAX_LAYERS)
         widths = check_int_seq("ResNet", "widths", widths)

@@ -21,7 +21,7 @@ window, cheaper than its input gradient when the input has few channels).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from ..errors import ConfigError
+from ..noise_table import Draw
 from . import fused
 from .regenerate import RegeneratedInput, plain, sample, sigma_grad
 
@@ -37,6 +38,7 @@ _HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer whil
 _OWNER = "_dipnet_owner"  # the layer a projection feeds, in the projection's __dict__ (copied with it)
 AUTO_INPUT_GRAD_FRACTION = 0.125  # input_grad_fraction=None on a CPU (exact, 1.0, on accelerators)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_Conv = Union[nn.Conv1d, nn.Conv2d, nn.Conv3d]
 _KWARG_INPUTS = ("hidden_states", "x", "input", "inputs_embeds")
 _version = 0  # bumped when projections are added or removed anywhere
 
@@ -114,13 +116,13 @@ def cyclic_rows(t: torch.Tensor, start: int, k: int) -> torch.Tensor:
     return t[start:end] if end <= t.shape[0] else torch.cat((t[start:], t[:end - t.shape[0]]))
 
 
-def _layer_linear_part(layer: nn.Module, weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _layer_linear_part(layer: nn.Linear | _Conv, weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The layer's output for input ``u`` without the bias (Linear or Conv, any padding mode)."""
     with torch.no_grad():
         return F.linear(u, weight) if isinstance(layer, nn.Linear) else layer._conv_forward(u, weight, None)
 
 
-def _layer_input_grad(layer: nn.Module, weight: torch.Tensor, grad_out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def _layer_input_grad(layer: nn.Linear | _Conv, weight: torch.Tensor, grad_out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``dL/du`` of a Linear/Conv layer (linear in ``u``) for the output gradient ``grad_out``: the
     input half of the convolution's backward alone (no forward pass, no weight gradient)."""
     if isinstance(layer, nn.Linear):
@@ -142,14 +144,15 @@ class SubsampledSigmaGrad(torch.autograd.Function):
     to sigma's gradient (the unbiased window estimate), ``eps`` regenerated from its draw."""
 
     @staticmethod
-    def forward(ctx, output, sigma, draw, start, k, scale, layer, feature_dim):  # type: ignore[override]
+    def forward(ctx: Any, output: torch.Tensor, sigma: torch.Tensor, draw: Draw, start: int, k: int, scale: float,
+                layer: nn.Linear | _Conv, feature_dim: int) -> torch.Tensor:
         ctx.save_for_backward(layer.weight.detach())
         ctx.layer, ctx.draw, ctx.start, ctx.k, ctx.scale = layer, draw, start, k, scale
         ctx.feature_dim, ctx.shared = feature_dim, sigma.ndim == 0
         return output.clone()
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (weight,) = ctx.saved_tensors
         eps_rows = cyclic_rows(fused.values(ctx.draw), ctx.start, ctx.k)
         grad_rows = cyclic_rows(grad, ctx.start, ctx.k)
@@ -169,7 +172,7 @@ def _has_own_hooks(proj: nn.Module) -> bool:
 
 def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     """Project the layer's first positional input, or its ``hidden_states=`` keyword (Hugging Face blocks)."""
-    proj = module._modules[ATTR]
+    proj: Any = module._modules[ATTR]  # a GaussianProjection (.layer imports this module)
     if not (proj.training or proj.sample_in_eval):  # eval: the mean passes through
         return None
     if _has_own_hooks(proj):
@@ -192,7 +195,8 @@ def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     """After the layer (also when it raised): end the regenerated-input hooks, and attach the
     window estimate to the output when the projection chose it."""
-    state = module._modules[ATTR].__dict__
+    proj: Any = module._modules[ATTR]
+    state = proj.__dict__
     regen, pending = state["_regen"], state["_pending"]
     if regen is not None:
         state["_regen"] = None
@@ -203,7 +207,7 @@ def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     if not isinstance(output, torch.Tensor):
         return None
     sigma, draw, start, k, scale = pending
-    return SubsampledSigmaGrad.apply(output, sigma, draw, start, k, scale, module, module._modules[ATTR].feature_dim)
+    return SubsampledSigmaGrad.apply(output, sigma, draw, start, k, scale, module, proj.feature_dim)
 
 
 def attach(module: nn.Module, proj: nn.Module) -> None:

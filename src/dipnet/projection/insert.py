@@ -46,8 +46,9 @@ def _layer_features(module: nn.Module) -> tuple[int, int] | None:
     for sub in module.modules():  # a block (attention, MLP): its first Linear reads the last dim
         if isinstance(sub, nn.Linear):
             return sub.in_features, -1
-        if type(sub).__name__ == "Conv1D" and hasattr(sub, "weight") and sub.weight.ndim == 2:  # HF GPT-2
-            return sub.weight.shape[0], -1
+        weight = getattr(sub, "weight", None)
+        if type(sub).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2:  # HF GPT-2
+            return weight.shape[0], -1
     return None
 
 
@@ -221,7 +222,7 @@ def projections(model: nn.Module) -> list[tuple[str, GaussianProjection]]:
 def projection_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The learnable log-sigmas of every projection: train them with no weight decay (the variance
     prior is their regularizer) and pass them as ``fixed=`` to SAM/RWP, which must not perturb them."""
-    return [p.log_sigma for _, p in projections(model) if p.learnable]
+    return [p.log_sigma for _, p in projections(model) if isinstance(p.log_sigma, nn.Parameter)]
 
 
 def sigma_stats(model: nn.Module) -> dict[str, Any]:

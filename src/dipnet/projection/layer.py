@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -95,6 +95,8 @@ class GaussianProjection(nn.Module):
     is_noise_layer = True
     sample_in_eval = False
     _HOOK_FLAGS = frozenset(("training", "sample_in_eval"))
+    log_sigma: torch.Tensor  # a Parameter, or a buffer when not learnable
+    running_rms: torch.Tensor  # a buffer, with scale="relative"
 
     def __init__(
         self,
@@ -102,10 +104,10 @@ class GaussianProjection(nn.Module):
         sigma: float = 0.2,
         *,
         feature_dim: int = -1,
-        scale: str = "relative",
+        scale: Literal["absolute", "relative"] = "relative",
         learnable: bool = True,
         rms_momentum: float = 0.1,
-        noise: str = "auto",
+        noise: NoiseSource = "auto",
         input_grad_fraction: float | None = None,
         regenerate: bool = True,
     ) -> None:
@@ -136,7 +138,7 @@ class GaussianProjection(nn.Module):
         if config.scale == "relative":
             self.register_buffer("running_rms", torch.zeros(()))  # 0: taken from the first training batch
 
-    def __setattr__(self, name: str, value: object) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in self._HOOK_FLAGS:  # train()/eval(), sampling(): the layer's hooks follow (eval runs none)
             _fast.sync_hooks(self)

@@ -149,7 +149,7 @@ class DIPNetLoss:
         trajectories: int = 1,
         stability: float = 0.0,
         prior: tuple[float, float] = DEFAULT_PRIOR,
-        batchnorm: str = "pooled",
+        batchnorm: Literal["pooled", "per-trajectory"] = "pooled",
     ) -> None:
         check_type(criterion, callable, "DIPNetLoss's criterion", "pass a loss function such as F.cross_entropy")
         alpha, beta = _prior_pair(prior)

@@ -38,12 +38,12 @@ def sampling(model: nn.Module, layers: Iterable[nn.Module] | None = None) -> Ite
     before = [(m, getattr(m, "sample_in_eval", False)) for m in chosen]
     try:
         model.eval()
-        for m in chosen:
+        for m in chosen:  # setattr: the noise-layer protocol's flag is no attribute nn.Module declares
             m.eval()
-            m.sample_in_eval = True
+            setattr(m, "sample_in_eval", True)
         yield chosen
     finally:
         for m, flag in before:
-            m.sample_in_eval = flag
+            setattr(m, "sample_in_eval", flag)
         for m, flag in flags:
             m.training = flag

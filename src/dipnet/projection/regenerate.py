@@ -45,12 +45,12 @@ class Sample(torch.autograd.Function):
     (``eps`` None) runs the fused kernels (:mod:`.fused`) both ways."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor | None, draw: Draw) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor | None, draw: Draw) -> torch.Tensor:
         ctx.draw, ctx.sigma_shape, ctx.sigma_dtype = draw, sigma.shape, sigma.dtype
         return plain(x, sigma, eps, draw)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         g_sigma = None
         if ctx.needs_input_grad[1]:
             if ctx.draw.kernel:
@@ -118,7 +118,7 @@ def _within(t: torch.Tensor, base: torch.Tensor) -> bool:
 
 
 def _layout(t: torch.Tensor, base: torch.Tensor) -> tuple[torch.Size, tuple[int, ...], int]:
-    return t.shape, t.stride(), t.storage_offset() - base.storage_offset()
+    return t.shape, t.stride(), int(t.storage_offset() - base.storage_offset())
 
 
 class RegeneratedInput:
@@ -128,7 +128,9 @@ class RegeneratedInput:
     __slots__ = ("u", "version", "x", "sigma", "draw", "outer", "pushed", "source")
 
     def __init__(self, u: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, draw: Draw) -> None:
-        self.u, self.version, self.x, self.sigma, self.draw = u, u._version, x, sigma.detach(), draw
+        self.u: torch.Tensor | None = u
+        self.x: torch.Tensor | None = x
+        self.version, self.sigma, self.draw = u._version, sigma.detach(), draw
         self.outer = _top_hooks(False) if _top_hooks is not None else None
         self.pushed = False
         self.source: tuple[Any, ...] | None = None  # x (or the batch and m) as kept, once for every view of u
@@ -142,7 +144,7 @@ class RegeneratedInput:
         if self.pushed:
             self.pushed = False
             torch._C._autograd._pop_saved_tensors_default_hooks()
-            self.u = self.x = None  # type: ignore[assignment]
+            self.u = self.x = None
 
     def _keep(self, t: torch.Tensor) -> Any:
         return self.outer[0](t) if self.outer is not None else t.detach()
@@ -157,6 +159,7 @@ class RegeneratedInput:
 
     def _kept_input(self) -> tuple[Any, ...]:
         x, check = self.x, self.outer is None
+        assert x is not None, "pack keeps the input only while u (and x) are held"
         for stacked, batch, m in _repeats:
             if _within(x, stacked):
                 return ("repeat", self._keep(batch), m, _layout(x, stacked), batch._version if check else None)
@@ -180,6 +183,7 @@ class _Recipe:
     def _input(self) -> torch.Tensor:
         maker = self.maker
         source = maker.source
+        assert source is not None, "pack keeps the input before it makes a recipe"
         kept = source[1] if maker.outer is None else maker.outer[1](source[1])
         _check_version(kept, source[-1])
         if source[0] == "x":

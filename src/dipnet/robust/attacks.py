@@ -14,7 +14,7 @@ as given) and its train/eval flags and ``requires_grad`` flags are restored afte
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal, Union
+from typing import Any, Iterator, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -115,9 +115,9 @@ def _check_batch(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ConfigError(f"x must be a non-empty floating-point batch of shape (B, *input_shape), got {got}")
     soft = isinstance(y, torch.Tensor) and y.is_floating_point() and y.ndim == 2 and y.shape[0] == x.shape[0]
-    if not soft and (not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]):
-        got = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ConfigError(f"y must be int64 class labels of shape ({x.shape[0]},) or soft labels (B, classes), got {got}")
+    if not isinstance(y, torch.Tensor) or not (soft or (y.dtype == torch.int64 and y.shape == x.shape[:1])):
+        got_y = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ConfigError(f"y must be int64 class labels of shape ({x.shape[0]},) or soft labels (B, classes), got {got_y}")
     return x.detach(), y.to(x.device)
 
 
@@ -146,20 +146,20 @@ def input_gradient(
     """``(grad, loss, probs)``: the input gradient of the per-example loss, that loss and the softmax
     probabilities, each averaged over ``eot_samples`` forward passes (EOT; one pass is exact for a
     deterministic model). The model is called as it is: use :func:`attack_mode` around it."""
-    grad = total = probs = None
-    for _ in range(eot_samples):
+    def one_pass() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xr = x.detach().requires_grad_(True)
         logits = model(xr)
         value = per_example_loss(logits, y, loss)
         (g,) = torch.autograd.grad(value.sum(), xr)
-        p = logits.detach().softmax(-1)
-        if grad is None:
-            grad, total, probs = g, value.detach(), p
-        else:
-            grad, total, probs = grad + g, total + value.detach(), probs + p
+        return g, value.detach(), logits.detach().softmax(-1)
+
+    grad, total, probs = one_pass()
     if eot_samples == 1:
-        return grad, total, probs  # type: ignore[return-value]
-    return grad / eot_samples, total / eot_samples, probs / eot_samples  # type: ignore[operator]
+        return grad, total, probs
+    for _ in range(eot_samples - 1):
+        g, value, p = one_pass()
+        grad, total, probs = grad + g, total + value, probs + p
+    return grad / eot_samples, total / eot_samples, probs / eot_samples
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -238,7 +238,7 @@ class FGSM(Attack):
     """Fast gradient sign method: ``x' = clip(x + eps * sign(grad_x L(f(x), y)))`` (Goodfellow et
     al. 2015, eq. 3); with ``norm="l2"`` the fast gradient method ``x + eps * g / ||g||_2``."""
 
-    def perturb(self, x, y, box):
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         grad, _, _ = self.gradient(x, y)
         step = grad.sign_() if self.norm == "linf" else _direction(grad, self.norm)
         adv = step.mul_(self.eps).add_(x)
@@ -261,7 +261,7 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         seed: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
         self.steps = _positive_int(steps, "steps")
@@ -285,7 +285,7 @@ class PGD(Attack):
         radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) ** (1.0 / d)
         return direction * (self.eps * radius).view(-1, *([1] * (x.ndim - 1)))
 
-    def perturb(self, x, y, box):
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         n = x.shape[0]
         state = {"best": x.clone()}
@@ -324,7 +324,7 @@ class PGD(Attack):
                 adv = new
             with torch.no_grad():
                 value = x.new_zeros(n)
-                probs = 0
+                probs = x.new_zeros(())  # 0-dim: the sum takes the logits' shape and dtype
                 for _ in range(self.eot_samples):
                     logits = self.model(adv)
                     value = value + per_example_loss(logits, y, self.loss)
@@ -334,7 +334,7 @@ class PGD(Attack):
 
 
 def fgsm(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, bounds: Bounds = None, **kwargs
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, bounds: Bounds = None, **kwargs: Any
 ) -> torch.Tensor:
     """:class:`FGSM` in one call; ``kwargs``: norm, loss, eot_samples, mode."""
     return FGSM(model, eps, bounds=bounds, **kwargs)(x, y)
@@ -351,7 +351,7 @@ def pgd(
     bounds: Bounds = None,
     random_start: bool = True,
     restarts: int = 1,
-    **kwargs,
+    **kwargs: Any,
 ) -> torch.Tensor:
     """:class:`PGD` in one call; ``kwargs``: loss, eot_samples, mode, seed."""
     return PGD(model, eps, alpha, steps, norm=norm, bounds=bounds, random_start=random_start,

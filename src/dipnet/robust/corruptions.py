@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,22 +88,22 @@ def gaussian_blur(u: torch.Tensor, sigma: float) -> torch.Tensor:
     return _conv_reflect(_conv_reflect(u, k[:, None]), k[None, :])
 
 
-def _uniform(shape, gen, lo=0.0, hi=1.0) -> torch.Tensor:
+def _uniform(shape: Sequence[int], gen: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
     return torch.rand(shape, generator=gen) * (hi - lo) + lo
 
 
 # ---------------------------------------------------------------- image corruptions
 
-def _gaussian_noise(u, s, gen):
+def _gaussian_noise(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     return u + GAUSSIAN_NOISE[s - 1] * torch.randn(u.shape, generator=gen).to(u)
 
 
-def _shot_noise(u, s, gen):
+def _shot_noise(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     c = SHOT_NOISE[s - 1]
     return torch.poisson((u * c).cpu().double(), generator=gen).to(u) / c
 
 
-def _impulse_noise(u, s, gen):
+def _impulse_noise(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     amount = IMPULSE_NOISE[s - 1]
     r = torch.rand(u.shape, generator=gen).to(u.device)
     out = u.clone()
@@ -112,14 +112,14 @@ def _impulse_noise(u, s, gen):
     return out
 
 
-def _gaussian_blur(u, s, gen):
+def _gaussian_blur(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     sigma = GAUSSIAN_BLUR[s - 1]
     if u.ndim == 3:
         sigma *= u.shape[-1] / 32
     return gaussian_blur(u, sigma)
 
 
-def _defocus_blur(u, s, gen):
+def _defocus_blur(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     radius, alias = DEFOCUS_BLUR[s - 1]
     r = math.ceil(radius) + 1
     t = torch.arange(-r, r + 1, dtype=torch.float32)
@@ -130,7 +130,7 @@ def _defocus_blur(u, s, gen):
     return _conv_reflect(u, kernel / kernel.sum())
 
 
-def _motion_blur(u, s, gen):
+def _motion_blur(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     radius, sigma = MOTION_BLUR[s - 1]
     n, c = u.shape[:2]
     angles = _uniform((n,), gen, -math.pi / 4, math.pi / 4)
@@ -150,12 +150,12 @@ def _motion_blur(u, s, gen):
     return F.conv2d(flat, weight, groups=n * c).reshape(u.shape)
 
 
-def _contrast(u, s, gen):
+def _contrast(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     mean = u.mean(dim=tuple(range(1, u.ndim)), keepdim=True)
     return (u - mean) * CONTRAST[s - 1] + mean
 
 
-def _brightness(u, s, gen):
+def _brightness(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     c = BRIGHTNESS[s - 1]
     if u.shape[1] != 3:
         return u + c
@@ -174,7 +174,7 @@ def box_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return (overlap / overlap.sum(1, keepdim=True)).float()
 
 
-def _pixelate(u, s, gen):
+def _pixelate(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     h, w = u.shape[-2:]
     sh, sw = max(1, int(h * PIXELATE[s - 1])), max(1, int(w * PIXELATE[s - 1]))
     rh = (box_resize_matrix(sh, h) @ box_resize_matrix(h, sh)).to(u)
@@ -182,7 +182,7 @@ def _pixelate(u, s, gen):
     return rh @ u @ rw.T
 
 
-def _jpeg(u, s, gen):
+def _jpeg(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     from PIL import Image
 
     if u.shape[1] not in (1, 3):
@@ -198,7 +198,7 @@ def _jpeg(u, s, gen):
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(u)
 
 
-def _elastic(u, s, gen):
+def _elastic(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     n, c, h, w = u.shape
     alpha, sigma, affine = (v * h for v in ELASTIC[s - 1])
     center = torch.tensor([w / 2, h / 2])
@@ -226,18 +226,18 @@ def _signed(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
 
 
-def _signal_blur(u, s, gen):
+def _signal_blur(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     return gaussian_blur(u, GAUSSIAN_BLUR[s - 1] * u.shape[-1] / 32)
 
 
-def _shift(u, s, gen):
+def _shift(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     L = u.shape[-1]
     k = max(1, round(SHIFT[s - 1] * L))
     steps = (_signed(u.shape[0], gen) * k).long().tolist()
     return torch.stack([torch.roll(row, shifts=st, dims=-1) for row, st in zip(u, steps)])
 
 
-def _time_scale(u, s, gen):
+def _time_scale(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     n, c, L = u.shape
     factor = 1 + _signed(n, gen) * TIME_SCALE[s - 1]
     mid = (L - 1) / 2
@@ -249,7 +249,7 @@ def _time_scale(u, s, gen):
     return gather(lo) * (1 - frac) + gather(hi) * frac
 
 
-def _shear(u, s, gen):
+def _shear(u: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     n, _, L = u.shape
     ramp = torch.linspace(-0.5, 0.5, L)
     return u + (_signed(n, gen) * SHEAR[s - 1])[:, None, None].to(u) * ramp.to(u)

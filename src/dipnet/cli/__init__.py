@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _refuse_empty_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--out ''`` is a usage error, not the current folder or a default one."""
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]  # argparse's private subparser table, typed loosely
     for action in sub._actions:
         value = getattr(args, action.dest, None) if action.dest in PATHS else None
         if isinstance(value, str) and not value.strip():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any, Iterable, Mapping, TypeVar
 
 from ..data import DATASETS, load_dataset
@@ -149,11 +150,11 @@ def load_toml(text: str, where: str) -> dict[str, Any]:
     if toml_depth(text) > MAX_TOML_DEPTH:
         raise ConfigError(f"{where}: nests arrays, tables or dotted keys more than {MAX_TOML_DEPTH} deep; "
                           "a suite needs a few levels")
-    try:
-        import tomllib  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise ConfigError(
                 f"{where}: reading TOML suites needs Python >= 3.11 or the 'tomli' package (pip install tomli)"

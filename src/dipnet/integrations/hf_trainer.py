@@ -73,7 +73,7 @@ class MethodTrainer(Trainer):
         lm = is_language_model(model)
         self.method = build_method(method, method_params, defaults=LLM_METHOD_DEFAULTS if lm else None)
         self.method.check_inputs("tokens" if lm else "features")
-        self.method.transform_model(model)
+        self.net: nn.Module = self.method.transform_model(model)
         self.criterion = causal_lm_loss if lm else F.cross_entropy
         self.bounds = bounds
         self._step_optimizer: torch.optim.Optimizer | None = None
@@ -85,9 +85,10 @@ class MethodTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            net: Any = self.net  # a PreTrainedModel, or any module the trainer takes
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, net)
             kwargs = {k: v for k, v in kwargs.items() if k != "weight_decay"}
-            self._step_optimizer = self.method.build_optimizer(self.model, cls, weight_decay=self.args.weight_decay,
+            self._step_optimizer = self.method.build_optimizer(self.net, cls, weight_decay=self.args.weight_decay,
                                                                **kwargs)
             self.optimizer = SteppedOptimizer(self._step_optimizer)
         return self.optimizer
@@ -118,7 +119,7 @@ class MethodTrainer(Trainer):
         return max(int(getattr(self.state, "num_train_epochs", 0) or self.args.num_train_epochs or 1), 1)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        metrics = self.method.epoch_metrics(self.model)
+        metrics = self.method.epoch_metrics(self.net)
         logs.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         logs.update(getattr(self, "_method_logs", {}))
         super().log(logs, *args, **kwargs)
@@ -127,5 +128,5 @@ class MethodTrainer(Trainer):
         try:
             return super().train(*args, **kwargs)
         finally:
-            for line in self.method.on_train_end(self.model):
+            for line in self.method.on_train_end(self.net):
                 logger.info(line)

@@ -175,10 +175,11 @@ def _peft_model(model: nn.Module) -> Any:
 
 def _adapter_config(model: nn.Module) -> dict[str, Any]:
     """The active adapter's config as peft's ``save_pretrained`` writes it."""
-    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    peft_model: Any = model  # a peft PeftModel (checked by the caller): its adapter attributes are peft's
+    config = copy.deepcopy(peft_model.peft_config[peft_model.active_adapter])
     config.inference_mode = True
     if config.base_model_name_or_path is None:
-        config.base_model_name_or_path = model.base_model.model.__dict__.get("name_or_path") or None
+        config.base_model_name_or_path = peft_model.base_model.model.__dict__.get("name_or_path") or None
     return {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
 
 

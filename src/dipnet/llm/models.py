@@ -157,7 +157,7 @@ def _no_progress_bars() -> Iterator[None]:
     one, and the plain tqdm of its GGUF reader); both put back after, whatever happens."""
     from transformers.utils import logging as hf_logging
 
-    gguf_reader = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf_reader: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
     bar = gguf_reader.tqdm
     hook = getattr(hf_logging, "set_tqdm_hook", None)
     previous = hook(_silent_bar) if hook is not None else None

@@ -254,7 +254,7 @@ class Method:
         return self._update.update(model, optimizer, closure, ctx)
 
     def step(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Any, y: torch.Tensor,
         ctx: StepContext, *, grad_clip: float | None = None,
         backward: Callable[[torch.Tensor], None] | None = None,
     ) -> float:

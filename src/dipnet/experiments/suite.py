@@ -202,29 +202,42 @@ def parse_suite(
         return _parse(raw, text, source, check_names, max_runs)
 
 
-def _parse(raw: dict[str, Any], text: str, source: str, check_names: bool, max_runs: int) -> Suite:
-    ck = Checker(source)
-    ck.keys(raw, TOP_KEYS, "")
-    fields = train_fields()
-
-    name = raw.get("name", Path(source).stem if source != "<suite>" else "suite")
+def suite_header(raw: dict[str, Any], ck: Checker, config: type) -> tuple[str, str, list[int]]:
+    """The name, description and seeds of a suite file of any kind, checked alike (``config``: the
+    run config whose ``seed`` field the seeds must fit)."""
+    name = raw.get("name", Path(ck.source).stem if ck.source != "<suite>" else "suite")
     if not isinstance(name, str) or not name:
         raise ck.fail("name", f"must be a non-empty string, got {name!r}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ck.fail("description", "must be a string")
-
     raw_seeds = seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = list(range(check(seeds, int, f"{source}: seeds (a count)", Limits(ge=1, le=MAX_SEEDS))))
+        seeds = list(range(check(seeds, int, f"{ck.source}: seeds (a count)", Limits(ge=1, le=MAX_SEEDS))))
     try:
-        seeds = [check_field(TrainConfig, "seed", s, "seed") for s in seeds] if isinstance(seeds, list) else None
+        seeds = [check_field(config, "seed", s, "seed") for s in seeds] if isinstance(seeds, list) else None
     except ConfigError:
         seeds = None
     if not seeds:
         raise ck.fail("seeds", f"must be a non-empty list of non-negative integers (or a count), got {raw_seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ck.fail("seeds", f"repeats a seed: {seeds!r}")
+    return name, description, seeds
+
+
+def suite_baseline(raw: dict[str, Any], ck: Checker, labels: list[str]) -> str:
+    """The suite's baseline method (default: its first), one of ``labels``."""
+    baseline = raw.get("baseline", labels[0])
+    if baseline not in labels:
+        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(labels)}")
+    return baseline
+
+
+def _parse(raw: dict[str, Any], text: str, source: str, check_names: bool, max_runs: int) -> Suite:
+    ck = Checker(source)
+    ck.keys(raw, TOP_KEYS, "")
+    fields = train_fields()
+    name, description, seeds = suite_header(raw, ck, TrainConfig)
 
     budget = raw.get("budget", "epochs")
     if budget not in BUDGETS:
@@ -306,11 +319,7 @@ def _parse(raw: dict[str, Any], text: str, source: str, check_names: bool, max_r
             chosen = {k: v for k, v in combo.items() if k not in fields}
             methods.append(MethodEntry(lab, spec, {**params, **chosen}, {**overrides, **trained},
                                        None if cost is None else float(cost), label, dict(combo)))
-    groups = list(dict.fromkeys(m.group for m in methods))
-
-    baseline = raw.get("baseline", groups[0])
-    if baseline not in groups:
-        raise ck.fail("baseline", f"{baseline!r} is not one of the suite's methods: {', '.join(groups)}")
+    baseline = suite_baseline(raw, ck, list(dict.fromkeys(m.group for m in methods)))
 
     suite = Suite(name, source, text, list(seeds), baseline, budget, tuple(measure), train, tasks, methods, description,
                   tune=tune)

@@ -34,8 +34,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..experiments import RunSpec, Suite, register_suite_kind
-from ..experiments.suite import MAX_SEEDS, MethodEntry, TaskEntry
-from ..schema import Limits, check, check_field
+from ..experiments.suite import MethodEntry, TaskEntry, suite_baseline, suite_header
+from ..experiments.suite_checks import Checker
+from ..schema import check, check_field
 from .config import FinetuneConfig
 from .runner import FinetuneResult, finetune, llm_method
 from .models import LLMS
@@ -97,21 +98,9 @@ def _table(table: Any, where: str, source: str, allowed: tuple[str, ...]) -> dic
 
 def parse_finetune_suite(raw: dict[str, Any], text: str, source: str, check_names: bool = True) -> FinetuneSuite:
     """Parse and check a ``kind = "finetune"`` suite (every run's whole config is validated)."""
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise ConfigError(f"{source}: {key}: unknown key; allowed: {', '.join(TOP_KEYS)}")
-    name = raw.get("name", Path(source).stem if source != "<suite>" else "suite")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: name: must be a non-empty string, got {name!r}")
-    description = check(raw.get("description", ""), str, f"{source}: description")
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = list(range(check(seeds, int, f"{source}: seeds (a count)", Limits(ge=1, le=MAX_SEEDS))))
-    if not isinstance(seeds, list) or not seeds:
-        raise ConfigError(f"{source}: seeds: must be a non-empty list of non-negative integers (or a count), got {seeds!r}")
-    seeds = [check_field(FinetuneConfig, "seed", s, f"{source}: seeds") for s in seeds]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{source}: seeds: repeats a seed: {seeds!r}")
+    ck = Checker(source)
+    ck.keys(raw, TOP_KEYS, "")
+    name, description, seeds = suite_header(raw, ck, FinetuneConfig)
     fields = _fields()
     train = _table(raw.get("train", {}), "train", source, fields)
 
@@ -142,10 +131,7 @@ def parse_finetune_suite(raw: dict[str, Any], text: str, source: str, check_name
         except ConfigError as exc:
             raise ConfigError(f"{source}: methods.{label}: {exc}") from None
         methods.append(MethodEntry(label, spec, params, _table(m, f"methods.{label}", source, fields)))
-    labels = [m.label for m in methods]
-    baseline = raw.get("baseline", labels[0])
-    if baseline not in labels:
-        raise ConfigError(f"{source}: baseline: {baseline!r} is not one of the suite's methods: {', '.join(labels)}")
+    baseline = suite_baseline(raw, ck, [m.label for m in methods])
 
     suite = FinetuneSuite(name, source, text, seeds, baseline, "steps", (), train, tasks, methods, description)
     for t in tasks:

@@ -343,3 +343,67 @@ def test_api_types_fuzzer_refuses_each_wrong_argument(tmp_path):
         for value in (object(), b"x", {1, 2}):
             with pytest.raises(DipnetError):
                 dipnet.TrainConfig(**{name: value})
+
+
+# ---------------------------------------------------------------- links and Ray addresses (issue 26)
+
+def test_links_fuzzer_never_writes_through_a_link(tiny_run, tmp_path, monkeypatch, capsys):
+    """Every output path of train, measure, robust and report (seeded choices), as a link to a decoy
+    file or as a folder holding links where dipnet writes its files: refused or written beside, and
+    the decoy's bytes never change."""
+    monkeypatch.chdir(tmp_path)
+    decoy = tmp_path / "decoy.txt"
+    decoy.write_bytes(b"someone else's notes\n")
+    store = tmp_path / "s.sqlite"
+    suite = tmp_path / "z.toml"
+    suite.write_text('name = "z"\nseeds = [0]\n[train]\nepochs = 1\n[tasks.t]\ndata = "synthetic"\nmodel = "mlp"\n'
+                     '[methods.erm]\n')
+    assert main(["compare", str(suite), "--store", str(store), "--threads", "1"]) == 0
+    capsys.readouterr()
+    commands = {
+        "train": lambda out: ["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--progress", "none",
+                              "--threads", "1", "--out", out],
+        "measure": lambda out: ["measure", str(tiny_run), "--what", "jacobian", "--n", "8", "--threads", "1",
+                                "--out", out],
+        "robust": lambda out: ["robust", str(tiny_run), "--attacks", "fgsm", "--corruptions", "none", "--no-shift",
+                               "--n", "8", "--threads", "1", "--out", out],
+        "report": lambda out: ["report", "--store", str(store), "--out", out],
+    }
+    own = ["run.json", ".dipnet.lock", "checkpoint.safetensors", "model.safetensors", "report.md", "report.html"]
+    rng = random.Random(2626)
+    for case in range(12):
+        name = rng.choice(sorted(commands))
+        where = tmp_path / f"c{case}"
+        if name in ("train", "report") and rng.random() < 0.5:
+            where.mkdir()  # a folder whose dipnet files are links to the decoy
+            for f in rng.sample(own, 3):
+                (where / f).symlink_to(decoy)
+            out = where
+        else:
+            out = where.with_suffix(".json")
+            out.symlink_to(decoy)
+        _no_traceback(commands[name](str(out)), capsys)
+        assert decoy.read_bytes() == b"someone else's notes\n", (name, out)
+
+
+def test_ray_address_fuzzer_refuses_in_one_line_without_starting_ray(tmp_path, monkeypatch, capsys):
+    """Malformed and unreachable (loopback) Ray addresses: one line each, within seconds, and Ray
+    is never started."""
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "z.toml"
+    suite.write_text('name = "z"\nseeds = [0]\n[train]\nepochs = 1\n[tasks.t]\ndata = "synthetic"\nmodel = "mlp"\n'
+                     '[methods.erm]\n')
+    rng = random.Random(77)
+    shapes = ["", " ", ":", "127.0.0.1", "127.0.0.1:", ":6379", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:-1",
+              "127.0.0.1:abc", "not an address", "ray://", "ray://127.0.0.1:1", "http://127.0.0.1:1", "127.0.0.1:1:2",
+              "[::1]:1", "é:1", "127.0.0.1:99999999999999999999"]
+    shapes += [f"127.0.0.1:{rng.randint(1, 1023)}" for _ in range(4)]  # closed loopback ports
+    started = []
+    monkeypatch.setattr("ray.init", lambda *a, **k: started.append(a) or (_ for _ in ()).throw(AssertionError("ray.init")),
+                        raising=False)
+    for address in shapes:
+        t = time.time()
+        code = _no_traceback(["compare", str(suite), "--store", str(tmp_path / "s.sqlite"), "--executor", "ray",
+                              "--address", address, "--connect-timeout", "1", "--threads", "1"], capsys)
+        assert code == 2 and time.time() - t < 15, (address, code)
+    assert not started

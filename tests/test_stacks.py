@@ -23,14 +23,14 @@ from dipnet.projection import causal_lm_loss, projections  # noqa: E402
 
 STEPS, NOISE_SEED = 5, 1000
 CHAIN = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
-METHODS = ["sft", "dipnet", "sam", "dipnet+sam"]
+METHODS = ["sft", "dipnet", "sam", "dipnet+sam", "neftune"]
 
 
 def config(method: str) -> FinetuneConfig:
     return FinetuneConfig(model="tiny-llama", task="chain_sum", task_kwargs=CHAIN, train_size=40, val_size=4,
                           test_size=4, steps=STEPS, batch_size=4, lr=1e-2, log_every=STEPS,
                           checkpoint_every=STEPS, progress="none", method=method,
-                          method_params={"rho": 0.05} if "sam" in method else {})
+                          method_params={"rho": 0.05} if "sam" in method else {"alpha": 5.0} if method == "neftune" else {})
 
 
 class SeedEachStep(Callback):

@@ -32,25 +32,31 @@ def bench(quick: bool = False) -> list[dict]:
 
 
 def _bench(quick: bool, base: torch.nn.Module, tok) -> list[dict]:
-    from dipnet.llm import FinetuneConfig, collate, encode, finetune_step, load_task, prepare_model
-    from dipnet.projection import LLM_PRIOR, DIPNetLoss, causal_lm_loss, project
+    from dipnet.llm import FinetuneConfig, collate, encode, load_task, prepare_model
+    from dipnet.llm.runner import llm_method
+    from dipnet.methods import StepContext
+    from dipnet.projection import DIPNetLoss, causal_lm_loss
 
     torch.manual_seed(0)
-    sft = prepare_model(base, FinetuneConfig(method="sft"))
-    dip = project(copy.deepcopy(sft), targets="decoder")
+    methods = {name: llm_method(FinetuneConfig(method=spec, method_params=params)) for name, spec, params in
+               (("sft", "sft", {}), ("dipnet m=1", "dipnet", {}), ("dipnet m=2", "dipnet", {"trajectories": 2}))}
+    sft = prepare_model(base, FinetuneConfig(method="sft"), methods["sft"])
+    dip = methods["dipnet m=1"].transform_model(copy.deepcopy(sft))  # m=2 trains the same projected model
     ids = torch.randint(3, 49000, (BATCH, SEQ))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "logits_to_keep": ANSWER + 1}
     labels = torch.full_like(ids, -100)
     labels[:, -ANSWER:] = ids[:, -ANSWER:]
-    opt = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in
-           (("sft", sft), ("dip", dip))}
-    plain, prior = DIPNetLoss(causal_lm_loss, prior=(0.0, 0.0)), DIPNetLoss(prior=LLM_PRIOR)
-    two = DIPNetLoss(causal_lm_loss, trajectories=2, prior=(0.0, 0.0))
-    steps = {
-        "sft": lambda: finetune_step(sft, opt["sft"], batch, labels, plain, grad_clip=1.0),
-        "dipnet m=1": lambda: finetune_step(dip, opt["dip"], batch, labels, plain, prior=prior, grad_clip=1.0),
-        "dipnet m=2": lambda: finetune_step(dip, opt["dip"], batch, labels, two, prior=prior, grad_clip=1.0),
-    }
+    models = {"sft": sft, "dipnet m=1": dip, "dipnet m=2": dip}
+    opt = {"sft": methods["sft"].build_optimizer(sft, torch.optim.AdamW, lr=1e-4),
+           "dip": methods["dipnet m=1"].build_optimizer(dip, torch.optim.AdamW, lr=1e-4)}
+    ctx = StepContext(criterion=causal_lm_loss)
+
+    def step(name: str) -> float:  # the one step dipnet finetune runs (Method.step), clipped to 1.0
+        return methods[name].step(models[name], opt["sft" if name == "sft" else "dip"], batch, labels, ctx,
+                                  grad_clip=1.0)
+
+    plain, two = DIPNetLoss(causal_lm_loss, prior=(0.0, 0.0)), DIPNetLoss(causal_lm_loss, trajectories=2, prior=(0.0, 0.0))
+    steps = {name: (lambda name=name: step(name)) for name in methods}
     reps = 3 if quick else 8
     times, ratios = paired(steps, "sft", reps, warmup=1)
     label = f"SmolLM2 LoRA step ({BATCH} x {SEQ} tokens, CPU, 1 thread)"

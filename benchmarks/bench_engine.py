@@ -32,7 +32,8 @@ def _dataset(shape, n) -> Dataset:
 def _engine_epoch(name, ds, batch) -> float:
     """Seconds the engine spends in the step loop of one epoch (setup and evaluation excluded)."""
     cfg = TrainConfig(data="bench", model=name, epochs=1, batch_size=batch, optimizer="sgd", lr=0.01,
-                      schedule="constant", progress="none", train_eval_max=1)
+                      schedule="constant", progress="none", train_eval_max=1,
+                      threads=torch.get_num_threads())  # the bare loop's threads, not the policy's choice
     return train(cfg, dataset=ds).history[0]["train_s"]
 
 

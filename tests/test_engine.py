@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dipnet.data import Dataset, DatasetInfo
-from dipnet.engine import TrainConfig, evaluate, load_run, lr_at, train
+from dipnet.engine import TrainConfig, evaluate, load_run, lr_at, read_record, train
 from dipnet.methods import Component, register_component
 from dipnet.engine.checkpoint import from_json_tree, load_checkpoint, save_checkpoint, to_json_tree
 from dipnet.methods import build_method
@@ -395,3 +395,64 @@ def test_bad_config_values_are_named(changes, match):
 def test_unknown_config_keys_are_named():
     with pytest.raises(ConfigError, match="unknown training option.*epoch_count"):
         TrainConfig.from_dict({"epoch_count": 3})
+
+
+class _Events:
+    """Records the loop's events in order (an independent account of what the loop did)."""
+
+    def __init__(self, stop_at: int | None = None):
+        from dipnet.engine import Callback
+
+        seen, events = self, []
+        self.events = events
+
+        class Recorder(Callback):
+            def on_fit_start(self, loop, state):
+                events.append(("fit_start", state.step))
+
+            def on_period_start(self, loop, state):
+                events.append(("period_start", state.epoch))
+
+            def on_step_end(self, loop, state, loss):
+                events.append(("step", state.step))
+                if stop_at is not None and state.step == stop_at:
+                    loop.control.stop("asked by a test")
+
+            def on_evaluate(self, loop, state, row):
+                row["extra"] = 1.5
+                events.append(("evaluate", row["epoch"]))
+
+            def on_period_end(self, loop, state, row):
+                events.append(("period_end", row["epoch"]))
+
+            def on_save(self, loop, state):
+                events.append(("save", state.step))
+
+            def on_fit_end(self, loop, state, final):
+                events.append(("fit_end", final["epochs"]))
+
+        self.callback = Recorder()
+
+
+def test_the_loop_emits_its_events_in_order_and_a_callback_can_stop_it(tmp_path):
+    """Two epochs of 4 steps: the events come in the documented order, a row a callback extends is
+    what the history records; Control.stop ends training after the step that asked, the run is
+    checkpointed and recorded as stopped, and running it again resumes there and finishes."""
+    ds = toy_dataset(n_train=40, n_test=20)
+    cfg = TrainConfig(epochs=2, batch_size=10, lr=1e-2, progress="none", out=str(tmp_path / "run"))
+    rec = _Events()
+    result = train(cfg, dataset=ds, model=toy_model, callbacks=[rec.callback])
+    expected = [("fit_start", 0)]
+    for epoch in range(2):
+        expected += [("period_start", epoch)] + [("step", 4 * epoch + i) for i in range(1, 5)]
+        expected += [("evaluate", epoch), ("period_end", epoch), ("save", 4 * epoch + 4)]
+    assert rec.events == expected + [("fit_end", 2)]
+    assert [row["extra"] for row in result.history] == [1.5, 1.5]
+
+    stopped = _Events(stop_at=2)
+    cfg.out = str(tmp_path / "stopped")
+    first = train(cfg, dataset=ds, model=toy_model, callbacks=[stopped.callback])
+    assert [e for e in stopped.events if e[0] == "step"] == [("step", 1), ("step", 2)]
+    assert read_record(cfg.out)["status"] == "stopped" and first.history == []  # no row for the unfinished epoch
+    again = train(cfg, dataset=ds, model=toy_model)
+    assert read_record(cfg.out)["status"] == "done" and again.history[-1]["step"] == 8

@@ -11,7 +11,8 @@ implements any of ``on_fit_start``, ``on_period_start``, ``on_step_end``, ``on_e
 period's row, which it may extend), ``on_period_end``, ``on_save`` and ``on_fit_end``, or
 ``on_exception`` instead of ``on_fit_end`` when the run fails; each gets the loop and its
 :class:`~dipnet.engine.rundir.TrainState`. ``loop.control.stop(reason)`` ends
-training after the current step (the run is then checkpointed and recorded as ``stopped``).
+training after the current step (the run is then checkpointed and recorded as ``stopped``; a
+rerun resumes it, inside its period if it stopped there).
 The divergence watch, the progress display and run logs (:mod:`dipnet.engine.logs`) are
 callbacks; checkpoints and the run record go through :class:`~dipnet.engine.rundir.RunDirectory`.
 """
@@ -162,8 +163,9 @@ class Loop:
         self.run.record("running", state)
         self._emit("on_save", state)
 
-    def period_of(self, state: TrainState) -> dict[str, Any]:
-        """Train the rest of period ``state.epoch``, evaluate, and return its record row."""
+    def period_of(self, state: TrainState) -> dict[str, Any] | None:
+        """Train the rest of period ``state.epoch``, evaluate, and return its record row (None when
+        a callback stopped training inside the period)."""
         ctx, method, task = self.ctx, self.method, self.task
         period, t_period = state.epoch, time.perf_counter()
         end = min((period + 1) * self.period, self.total_steps)
@@ -198,6 +200,10 @@ class Loop:
                 self._save(state)
             if self.control.should_stop:
                 break
+        if state.step < end:  # stopped inside the period: no row; a rerun resumes the period where it stopped
+            state.example_grads = ctx.example_grads
+            self._save(state)
+            return None
         log_sums, grads = self.dist.reduce_epoch(log_sums, ctx.example_grads - grads_before)  # distributed
         ctx.example_grads = grads_before + grads
         train_s = time.perf_counter() - t_period

@@ -553,3 +553,25 @@ def test_the_three_lines_of_docs_llm_run(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "docs/llm.md", "exec"), scope)
     assert len(projections(scope["model"])) == 4 and "sigma_mean" in scope["trainer"].state.log_history[-1]
+
+
+TRICKY = [  # (completion, oracle, right?): each judged by hand
+    ("19", "19", True), ("19.", "19", True), ("The answer is 19.", "19", True), ("Answer: 19", "19", True),
+    ("**19**", "19", True), ("\\boxed{19}", "19", True), ("$19$", "19", True), ("19\nbecause 12 + 7 = 19", "19", True),
+    ("Step 1: 12 + 7\n#### 19", "19", True), ("Final answer: **19**.", "19", True), ("x = 19", "19", True),
+    ("The answer is: `19`", "19", True), ("+19", "19", True), ("019", "19", True), ("19.0", "19", True),
+    ("1,900", "1900", True), ("\\boxed{-14282}", "-14282", True), ("-19", "-19", True),
+    ("1,9", "19", False), ("-19", "19", False), ("19", "-19", False), ("19 apples", "19", False),
+    ("I think 18", "19", False), ("", "19", False), ("19 or 20", "19", False), ("19,5", "19.5", False),
+    ("1 9", "19", False), ("Answer: 18\n\n(19 was tempting)", "19", False), ("--19", "-19", False),
+]
+
+
+def test_the_scorer_reads_final_answers_in_common_formats_and_numbers_strictly(chain):
+    """29 completions judged by hand: the answer is found in the formats models write (####,
+    \\boxed{}, "answer is", Markdown, $...$) and a number must be well formed and equal (reasoning-gym's
+    own scorer takes "1,9" for 19 and "-19" for 19)."""
+    got = [(text, oracle, chain.score(extract_answer(text), {"answer": oracle}) == 1.0) for text, oracle, _ in TRICKY]
+    assert [g[2] for g in got] == [t[2] for t in TRICKY], [g for g, t in zip(got, TRICKY) if g[2] != t[2]]
+    rg = chain.dataset.score_answer
+    assert rg("1,9", {"answer": "19"}) == 1.0 or rg("-19", {"answer": "19"}) == 1.0  # why the strict comparison

@@ -16,8 +16,10 @@ positions only (``logits_to_keep``) and generation continue every row from its l
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -72,7 +74,13 @@ class TaskData:
     draws: int = 0
 
     def score(self, answer: str | None, item: dict[str, Any]) -> float:
-        """reasoning-gym's own scorer (1.0: the final answer is right)."""
+        """1.0 when the final answer is right. A numeric oracle is compared as a number, strictly
+        (:func:`numeric_score`: reasoning-gym's own scorer strips any comma and tolerates the
+        sign, so "1,9" would score 19 and "-19" would score 19); other answers go to
+        reasoning-gym's scorer."""
+        oracle = str(item.get("answer", ""))
+        if _NUMBER.fullmatch(oracle.strip()):
+            return numeric_score(answer, oracle)
         return float(self.dataset.score_answer(answer, item))
 
 
@@ -117,12 +125,40 @@ def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
     return TaskData(name, dataset, items[test + val:], items[test:test + val], items[:test], draws)
 
 
+# A plain number; one with thousands separators (1,234,567); what a final answer is introduced by.
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+_GROUPED = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_STATED = re.compile(r"(?i)\b(?:final answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)")
+_WRAPPERS = "*$`_ "
+
+
 def extract_answer(text: str) -> str:
-    """The final answer of a completion: the text after the last ``####`` if there is one (a
-    worked solution), else its first line, stripped."""
+    """The final answer of a completion, from the formats models use: after the last ``####`` (a
+    worked solution), in the last ``\\boxed{...}``, after "answer is"/"Answer:"/"Final answer:",
+    else the first non-empty line; then without Markdown bold, ``$...$``, backticks, a trailing
+    period, and a leading ``x =``."""
     if "####" in text:
-        return text.rsplit("####", 1)[1].strip()
-    return text.strip().split("\n", 1)[0].strip()
+        found = text.rsplit("####", 1)[1]
+    elif boxed := _BOXED.findall(text):
+        found = boxed[-1]
+    elif stated := _STATED.findall(text):
+        found = stated[-1]
+    else:
+        found = next((line for line in text.splitlines() if line.strip()), "")
+    found = found.strip().split("\n", 1)[0].strip().strip(_WRAPPERS).rstrip(".").strip(_WRAPPERS)
+    if "=" in found:
+        found = found.rsplit("=", 1)[1].strip().strip(_WRAPPERS)
+    return found
+
+
+def numeric_score(answer: str | None, oracle: str) -> float:
+    """1.0 when ``answer`` is a well-formed number (commas only as thousands separators) equal to
+    ``oracle``, else 0.0: "1,9" is not 19, "-19" is not 19, "19.0" and "1,900" are numbers."""
+    text = (answer or "").strip()
+    if not (_NUMBER.fullmatch(text) or _GROUPED.fullmatch(text)):
+        return 0.0
+    return 1.0 if Decimal(text.replace(",", "")) == Decimal(oracle.strip()) else 0.0
 
 
 def target_text(item: dict[str, Any], worked_solution: bool) -> str:

@@ -45,6 +45,21 @@ def _options(command: str) -> list[str]:
     return flags + ["--no-such-flag"]
 
 
+def _no_traceback(argv: list[str], capsys) -> int:
+    """Run one command line: exit 0/1/2/130 with no traceback, else the test fails."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except Exception as exc:  # noqa: BLE001 - this is what the fuzzer hunts
+            pytest.fail(f"dipnet {' '.join(argv)!r} raised {type(exc).__name__}: {exc}")
+    text = err.getvalue() + capsys.readouterr().err
+    assert "Traceback" not in text and code in (0, 1, 2, 130), (argv, code, text)
+    return code
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("fuzz") / "run"
@@ -86,17 +101,7 @@ def test_cli_fuzzer_finds_no_traceback(tiny_run, tmp_path, monkeypatch, capsys):
                 argv += ["--steps", "1", "--corruptions", "none", "--no-shift"]
             else:
                 argv += ["--what", "jacobian,lipschitz"]
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as exc:
-                code = exc.code
-            except Exception as exc:  # noqa: BLE001 - this is what the fuzzer hunts
-                pytest.fail(f"dipnet {' '.join(argv)!r} raised {type(exc).__name__}: {exc}")
-        text = err.getvalue() + capsys.readouterr().err
-        assert "Traceback" not in text, (argv, text)
-        assert code in (0, 1, 2, 130), (argv, code, text)
+        _no_traceback(argv, capsys)
         cases += 1
     assert cases >= 50
 
@@ -220,20 +225,6 @@ def _size_args(rng: random.Random, flags: list[str]) -> list[str]:
         value = rng.choice(SIZES)
         out += flag.split(" ")[:-1] + [flag.split(" ")[-1] + value] if flag.endswith("=") else [flag, value]
     return out
-
-
-def _no_traceback(argv: list[str], capsys) -> int:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-        except Exception as exc:  # noqa: BLE001 - this is what the fuzzer hunts
-            pytest.fail(f"dipnet {' '.join(argv)!r} raised {type(exc).__name__}: {exc}")
-    text = err.getvalue() + capsys.readouterr().err
-    assert "Traceback" not in text and code in (0, 1, 2, 130), (argv, code, text)
-    return code
 
 
 def test_sizes_fuzzer_refuses_or_stops_before_work(tmp_path, monkeypatch, capsys):

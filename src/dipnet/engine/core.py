@@ -141,14 +141,14 @@ class Loop:
     def steps_in_period(self, period: int) -> int:
         return min(self.period, self.total_steps - period * self.period)
 
-    def _emit(self, event: str, *args: Any) -> None:
+    def emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
 
     def fit(self, state: TrainState) -> TrainState:
         """Train from ``state`` (a fresh or resumed one) to the last step or a stop; returns it."""
         self.ctx.example_grads, self.start_step = state.example_grads, state.step
-        self._emit("on_fit_start", state)  # before the clock: opening a log store is no training time
+        self.emit("on_fit_start", state)  # before the clock: opening a log store is no training time
         self._wall_before, self._t_run = state.wall_s, time.perf_counter()
         while state.step < self.total_steps and not self.control.should_stop:
             self.period_of(state)
@@ -161,7 +161,7 @@ class Loop:
         state.wall_s = self._elapsed()
         self.run.checkpoint(self.state_module, self.optimizer, state)
         self.run.record("running", state)
-        self._emit("on_save", state)
+        self.emit("on_save", state)
 
     def period_of(self, state: TrainState) -> dict[str, Any] | None:
         """Train the rest of period ``state.epoch``, evaluate, and return its record row (None when
@@ -171,7 +171,7 @@ class Loop:
         end = min((period + 1) * self.period, self.total_steps)
         method.on_epoch_start(self.model, self.optimizer, period, self.periods)
         self.model.train()
-        self._emit("on_period_start", state)
+        self.emit("on_period_start", state)
         objective_sum, objective_n = 0.0, 0
         log_sums: dict[str, float] = {}
         grads_before, lr = ctx.example_grads, ctx.lr
@@ -194,7 +194,7 @@ class Loop:
                 log_sums[k] = log_sums.get(k, 0.0) + v
             ctx.logs.clear()
             state.step += 1
-            self._emit("on_step_end", state, value)
+            self.emit("on_step_end", state, value)
             if self.checkpoint_every and state.step % self.checkpoint_every == 0 and state.step < end:
                 state.example_grads = ctx.example_grads
                 self._save(state)
@@ -216,8 +216,8 @@ class Loop:
         row.update({"example_grads": ctx.example_grads, "epoch_s": now - t_period, "train_s": train_s,
                     "wall_s": state.wall_s, "logs": {k: v / steps for k, v in log_sums.items()},
                     "method": method.epoch_metrics(self.model)})
-        self._emit("on_evaluate", state, row)
+        self.emit("on_evaluate", state, row)
         state.history.append(row)
-        self._emit("on_period_end", state, row)
+        self.emit("on_period_end", state, row)
         self._save(state)
         return row

@@ -73,10 +73,12 @@ def as_callbacks(callbacks: Sequence[Callback | EpochCallback]) -> list[Callback
 
 
 def fit_run(loop: Loop, run: RunDirectory, *, label: str, progress_mode: str, overwrite: bool,
-            finish: Callable[[TrainState], dict[str, Any]], dist: Distributed | None = None) -> TrainState:
+            finish: Callable[[TrainState], dict[str, Any]],
+            dist: Distributed | None = None) -> tuple[TrainState, dict[str, Any]]:
     """Lock and check the run directory, resume, train with the loop's events and a progress
-    display, record every change of status, then ``finish(state)`` -> the final metrics; the model
-    is left as it predicts (the method's :meth:`~dipnet.methods.Method.on_train_end`)."""
+    display, record every change of status, then ``finish(state)`` -> the final metrics; returns
+    the state and those metrics. The model is left as it predicts (the method's
+    :meth:`~dipnet.methods.Method.on_train_end`)."""
     writer = dist.is_writer if dist is not None else True
     if writer:  # distributed: rank 0 alone checks, locks and clears the directory
         run.check_target(overwrite)
@@ -104,11 +106,11 @@ def fit_run(loop: Loop, run: RunDirectory, *, label: str, progress_mode: str, ov
             loop.model.eval()
             final = finish(state)
             run.record("stopped" if loop.control.should_stop else "done", state, final)
-            loop._emit("on_fit_end", state, final)
+            loop.emit("on_fit_end", state, final)
         except BaseException as exc:
-            loop._emit("on_exception", state, exc)
+            loop.emit("on_exception", state, exc)
             raise
-        return state
+        return state, final
 
 
 class Trainer:
@@ -163,12 +165,11 @@ class Trainer:
             return _final(state.history, state.example_grads)
 
         try:
-            state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
+            state, final = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
                             overwrite=overwrite, finish=finish, dist=self.dist)
         finally:
             self.train_model = self.dist.close(self.train_model)  # distributed: leave the group this trainer joined
-        return RunResult(run.path, cfg, state.history, _final(state.history, state.example_grads), self.model,
-                         method, self.dataset)
+        return RunResult(run.path, cfg, state.history, final, self.model, method, self.dataset)
 
 
 def _final(history: list[dict[str, Any]], example_grads: int) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class MethodTrainer(Trainer):
         self.net: nn.Module = self.method.transform_model(model)
         self.criterion = causal_lm_loss if lm else F.cross_entropy
         self.bounds = bounds
+        self._method_logs: dict[str, float] = {}
         self._step_optimizer: torch.optim.Optimizer | None = None
         callbacks = [*(kwargs.pop("callbacks", None) or []), _EpochStart(self)]
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
@@ -121,7 +122,7 @@ class MethodTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         metrics = self.method.epoch_metrics(self.net)
         logs.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        logs.update(getattr(self, "_method_logs", {}))
+        logs.update(self._method_logs)
         super().log(logs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:

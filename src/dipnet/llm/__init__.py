@@ -8,7 +8,7 @@ transformers, peft or reasoning-gym until it is used (they are the ``[llm]`` ext
 from .adapters import load_adapters, save_adapters, trainable_state
 from .config import FinetuneConfig
 from .evaluate import answer_loss, exact_match, generate
-from .runner import CausalLMTask, FinetuneResult, Finetuner, finetune, prepare_model
+from .runner import CausalLMTask, Finetuner, finetune, prepare_model
 from .suite import FinetuneSuite, finetune_train, parse_finetune_suite
 from .models import LLMS, load_llm, register_llm, smollm2_folder
 from .tasks import TASKS, Example, TaskData, collate, encode, extract_answer, load_task
@@ -17,7 +17,6 @@ __all__ = [
     "CausalLMTask",
     "Example",
     "FinetuneConfig",
-    "FinetuneResult",
     "FinetuneSuite",
     "Finetuner",
     "LLMS",

@@ -39,9 +39,9 @@ from .adapters import TrainableState, save_adapters
 from .config import EVAL_FIELDS, FinetuneConfig
 from .evaluate import answer_loss, exact_match
 from .models import load_llm
-from .tasks import Example, TaskData, answer_width, collate, encode, load_task
+from .tasks import TaskData, answer_width, collate, encode, load_task
 
-__all__ = ["CausalLMTask", "FinetuneResult", "Finetuner", "LLM_METHOD_DEFAULTS", "finetune", "prepare_model"]
+__all__ = ["CausalLMTask", "Finetuner", "LLM_METHOD_DEFAULTS", "finetune", "prepare_model"]
 
 # A language model's defaults for the noise methods (docs/llm.md): one relative per-feature sigma
 # before each decoder sub-block, and the prior recalibrated for LLMs.
@@ -49,7 +49,6 @@ LLM_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dipnet": {"targets": "decoder", "sigma": LLM_SIGMA, "alpha": LLM_PRIOR[0], "beta": LLM_PRIOR[1]},
     "noise-layers": {"targets": "decoder", "sigma": LLM_SIGMA},
 }
-FinetuneResult = RunResult
 
 
 def llm_method(cfg: FinetuneConfig) -> Method:
@@ -166,10 +165,6 @@ class Finetuner:
                          state_module=TrainableState(self.model),
                          callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)])
 
-    @property
-    def train_set(self) -> list[Example]:
-        return self.task.train_set
-
     def fit(self, overwrite: bool = False) -> RunResult:
         """Fine-tune (resuming from the run directory's checkpoint if it holds one), evaluate and
         return the result. The run directory is locked while training; ``overwrite`` first deletes
@@ -179,21 +174,18 @@ class Finetuner:
                       **self.task.header(), "run_info": run_info(self.device)}
         previous = None if overwrite else run.done_final()
 
-        done: dict[str, Any] = {}
-
         def finish(state: TrainState) -> dict[str, Any]:
             if previous is not None and self.loop.start_step >= cfg.steps \
                     and all(previous.get(k) == getattr(cfg, k) for k in EVAL_FIELDS):
-                done.update(previous)
                 return previous
-            done.update(self.task.final(self.model, state))
+            final = self.task.final(self.model, state)
             if run.path is not None:
                 save_adapters(self.model, run.path)
-            return done
+            return final
 
-        state = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
-                        overwrite=overwrite, finish=finish, dist=self.dist)
-        return RunResult(run.path, cfg, state.history, done, self.model, method, self.task.data, self.tokenizer)
+        state, final = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,
+                               overwrite=overwrite, finish=finish, dist=self.dist)
+        return RunResult(run.path, cfg, state.history, final, self.model, method, self.task.data, self.tokenizer)
 
 
 def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, tokenizer: Any = None) -> RunResult:

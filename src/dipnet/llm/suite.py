@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..engine import RunResult
 from ..experiments import RunSpec, Suite, register_suite_kind
 from ..experiments.suite import MethodEntry, TaskEntry, suite_baseline, suite_header
 from ..experiments.suite_checks import Checker
 from ..schema import check, check_field
 from .config import FinetuneConfig
-from .runner import FinetuneResult, finetune, llm_method
+from .runner import finetune, llm_method
 from .models import LLMS
 from .tasks import TASKS
 
@@ -48,7 +49,7 @@ TOP_KEYS = ("kind", "name", "description", "seeds", "baseline", "train", "tasks"
 SET_BY_SUITE = ("task", "method", "method_params", "seed", "out", "progress")
 
 
-def finetune_train(config: dict[str, Any], run_dir: str) -> FinetuneResult:
+def finetune_train(config: dict[str, Any], run_dir: str) -> RunResult:
     """The suite's ``train_fn``: one fine-tuning run with its record and checkpoints in ``run_dir``."""
     return finetune(FinetuneConfig.from_dict({**config, "out": run_dir, "progress": "none"}))
 

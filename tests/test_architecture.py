@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dipnet"
 
 # Higher layers may import lower ones, never the reverse; modules of one rank do not import each other.
 LAYERS = {
-    "_version": 0, "errors": 0, "schema": 1, "registry": 1, "noise_table": 2,
+    "_version": 0, "errors": 0, "schema": 1, "registry": 1, "compiling": 1, "noise_table": 2,
     "data": 3,
     "models": 4, "projection": 4,
     "measure": 5, "robust": 5,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._version import __version__
 
 from . import data, engine, experiments, llm, measure, methods, models, projection, robust
+from .compiling import compile_model
 from .data import DATASETS, Dataset, DatasetInfo, load_dataset
 from .engine import TrainConfig, load_run, train
 from .errors import ConfigError, DataError, DipnetError, NonFiniteLossError
@@ -45,6 +46,7 @@ from .projection import (
 from .robust import FGSM, PGD, corrupt, evaluate_robustness
 
 __all__ = [
+    "compile_model",
     "__version__",
     "Component",
     "ConfigError",

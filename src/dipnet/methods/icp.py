@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compiling import guard_hooks
 from ..errors import ConfigError
 from ..schema import param
 from ._wrapper import unwrap
@@ -60,6 +61,7 @@ class _Capture:
         self.names = names
         self.out: dict[str, torch.Tensor] = {}
         self.active = False
+        guard_hooks()
         self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:

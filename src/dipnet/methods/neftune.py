@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..compiling import guard_hooks
 from ..errors import ConfigError
 from ..schema import param
 from .base import Component
@@ -44,6 +45,7 @@ class NEFTune(Component):
         except ModuleNotFoundError:
             raise ConfigError("neftune uses transformers' own hook: pip install 'dipnet[llm]'") from None
         setattr(embed, "neftune_noise_alpha", self.alpha)  # transformers' hook reads it (a float: no typed Module attribute)
+        guard_hooks()
         self._handle = embed.register_forward_hook(hook)
         return model
 

@@ -34,7 +34,7 @@ from . import fused
 from .regenerate import RegeneratedInput, plain, sample, sigma_grad
 
 ATTR = "dipnet_projection"  # the projection's name as a child of the layer it feeds
-_HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer while its hooks are installed
+_HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer
 _OWNER = "_dipnet_owner"  # the layer a projection feeds, in the projection's __dict__ (copied with it)
 AUTO_INPUT_GRAD_FRACTION = 0.125  # input_grad_fraction=None on a CPU (exact, 1.0, on accelerators)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -65,6 +65,8 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     hooks that keep the layer's saved input as a recipe stay active until the layer's post-hook."""
     unbatched = isinstance(layer, _CONVS) and x.ndim == len(layer.kernel_size) + 1
     dim = 0 if unbatched else proj.feature_dim
+    if torch.compiler.is_compiling():
+        return traced(x, feature_view(proj.sigma_for(x, dim), x, dim))
     features = proj.features
     if proj.scale == "absolute" and not (features and (x.ndim == 0 or x.shape[dim] != features)):
         sigma = proj.log_sigma.exp()
@@ -96,6 +98,17 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if regenerate:
         state["_regen"] = RegeneratedInput(u, x, view, draw).__enter__()
     return u
+
+
+def traced(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """``x + sigma * eps`` as ``torch.compile`` traces it (docs/dipnet.md, "Under torch.compile"):
+    ``eps = torch.randn_like(x)``, which inductor draws inside the kernel that adds it (its own
+    Philox stream, seeded from torch's global generator), and plain autograd, whose compiled
+    backward the compiler fuses and plans itself. So no table window (its offset is a Python
+    number), no window estimate of the input's sigma gradient (exact instead) and no saved-tensor
+    hooks: nothing that breaks the graph."""
+    eps = torch.randn_like(x)
+    return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
 
 
 def window_start(n: int) -> int:
@@ -211,28 +224,16 @@ def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
 
 
 def attach(module: nn.Module, proj: nn.Module) -> None:
-    """Make ``proj`` the projection of ``module``'s input: a child, and the pre-/post-hooks
-    while it trains or samples (:func:`sync_hooks`)."""
+    """Make ``proj`` the projection of ``module``'s input: a child, and the layer's pre- and
+    post-hooks, installed once for every mode (they return at once in eval: an eval forward costs
+    one Python call per projected layer, which keeps ``torch.compile``'s guards on the
+    projection's flags in every mode, docs/dipnet.md "Under torch.compile")."""
     module.add_module(ATTR, proj)
     proj.__dict__[_OWNER] = module
     proj.train(module.training)  # a projection added to a model in eval mode starts in eval mode
-    sync_hooks(proj)
-
-
-def sync_hooks(proj: nn.Module) -> None:
-    """Install the layer's hooks when ``proj`` trains or samples, remove them otherwise (eval
-    then runs no Python per layer). The projection calls it when either flag changes."""
-    module = proj.__dict__.get(_OWNER)
-    if module is None or module._modules.get(ATTR) is not proj:
-        return
-    ids = module.__dict__.get(_HOOK_ATTR)
-    if proj.training or proj.sample_in_eval:
-        if ids is None:
-            pre = module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
-            post = module.register_forward_hook(post_hook, prepend=True, always_call=True)
-            module.__dict__[_HOOK_ATTR] = (pre.id, post.id)
-    elif ids is not None:
-        _remove_hooks(module, ids)
+    pre = module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+    post = module.register_forward_hook(post_hook, prepend=True, always_call=True)
+    module.__dict__[_HOOK_ATTR] = (pre.id, post.id)
 
 
 def _remove_hooks(module: nn.Module, ids: tuple[int, int]) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from torch import nn
 
+from ..compiling import guard_hooks
 from ..errors import ConfigError
 from ..schema import check, check_type, param
 from . import _fast, hf
@@ -205,6 +206,7 @@ def project(
             proj.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         _fast.attach(module, proj)
     _fast.bump()
+    guard_hooks()
     return model
 
 

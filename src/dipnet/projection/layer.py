@@ -38,6 +38,8 @@ def gaussian_projection(
     """
     if not training:
         return x
+    if torch.compiler.is_compiling():
+        return _fast.traced(x, _fast.feature_view(sigma, x, feature_dim))
     eps, draw = fused.draw_like(x, noise)
     return sample(x, _fast.feature_view(sigma, x, feature_dim), eps, draw)
 
@@ -94,7 +96,6 @@ class GaussianProjection(nn.Module):
 
     is_noise_layer = True
     sample_in_eval = False
-    _HOOK_FLAGS = frozenset(("training", "sample_in_eval"))
     log_sigma: torch.Tensor  # a Parameter, or a buffer when not learnable
     running_rms: torch.Tensor  # a buffer, with scale="relative"
 
@@ -137,11 +138,6 @@ class GaussianProjection(nn.Module):
             self.register_buffer("log_sigma", init)
         if config.scale == "relative":
             self.register_buffer("running_rms", torch.zeros(()))  # 0: taken from the first training batch
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in self._HOOK_FLAGS:  # train()/eval(), sampling(): the layer's hooks follow (eval runs none)
-            _fast.sync_hooks(self)
 
     @property
     def learnable(self) -> bool:

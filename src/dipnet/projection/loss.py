@@ -182,6 +182,7 @@ class DIPNetLoss:
         refuse m stacked trajectories that would not fit in the memory of the batch's device."""
         check_type(model, nn.Module, "DIPNetLoss's model")
         inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        inner = getattr(inner, "_orig_mod", inner)  # torch.compile's wrapper: measure the eager module
         active = self.trajectories > 1 or self.stability > 0 or self.alpha or self.beta
         if active and not noise_layers(inner):
             warnings.warn("DIPNetLoss: the model has no DIPNet projections, so the loss is plain cross-entropy "

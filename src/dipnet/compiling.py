@@ -1,0 +1,42 @@
+"""dipnet under ``torch.compile`` (docs/dipnet.md, "Under torch.compile").
+
+A projection is a pair of forward hooks on the layer it feeds, and so are ICP's feature taps
+and NEFTune's embedding noise. ``torch.compile`` does not guard on module hooks by default
+(``torch._dynamo.config.skip_nnmodule_hook_guards``, which torch's own config calls unsafe: "if
+your model actually has hooks and you remove them, or doesn't and you add them, dynamo will not
+notice and will execute whichever version you first compiled"). Measured on the zoo's MLP: code
+compiled for an unprojected model ran for a projected one of the same class without its noise.
+:func:`guard_hooks` turns those guards on; every dipnet function that adds hooks calls it, so a
+model compiled before or after :func:`~dipnet.projection.project` runs with exactly the hooks it
+has (a compiled model whose hooks change is traced again).
+
+:func:`compile_model` is what ``dipnet train --compile`` and ``dipnet finetune --compile`` use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["compile_model", "guard_hooks"]
+
+
+def guard_hooks() -> None:
+    """Make ``torch.compile`` guard on module hooks (process-wide; the cost is a check of the hook
+    dictionaries of the modules a compiled forward runs)."""
+    import torch._dynamo
+
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+
+
+def compile_model(model: nn.Module, *, fresh: bool = True, **options: Any) -> nn.Module:
+    """``torch.compile(model, **options)`` (inductor by default) with hook guards on. ``fresh``
+    first drops the code compiled before in this process (``torch.compiler.reset()``): what a
+    new run wants, so that runs sharing a process (a suite's) neither reuse each other's graphs
+    nor hit the recompile limit. The returned module shares ``model``'s parameters and buffers;
+    save and load ``model`` itself (the wrapper's state_dict keys carry a prefix)."""
+    guard_hooks()
+    if fresh:
+        torch.compiler.reset()
+    return torch.compile(model, **options)

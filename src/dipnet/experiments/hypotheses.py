@@ -175,3 +175,12 @@ def hypotheses_markdown(results: Sequence[HypothesisResult]) -> list[str]:
     header, rows = hypotheses_cells(results)
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows] + ["", family_note(results)])
+
+
+def hypotheses_text(results: Sequence[HypothesisResult]) -> str:
+    """The table as plain text for the terminal, followed by its family note."""
+    header, rows = hypotheses_cells(results)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["Pre-registered hypotheses", "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows] + [family_note(results)])

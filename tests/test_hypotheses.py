@@ -235,3 +235,17 @@ def test_the_report_shows_the_hypotheses_and_states_the_family(tmp_path):
     run_suite(parse_suite(BASE, "pre.toml"), tmp_path / "plain.sqlite", train_fn=_fake)
     plain = write_report(tmp_path / "plain.sqlite", tmp_path / "rep2").markdown.read_text()
     assert "Pre-registered" not in plain.split("A suite's pre-registered")[1] and "p (t, Holm): Holm over the 4" in plain
+
+
+def test_a_finetune_suite_declares_hypotheses_too():
+    pytest.importorskip("transformers")
+    import dipnet.llm  # noqa: F401  (registers kind = "finetune")
+
+    text = ('kind = "finetune"\nname = "ft"\nseeds = [0, 1]\n[train]\nmodel = "tiny-llama"\n[tasks.sums]\n'
+            'task = "chain_sum"\n[methods.sft]\n[methods.neftune]\n')
+    suite = parse_suite(text + '[[hypotheses]]\na = "neftune"\nb = "sft"\ndirection = "greater"\n', "ft.toml",
+                        check_names=False)
+    assert [(h.a, h.b, h.direction) for h in suite.hypotheses] == [("neftune", "sft", "greater")]
+    with pytest.raises(ConfigError, match=r"ft.toml: hypotheses\[0\].b: 'dft' is not one of the suite's methods: sft, neftune"):
+        parse_suite(text + '[[hypotheses]]\na = "neftune"\nb = "dft"\ndirection = "greater"\n', "ft.toml",
+                    check_names=False)

@@ -22,13 +22,12 @@ from typing import Any, Literal, Mapping, Sequence
 
 from ..errors import ConfigError, DataError
 from ..schema import Validated, check_field, param
-from .stats import HypothesisTest, adjust_family, format_p, hypothesis_test, paired_differences
+from .stats import ALTERNATIVES, HypothesisTest, adjust_family, format_p, hypothesis_test, paired_differences
 from .suite_checks import Checker
 from .tables import TaskTable
 
 HYPOTHESIS_KEYS = ("a", "b", "task", "direction", "margin")
 REQUIRED = ("a", "b", "direction")
-DIRECTIONS = ("greater", "less", "two-sided")
 _SYMBOL = {"greater": ">", "less": "<", "two-sided": "≠"}
 
 
@@ -71,8 +70,8 @@ def parse_hypotheses(raw: Any, source: str, methods: Sequence[str], tasks: Seque
         for key in REQUIRED:
             if key not in table:
                 raise ck.fail(f"{where}.{key}", f"is missing; each [[hypotheses]] names {', '.join(REQUIRED)}")
-        if table["direction"] not in DIRECTIONS:
-            raise ck.fail(f"{where}.direction", f"must be one of {', '.join(DIRECTIONS)}, got {table['direction']!r}")
+        if table["direction"] not in ALTERNATIVES:
+            raise ck.fail(f"{where}.direction", f"must be one of {', '.join(ALTERNATIVES)}, got {table['direction']!r}")
         values = {k: check_field(Hypothesis, k, v, f"{source}: {where}.{k}") for k, v in table.items()}
         for key in ("a", "b"):
             if values[key] not in methods:

@@ -120,7 +120,7 @@ class PairedComparison:
         return "better" if self.diff.mean > 0 else "worse"
 
 
-ALTERNATIVES = ("two-sided", "greater", "less")
+ALTERNATIVES = ("greater", "less", "two-sided")
 
 
 def t_test(d: Sequence[float], alternative: str = "two-sided", null: float = 0.0) -> tuple[float, float]:

@@ -58,7 +58,7 @@ from .suite_checks import MAX_RUNS, MAX_SUITE_BYTES, Checker, check_names_and_op
 
 BUDGETS = ("epochs", "example_grads")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods",
-            "hypotheses")
+            "hypotheses")  # hypotheses: read by parse_suite for every kind of suite
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")

@@ -13,12 +13,16 @@ not replace that export unless ``allow_incomplete``. In Markdown, a region
 
 is a *fragment*: :func:`render` regenerates it from the export. ``PYTHONPATH=src python
 research/evidence.py check`` (``make docs-check``, run by ``make test``) fails on any
-fragment whose text differs from what the committed exports give; ``... write`` rewrites them.
+fragment whose text differs from what the committed exports give, and on a pre-registered study
+whose suite file was not committed with its hypotheses before its export (:mod:`preregistration`);
+``... write`` rewrites the fragments.
 
-Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p),
-``sweep`` (every configuration of the swept methods, validation and test), ``sigma`` (learned
-sigma per layer), ``measures`` (instrument results per method, ``keys=a.b,c.d``), ``claims``
-(prose generated from the numbers, ``name=...``; see :data:`CLAIMS`).
+Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p over the
+suite's comparisons with its baseline), ``sweep`` (every configuration of the swept methods,
+validation and test), ``sigma`` (learned sigma per layer), ``measures`` (instrument results per
+method, ``keys=a.b,c.d``, Holm over the fragment's cells), ``claims`` (prose generated from the
+numbers, ``name=...``; see :data:`CLAIMS`), ``hypotheses`` (a suite's pre-registered hypotheses,
+``suite=NAME``, Holm over exactly their declared family). Each table states its Holm family.
 """
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ import gzip
 import hashlib
 import io
 import json
-import math
 import re
 import sys
 import tempfile
@@ -35,11 +38,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from claims import CLAIMS
+from measure_cells import measures_cells, pair_lines
+from preregistration import preregistered
 from dipnet.engine.checkpoint import atomic_write_bytes
 from dipnet.engine.files import refuse_link
 from dipnet.errors import ConfigError, DataError
+from dipnet.experiments.hypotheses import hypotheses_markdown, suite_results
 from dipnet.experiments.runspec import RunSpec
-from dipnet.experiments.stats import adjust, format_p, paired_compare, summarize
 from dipnet.experiments.store import RunStore
 from dipnet.experiments.tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
 
@@ -47,6 +52,7 @@ EXPORT_FORMAT = "dipnet-suite-export-1"
 RESULTS = Path("docs") / "results"
 _BEGIN = re.compile(r"<!-- dipnet:begin (\w+)((?: [\w.-]+=[^ ]*)*) -->")
 _END = "<!-- dipnet:end -->"
+STUDY = "pre-registration: "  # the lines of study_problems: nothing `write` can fix
 
 
 def export_path(root: Path, suite: str) -> Path:
@@ -193,6 +199,7 @@ class Evidence:
         self.root = Path(root)
         self._dir = tempfile.TemporaryDirectory(prefix="dipnet-evidence-")
         self._tables: dict[str, list[TaskTable]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -212,7 +219,13 @@ class Evidence:
             import_suite(export, store)
             with RunStore(store, create=False) as s:
                 self._tables[suite] = task_tables(s, suite)
+                self._meta[suite] = s.get_meta(f"suite:{suite}", {}) or {}
         return self._tables[suite]
+
+    def meta(self, suite: str) -> dict[str, Any]:
+        """The suite's metadata as its export's header holds it."""
+        self.tables(suite)
+        return self._meta[suite]
 
     def table(self, suite: str, task: str) -> TaskTable:
         for t in self.tables(suite):
@@ -229,74 +242,6 @@ def _markdown(cells: tuple[list[str], list[list[str]]] | None) -> list[str]:
         "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
 
 
-def _lookup(results: dict[str, Any] | None, dotted: str) -> float | None:
-    """The number at a dotted path of a run's measures (``final.x``: of its final metrics); a key
-    that itself holds dots (an eps such as ``0.05``) is matched by the longest prefix."""
-    value: Any = (results or {}).get("measures") or {}
-    if dotted.startswith("final."):
-        value, dotted = (results or {}).get("final") or {}, dotted[len("final."):]
-    parts = dotted.split(".")
-    while parts:
-        if not isinstance(value, dict):
-            return None
-        for n in range(len(parts), 0, -1):
-            key = ".".join(parts[:n])
-            if key in value:
-                value, parts = value[key], parts[n:]
-                break
-        else:
-            return None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def measures_cells(table: TaskTable, keys: list[str], scale: float = 1.0, digits: int = 3,
-                   labels: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Per method (its chosen configuration) and measure ``key`` (a dotted path into the run's
-    measures, or ``final.x``): mean ± 95% CI over seeds, and for the others the paired difference
-    with the baseline, its 95% CI and Holm-adjusted p (over the cells of this fragment)."""
-    by_method = {row.method: {r.seed: r for r in table.runs.get(row.method, []) if r.status == "done"}
-                 for row in table.rows}
-    base = next((row.method for row in table.rows if row.vs_baseline is None), table.rows[0].method)
-    comps, slots = [], []
-    for row in table.rows:
-        for key in keys:
-            if row.method == base:
-                continue
-            a = {s: _lookup(r.results, key) for s, r in by_method[row.method].items()}
-            b = {s: _lookup(r.results, key) for s, r in by_method[base].items()}
-            comps.append(paired_compare({s: v for s, v in a.items() if v is not None},
-                                        {s: v for s, v in b.items() if v is not None}))
-            slots.append((row.method, key))
-    adjusted = dict(zip(slots, adjust(comps)))
-    body = []
-    for row in table.rows:
-        cells = [row.method]
-        for key in keys:
-            s = summarize(_lookup(r.results, key) for r in by_method[row.method].values())
-            cell = s.format(scale, digits)
-            comp = adjusted.get((row.method, key))
-            if comp is not None and comp.n >= 2 and math.isfinite(comp.diff.half_width):
-                d = comp.diff
-                cell += (f" (Δ {d.mean * scale:+.{digits}f} [{d.low * scale:+.{digits}f}, {d.high * scale:+.{digits}f}],"
-                         f" p_Holm {format_p(comp.p)})")
-            cells.append(cell)
-        body.append(cells)
-    return ["method"] + (labels if labels and len(labels) == len(keys) else keys), body
-
-
-def pair_lines(table: TaskTable, pairs: list[list[str]], key: str, scale: float) -> list[str]:
-    """``a vs b``: the paired difference of ``key`` (95% interval, t and sign-flip p), one line a pair."""
-    out = []
-    for a, b in pairs:
-        va = {r.seed: _lookup(r.results, key) for r in table.runs.get(a, []) if r.status == "done"}
-        vb = {r.seed: _lookup(r.results, key) for r in table.runs.get(b, []) if r.status == "done"}
-        comp = paired_compare({s: v for s, v in va.items() if v is not None}, {s: v for s, v in vb.items() if v is not None})
-        d = comp.diff
-        out.append(f"- {table.task}: {a} vs {b}: {d.mean * scale:+.2f} [{d.low * scale:+.2f}, {d.high * scale:+.2f}] "
-                   f"({comp.n} seeds, paired t p = {format_p(comp.t_p)}, sign-flip p = {format_p(comp.sign_flip_p)})")
-    return out
-
-
 def render(fragment: Fragment, evidence: Evidence) -> list[str]:
     """The lines a fragment must hold, from the committed exports."""
     a = fragment.args
@@ -305,11 +250,19 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         if name not in CLAIMS:
             raise DataError(f"{fragment.where}: unknown claims {name!r}; known: {', '.join(CLAIMS) or 'none'}")
         return CLAIMS[name](evidence)
+    if fragment.kind == "hypotheses":
+        if "suite" not in a:
+            raise DataError(f"{fragment.where}: a hypotheses fragment needs suite=")
+        results = suite_results(evidence.tables(a["suite"]), evidence.meta(a["suite"]))
+        if not results:
+            raise DataError(f"{fragment.where}: suite {a['suite']!r} declares no [[hypotheses]] in its committed export")
+        return hypotheses_markdown(results)
     if "suite" not in a or "task" not in a:
         raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite= and task=")
     table = evidence.table(a["suite"], a["task"])
     if fragment.kind == "table":
-        return [f"*{table.title}*", ""] + format_markdown(table) + ([""] + [table.resolution()] if table.resolution() else [])
+        notes = [note for note in (table.resolution(), table.holm_note()) if note]
+        return [f"*{table.title}*", ""] + format_markdown(table) + [line for note in notes for line in ("", note)]
     if fragment.kind == "sweep":
         return _markdown(sweep_cells(table))
     if fragment.kind == "sigma":
@@ -322,9 +275,10 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         if not keys:
             raise DataError(f"{fragment.where}: a measures fragment needs keys=a.b,c.d")
         labels = [label.replace("_", " ") for label in a.get("labels", "").split(",") if label] or None
-        return _markdown(measures_cells(table, keys, float(a.get("scale", 1)), int(a.get("digits", 3)), labels))
+        header, body, note = measures_cells(table, keys, float(a.get("scale", 1)), int(a.get("digits", 3)), labels)
+        return _markdown((header, body)) + ["", note]
     raise DataError(f"{fragment.where}: unknown fragment kind {fragment.kind!r}; known: table, sweep, sigma, measures, "
-                    "pairs, claims")
+                    "pairs, claims, hypotheses")
 
 
 def documents(root: str | Path) -> list[Path]:
@@ -332,10 +286,24 @@ def documents(root: str | Path) -> list[Path]:
     return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.exists()]
 
 
-def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = False) -> list[str]:
-    """Regenerate every fragment; return one line per fragment that differs (rewriting it when
-    ``write``)."""
+def study_problems(root: str | Path, notes: list[str] | None = None) -> list[str]:
+    """One line per committed export that declares hypotheses its suite file did not hold in git
+    history before the export's first commit (:mod:`preregistration`); what cannot be checked
+    here goes to ``notes``."""
     problems = []
+    for export in sorted((Path(root) / RESULTS).glob("*/runs.jsonl.gz")):
+        problem, note = preregistered(root, export, read_export(export, verify=False)[0])
+        problems += [f"{STUDY}{problem}"] if problem else []
+        if note and notes is not None:
+            notes.append(note)
+    return problems
+
+
+def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = False,
+          notes: list[str] | None = None) -> list[str]:
+    """Regenerate every fragment; return one line per fragment that differs (rewriting it when
+    ``write``) and per pre-registered study whose file was not committed before its runs."""
+    problems = study_problems(root, notes)
     with Evidence(root) as evidence:
         for path in files or documents(root):
             lines = path.read_text(encoding="utf-8").split("\n")
@@ -379,18 +347,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export: error: {exc}", file=sys.stderr)
             return 2
         return 0
+    notes: list[str] = []
     try:
-        problems = check(args.root, write=args.action == "write")
+        problems = check(args.root, write=args.action == "write", notes=notes)
     except DataError as exc:
         print(f"docs-check: error: {exc}", file=sys.stderr)
         return 2
+    for line in notes:
+        print(f"docs-check: note: {line}", file=sys.stderr)
     for line in problems:
-        print(("rewrote " if args.action == "write" else "") + line, file=sys.stderr)
+        print(("rewrote " if args.action == "write" and not line.startswith(STUDY) else "") + line, file=sys.stderr)
     n = sum(len(find_fragments(f, f.read_text(encoding="utf-8").split("\n"))) for f in documents(args.root))
+    study = [line for line in problems if line.startswith(STUDY)]
     if args.action == "check":
-        print(f"docs-check: {n} generated fragment(s), {len(problems)} differing from the committed runs")
+        print(f"docs-check: {n} generated fragment(s), {len(problems) - len(study)} differing from the committed runs"
+              + (f"; {len(study)} pre-registered study export(s) not preceded by their study file" if study else ""))
         return 1 if problems else 0
-    return 0
+    return 1 if study else 0
 
 
 if __name__ == "__main__":

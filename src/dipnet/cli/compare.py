@@ -57,6 +57,7 @@ def _existing(store_path: str, suite: str, keys: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..llm import FinetuneSuite  # noqa: F401  (registers the "finetune" suite kind: `dipnet compare llm`)
     from ..experiments import RunStore, format_text_table, load_suite, run_suite, task_tables, write_report
+    from ..experiments.hypotheses import hypotheses_text, suite_results
 
     if args.resume and args.fresh:
         raise ConfigError("--resume and --fresh exclude each other: keep finished runs, or retrain them")
@@ -100,9 +101,11 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_suite(suite, args.store, workers=args.workers, resume=not args.fresh, threads=threads,
                         on_event=on_event, executor=executor, allow_failures=True)
     with RunStore(args.store) as store:
-        for table in task_tables(store, suite.name):
-            print()
-            print(format_text_table(table))
+        tables = task_tables(store, suite.name)
+        results = suite_results(tables, store.get_meta(f"suite:{suite.name}", {}) or {})
+    for text in [format_text_table(table) for table in tables] + ([hypotheses_text(results)] if results else []):
+        print()
+        print(text)
     print(f"\n{outcome.done} trained, {outcome.failed} failed, {outcome.skipped} kept from the store "
           f"({outcome.wall_s:.1f} s); store: {args.store}")
     if args.report:

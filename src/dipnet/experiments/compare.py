@@ -193,6 +193,7 @@ def run_suite(
             "tasks": [t.label for t in suite.tasks], "methods": suite.method_labels(), "seeds": suite.seeds,
             "description": suite.description, "costs": suite.costs, "groups": suite.groups(),
             "choices": {m.label: m.choice for m in suite.methods},
+            **({"hypotheses": [h.to_dict() for h in suite.hypotheses]} if suite.hypotheses else {}),
         })
         store.set_suite(suite.name, specs)
         outcome.recovered = len(store.recover(keys))

@@ -1,6 +1,8 @@
 """Reports from a run store: a Markdown file with PNG figures and one self-contained HTML file.
 
-For each suite and task: a table of mean ± 95% CI over seeds (test accuracy, test loss,
+For a suite that declares hypotheses (``[[hypotheses]]``), first the pre-registered table: each
+hypothesis per task with its difference, one-sided and TOST p-values Holm-adjusted over exactly the
+declared family, and its resolution. For each suite and task: a table of mean ± 95% CI over seeds (test accuracy, test loss,
 generalization gap, example-gradients relative to the baseline, wall time), the paired
 comparison of every method with the baseline (difference, CI, paired t p-value and its Holm
 adjustment, sign-flip p-value, effect size, verdict), and figures: accuracy per method with CIs, learning curves, accuracy per
@@ -19,6 +21,7 @@ from pathlib import Path
 from ..engine.files import check_output, refuse_link, write_output
 from ..errors import ConfigError
 from .figures import fig_accuracy, fig_accuracy_per_time, fig_learning_curves, fig_measures, fig_sigma
+from .hypotheses import family_note, hypotheses_cells, hypotheses_markdown, suite_results
 from .store import RunStore
 from .tables import format_markdown, format_text_table, sigma_cells, sweep_cells, table_cells, task_tables
 
@@ -30,7 +33,8 @@ STATISTICS_NOTE = (
     "as run (a swept method: the value chosen on validation); nothing is chosen on test. Comparisons with "
     "the baseline are paired by seed: paired t-test, its p-value Holm-adjusted over every comparison of "
     "the suite (the verdict uses it: better/worse when below 0.05), the exact sign-flip test, and the "
-    "effect size d_z = mean / sd of the differences."
+    "effect size d_z = mean / sd of the differences. A suite's pre-registered hypotheses are tested apart: "
+    "one-sided in their declared direction and by TOST, Holm-adjusted over exactly their declared family."
 )
 
 
@@ -63,6 +67,13 @@ def _environment(store: RunStore) -> list[tuple[str, str]]:
 
 
 _TITLE = "dipnet comparison report"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    return ("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + "</tbody></table></div>")
 
 
 def _is_report(path: Path, mark: str) -> bool:
@@ -120,16 +131,20 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
         note = f"{len(pending)} run(s) not finished yet (pending or interrupted): the numbers below leave them out."
         md += ["", f"**{note}**"]
         body.append(f"<p class='warn'>{html.escape(note)}</p>")
+    for name, meta in suites.items():
+        results = suite_results([t for t in tables if t.suite == name], meta)
+        if not results:
+            continue
+        title = f"Pre-registered hypotheses: {name}"
+        md += ["", f"## {title}", ""] + hypotheses_markdown(results)
+        body.append(f"<h2>{html.escape(title)}</h2>" + _html_table(*hypotheses_cells(results))
+                    + f"<p class='note'>{html.escape(family_note(results))}</p>")
     for table in tables:
         title = table.title
         md += ["", f"## {title}", ""]
         body.append(f"<h2>{html.escape(title)}</h2>")
-        header, rows = table_cells(table)
         md += format_markdown(table)
-        body.append("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                    + "</tr></thead><tbody>"
-                    + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-                    + "</tbody></table></div>")
+        body.append(_html_table(*table_cells(table)))
         for caption, cells in (
                 ("Every configuration of the swept methods (mean ± 95% CI over seeds); the row above is the one "
                  "with the best validation accuracy:", sweep_cells(table)),
@@ -139,13 +154,11 @@ def write_report(store_path: str | Path, out_dir: str | Path, *, suite: str | No
                 continue
             md += ["", caption, "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
             md += ["| " + " | ".join(r) + " |" for r in cells[1]]
-            body.append(f"<p>{html.escape(caption)}</p><div class='scroll'><table><thead><tr>"
-                        + "".join(f"<th>{html.escape(h)}</th>" for h in cells[0]) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1])
-                        + "</tbody></table></div>")
-        if table.resolution():
-            md += ["", table.resolution()]
-            body.append(f"<p class='note'>{html.escape(table.resolution())}</p>")
+            body.append(f"<p>{html.escape(caption)}</p>" + _html_table(*cells))
+        for note in (table.resolution(), table.holm_note()):
+            if note:
+                md += ["", note]
+                body.append(f"<p class='note'>{html.escape(note)}</p>")
         plots = [("test accuracy", fig_accuracy(table)), ("learning curves", fig_learning_curves(table)),
                  ("accuracy per training cost", fig_accuracy_per_time(table)), ("learned sigma", fig_sigma(table))]
         plots += fig_measures(table)

@@ -9,7 +9,12 @@ exact for the few seeds suites run; it needs no normality, and with n seeds its 
 two-sided p-value is 2/2^n: 0.25 for 3, 0.0625 for 5), and the paired effect size
 d_z = mean(d) / s_d (Cohen 1988). A suite makes many comparisons at once: :func:`holm` adjusts
 their t-test p-values (Holm 1979), and a difference is called better or worse only when its
-adjusted p-value is below 0.05. SciPy (a dependency of scikit-learn) supplies the t distribution.
+adjusted p-value is below 0.05.
+
+A pre-registered hypothesis (a suite's ``[[hypotheses]]``) is tested by :func:`hypothesis_test`:
+the one-sided t-test in its declared direction, the one-sided test the other way, and TOST
+equivalence within its margin (:func:`tost`); :func:`adjust_family` Holm-adjusts each over
+exactly the declared family. SciPy (a dependency of scikit-learn) supplies the t distribution.
 """
 from __future__ import annotations
 
@@ -115,20 +120,46 @@ class PairedComparison:
         return "better" if self.diff.mean > 0 else "worse"
 
 
-def paired_t_test(d: Sequence[float]) -> tuple[float, float]:
-    """Two-sided paired t-test on differences ``d``: (t, p). Constant d: p = 1 if all zero else 0."""
-    x = _values(d)
+ALTERNATIVES = ("greater", "less", "two-sided")
+
+
+def t_test(d: Sequence[float], alternative: str = "two-sided", null: float = 0.0) -> tuple[float, float]:
+    """One-sample t-test of mean(d) against ``null`` (df = n-1): (t, p), p for ``alternative``
+    ("two-sided", "greater": mean > null, "less": mean < null). Constant d (up to rounding): p = 0
+    when it lies on the alternative's side of ``null``, else 1."""
+    if alternative not in ALTERNATIVES:
+        raise ConfigError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
+    x = _values(d) - null
     n = len(x)
     if n < 2:
         return math.nan, math.nan
     sd = float(x.std(ddof=1))
     mean = float(x.mean())
     if sd == 0.0 or sd <= 1e-12 * abs(mean):  # constant differences (up to rounding)
-        return (math.copysign(math.inf, mean), 0.0) if mean != 0 else (0.0, 1.0)
+        t = math.copysign(math.inf, mean) if mean != 0 else 0.0
+        side = {"two-sided": mean != 0, "greater": mean > 0, "less": mean < 0}[alternative]
+        return t, 0.0 if side else 1.0
     from scipy import stats
 
     t = mean / (sd / math.sqrt(n))
-    return t, float(2 * stats.t.sf(abs(t), n - 1))
+    p = {"two-sided": 2 * stats.t.sf(abs(t), n - 1), "greater": stats.t.sf(t, n - 1),
+         "less": stats.t.cdf(t, n - 1)}[alternative]
+    return t, float(p)
+
+
+def paired_t_test(d: Sequence[float]) -> tuple[float, float]:
+    """Two-sided paired t-test on differences ``d``: (t, p). Constant d: p = 1 if all zero else 0."""
+    return t_test(d)
+
+
+def tost(d: Sequence[float], margin: float) -> tuple[float, Summary]:
+    """Two one-sided tests of equivalence (Schuirmann 1987) of mean(d) within (-margin, +margin):
+    p = max(p of mean > -margin, p of mean < +margin), and the 90% t interval of mean(d), which lies
+    inside (-margin, +margin) exactly when p < 0.05."""
+    if not (isinstance(margin, (int, float)) and margin > 0 and math.isfinite(margin)):
+        raise ConfigError(f"an equivalence margin must be a positive number, got {margin!r}")
+    lower, upper = t_test(d, "greater", -margin)[1], t_test(d, "less", margin)[1]
+    return (max(lower, upper) if math.isfinite(lower) and math.isfinite(upper) else math.nan), summarize(d, level=0.90)
 
 
 def sign_flip_test(d: Sequence[float]) -> float:
@@ -175,6 +206,68 @@ def adjust(comparisons: Sequence[PairedComparison | None]) -> list[PairedCompari
     return [None if c is None else replace(c, holm_p=a) for c, a in zip(comparisons, adjusted)]
 
 
+def holm_family(pvalues: Sequence[float]) -> list[float]:
+    """Holm over exactly the ``len(pvalues)`` tests given: a missing (nan) p-value counts as 1,
+    so the family stays the declared one, and stays nan in the result."""
+    adjusted = holm([p if p is not None and math.isfinite(p) else 1.0 for p in pvalues])
+    return [a if p is not None and math.isfinite(p) else math.nan for p, a in zip(pvalues, adjusted)]
+
+
+@dataclass(frozen=True)
+class HypothesisTest:
+    """A declared comparison of ``a`` with ``b`` over paired seeds (d = a - b): ``p`` is the t-test's
+    p-value in the declared ``direction`` ("greater": a > b, "less", or "two-sided"),
+    ``p_opposite`` the one-sided p-value the other way (nan for "two-sided"), ``tost_p`` the TOST
+    p-value within +-``margin`` (nan without one) with ``ci90`` its 90% interval. The ``holm_*``
+    fields are the same p-values Holm-adjusted over the declared family (:func:`adjust_family`)."""
+
+    n: int
+    diff: Summary
+    direction: str
+    margin: float | None
+    p: float
+    p_opposite: float
+    tost_p: float
+    ci90: Summary
+    holm_p: float | None = None
+    holm_opposite_p: float | None = None
+    holm_tost_p: float | None = None
+    alpha: float = 0.05
+
+    def _below(self, adjusted: float | None, raw: float) -> bool:
+        p = raw if adjusted is None else adjusted
+        return math.isfinite(p) and p < self.alpha
+
+    @property
+    def resolution(self) -> str:
+        """"supported" (the declared direction, adjusted p < alpha), else "contradicted" (the
+        opposite direction, adjusted p < alpha), else "equivalent" (adjusted TOST p < alpha), else
+        "inconclusive"."""
+        if self._below(self.holm_p, self.p):
+            return "supported"
+        if self._below(self.holm_opposite_p, self.p_opposite):
+            return "contradicted"
+        if self._below(self.holm_tost_p, self.tost_p):
+            return "equivalent"
+        return "inconclusive"
+
+
+def hypothesis_test(d: Sequence[float], direction: str, margin: float | None = None) -> HypothesisTest:
+    """Test differences ``d`` (a - b, in the units of ``margin``) for a declared hypothesis."""
+    opposite = {"greater": "less", "less": "greater"}.get(direction)
+    p = t_test(d, direction)[1]
+    tost_p, ci90 = tost(d, margin) if margin is not None else (math.nan, summarize(d, level=0.90))
+    return HypothesisTest(len(_values(d)), summarize(d), direction, margin, p,
+                          t_test(d, opposite)[1] if opposite else math.nan, tost_p, ci90)
+
+
+def adjust_family(tests: Sequence[HypothesisTest]) -> list[HypothesisTest]:
+    """The tests with each kind of p-value (declared direction, opposite, TOST) Holm-adjusted over
+    exactly these tests, the declared family (a test that could not be made counts as p = 1)."""
+    holm_p, opposite, tost_p = (holm_family([getattr(t, k) for t in tests]) for k in ("p", "p_opposite", "tost_p"))
+    return [replace(t, holm_p=a, holm_opposite_p=b, holm_tost_p=c) for t, a, b, c in zip(tests, holm_p, opposite, tost_p)]
+
+
 def resolvable_difference(sd: float, n: int, level: float = 0.95) -> float:
     """Half-width of the ``level`` t interval of a mean paired difference over ``n`` seeds with
     spread ``sd``: differences smaller than this cannot be told from 0."""
@@ -183,12 +276,16 @@ def resolvable_difference(sd: float, n: int, level: float = 0.95) -> float:
     return t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
 
 
-def paired_compare(a: Mapping[Any, float | None], b: Mapping[Any, float | None], level: float = 0.95) -> PairedComparison:
-    """Compare per-seed values ``a[seed]`` with ``b[seed]`` over the seeds present in both."""
+def paired_differences(a: Mapping[Any, float | None], b: Mapping[Any, float | None]) -> list[float]:
+    """``a[seed] - b[seed]`` over the seeds where both are finite numbers, in seed order."""
     seeds = sorted(set(a) & set(b), key=str)
     pairs = [(float(x), float(y)) for x, y in ((a[s], b[s]) for s in seeds) if x is not None and y is not None]
-    pairs = [p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])]
-    d = [x - y for x, y in pairs]
+    return [x - y for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
+
+
+def paired_compare(a: Mapping[Any, float | None], b: Mapping[Any, float | None], level: float = 0.95) -> PairedComparison:
+    """Compare per-seed values ``a[seed]`` with ``b[seed]`` over the seeds present in both."""
+    d = paired_differences(a, b)
     t, tp = paired_t_test(d)
     return PairedComparison(len(d), summarize(d, level), t, tp, sign_flip_test(d), effect_size(d))
 

@@ -30,6 +30,11 @@ Format (every key is checked; unknown keys are errors naming the file and the ke
     sweep = { rho = [0.02, 0.1] } # optional: one method entry per value (product over keys)
     lr = 5e-3                     # a method may override [train] fields too
     method = "sam"                # the method spec; defaults to the table's name
+
+    [[hypotheses]]                # optional: the study's primary hypotheses (see .hypotheses)
+    a = "sam"
+    b = "erm"
+    direction = "greater"         # or "less", "two-sided"; task = "mlp" for one task; margin = 0.5 (TOST)
 """
 from __future__ import annotations
 
@@ -45,13 +50,15 @@ from ..engine import TrainConfig
 from ..errors import ConfigError
 from ..schema import Limits, check, check_field, typed_values
 from .budget import checked_cost, probe_cost, tuning_grid
+from .hypotheses import Hypothesis, parse_hypotheses
 from .instruments import INSTRUMENTS
 from .kinds import SUITE_KINDS
 from .runspec import RunSpec, resolved_hyperparameters
 from .suite_checks import MAX_RUNS, MAX_SUITE_BYTES, Checker, check_names_and_options, check_size, load_toml
 
 BUDGETS = ("epochs", "example_grads")
-TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods")
+TOP_KEYS = ("name", "description", "seeds", "baseline", "budget", "tune", "measure", "train", "tasks", "methods",
+            "hypotheses")  # hypotheses: read by parse_suite for every kind of suite
 METHOD_KEYS = ("method", "params", "sweep", "cost")
 TASK_KEYS = ("data", "model")
 COMPOSE_KEYS = ("compose", "compose_params")
@@ -122,6 +129,7 @@ class Suite:
     description: str = ""
     costs: dict[str, float] = field(default_factory=dict)
     tune: bool = False
+    hypotheses: list[Hypothesis] = field(default_factory=list)
 
     def method_labels(self) -> list[str]:
         return [m.label for m in self.methods]
@@ -194,12 +202,16 @@ def parse_suite(
     """
     check(max_runs, int, "max_runs", Limits(ge=1, le=MAX_RUNS))
     raw = load_toml(text, source)
+    declared = raw.pop("hypotheses", None)  # any kind of suite may declare them
     with typed_values():
         if "kind" in raw:
             suite = Checker(source).known(SUITE_KINDS, raw["kind"], "kind")(raw, text, source, check_names)
             check_size(source, len(suite.tasks), len(suite.methods), len(suite.seeds), max_runs)
-            return suite
-        return _parse(raw, text, source, check_names, max_runs)
+        else:
+            suite = _parse(raw, text, source, check_names, max_runs)
+        if declared is not None:
+            suite.hypotheses = parse_hypotheses(declared, source, list(suite.groups()), [t.label for t in suite.tasks])
+    return suite
 
 
 def suite_header(raw: dict[str, Any], ck: Checker, config: type) -> tuple[str, str, list[int]]:

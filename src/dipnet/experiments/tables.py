@@ -36,6 +36,7 @@ class MethodRow:
     wall_s: Summary
     failed: int = 0
     label: str = ""  # the configuration's own label (the swept value chosen on validation)
+    group: str = ""  # the suite's name for the method ([methods.NAME])
 
 
 @dataclass
@@ -47,10 +48,18 @@ class TaskTable:
     runs: dict[str, list[RunRecord]] = field(default_factory=dict)
     setting: str = ""  # dataset, model and training recipe, in words
     sweeps: dict[str, list[tuple[str, Summary, Summary, bool]]] = field(default_factory=dict)
+    family: int = 0  # the comparisons "p (t, Holm)" is adjusted over: every one of the suite with its baseline
 
     @property
     def title(self) -> str:
         return f"{self.suite} / {self.task}" + (f" ({self.setting})" if self.setting else "")
+
+    def holm_note(self) -> str:
+        """One line stating the Holm family of the table's "p (t, Holm)" column."""
+        if not self.family:
+            return ""
+        return (f"p (t, Holm): Holm over the {self.family} paired comparisons of test accuracy with {self.baseline} in "
+                f"suite {self.suite} (every method of every task), the family the verdict uses.")
 
     def resolution(self) -> str:
         """One line: the seeds, and the smallest difference they resolve (median spread of the
@@ -149,13 +158,16 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
                     vs = paired_compare({r.seed: r.final.get("test_acc") for r in runs}, base_acc)
                 shown = g if label == g else f"{g} [{label[len(g) + 1:-1]}]" if label.startswith(g + "(") else label
                 rows.append(MethodRow(shown, sorted(r.seed for r in runs), metrics, vs, acct.ratio, acct.example_grads,
-                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][label]), label))
+                                      acct.wall_s, sum(r.status == "failed" for r in by_task[task][label]), label, g))
             every = [r for m in labels for r in by_task[task][m]]
             suite_tables.append(TaskTable(name, task, baseline, rows, {row.method: by_task[task][row.label] for row in rows},
                                           describe_setting(every), sweeps))
         all_rows = [row for t in suite_tables for row in t.rows]
         for row, vs in zip(all_rows, adjust([row.vs_baseline for row in all_rows])):
             row.vs_baseline = vs
+        family = sum(1 for row in all_rows if row.vs_baseline is not None and math.isfinite(row.vs_baseline.t_p))
+        for t in suite_tables:
+            t.family = family
         tables += suite_tables
     return tables
 
@@ -213,8 +225,7 @@ def format_text_table(table: TaskTable) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
-    if table.resolution():
-        lines.append(table.resolution())
+    lines += [note for note in (table.resolution(), table.holm_note()) if note]
     return "\n".join(lines)
 
 

@@ -128,17 +128,20 @@ def test_compiled_code_follows_the_projections_a_model_has():
 # ---------------------------------------------------------------- the same numbers as eager
 
 
-def _mlp() -> nn.Module:
+def _mlp(**settings) -> nn.Module:
     torch.manual_seed(0)
-    return project(build_model("mlp", _info((1, 8, 8)), widths=(32, 32)), noise="fresh", input_grad_fraction=1.0)
+    return project(build_model("mlp", _info((1, 8, 8)), widths=(32, 32)), **settings)
 
 
-@pytest.mark.parametrize("m", [1, 2])
-def test_compiled_training_equals_eager_with_the_noise_fixed(m):
-    """Inductor with fallback_random draws eps with torch.randn in graph order: the eager fresh
-    noise. Three optimizer steps; loss, gradients (sigmas included) and running RMS agree."""
-    base = _mlp().train()
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+@pytest.mark.parametrize("m,settings", [(1, {}), (2, {}), (1, {"noise": "fresh", "input_grad_fraction": 1.0})],
+                         ids=["m1-defaults", "m2-defaults", "m1-fresh-exact"])
+def test_compiled_training_equals_eager_with_the_noise_fixed(m, settings):
+    """compile_model runs random ops through torch's kernels, in the eager order: the compiled
+    step draws the eager step's table offsets, window rows (the CPU defaults) or fresh values.
+    Three optimizer steps; losses, gradients (sigmas included) and every parameter and buffer
+    (running RMS) agree to float rounding."""
+    base = _mlp(**settings).train()
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     results = []
     for compiled in (False, True):
         net = copy.deepcopy(base)
@@ -147,13 +150,12 @@ def test_compiled_training_equals_eager_with_the_noise_fixed(m):
         loss_fn = DIPNetLoss(trajectories=m)
         torch.manual_seed(7)
         losses = []
-        with inductor_config.patch(fallback_random=True):
-            for _ in range(3):
-                opt.zero_grad()
-                loss = loss_fn(model, x, y)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
+        for _ in range(3):
+            opt.zero_grad()
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
         results.append((torch.stack(losses), [p.grad for p in net.parameters()], net.state_dict()))
     (la, ga, sa), (lb, gb, sb) = results
     assert torch.allclose(la, lb, rtol=1e-5, atol=1e-6)
@@ -190,21 +192,23 @@ def test_the_whole_compiled_training_step_equals_eager():
 # ---------------------------------------------------------------- the law of inductor's own noise
 
 
-def test_compiled_noise_is_standard_normal_independent_and_seeded():
-    """u = x + sigma * eps with inductor's Philox draws: eps is N(0, 1) (KS test, moments),
-    uncorrelated across calls, layers and features; per-channel sigmas scale their channel;
-    torch.manual_seed reproduces a compiled draw."""
+@pytest.mark.parametrize("noise,inductor_random", [("auto", False), ("fresh", True)])
+def test_compiled_noise_is_standard_normal_independent_and_seeded(noise, inductor_random):
+    """u = x + sigma * eps compiled, table windows through torch's generator (compile_model) or
+    fresh values from inductor's own Philox generator (plain torch.compile): eps is N(0, 1) (KS
+    test, moments), uncorrelated across calls and neighbouring features; per-channel sigmas
+    scale their channel; torch.manual_seed reproduces a compiled draw."""
     from scipy import stats
 
     sigma = torch.tensor([0.5, 2.0, 1.0])
     conv = project(nn.Sequential(nn.Conv1d(3, 3, 1, bias=False), nn.Linear(64, 64, bias=False)),
-                   scale="absolute", noise="fresh")
+                   scale="absolute", noise=noise)
     with torch.no_grad():
         conv[0].weight.copy_(torch.eye(3).unsqueeze(-1))
         conv[1].weight.copy_(torch.eye(64))
         conv[0].dipnet_projection.log_sigma.copy_(sigma.log())
         conv[1].dipnet_projection.log_sigma.fill_(math.log(0.2))
-    compiled = compile_model(conv)
+    compiled = torch.compile(conv) if inductor_random else compile_model(conv)
     x = torch.zeros(256, 3, 64)
     with torch.no_grad():
         torch.manual_seed(3)

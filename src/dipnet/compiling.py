@@ -31,12 +31,18 @@ def guard_hooks() -> None:
 
 
 def compile_model(model: nn.Module, *, fresh: bool = True, **options: Any) -> nn.Module:
-    """``torch.compile(model, **options)`` (inductor by default) with hook guards on. ``fresh``
-    first drops the code compiled before in this process (``torch.compiler.reset()``): what a
-    new run wants, so that runs sharing a process (a suite's) neither reuse each other's graphs
-    nor hit the recompile limit. The returned module shares ``model``'s parameters and buffers;
-    save and load ``model`` itself (the wrapper's state_dict keys carry a prefix)."""
+    """``torch.compile(model, **options)`` with hook guards on. ``fresh`` first drops the code
+    compiled before in this process (``torch.compiler.reset()``): what a new run wants, so that
+    runs sharing a process (a suite's) neither reuse each other's graphs nor hit the recompile
+    limit. With inductor (the default backend), random ops run torch's own kernels
+    (``fallback_random``): on a CPU inductor's in-kernel generator costs about 50 ns a normal
+    value and re-draws a random offset in every vector of the kernel that reads it (measured,
+    docs/dipnet.md "Under torch.compile"), and compiled draws then equal eager ones. The returned
+    module shares ``model``'s parameters and buffers; save and load ``model`` itself (the
+    wrapper's state_dict keys carry a prefix)."""
     guard_hooks()
     if fresh:
         torch.compiler.reset()
+    if options.get("backend", "inductor") == "inductor":
+        options = {**options, "options": {"fallback_random": True, **(options.get("options") or {})}}
     return torch.compile(model, **options)

@@ -49,6 +49,26 @@ def _table(device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     return table
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: made at trace time, a constant of the graph
+def _constant_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return _table(device, dtype)
+
+
+def traced_like(x: torch.Tensor, source: str = "auto") -> torch.Tensor:
+    """N(0, 1) values shaped like ``x`` without a Python number in between, what ``torch.compile``
+    traces into one graph: table windows (as :func:`draw_like`'s law: windows of at most
+    ``TABLE_SIZE // 2``, each at a uniform offset) whose offsets are a tensor and whose values a
+    gather the compiler fuses into their use; fresh values are ``torch.randn_like``."""
+    if not ((source == "table" or (source == "auto" and x.is_cpu)) and x.dtype.is_floating_point):
+        return torch.randn_like(x)
+    n = x.numel()
+    windows = max(-(-n // _MAX_DRAW), 1)
+    offsets = torch.randint(0, TABLE_SIZE - min(n, _MAX_DRAW) + 1, (windows,), device=x.device)
+    i = torch.arange(n, device=x.device)
+    index = offsets + i if windows == 1 else offsets[i // _MAX_DRAW] + i % _MAX_DRAW
+    return _constant_table(x.device, x.dtype)[index].view(x.shape)
+
+
 def _windows(n: int, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, ...]]:
     """n table values from windows of at most ``_MAX_DRAW`` at uniformly random offsets (torch's
     global generator), and the offsets."""

@@ -84,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
     f = result.final
     sampled = f"  sampled (k={cfg.eval_samples}) {percent(f['test_acc_sampled'])}" if "test_acc_sampled" in f else ""
     print(f"final  exact match {percent(f['test_acc'])} of {cfg.test_size}{sampled}  test answer loss "
-          f"{f['test_loss']:.4f}  steps {f['steps']}  {f['wall_s']:.1f}s  -> {out}")
+          f"{f['test_loss']:.4f}  steps {f['steps']}  {f['wall_s']:.1f}s"
+          + (f" (compiling {f['compile_s']:.1f}s)" if "compile_s" in f else "") + f"  -> {out}")
     return 0

@@ -28,7 +28,7 @@ TRAIN_PERTURBATIONS = {"none": None, "gaussian": "gaussian-examples", "fgsm": "f
 # TrainConfig fields with a flag of their own (the dict fields have --data-arg / --model-arg).
 TRAIN_FLAGS = ("data", "model", "method", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum",
                "weight_decay", "schedule", "warmup_epochs", "milestones", "gamma", "grad_clip",
-               "eval_batch_size", "train_eval_max", "device", "progress", "log_to")
+               "eval_batch_size", "train_eval_max", "device", "compile", "progress", "log_to")
 
 
 def trainer_flags() -> set[str]:
@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     f = result.final
     print(
         f"final  test acc {percent(f['test_acc'])}  train acc {percent(f['train_acc'])}  "
-        f"gap {100 * f['gap']:.2f} pts  example-grads {f['example_grads']:,}  {f['wall_s']:.1f}s  -> {out}"
+        f"gap {100 * f['gap']:.2f} pts  example-grads {f['example_grads']:,}  {f['wall_s']:.1f}s"
+        + (f" (compiling {f['compile_s']:.1f}s)" if "compile_s" in f else "") + f"  -> {out}"
     )
     return 0

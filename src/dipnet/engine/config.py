@@ -84,6 +84,7 @@ class TrainConfig(RunConfig):
     eval_batch_size: int = param(1000, ge=1, doc="batch size of evaluation")
     train_eval_max: int = param(10000, ge=1, doc="training examples evaluated each epoch")
     device: str = param("cpu", doc="cpu, cuda, cuda:N or auto")
+    compile: bool = param(False, doc="train through torch.compile (inductor); the first step compiles (compile_s)")
     progress: ProgressMode = param("auto", doc="progress display")
     threads: int | None = param(None, ge=1, doc="torch threads while training (none: the idle physical cores, "
                                 "shared among the run's processes; engine/threads.py)")

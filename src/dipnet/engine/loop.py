@@ -140,7 +140,7 @@ class Trainer:
         self.loop = Loop(self.task, self.model, self.method, self.optimizer, self.run, dist=self.dist,
                          lr_at=lambda step: lr_at(step, total, cfg.lr, cfg.schedule, warmup, cfg.milestones, cfg.gamma),
                          train_model=self.train_model, grad_clip=cfg.grad_clip, seed=cfg.seed,
-                         callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)])
+                         callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)], compile=cfg.compile)
 
     def fit(self, overwrite: bool = False) -> RunResult:
         """Train (resuming from the run directory's checkpoint if it holds one) and return the result.
@@ -162,7 +162,7 @@ class Trainer:
 
         def finish(state: TrainState) -> dict[str, Any]:
             run.save_final(self.model, method.name)
-            return _final(state.history, state.example_grads)
+            return {**_final(state.history, state.example_grads), **self.loop.compile_record()}
 
         try:
             state, final = fit_run(self.loop, run, label=f"{method.name} {cfg.model}", progress_mode=cfg.progress,

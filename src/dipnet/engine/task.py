@@ -32,6 +32,7 @@ class Task:
     bounds: tuple[float, float] | None = None
     total_steps: int = 1
     period_steps: int = 1
+    static_shapes: bool = True  # every batch the same shape but the last: compiled without dynamic shapes
 
     def indices(self, step: int) -> torch.Tensor:
         """The example indices of the global batch of ``step``."""

@@ -58,6 +58,7 @@ class FinetuneConfig(RunConfig):
     checkpoint_every: int = param(50, ge=1, doc="steps between checkpoints (adapters, sigmas, optimizer, RNG)")
     dtype: Literal["float32", "bfloat16"] = param("float32", doc="weights and activations")
     device: str = param("cpu", doc="cpu, cuda, cuda:N or auto")
+    compile: bool = param(False, doc="train through torch.compile (inductor); the first step compiles (compile_s)")
     out: str | None = param(None, doc="run directory (record, checkpoint, adapters)")
     progress: ProgressMode = param("auto", doc="progress display")
     log_to: tuple[LogKind, ...] = param((), doc=LOG_TO_DOC)

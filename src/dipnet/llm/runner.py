@@ -80,6 +80,7 @@ class CausalLMTask(Task):
 
     inputs = "tokens"
     criterion = staticmethod(causal_lm_loss)
+    static_shapes = False  # batches are padded to their longest question
 
     def __init__(self, cfg: FinetuneConfig, task: TaskData, tokenizer: Any, device: torch.device, context: int) -> None:
         self.cfg, self.data, self.tokenizer, self.device = cfg, task, tokenizer, device
@@ -163,7 +164,7 @@ class Finetuner:
                          lr_at=lambda step: lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup_steps),
                          grad_clip=cfg.grad_clip, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                          state_module=TrainableState(self.model),
-                         callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)])
+                         callbacks=[*as_callbacks(callbacks), *run_logs(cfg.log_to, cfg.out)], compile=cfg.compile)
 
     def fit(self, overwrite: bool = False) -> RunResult:
         """Fine-tune (resuming from the run directory's checkpoint if it holds one), evaluate and
@@ -178,7 +179,7 @@ class Finetuner:
             if previous is not None and self.loop.start_step >= cfg.steps \
                     and all(previous.get(k) == getattr(cfg, k) for k in EVAL_FIELDS):
                 return previous
-            final = self.task.final(self.model, state)
+            final = {**self.task.final(self.model, state), **self.loop.compile_record()}
             if run.path is not None:
                 save_adapters(self.model, run.path)
             return final

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 from ..errors import ConfigError
-from ..noise_table import Draw
+from ..noise_table import Draw, traced_like
 from . import fused
 from .regenerate import RegeneratedInput, plain, sample, sigma_grad
 
@@ -66,7 +66,7 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     unbatched = isinstance(layer, _CONVS) and x.ndim == len(layer.kernel_size) + 1
     dim = 0 if unbatched else proj.feature_dim
     if torch.compiler.is_compiling():
-        return traced(x, feature_view(proj.sigma_for(x, dim), x, dim))
+        return _traced_for(proj, layer, x, dim, unbatched)
     features = proj.features
     if proj.scale == "absolute" and not (features and (x.ndim == 0 or x.shape[dim] != features)):
         sigma = proj.log_sigma.exp()
@@ -77,14 +77,10 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     recording = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()  # torch.func refuses hooks
     regenerate = proj.regenerate and recording
     pending = None
-    if recording and sigma.requires_grad and not (x.requires_grad or unbatched or x.ndim < 2):
+    k = _window_rows(proj, layer, x, sigma, unbatched) if recording else None
+    if k is not None:
         n = x.shape[0]
-        fraction = proj.input_grad_fraction
-        if fraction is None:
-            fraction = AUTO_INPUT_GRAD_FRACTION if x.is_cpu else 1.0
-        k = math.ceil(fraction * n)
-        if k < n and _subsampling_layer(layer):
-            pending = (sigma, draw, window_start(n), k, n / k)
+        pending = (sigma, draw, window_start(n), k, n / k)
     if pending is not None:  # sigma's gradient comes from the window estimate
         u = plain(x, view.detach(), eps, draw)
     elif regenerate or eps is None:  # a kernel draw saves only its seed either way
@@ -100,14 +96,45 @@ def project_for(proj: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return u
 
 
-def traced(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+def _window_rows(proj: Any, layer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, unbatched: bool) -> int | None:
+    """k, the rows of the window estimate of sigma's gradient, when it applies: a learnable sigma
+    on an input that needs no gradient of its own (the raw input), a Linear/Conv layer with the
+    stock forward, and ``input_grad_fraction`` below 1 (None: 1/8 on a CPU)."""
+    if not sigma.requires_grad or x.requires_grad or unbatched or x.ndim < 2:
+        return None
+    n = x.shape[0]
+    fraction = proj.input_grad_fraction
+    if fraction is None:
+        fraction = AUTO_INPUT_GRAD_FRACTION if x.is_cpu else 1.0
+    k = math.ceil(fraction * n)
+    return k if k < n and _subsampling_layer(layer) else None
+
+
+def _traced_for(proj: Any, layer: nn.Module, x: torch.Tensor, dim: int, unbatched: bool) -> torch.Tensor:
+    """The sampling pass as ``torch.compile`` traces it (docs/dipnet.md, "Under torch.compile"):
+    :func:`traced`, and the window estimate as a term whose value is zero and whose gradient is
+    the estimate: ``(N / k) (sigma - sigma.detach()) eps`` on the k window rows, put through the
+    layer's linear part by the post-hook and added to those rows of its output (its gradient
+    costs the layer's input gradient on k rows, not N)."""
+    sigma = proj.sigma_for(x, dim)
+    k = _window_rows(proj, layer, x, sigma, unbatched) if torch.is_grad_enabled() else None
+    view = feature_view(sigma, x, dim)
+    if k is None:
+        return traced(x, view, proj.noise)
+    eps = traced_like(x, proj.noise)
+    n = x.shape[0]
+    rows = (torch.randint(0, n, (), device=x.device) + torch.arange(k, device=x.device)) % n
+    proj._pending = ((view - view.detach()) * eps.index_select(0, rows) * (n / k), rows)
+    return torch.addcmul(x, view.detach(), eps)
+
+
+def traced(x: torch.Tensor, sigma: torch.Tensor | float, noise: str) -> torch.Tensor:
     """``x + sigma * eps`` as ``torch.compile`` traces it (docs/dipnet.md, "Under torch.compile"):
-    ``eps = torch.randn_like(x)``, which inductor draws inside the kernel that adds it (its own
-    Philox stream, seeded from torch's global generator), and plain autograd, whose compiled
-    backward the compiler fuses and plans itself. So no table window (its offset is a Python
-    number), no window estimate of the input's sigma gradient (exact instead) and no saved-tensor
-    hooks: nothing that breaks the graph."""
-    eps = torch.randn_like(x)
+    ``eps`` from :func:`dipnet.noise_table.traced_like` (table windows at tensor offsets, or
+    ``randn_like``, which inductor draws in the kernel that adds it) and plain autograd, whose
+    backward the compiler fuses and plans itself; so no window estimate of the input's sigma
+    gradient (exact instead) and no saved-tensor hooks: nothing that breaks the graph."""
+    eps = traced_like(x, noise)
     return torch.addcmul(x, sigma, eps) if isinstance(sigma, torch.Tensor) else x + sigma * eps
 
 
@@ -209,6 +236,15 @@ def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     """After the layer (also when it raised): end the regenerated-input hooks, and attach the
     window estimate to the output when the projection chose it."""
     proj: Any = module._modules[ATTR]
+    if torch.compiler.is_compiling():
+        pending = proj._pending
+        if pending is None:
+            return None
+        proj._pending = None
+        zero, rows = pending
+        weight = module.weight.detach()
+        part = F.linear(zero, weight) if isinstance(module, nn.Linear) else module._conv_forward(zero, weight, None)
+        return output.index_add(0, rows, part)
     state = proj.__dict__
     regen, pending = state["_regen"], state["_pending"]
     if regen is not None:

@@ -39,7 +39,7 @@ def gaussian_projection(
     if not training:
         return x
     if torch.compiler.is_compiling():
-        return _fast.traced(x, _fast.feature_view(sigma, x, feature_dim))
+        return _fast.traced(x, _fast.feature_view(sigma, x, feature_dim), noise)
     eps, draw = fused.draw_like(x, noise)
     return sample(x, _fast.feature_view(sigma, x, feature_dim), eps, draw)
 

@@ -133,8 +133,8 @@ def _mlp(**settings) -> nn.Module:
     return project(build_model("mlp", _info((1, 8, 8)), widths=(32, 32)), **settings)
 
 
-@pytest.mark.parametrize("m,settings", [(1, {}), (2, {}), (1, {"noise": "fresh", "input_grad_fraction": 1.0})],
-                         ids=["m1-defaults", "m2-defaults", "m1-fresh-exact"])
+@pytest.mark.parametrize("m,settings", [(2, {}), (1, {"noise": "fresh", "input_grad_fraction": 1.0})],
+                         ids=["m2-defaults", "m1-fresh-exact"])
 def test_compiled_training_equals_eager_with_the_noise_fixed(m, settings):
     """compile_model runs random ops through torch's kernels, in the eager order: the compiled
     step draws the eager step's table offsets, window rows (the CPU defaults) or fresh values.
@@ -245,3 +245,54 @@ def test_compiled_sigma_gradient_has_its_closed_form_expectation():
     n = x.numel()
     se = g.std(0) / math.sqrt(len(g))
     assert torch.all((g.mean(0) - 0.09 * n / 50).abs() < 5 * se)
+
+
+# ---------------------------------------------------------------- dipnet train / finetune --compile
+
+
+def test_the_engine_trains_through_torch_compile_as_it_does_eager(tmp_path):
+    """TrainConfig(compile=True): the same records as eager to float rounding (compiled draws are
+    the eager ones), compile_s in the final metrics, the saved weights the eager module's."""
+    from dipnet.engine import TrainConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    from dipnet.data import Dataset
+
+    ds = Dataset(x[:200], y[:200], x[200:], y[200:], DatasetInfo("toy", (8,), 3, ("0", "1", "2"), None))
+    results = []
+    for compiled in (False, True):
+        cfg = TrainConfig(data="toy", method="dipnet+sam", epochs=2, batch_size=32, lr=1e-2, seed=1, compile=compiled,
+                          out=str(tmp_path / str(compiled)), progress="none")
+        results.append(train(cfg, dataset=ds, model=lambda info: nn.Sequential(nn.Linear(8, 16), nn.ReLU(),
+                                                                                nn.Linear(16, 3))))
+    eager, compiled = results
+    assert "compile_s" in compiled.final and compiled.final["compile_s"] >= 0 and "compile_s" not in eager.final
+    for a, b in zip(eager.history, compiled.history):
+        for key in ("objective", "train_loss", "test_loss", "test_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    sa, sb = eager.model.state_dict(), compiled.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-6) for k in sa)
+
+
+def test_finetune_trains_through_torch_compile_as_it_does_eager(monkeypatch):
+    """FinetuneConfig(compile=True) on tiny-llama with DIPNet on the decoder: batches of several
+    lengths (dynamic shapes), the eager validation losses to float rounding. Dynamo with AOT
+    autograd and no code generation (aot_eager), for the time; inductor is the engine test's."""
+    pytest.importorskip("peft")
+    from dipnet.engine import core
+    from dipnet.llm import FinetuneConfig, Finetuner
+
+    monkeypatch.setattr(core, "compile_model", lambda model, **kw: compile_model(model, **kw, backend="aot_eager"))
+
+    runs = []
+    for compiled in (False, True):
+        cfg = FinetuneConfig(model="tiny-llama", task="chain_sum", method="dipnet", compile=compiled,
+                             task_kwargs={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
+                             train_size=24, val_size=4, test_size=4, steps=3, batch_size=4, lr=1e-2, log_every=1,
+                             checkpoint_every=3, progress="none")
+        runs.append(Finetuner(cfg).fit())
+    eager, compiled = runs
+    assert [h["val_loss"] for h in eager.history] == pytest.approx([h["val_loss"] for h in compiled.history], rel=1e-4)
+    assert compiled.final["compile_s"] >= 0

@@ -19,6 +19,7 @@ callbacks; checkpoints and the run record go through :class:`~dipnet.engine.rund
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -120,9 +121,8 @@ class Loop:
     wrapped for data-parallel training) and ``optimizer``; ``lr_at(step)`` is the schedule.
     Checkpoints hold ``state_module``'s state (default: the model; fine-tuning keeps only what
     trains) and come at each period's end, and every ``checkpoint_every`` steps when set.
-    ``compile``: train through ``torch.compile`` (:func:`~dipnet.compiling.compile_model`); the
-    period row where this process made its first step gets ``compile_s``, that step's time over
-    the period's mean step (what compiling the forward and backward took)."""
+    ``compile``: train through ``torch.compile`` (:func:`~dipnet.compiling.compile_model`; the
+    compile time in :meth:`compile_record`)."""
 
     def __init__(self, task: Task, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                  run: RunDirectory, *, lr_at: Callable[[int], float], dist: Distributed,
@@ -134,7 +134,7 @@ class Loop:
         self.compiled = compile
         if compile:  # the training forward through torch.compile (docs/dipnet.md, "Under torch.compile")
             self.train_model = compile_model(self.train_model, dynamic=False if task.static_shapes else None)
-        self.compile_s = 0.0  # compiled: the first step's time over the period's mean step, in this process
+        self.step_times: list[float] = []  # compiled: each step's seconds in this process
         self.lr_at, self.dist, self.grad_clip, self.seed = lr_at, dist, grad_clip, seed
         self.checkpoint_every = checkpoint_every
         self.state_module = state_module if state_module is not None else model  # what checkpoints hold
@@ -147,8 +147,14 @@ class Loop:
         self.callbacks: list[Callback] = [DivergenceWatch(self.total_steps), *callbacks]
 
     def compile_record(self) -> dict[str, Any]:
-        """``{"compile_s": ...}`` for a compiled loop's final metrics, else nothing."""
-        return {"compile_s": self.compile_s} if self.compiled else {}
+        """A compiled loop's final metrics get ``compile_s``: the seconds its steps in this process
+        took over their median step (compiling is what makes a step slower than the steady one:
+        the first step, and a new input shape's); an uncompiled loop's get nothing."""
+        if not self.compiled:
+            return {}
+        times = self.step_times
+        median = statistics.median(times) if times else 0.0
+        return {"compile_s": sum(max(t - median, 0.0) for t in times)}
 
     def steps_in_period(self, period: int) -> int:
         return min(self.period, self.total_steps - period * self.period)
@@ -186,7 +192,6 @@ class Loop:
         self.emit("on_period_start", state)
         objective_sum, objective_n = 0.0, 0
         log_sums: dict[str, float] = {}
-        measuring, first_step, begun = self.compiled and state.step == self.start_step, 0.0, state.step
         grads_before, lr = ctx.example_grads, ctx.lr
         while state.step < end:
             idx = task.indices(state.step)
@@ -201,8 +206,8 @@ class Loop:
             x, y = task.batch(idx)
             t_step = time.perf_counter()
             value = method.step(self.train_model, self.optimizer, x, y, ctx, grad_clip=self.grad_clip)
-            if measuring and state.step == begun:
-                first_step = time.perf_counter() - t_step
+            if self.compiled:
+                self.step_times.append(time.perf_counter() - t_step)
             value = self.dist.batch_mean(value, idx.numel() if ctx.loss_scale else 0)  # distributed: same on all ranks
             objective_sum += value * ctx.batch_size
             objective_n += ctx.batch_size
@@ -232,10 +237,6 @@ class Loop:
         row.update({"example_grads": ctx.example_grads, "epoch_s": now - t_period, "train_s": train_s,
                     "wall_s": state.wall_s, "logs": {k: v / steps for k, v in log_sums.items()},
                     "method": method.epoch_metrics(self.model)})
-        if measuring:
-            ran = state.step - begun
-            row["compile_s"] = max(first_step - ((train_s - first_step) / (ran - 1) if ran > 1 else 0.0), 0.0)
-            self.compile_s = row["compile_s"]
         self.emit("on_evaluate", state, row)
         state.history.append(row)
         self.emit("on_period_end", state, row)

@@ -18,7 +18,10 @@ fragment whose text differs from what the committed exports give; ``... write`` 
 Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p),
 ``sweep`` (every configuration of the swept methods, validation and test), ``sigma`` (learned
 sigma per layer), ``measures`` (instrument results per method, ``keys=a.b,c.d``), ``claims``
-(prose generated from the numbers, ``name=...``; see :data:`CLAIMS`).
+(prose generated from the numbers, ``name=...``; see :data:`CLAIMS`). A fine-tuning suite's
+(``kind = "finetune"``) table says that its test accuracy is exact match. A fragment with
+``pending=WHY`` (e.g. ``pending=rerun``) stands for a suite whose export is not committed yet:
+it holds one line saying so, and becomes an error once the export exists (remove ``pending=``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import math
 import re
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -47,6 +51,9 @@ EXPORT_FORMAT = "dipnet-suite-export-1"
 RESULTS = Path("docs") / "results"
 _BEGIN = re.compile(r"<!-- dipnet:begin (\w+)((?: [\w.-]+=[^ ]*)*) -->")
 _END = "<!-- dipnet:end -->"
+FINETUNE_NOTE = ("test acc is exact match: the final answer of greedy decoding (deterministic prediction) scored "
+                 "strictly against the oracle, on the test questions (dipnet.llm); test loss is the answer tokens' "
+                 "loss; val acc, gap and train acc do not apply (n/a).")
 
 
 def export_path(root: Path, suite: str) -> Path:
@@ -193,6 +200,7 @@ class Evidence:
         self.root = Path(root)
         self._dir = tempfile.TemporaryDirectory(prefix="dipnet-evidence-")
         self._tables: dict[str, list[TaskTable]] = {}
+        self._kinds: dict[str, str] = {}
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -212,7 +220,17 @@ class Evidence:
             import_suite(export, store)
             with RunStore(store, create=False) as s:
                 self._tables[suite] = task_tables(s, suite)
+                text = (s.get_meta(f"suite:{suite}") or {}).get("text") or ""
+            self._kinds[suite] = str(tomllib.loads(text).get("kind", "train")) if text else "train"
         return self._tables[suite]
+
+    def kind(self, suite: str) -> str:
+        """The suite's kind as its stored suite file declares it ("train" unless ``kind = ...``)."""
+        self.tables(suite)
+        return self._kinds[suite]
+
+    def exported(self, suite: str) -> bool:
+        return export_path(self.root, suite).exists()
 
     def table(self, suite: str, task: str) -> TaskTable:
         for t in self.tables(suite):
@@ -307,9 +325,17 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         return CLAIMS[name](evidence)
     if "suite" not in a or "task" not in a:
         raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite= and task=")
+    if "pending" in a:
+        if evidence.exported(a["suite"]):
+            raise DataError(f"{fragment.where}: suite {a['suite']!r} is exported now; remove pending= from the marker "
+                            "and run research/evidence.py write")
+        return [f"*Pending ({a['pending']}): suite {a['suite']!r} has no committed export yet; this {fragment.kind} is "
+                "generated from it once it is exported (research/evidence.py export, then write).*"]
     table = evidence.table(a["suite"], a["task"])
     if fragment.kind == "table":
-        return [f"*{table.title}*", ""] + format_markdown(table) + ([""] + [table.resolution()] if table.resolution() else [])
+        note = [FINETUNE_NOTE] if evidence.kind(a["suite"]) == "finetune" else []
+        return [f"*{table.title}*", ""] + format_markdown(table) + [
+            x for line in (table.resolution(), *note) if line for x in ("", line)]
     if fragment.kind == "sweep":
         return _markdown(sweep_cells(table))
     if fragment.kind == "sigma":

@@ -5,6 +5,8 @@ drawn from training questions only."""
 from __future__ import annotations
 
 import ast
+import json
+import sys
 import importlib.util
 from collections import Counter
 from pathlib import Path
@@ -118,3 +120,56 @@ def test_the_prior_is_calibrated_on_training_questions_only():
                 assert not {i["question"] for i in calibration} & {i["question"] for i in data.val + data.test}
             checked.append(suite.name)
     assert {"llm", "llm-study"} <= set(checked)
+
+
+# ---------------------------------------------------------------- LLM suites as evidence
+
+
+TINY_SUITE = """
+kind = "finetune"
+name = "tinyft"
+seeds = [0, 1]
+baseline = "sft"
+[train]
+model = "tiny-llama"
+steps = 2
+train_size = 12
+val_size = 2
+test_size = 4
+[tasks.sums]
+task = "chain_sum"
+task_kwargs = { min_terms = 2, max_terms = 2 }
+[methods.sft]
+[methods.dipnet]
+"""
+
+
+def test_a_finetune_suite_exports_and_renders_its_table_as_a_fragment(tmp_path):
+    sys.path.insert(0, str(ROOT / "research"))
+    from evidence import FINETUNE_NOTE, check, export_path, export_suite
+
+    from dipnet.experiments import parse_suite, run_suite
+
+    store = tmp_path / "s.sqlite"
+    assert run_suite(parse_suite(TINY_SUITE, "tinyft.toml"), store).done == 4
+    root = tmp_path / "repo"
+    (root / "docs").mkdir(parents=True)
+    doc = root / "docs" / "llm.md"
+    marker = "<!-- dipnet:begin table suite=tinyft task=sums{} -->\n"
+    doc.write_text("x\n" + marker.format(" pending=rerun") + "<!-- dipnet:end -->\n")
+    assert check(root, write=True) and check(root) == []  # pending: one line, no export needed
+    assert "Pending (rerun)" in doc.read_text()
+    export_suite(store, "tinyft", export_path(root, "tinyft"))
+    assert any("remove pending=" in p for p in check(root))  # exported: the marker must be updated
+    doc.write_text("x\n" + marker.format("") + "<!-- dipnet:end -->\n")
+    assert check(root, write=True) and check(root) == []
+    text = doc.read_text()
+    # the exact match each run wrote in its own run directory, averaged over seeds
+    finals: dict[str, list[float]] = {}
+    for path in (tmp_path / "s.sqlite.d").rglob("run.json"):
+        record = json.loads(path.read_text())
+        finals.setdefault(record["config"]["method"], []).append(record["final"]["test_acc"])
+    assert sorted(len(v) for v in finals.values()) == [2, 2]
+    for method, values in finals.items():
+        assert f"| {method} | 2 | {100 * sum(values) / 2:.2f} ± " in text
+    assert FINETUNE_NOTE in text and "tinyft / sums (chain_sum, tiny-llama;" in text

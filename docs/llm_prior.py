@@ -85,7 +85,7 @@ def main() -> None:
                 model.zero_grad(set_to_none=True)
                 out = loss(model, b, lab)
                 out.backward()
-                values.append(float(out))
+                values.append(float(out.detach()))
                 grads.append(torch.cat([p.log_sigma.grad.reshape(-1) for _, p in projections(model)]))
         g = torch.stack(grads).mean(0)
         noisy = statistics.mean(values)

@@ -1,7 +1,8 @@
-"""LLM data hygiene: test questions disjoint from training ones up to reordering (checked by an
+"""LLM evidence: test questions disjoint from training ones up to reordering (checked by an
 oracle that reads the question text with Python's own parser), refusal of a task too small for
-the sizes asked (its distinct questions counted by brute force), and the LLM prior's calibration
-drawn from training questions only."""
+the sizes asked (its distinct questions counted by brute force), the LLM prior's calibration
+drawn from training questions only, a fine-tuning suite's table as a generated fragment, and the
+study suite's regime and fixed-sigma arm."""
 from __future__ import annotations
 
 import ast
@@ -12,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("reasoning_gym")
 
@@ -173,3 +175,27 @@ def test_a_finetune_suite_exports_and_renders_its_table_as_a_fragment(tmp_path):
     for method, values in finals.items():
         assert f"| {method} | 2 | {100 * sum(values) / 2:.2f} ± " in text
     assert FINETUNE_NOTE in text and "tinyft / sums (chain_sum, tiny-llama;" in text
+
+
+def test_the_study_suite_is_in_the_papers_regime_and_its_fixed_sigma_arm_is_dipnets_placement():
+    from dipnet.llm import load_llm, prepare_model
+    from dipnet.llm.runner import llm_method
+    from dipnet.projection import projections
+
+    suite = load_suite(ROOT / "suites" / "llm-study.toml")
+    specs = suite.expand()
+    assert len(specs) == 12 and suite.seeds == [0, 1, 2] and suite.baseline == "sft"
+    assert {s.config["method"] for s in specs} == {"sft", "dipnet", "neftune", "noise-layers"}
+    for s in specs:
+        c = s.config
+        assert c["train_size"] >= 1000 and c["steps"] * c["batch_size"] >= c["train_size"] and c["test_size"] >= 500
+    placed = {}
+    for method in ("dipnet", "noise-layers"):
+        cfg = FinetuneConfig(model="tiny-llama", method=method)
+        model = prepare_model(load_llm("tiny-llama")[0], cfg, llm_method(cfg))
+        placed[method] = {name: (p.scale, p.log_sigma.detach().exp(), p.log_sigma.requires_grad)
+                          for name, p in projections(model)}
+    assert placed["dipnet"].keys() == placed["noise-layers"].keys() and len(placed["dipnet"]) == 4  # 2 layers x 2 sub-blocks
+    for name, (scale, sigma, learned) in placed["noise-layers"].items():
+        assert scale == placed["dipnet"][name][0] == "relative" and not learned and placed["dipnet"][name][2]
+        assert torch.equal(sigma, placed["dipnet"][name][1])

@@ -33,7 +33,6 @@ import math
 import re
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -45,6 +44,7 @@ from dipnet.errors import ConfigError, DataError
 from dipnet.experiments.runspec import RunSpec
 from dipnet.experiments.stats import adjust, format_p, paired_compare, summarize
 from dipnet.experiments.store import RunStore
+from dipnet.experiments.suite_checks import load_toml
 from dipnet.experiments.tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
 
 EXPORT_FORMAT = "dipnet-suite-export-1"
@@ -221,7 +221,7 @@ class Evidence:
             with RunStore(store, create=False) as s:
                 self._tables[suite] = task_tables(s, suite)
                 text = (s.get_meta(f"suite:{suite}") or {}).get("text") or ""
-            self._kinds[suite] = str(tomllib.loads(text).get("kind", "train")) if text else "train"
+            self._kinds[suite] = str(load_toml(text, f"suite {suite!r}").get("kind", "train")) if text else "train"
         return self._tables[suite]
 
     def kind(self, suite: str) -> str:

@@ -88,7 +88,7 @@ def test_a_task_without_reorderings_is_split_by_exact_text():
 
 
 def test_a_changed_expression_format_is_one_clear_error():
-    with pytest.raises(DataError, match="reasoning-gym changed"):
+    with pytest.raises(DataError, match="install the reasoning-gym version"):
         canonical_key("chain_sum", {"question": "x", "metadata": {"expression": "3 plus 4"}})
 
 

@@ -61,8 +61,8 @@ _PRODUCT = re.compile(r"-?\d+(?: \* -?\d+)*")  # products' expression: "12 * -5 
 def _expression(item: dict[str, Any], form: re.Pattern[str], task: str) -> str:
     expression = str((item.get("metadata") or {}).get("expression", ""))
     if not form.fullmatch(expression):
-        raise DataError(f"task {task!r} gave the expression {expression!r}, not of the form its canonical key reads "
-                        f"({form.pattern}); the installed reasoning-gym changed: pin the version in constraints.txt")
+        raise DataError(f"task {task!r} gave the expression {expression!r}, not of the form its canonical key "
+                        f"reads ({form.pattern}); install the reasoning-gym version pyproject.toml names")
     return expression
 
 
@@ -126,8 +126,9 @@ class TaskData:
 def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
               options: dict[str, Any] | None = None) -> TaskData:
     """Draw ``test + val + train`` distinct questions (distinct :func:`canonical_key`) of
-    reasoning-gym task ``name`` from ``seed``, in that order; a request whose drawing would take over :data:`MAX_PREPARE_S` (estimated from the first
-    draws and their share of repeats) is refused before the rest are drawn."""
+    reasoning-gym task ``name`` from ``seed``, in that order; a request whose drawing would take
+    over :data:`MAX_PREPARE_S` (estimated from the first draws and their share of repeats) is
+    refused before the rest are drawn."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("the task is empty; name a reasoning-gym dataset such as chain_sum or gsm_symbolic")
     factory = TASKS.get(name)

@@ -1,35 +1,69 @@
 """The measurement behind DIPNet's LLM defaults (docs/llm.md, "The prior"): on SmolLM2-135M with
 LoRA r=8 on q/k/v/o (adapters at their zero start, so the base model) and chain_sum questions,
 how much a relative sigma at every decoder sub-block raises the answer loss, and how strongly
-the data term pulls on each log sigma. Run: .venv/bin/python docs/llm_prior.py
+the data term pulls on each log sigma. The questions are training questions of the llm suite
+and no LLM suite's validation or test questions (:func:`calibration_items`).
+Run: PYTHONPATH=src .venv/bin/python docs/llm_prior.py
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from dipnet.errors import ConfigError
+from dipnet.experiments.suite import load_suite
 from dipnet.llm import FinetuneConfig, collate, encode, load_llm, load_task, prepare_model
-from dipnet.llm.tasks import answer_width
+from dipnet.llm.runner import llm_method
+from dipnet.llm.tasks import answer_width, canonical_key
 from dipnet.projection import DIPNetLoss, causal_lm_loss, project, projections, strip
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ("llm", str(ROOT / "suites" / "llm-study.toml"))  # the LLM suites whose held-out questions are kept out
+BATCHES, BATCH = 4, 8
+
+
+def _data_config(suite: Any) -> FinetuneConfig:
+    (task,) = suite.tasks
+    return FinetuneConfig.from_dict(suite.task_config(task, suite.methods[0]))
+
+
+def calibration_items(n: int) -> list[dict[str, Any]]:
+    """The first ``n`` training questions of the llm suite that are, up to reordering, no
+    validation or test question of any LLM suite (:data:`SUITES`)."""
+    configs = [_data_config(load_suite(s)) for s in SUITES]
+    held_out = set()
+    for c in configs:
+        data = load_task(c.task, c.train_size, c.val_size, c.test_size, seed=c.data_seed, options=c.task_kwargs)
+        held_out |= {canonical_key(c.task, i) for i in data.val + data.test}
+    c = configs[0]
+    train = load_task(c.task, c.train_size, c.val_size, c.test_size, seed=c.data_seed, options=c.task_kwargs).train
+    items = [i for i in train if canonical_key(c.task, i) not in held_out][:n]
+    if len(items) < n:
+        raise ConfigError(f"only {len(items)} of the llm suite's training questions are held out by no LLM suite; "
+                          f"calibrate on fewer (--batches) or give the suites a larger training split")
+    return items
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=BATCHES)
     ap.add_argument("--draws", type=int, default=2)
     args = ap.parse_args()
+    start = time.perf_counter()
+    items = calibration_items(BATCH * args.batches)
+    cfg = _data_config(load_suite(SUITES[0]))
     torch.manual_seed(0)
-    cfg = FinetuneConfig(task_kwargs={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2})
-    task = load_task(cfg.task, 8 * args.batches, 1, 1, options=cfg.task_kwargs)
     base, tok = load_llm("smollm2-135m")
-    model = prepare_model(base, cfg)
-    ex = encode(tok, task.train, system=cfg.system, worked_solution=False, context=8192, new_tokens=16)
+    model = prepare_model(base, cfg, llm_method(cfg))
+    ex = encode(tok, items, system=cfg.system, worked_solution=False, context=8192, new_tokens=16)
     batches = []
     for i in range(args.batches):
-        chunk = ex[8 * i:8 * i + 8]
+        chunk = ex[BATCH * i:BATCH * i + BATCH]
         b, lab = collate(chunk, tok.pad_token_id)
         b["logits_to_keep"] = answer_width(chunk)
         batches.append((b, lab))
@@ -37,7 +71,7 @@ def main() -> None:
     model.train()
     with torch.no_grad():
         clean = statistics.mean(float(loss(model, b, lab)) for b, lab in batches)
-    print(f"answer loss without noise: {clean:.4f}")
+    print(f"{len(items)} training questions, answer loss without noise: {clean:.4f}")
     print("sigma  loss    +%    mean dL/dlog(sigma) per feature  median |.|   (x1e-4)")
     for sigma in (0.01, 0.02, 0.05, 0.1, 0.2, 0.4):
         project(model, targets="decoder", sigma=sigma)
@@ -51,13 +85,14 @@ def main() -> None:
                 model.zero_grad(set_to_none=True)
                 out = loss(model, b, lab)
                 out.backward()
-                values.append(float(out))
+                values.append(float(out.detach()))
                 grads.append(torch.cat([p.log_sigma.grad.reshape(-1) for _, p in projections(model)]))
         g = torch.stack(grads).mean(0)
         noisy = statistics.mean(values)
         print(f"{sigma:<6} {noisy:.4f} {100 * (noisy - clean) / clean:+6.1f}  {1e4 * float(g.mean()):+10.3f}"
               f"                  {1e4 * float(g.abs().median()):8.3f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
         strip(model)
+    print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ validation and test), ``sigma`` (learned sigma per layer), ``measures`` (instrum
 method, ``keys=a.b,c.d``, Holm over the fragment's cells), ``claims`` (prose generated from the
 numbers, ``name=...``; see :data:`CLAIMS`), ``hypotheses`` (a suite's pre-registered hypotheses,
 ``suite=NAME``, Holm over exactly their declared family). Each table states its Holm family.
+A fine-tuning suite's (``kind = "finetune"``) table says that its test accuracy is exact match.
+A fragment with ``pending=WHY`` (e.g. ``pending=rerun``) stands for a suite whose export is not
+committed yet: it holds one line saying so, and becomes an error once the export exists (remove
+``pending=``).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from dipnet.errors import ConfigError, DataError
 from dipnet.experiments.hypotheses import hypotheses_markdown, suite_results
 from dipnet.experiments.runspec import RunSpec
 from dipnet.experiments.store import RunStore
+from dipnet.experiments.suite_checks import load_toml
 from dipnet.experiments.tables import TaskTable, format_markdown, sigma_cells, sweep_cells, task_tables
 
 EXPORT_FORMAT = "dipnet-suite-export-1"
@@ -53,6 +58,9 @@ RESULTS = Path("docs") / "results"
 _BEGIN = re.compile(r"<!-- dipnet:begin (\w+)((?: [\w.-]+=[^ ]*)*) -->")
 _END = "<!-- dipnet:end -->"
 STUDY = "pre-registration: "  # the lines of study_problems: nothing `write` can fix
+FINETUNE_NOTE = ("test acc is exact match: the final answer of greedy decoding (deterministic prediction) scored "
+                 "strictly against the oracle, on the test questions (dipnet.llm); test loss is the answer tokens' "
+                 "loss; val acc, gap and train acc do not apply (n/a).")
 
 
 def export_path(root: Path, suite: str) -> Path:
@@ -227,6 +235,14 @@ class Evidence:
         self.tables(suite)
         return self._meta[suite]
 
+    def kind(self, suite: str) -> str:
+        """The suite's kind as its stored suite file declares it ("train" unless ``kind = ...``)."""
+        text = self.meta(suite).get("text") or ""
+        return str(load_toml(text, f"suite {suite!r}").get("kind", "train")) if text else "train"
+
+    def exported(self, suite: str) -> bool:
+        return export_path(self.root, suite).exists()
+
     def table(self, suite: str, task: str) -> TaskTable:
         for t in self.tables(suite):
             if t.task == task:
@@ -259,10 +275,17 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         return hypotheses_markdown(results)
     if "suite" not in a or "task" not in a:
         raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite= and task=")
+    if "pending" in a:
+        if evidence.exported(a["suite"]):
+            raise DataError(f"{fragment.where}: suite {a['suite']!r} is exported now; remove pending= from the marker "
+                            "and run research/evidence.py write")
+        return [f"*Pending ({a['pending']}): suite {a['suite']!r} has no committed export yet; this {fragment.kind} is "
+                "generated from it once it is exported (research/evidence.py export, then write).*"]
     table = evidence.table(a["suite"], a["task"])
     if fragment.kind == "table":
-        notes = [note for note in (table.resolution(), table.holm_note()) if note]
-        return [f"*{table.title}*", ""] + format_markdown(table) + [line for note in notes for line in ("", note)]
+        note = [FINETUNE_NOTE] if evidence.kind(a["suite"]) == "finetune" else []
+        notes = [line for line in (table.resolution(), table.holm_note(), *note) if line]
+        return [f"*{table.title}*", ""] + format_markdown(table) + [x for line in notes for x in ("", line)]
     if fragment.kind == "sweep":
         return _markdown(sweep_cells(table))
     if fragment.kind == "sigma":

@@ -45,6 +45,8 @@ SKIP = {
     ("llm.md", "dipnet finetune --model smollm2-135m"): "200 SmolLM2-135M steps take minutes on a CPU",
     ("llm.md", "dipnet finetune ..."): "'...' stands for the options of the lines above",
     ("llm.md", "dipnet compare llm"): LONG_SUITE,
+    ("llm.md", "dipnet compare suites/llm-study.toml"): LONG_SUITE,
+    ("llm.md", "PYTHONPATH=src python research/evidence.py export"): "exports the store of the suite above",
     ("measure.md", "dipnet compare suites/measures.toml"): LONG_SUITE,
     ("measure.md", "PYTHONPATH=src python research/evidence.py export"): "exports the store of the suite above",
     ("methods.md", "dipnet compare suites/comparison.toml"): LONG_SUITE,

@@ -75,7 +75,7 @@ def test_docs_check_passes_on_the_repository_and_fails_on_an_edited_store(tmp_pa
     copy = tmp_path / "repo"
     shutil.copytree(ROOT / "docs", copy / "docs")
     shutil.copy(ROOT / "README.md", copy / "README.md")
-    suite = next(f.args["suite"] for f in fragments if f.kind == "table")
+    suite = next(f.args["suite"] for f in fragments if f.kind == "table" and "pending" not in f.args)
     _edit_one_value(copy / "docs" / "results" / suite / "runs.jsonl.gz")
     assert any(suite in line or "differs" in line for line in check(copy))
 

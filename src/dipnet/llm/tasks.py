@@ -1,11 +1,14 @@
-"""Fine-tuning tasks from reasoning-gym, split by question text, and their token batches.
+"""Fine-tuning tasks from reasoning-gym, split into distinct questions, and their token batches.
 
 reasoning-gym (Apache-2.0) generates problems offline: ``create_dataset(name, size, seed,
 **config)``, item i of seed s built from ``Random(s + i)``. Seeds therefore overlap (the sets of
 seeds 1 and 2 share almost every item) and a small problem space repeats questions even across
-distant seeds, so the splits are made here by *question text*: items are drawn in order from
-one seed, duplicates dropped, the first distinct questions go to the test split, the next to
-validation, the rest to training. Changing the training size leaves the test set unchanged.
+distant seeds, so the splits are made here by each question's *canonical key*
+(:func:`canonical_key`: for a task whose terms commute, the multiset of its terms, so
+"3 + 4 =" and "4 + 3 =" are one question; for any other task, its text): items are drawn in
+order from one seed, every item whose key was seen dropped, the first distinct questions go to
+the test split, the next to validation, the rest to training. Changing the training size leaves
+the test set unchanged.
 
 Each item becomes a chat prompt (the tokenizer's chat template, with an optional system
 message) and an answer: reasoning-gym's answer, or with ``worked_solution`` the task's worked
@@ -21,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -32,7 +35,8 @@ from ..schema import check_field
 from ._hf import require
 from .config import FinetuneConfig
 
-__all__ = ["TASKS", "Example", "TaskData", "collate", "encode", "extract_answer", "load_task"]
+__all__ = ["REORDERABLE", "TASKS", "Example", "TaskData", "canonical_key", "collate", "encode", "extract_answer",
+           "load_task"]
 
 MAX_DRAW_FACTOR = 20  # draws allowed per distinct question wanted before the task counts as too small
 TaskFactory = Callable[..., Any]  # (size=, seed=, **options) -> a reasoning-gym ProceduralDataset
@@ -49,6 +53,41 @@ def _reasoning_gym_tasks(registry: Registry[TaskFactory]) -> None:
 
 
 TASKS: Registry[TaskFactory] = Registry("reasoning-gym task", fill=_reasoning_gym_tasks)
+
+_CHAIN = re.compile(r"-?\d+(?: [+-] -?\d+)*")  # chain_sum's expression: "15 - 43 + -7"
+_PRODUCT = re.compile(r"-?\d+(?: \* -?\d+)*")  # products' expression: "12 * -5 * 3"
+
+
+def _expression(item: dict[str, Any], form: re.Pattern[str], task: str) -> str:
+    expression = str((item.get("metadata") or {}).get("expression", ""))
+    if not form.fullmatch(expression):
+        raise DataError(f"task {task!r} gave the expression {expression!r}, not of the form its canonical key "
+                        f"reads ({form.pattern}); install the reasoning-gym version pyproject.toml names")
+    return expression
+
+
+def _signed_terms(item: dict[str, Any]) -> Hashable:
+    """chain_sum: the multiset of signed terms ("a - b" is a + (-b)), so the sum's reorderings share it."""
+    first, *rest = _expression(item, _CHAIN, "chain_sum").split(" ")
+    terms = [int(first)] + [int(v) if op == "+" else -int(v) for op, v in zip(rest[::2], rest[1::2])]
+    return tuple(sorted(terms))
+
+
+def _factors(item: dict[str, Any]) -> Hashable:
+    """products: the multiset of factors."""
+    return tuple(sorted(int(v) for v in _expression(item, _PRODUCT, "products").split(" * ")))
+
+
+# Tasks whose questions are the same up to reordering: the canonical key of their items.
+REORDERABLE: dict[str, Callable[[dict[str, Any]], Hashable]] = {"chain_sum": _signed_terms, "products": _factors}
+
+
+def canonical_key(task: str, item: dict[str, Any]) -> Hashable:
+    """What makes two items of ``task`` the same question: for a task of :data:`REORDERABLE`, its
+    terms as a multiset; for any other, the question text (exact)."""
+    keyed = REORDERABLE.get(task)
+    return keyed(item) if keyed else item["question"]
+
 
 MAX_PREPARE_S = 60.0  # seconds to draw, or to tokenize, a task's questions: a larger request is refused
 PROBE = 64  # items timed before the time of the rest is estimated
@@ -86,9 +125,10 @@ class TaskData:
 
 def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
               options: dict[str, Any] | None = None) -> TaskData:
-    """Draw ``test + val + train`` distinct questions of reasoning-gym task ``name`` from ``seed``;
-    a request whose drawing would take over :data:`MAX_PREPARE_S` (estimated from the first
-    draws and their share of repeats) is refused before the rest are drawn."""
+    """Draw ``test + val + train`` distinct questions (distinct :func:`canonical_key`) of
+    reasoning-gym task ``name`` from ``seed``, in that order; a request whose drawing would take
+    over :data:`MAX_PREPARE_S` (estimated from the first draws and their share of repeats) is
+    refused before the rest are drawn."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("the task is empty; name a reasoning-gym dataset such as chain_sum or gsm_symbolic")
     factory = TASKS.get(name)
@@ -100,7 +140,7 @@ def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
         dataset = factory(size=limit, seed=seed, **(options or {}))
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(f"task {name!r} refuses its options {options or {}}: {exc}") from None
-    seen: set[str] = set()
+    seen: set[Hashable] = set()
     items: list[dict[str, Any]] = []
     draws, start = 0, time.perf_counter()
     while len(items) < wanted and draws < limit:
@@ -111,15 +151,19 @@ def load_task(name: str, train: int, val: int, test: int, *, seed: int = 0,
         item = dataset[draws]
         draws += 1
         question = item.get("question")
-        if not isinstance(question, str) or not question.strip() or question in seen:
+        if not isinstance(question, str) or not question.strip():
             continue
-        seen.add(question)
+        key = canonical_key(name, item)
+        if key in seen:
+            continue
+        seen.add(key)
         items.append(item)
     if not items:
         raise DataError(f"task {name!r} with options {options or {}} produced no questions; it is empty")
     if len(items) < wanted:
+        distinct = "distinct questions (up to reordering of terms)" if name in REORDERABLE else "distinct questions"
         raise DataError(
-            f"task {name!r} gave only {len(items)} distinct questions in {draws} draws, fewer than the "
+            f"task {name!r} gave only {len(items)} {distinct} in {draws} draws, fewer than the "
             f"{wanted} asked (train {train} + val {val} + test {test}); ask fewer or widen the task's options"
         )
     return TaskData(name, dataset, items[test + val:], items[test:test + val], items[:test], draws)

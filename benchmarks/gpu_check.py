@@ -12,7 +12,8 @@ checks that CI runs under Triton's interpreter (tests/_fused_checks.py). Timings
 interleaved repetitions, ratios to ERM measured in the same run): DIPNet's training step (default
 estimator and the exact one, m = 1 and 4), eval overhead, and the comparison methods' update cost,
 on the MNIST MLP, ResNet-20 and the ViT (CIFAR-shaped batches); peak CUDA memory of a training
-step, DIPNet over ERM.
+step, DIPNet over ERM; compiled (inductor) ERM and DIPNet beside eager ones, with compile time
+and peak memory.
 """
 from __future__ import annotations
 
@@ -279,6 +280,39 @@ def timings(dev: torch.device, quick: bool) -> list[str]:
     return lines
 
 
+def compiled_timings(dev: torch.device, quick: bool) -> list[str]:
+    """Issue 25 on the device: compiled ERM and DIPNet (inductor, one graph) beside eager ERM and
+    eager DIPNet (the fused Triton kernels), ratios to compiled ERM, compile time, peak memory."""
+    from bench_compile import _runner as compiled_runner
+
+    reps, n = (3, 5) if quick else (7, 20)
+    lines = ["| model | step | time | ratio to compiled ERM | compile time | peak memory |", "|---|---|---|---|---|---|"]
+    for model_name, shape, batch in CASES[:1] if quick else CASES[:3]:
+        torch.compiler.reset()
+        runs = {}
+        for label, spec, params, compiled in (("compiled erm", "erm", {}, True),
+                                              ("compiled dipnet m=1", "dipnet", {}, True),
+                                              ("compiled dipnet m=4", "dipnet", {"trajectories": 4}, True),
+                                              ("eager erm", "erm", {}, False),
+                                              ("eager dipnet m=1 (fused kernels)", "dipnet", {}, False)):
+            fn, compile_s = compiled_runner(spec, params, model_name, shape, batch, compiled, device=dev)
+            peak = ""
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                base = torch.cuda.memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                fn()
+                torch.cuda.synchronize(dev)
+                peak = f"{(torch.cuda.max_memory_allocated(dev) - base) / 2**20:.1f} MiB"
+            runs[label] = (fn, compile_s, peak)
+        t = interleaved({k: fn for k, (fn, _, _) in runs.items()}, reps, n, dev)
+        for label, (_, compile_s, peak) in runs.items():
+            lines.append(f"| {model_name} B={batch} | {label} | {t[label] * 1e3:.3f} ms | "
+                         f"{t[label] / t['compiled erm']:.3f}x | {f'{compile_s:.1f} s' if compile_s else ''} | {peak} |")
+    torch.compiler.reset()
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="write the results to this Markdown file")
@@ -304,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table), flush=True)
     memory = peak_memory(dev, args.quick)
     print("\n".join(memory), flush=True)
+    compiled = compiled_timings(dev, args.quick)
+    print("\n".join(compiled), flush=True)
     text = "\n".join([
         "# GPU checks and benchmarks",
         "",
@@ -324,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         "## Saved-for-backward bytes of a training step (no CUDA: the CPU proxy)",
         "",
         *memory,
+        "",
+        "## Under torch.compile (issue 25: inductor vs the fused kernels vs eager)",
+        "",
+        *compiled,
         "",
     ])
     if args.out:

@@ -68,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
 
     cmd = "make bench" if not args.quick else "python benchmarks/run.py --quick"
+    kept: list[str] = []
+    provenance: dict[str, str] = {}  # area -> "`command` on date", for rows kept from an earlier run
+    if args.only and args.write and Path(args.write).exists():  # the rerun areas replace theirs
+        earlier = Path(args.write).read_text().splitlines()
+        kept = [line for line in earlier if line.startswith("| ") and not line.startswith("| area ")
+                and line.split("|")[1].strip() not in args.only]
+        whole = next((line[len("Produced by "):].split(";")[0] for line in earlier if line.startswith("Produced by ")), "")
+        listed = {line[4:].split("`", 1)[0]: line.split(": produced by ", 1)[1] for line in earlier
+                  if line.startswith("- `") and ": produced by " in line}
+        provenance = {area: listed.get(area, whole) for area in dict.fromkeys(line.split("|")[1].strip() for line in kept)}
+        cmd = f"python benchmarks/run.py --only {' '.join(args.only)} --write {args.write}"
     device = "CPU"
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
@@ -80,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         "against a baseline in the same run), not absolute times. GPU figures: BENCHMARKS_GPU.md "
         "(`benchmarks/gpu_check.py` on a CUDA machine).",
         "",
+        *(["Rows kept from earlier runs:", *[f"- `{a}`: produced by {p}" for a, p in provenance.items()], ""]
+          if provenance else []),
         "| area | benchmark | value | ratio | target | meets target |",
         "|---|---|---|---|---|---|",
+        *kept,
         *[fmt(r) for r in rows],
     ]
     if failures:

@@ -133,15 +133,24 @@ def _mlp(**settings) -> nn.Module:
     return project(build_model("mlp", _info((1, 8, 8)), widths=(32, 32)), **settings)
 
 
-@pytest.mark.parametrize("m,settings", [(2, {}), (1, {"noise": "fresh", "input_grad_fraction": 1.0})],
-                         ids=["m2-defaults", "m1-fresh-exact"])
-def test_compiled_training_equals_eager_with_the_noise_fixed(m, settings):
+def _cnn_or_mlp_shape(build) -> tuple[int, ...]:
+    return (64,) if build is _cnn else (1, 8, 8)
+
+
+def _cnn(**settings) -> nn.Module:
+    torch.manual_seed(0)
+    return project(build_model("mnist1d-cnn", _info((64,)), channels=4), **settings)
+
+
+@pytest.mark.parametrize("m,build,settings", [(2, _mlp, {}), (1, _mlp, {"noise": "fresh", "input_grad_fraction": 1.0}),
+                                              (1, _cnn, {})], ids=["mlp-m2-defaults", "mlp-m1-fresh-exact", "cnn-m1-defaults"])
+def test_compiled_training_equals_eager_with_the_noise_fixed(m, build, settings):
     """compile_model runs random ops through torch's kernels, in the eager order: the compiled
     step draws the eager step's table offsets, window rows (the CPU defaults) or fresh values.
     Three optimizer steps; losses, gradients (sigmas included) and every parameter and buffer
     (running RMS) agree to float rounding."""
-    base = _mlp(**settings).train()
-    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    base = build(**settings).train()
+    x, y = torch.randn(32, *_cnn_or_mlp_shape(build)), torch.randint(0, 10, (32,))
     results = []
     for compiled in (False, True):
         net = copy.deepcopy(base)

@@ -34,15 +34,17 @@ def compile_model(model: nn.Module, *, fresh: bool = True, **options: Any) -> nn
     """``torch.compile(model, **options)`` with hook guards on. ``fresh`` first drops the code
     compiled before in this process (``torch.compiler.reset()``): what a new run wants, so that
     runs sharing a process (a suite's) neither reuse each other's graphs nor hit the recompile
-    limit. With inductor (the default backend), random ops run torch's own kernels
-    (``fallback_random``): on a CPU inductor's in-kernel generator costs about 50 ns a normal
-    value and re-draws a random offset in every vector of the kernel that reads it (measured,
-    docs/dipnet.md "Under torch.compile"), and compiled draws then equal eager ones. The returned
+    limit. With inductor (the default backend) on a CPU, random ops run torch's own kernels
+    (``fallback_random``): there inductor's in-kernel generator costs about 50 ns a normal value
+    and re-draws a random offset in every vector of the kernel that reads it (measured,
+    docs/dipnet.md "Under torch.compile"), and compiled draws then equal eager ones; on a GPU
+    inductor's generator is fast and fused into the kernel that uses it. The returned
     module shares ``model``'s parameters and buffers; save and load ``model`` itself (the
     wrapper's state_dict keys carry a prefix)."""
     guard_hooks()
     if fresh:
         torch.compiler.reset()
-    if options.get("backend", "inductor") == "inductor":
+    on_cpu = next(iter(model.parameters()), torch.empty(0)).device.type == "cpu"
+    if options.get("backend", "inductor") == "inductor" and on_cpu:
         options = {**options, "options": {"fallback_random": True, **(options.get("options") or {})}}
     return torch.compile(model, **options)

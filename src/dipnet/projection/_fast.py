@@ -4,11 +4,11 @@ estimate of the raw input's sigma gradient, and the bookkeeping that keeps both 
 Measured in docs/dipnet.md, "Speed": on small models each Python step per projected layer and
 training step shows in the step time, so the pre-hook calls the projection's forward directly
 (the module call, with its hook dispatch, only when hooks are registered on the projection
-itself), hooks are found and removed through torch's hook dictionaries, a layer whose
-projection neither trains nor samples has no hook at all (:func:`sync_hooks`: eval costs
-nothing), and :class:`~dipnet.projection.DIPNetLoss` caches the list of sigmas until
-:func:`bump` says the set of projections changed. Memory: the noise is regenerated in backward,
-not saved (:mod:`.regenerate`); the layer's post-hook ends that.
+itself), hooks are removed through torch's hook dictionaries, in eval they return at once, and
+:class:`~dipnet.projection.DIPNetLoss` caches the list of sigmas until :func:`bump` says the set
+of projections changed. Memory: the noise is regenerated in backward, not saved
+(:mod:`.regenerate`); the layer's post-hook ends that. Under ``torch.compile`` the hooks take
+:func:`_traced_for` instead: plain ops, one graph.
 
 The window estimate: sigma's gradient ``sum_rows eps * dL/du`` at the raw input (which needs no
 gradient of its own) would cost an input-gradient pass ERM never makes. The projection picks a
@@ -38,6 +38,7 @@ _HOOK_ATTR = "_dipnet_hook_ids"  # (pre-hook id, post-hook id) on the layer
 _OWNER = "_dipnet_owner"  # the layer a projection feeds, in the projection's __dict__ (copied with it)
 AUTO_INPUT_GRAD_FRACTION = 0.125  # input_grad_fraction=None on a CPU (exact, 1.0, on accelerators)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _Conv = Union[nn.Conv1d, nn.Conv2d, nn.Conv3d]
 _KWARG_INPUTS = ("hidden_states", "x", "input", "inputs_embeds")
 _version = 0  # bumped when projections are added or removed anywhere
@@ -118,6 +119,8 @@ def _traced_for(proj: Any, layer: nn.Module, x: torch.Tensor, dim: int, unbatche
     costs the layer's input gradient on k rows, not N)."""
     sigma = proj.sigma_for(x, dim)
     k = _window_rows(proj, layer, x, sigma, unbatched) if torch.is_grad_enabled() else None
+    if k is not None and isinstance(layer, _CONVS) and layer.padding_mode != "zeros":
+        k = None  # the post-hook's convolution takes zero padding only
     view = feature_view(sigma, x, dim)
     if k is None:
         return traced(x, view, proj.noise)
@@ -243,7 +246,10 @@ def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         proj._pending = None
         zero, rows = pending
         weight = module.weight.detach()
-        part = F.linear(zero, weight) if isinstance(module, nn.Linear) else module._conv_forward(zero, weight, None)
+        if isinstance(module, nn.Linear):
+            return output.index_add(0, rows, F.linear(zero, weight))
+        conv = _CONV_FUNCTIONS[len(module.kernel_size)]
+        part = conv(zero, weight, None, module.stride, module.padding, module.dilation, module.groups)
         return output.index_add(0, rows, part)
     state = proj.__dict__
     regen, pending = state["_regen"], state["_pending"]

@@ -359,10 +359,17 @@ def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = F
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["retrain"]:  # research/retrain.py: re-train a sample of every export's runs
+        from retrain import main as retrain_main
+
+        return retrain_main(argv[1:])
+
     p = argparse.ArgumentParser(prog="research/evidence.py",
                                 description="Check (or rewrite) the figures README.md and docs/*.md quote against "
                                             "the committed suite exports in docs/results/.")
-    p.add_argument("action", choices=("check", "write", "export"))
+    p.add_argument("action", choices=("check", "write", "export", "retrain"),
+                   help="retrain: see research/evidence.py retrain --help")
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.add_argument("--store", help="export: the run store to export from")
     p.add_argument("--suite", help="export: the suite to export")

@@ -195,12 +195,10 @@ def stale_suites(root: Path) -> dict[str, str]:
     path = root / STALE
     if not path.exists():
         return {}
-    import tomllib
-
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("stale", {})
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"{path}: {exc}") from None
+        table = load_toml(path.read_text(encoding="utf-8"), str(path)).get("stale", {})
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise DataError(f"{path}: expected a table [stale] of suite = \"reason\" lines")
     return dict(table)

@@ -4,8 +4,8 @@ A suite's runs are exported to ``docs/results/<suite>/runs.jsonl.gz`` (:func:`ex
 suite's metadata, then one JSON line per run with its config and results, each line carrying the
 SHA-256 of its own content), small enough to commit and complete enough to rebuild the store
 (:func:`import_suite`, which verifies every line's checksum). An export from a store where some
-of the suite's runs are unfinished, or that lacks runs the existing export holds as done, does
-not replace that export unless ``allow_incomplete``. In Markdown, a region
+of the suite's runs are unfinished, or that lacks runs (a task, method and seed) the existing
+export holds as done, does not replace that export unless ``allow_incomplete``. In Markdown, a region
 
     <!-- dipnet:begin table suite=comparison task=mnist1d-mlp -->
     ...generated...
@@ -94,13 +94,14 @@ def _incomplete(store: RunStore, suite: str, out: Path) -> str | None:
         return f"{len(unfinished)} of its {len(runs)} runs are not finished"
     if not out.exists():
         return None
-    done = {r.key for r in runs if r.status == "done"}
+    # by (task, method, seed), not key: a rerun after a default moved the keys replaces every run
+    done = {(r.task, r.method, r.seed) for r in runs if r.status == "done"}
     try:
         before = read_export(out, verify=False)[1:]  # a damaged export may be replaced: that is its fix
     except DataError:
         return None
     lost = [row.get("key") for row in before if isinstance(row, dict) and row.get("status") == "done"
-            and row.get("key") not in done]
+            and (row.get("task"), row.get("method"), row.get("seed")) not in done]
     return f"{len(lost)} run(s) done in {out} are missing or not done in it" if lost else None
 
 

@@ -28,9 +28,15 @@ trained cheapest first; ``--budget-s`` stops starting new ones after that many s
 the runs left unchecked. Suites of kind ``finetune`` (LLM fine-tuning) are left out unless
 ``--include-finetune``: a LoRA run of SmolLM2 takes minutes on a CPU.
 
-A suite listed in ``docs/results/stale.toml`` (``[stale] NAME = "reason"``) is known not to match
-the code: its differences are printed loudly, with the reason, and do not fail the check; once
-its rerun is exported the entry is removed (the check says when a listed suite matches again).
+``docs/results/stale.toml`` lists what is known not to match the code until a suite is rerun::
+
+    [comparison]
+    reason = "issue 24: ..."
+    runs = ["851234cd17298484"]   # sampled runs whose re-training is known to differ
+    expansion = true              # the suite file is known to expand to runs the export lacks
+
+Those differences are printed loudly, marked known, and do not fail the check; any other
+difference of the suite still does. The check names the entries that match again (to remove).
 """
 from __future__ import annotations
 
@@ -190,18 +196,32 @@ def suite_text(root: Path, ex: Export) -> tuple[str, str]:
     return str(ex.meta.get("text") or ""), f"{ex.path} (its stored suite text)"
 
 
-def stale_suites(root: Path) -> dict[str, str]:
-    """``{suite: reason}`` from ``docs/results/stale.toml`` (none when the file is absent)."""
+@dataclass
+class Stale:
+    """What ``docs/results/stale.toml`` knows about a suite that no longer matches the code."""
+
+    reason: str
+    runs: frozenset[str] = frozenset()  # keys of sampled runs whose re-training is known to differ
+    expansion: bool = False  # its suite file is known to expand to runs the export lacks
+
+
+def stale_suites(root: Path) -> dict[str, Stale]:
+    """``{suite: Stale}`` from ``docs/results/stale.toml`` (none when the file is absent)."""
     path = root / STALE
     if not path.exists():
         return {}
     try:
-        table = load_toml(path.read_text(encoding="utf-8"), str(path)).get("stale", {})
+        tables = load_toml(path.read_text(encoding="utf-8"), str(path))
     except ConfigError as exc:
         raise DataError(str(exc)) from None
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise DataError(f"{path}: expected a table [stale] of suite = \"reason\" lines")
-    return dict(table)
+    out = {}
+    for name, t in tables.items():
+        if not (isinstance(t, dict) and isinstance(t.get("reason"), str) and set(t) <= {"reason", "runs", "expansion"}
+                and isinstance(t.get("runs", []), list) and isinstance(t.get("expansion", False), bool)):
+            raise DataError(f"{path}: [{name}] must hold reason = \"...\" and optionally runs = [\"KEY\", ...] "
+                            "and expansion = true")
+        out[name] = Stale(t["reason"], frozenset(map(str, t.get("runs", []))), t.get("expansion", False))
+    return out
 
 
 def load_exports(root: Path, suites: Iterable[str] | None = None) -> list[Export]:
@@ -258,76 +278,88 @@ def _describe(diffs: list[tuple[str, Any, Any]]) -> str:
     return text + (f" (+{len(diffs) - SHOWN} more)" if len(diffs) > SHOWN else "")
 
 
+def _known(stale: Stale | None, what: str) -> bool:
+    return stale is not None and (what in stale.runs or (what == "expansion" and stale.expansion))
+
+
 def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *, budget_s: float | None = None,
                   workers: int = 1, include_finetune: bool = False, echo: Callable[[str], None] = print) -> int:
     """Check every committed export (or ``suites``') against the current code (see the module
-    docstring), print what differs, and return the exit status: 1 when a suite not listed as
-    stale differs, else 0."""
+    docstring), print what differs, and return the exit status: 1 when a difference is not one
+    ``docs/results/stale.toml`` lists, else 0."""
     root = Path(root)
     stale = stale_suites(root)
-    exports, problems, train_fns, sampled, notes, added = [], {}, {}, {}, {}, {}
+    exports: list[Export] = []
+    problems: dict[str, list[tuple[str, str]]] = {}  # suite: [(run key | "expansion" | "suite", line)]
+    train_fns: dict[str, Any] = {}
+    sampled: dict[str, set[str]] = {}
+    notes: dict[str, list[str]] = {}
     for ex in load_exports(root, suites):
         if ex.kind in SKIPPED_KINDS and not include_finetune:
             echo(f"{ex.suite}: left out: a suite of kind {ex.kind} ({SKIPPED_KINDS[ex.kind]})")
             continue
         exports.append(ex)
-        problems[ex.suite] = []
+        problems[ex.suite], notes[ex.suite], sampled[ex.suite] = [], [], set()
         text, source = suite_text(root, ex)
         try:
             suite = parse_suite(text, source, max_runs=MAX_RUNS)
         except (ConfigError, DataError) as exc:
-            problems[ex.suite].append(f"its suite file no longer loads: {exc}")
+            problems[ex.suite].append(("suite", f"its suite file no longer loads: {exc}"))
             train_fns[ex.suite] = engine_train
             continue
         moved, added_only = expansion_problems(ex, suite)
-        problems[ex.suite] += [f"expansion: {line}" for line in moved]
+        problems[ex.suite] += [("expansion", f"expansion: {line}") for line in moved]
         if added_only:
-            notes[ex.suite] = f"{added_only} run key(s) moved only by method hyperparameters added since"
+            notes[ex.suite].append(f"{added_only} run key(s) moved only by method hyperparameters added since")
         train_fns[ex.suite] = getattr(suite, "train_fn", None) or engine_train
     picks = sample(exports)
-    t0 = time.perf_counter()
-    unchecked: list[Pick] = []
     for pick in picks:
         for suite_name, _ in pick.holders:
-            sampled[suite_name] = sampled.get(suite_name, 0) + 1
+            sampled[suite_name].add(pick.key)
+    t0, unchecked = time.perf_counter(), []
     for pick, reply in _train_all(picks, train_fns, workers, budget_s):
         if reply is None:
             unchecked.append(pick)
             continue
         for suite_name, stored in pick.holders:
             if not reply.get("ok"):
-                problems[suite_name].append(f"{pick.label}: training failed: {reply.get('error')}")
+                problems[suite_name].append(("suite", f"{pick.label}: training failed: {reply.get('error')}"))
                 continue
             diffs = differences(stored, reply["results"])
             changed = [d for d in diffs if d[1] != ABSENT]
             if changed:
-                problems[suite_name].append(f"{pick.label}: {len(changed)} stored metric(s) differ: {_describe(changed)}")
-            elif diffs:
-                added.setdefault(suite_name, diffs[0][0])
+                problems[suite_name].append((pick.key, f"{pick.label}: {len(changed)} stored metric(s) differ: "
+                                                       f"{_describe(changed)}"))
+            elif diffs and not any(n.startswith("metrics added") for n in notes[suite_name]):
+                notes[suite_name].append(f"metrics added since, e.g. {diffs[0][0]}")
     wall = time.perf_counter() - t0
     failing = 0
     for ex in exports:
-        lines, reason = problems[ex.suite], stale.get(ex.suite)
-        n_runs = sum(r.get("status") == "done" for r in ex.rows)
-        head = f"{ex.suite}: {sampled.get(ex.suite, 0)} of its {n_runs} finished runs re-trained"
-        for note in (notes.get(ex.suite), ex.suite in added and f"metrics added since, e.g. {added[ex.suite]}"):
-            if note:
-                head += f" ({note})"
-        if reason is not None:
-            verdict = f"STALE (listed in {STALE}: {reason}): {len(lines)} difference(s), not failing" if lines else \
-                f"matches the code now: remove it from {STALE}"
-            echo(f"{'!' * 3} {head}; {verdict}")
-        else:
-            echo(f"{head}; " + (f"FAILS: {len(lines)} difference(s)" if lines else "every stored metric matches"))
-            failing += bool(lines)
-        for line in lines:
-            echo(f"    {ex.suite}: {line}")
+        entry, found = stale.get(ex.suite), problems[ex.suite]
+        bad = [line for what, line in found if not _known(entry, what)]
+        head = f"{ex.suite}: {len(sampled[ex.suite])} of its {sum(r.get('status') == 'done' for r in ex.rows)} " \
+               "finished runs re-trained" + "".join(f" ({n})" for n in notes[ex.suite])
+        verdict = f"FAILS: {len(bad)} difference(s)" if bad else "every stored metric matches"
+        if entry is not None:
+            known = len(found) - len(bad)
+            verdict = f"KNOWN STALE ({entry.reason}): {known} known difference(s) tolerated" + (f"; {verdict}" if bad else "")
+        echo(("!!! " if entry is not None else "") + f"{head}; {verdict}")
+        failing += bool(bad)
+        for what, line in found:
+            echo(f"    {ex.suite}: {'known: ' if _known(entry, what) else ''}{line}")
+        if entry is not None:
+            seen = {what for what, _ in found}
+            for key in sorted(entry.runs - seen):
+                echo(f"    {ex.suite}: {STALE} lists run {key}, which {'matches' if key in sampled[ex.suite] else 'is not sampled'}"
+                     " now: remove it")
+            if entry.expansion and "expansion" not in seen:
+                echo(f"    {ex.suite}: the suite file expands to the exported runs now: remove expansion from {STALE}")
     for name in sorted(set(stale) - {ex.suite for ex in exports} - set(suites or ())):
         echo(f"{STALE} lists {name!r}, which has no committed export: remove it")
     if unchecked:
         echo(f"--budget-s {budget_s:g}: {len(unchecked)} sampled run(s) not re-trained (first: {unchecked[0].label})")
     echo(f"retrain: {len(picks) - len(unchecked)} run(s) re-trained in {wall:.0f} s ({workers} process(es), 1 thread "
-         f"each); {failing} suite(s) fail, {sum(ex.suite in stale for ex in exports)} listed as stale")
+         f"each); {failing} suite(s) fail, {sum(ex.suite in stale for ex in exports)} listed in {STALE}")
     return 1 if failing else 0
 
 

@@ -134,19 +134,28 @@ def test_a_moved_dipnet_default_fails_in_the_expansion_and_the_retraining(repo, 
     assert "t / erm / seed" not in out and out.count("stored metric(s) differ") == 1
 
 
-def test_a_suite_listed_as_stale_is_reported_loudly_but_does_not_fail(repo):
-    (repo / "docs" / "results" / "stale.toml").write_text('[stale]\ntiny = "rerun pending"\n')
+def test_known_stale_runs_are_reported_loudly_but_only_other_differences_fail(repo, monkeypatch):
+    rows = [json.loads(line) for line in gzip.open(_export(repo), "rt").read().splitlines()]
+    picked = sorted(p.key for p in sample([Export("tiny", _export(repo), rows[0]["meta"], rows[1:])]))
+    stale = repo / "docs" / "results" / "stale.toml"
+    stale.write_text(f'[tiny]\nreason = "rerun pending"\nruns = ["{picked[0]}"]\nexpansion = true\n')
     status, out = _check(repo)
-    assert status == 0 and "matches the code now: remove it from" in out
+    assert status == 0
+    assert f"lists run {picked[0]}, which matches now: remove it" in out and "remove expansion from" in out
 
     def edit(row: dict) -> None:
         row["results"]["final"]["val_loss"] = -1.0
 
     _rewrite(repo, edit)
+    status, out = _check(repo)  # the listed run's edit is known; the other sampled run's is not
+    assert status == 1
+    assert "!!! tiny: 2 of its 6 finished runs re-trained; KNOWN STALE (rerun pending): 1 known difference(s) " \
+           "tolerated; FAILS: 1 difference(s)" in out
+    assert f"tiny: known: t / " in out and f"({picked[0]}): 1 stored metric(s) differ: final.val_loss" in out
+    stale.write_text(f'[tiny]\nreason = "rerun pending"\nruns = {json.dumps(picked)}\nexpansion = true\n')
+    _set_default(monkeypatch, DIPNet, "sigma", 0.3)  # moves the expansion too: listed as known
     status, out = _check(repo)
-    assert status == 0
-    assert "!!! tiny: 2 of its 6 finished runs re-trained; STALE (listed in docs/results/stale.toml: rerun pending): " \
-           "2 difference(s), not failing" in out
+    assert status == 0 and "KNOWN STALE (rerun pending): 6 known difference(s) tolerated\n" in out + "\n"
 
 
 def test_the_sample_is_the_cheapest_run_of_every_method_and_task_shared_runs_once():

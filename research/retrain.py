@@ -156,19 +156,21 @@ def retrain_one(spec: dict[str, Any], train_fn: Callable[[dict[str, Any], str], 
 
 
 def expansion_problems(ex: Export, suite: Suite) -> tuple[list[str], int]:
-    """How the suite, expanded today, differs from the runs its export holds, and how many runs'
-    keys moved only by method hyperparameters added since (absent from the stored run: retraining
-    its stored config uses their defaults, so the sample checks them; not a difference)."""
+    """How the suite, expanded today, differs from the runs its export holds (a line per kind of
+    move, with its count and first run), and how many runs' keys moved only by method
+    hyperparameters added since (absent from the stored run: retraining its stored config uses
+    their defaults, so the sample checks them; not a difference)."""
     now = {s.key: s for s in suite.expand()}
     stored = {row["key"]: row for row in ex.rows}
     by_label = {(r["task"], r["method"], r["seed"]): r for r in ex.rows}
-    out, added_only, matched = [], 0, set()
+    moves: dict[str, list[str]] = {}  # what moved: the runs it moved
+    added_only, matched = 0, set()
     for key in sorted(set(now) - set(stored), key=lambda k: (now[k].task, now[k].method, now[k].seed)):
         s = now[key]
         where = f"{s.task} / {s.method} / seed {s.seed}"
         old = by_label.get((s.task, s.method, s.seed))
         if old is None:
-            out.append(f"{where}: a run the export lacks")
+            moves.setdefault("run(s) the export lacks", []).append(where)
             continue
         matched.add(old["key"])
         moved = differences({"config": old["spec"]["config"], "resolved": old["spec"].get("resolved") or {},
@@ -176,14 +178,15 @@ def expansion_problems(ex: Export, suite: Suite) -> tuple[list[str], int]:
                             {"config": s.config, "resolved": s.resolved, "measure": sorted(s.measure)})
         real = [d for d in moved if not (d[0].startswith("resolved.") and d[1] == ABSENT)]
         if real:
-            out.append(f"{where}: its config moved ({'; '.join(f'{p}: stored {a!r}, now {b!r}' for p, a, b in real[:SHOWN])})")
+            what = "; ".join(f"{p}: stored {a!r}, now {b!r}" for p, a, b in real[:SHOWN])
+            moves.setdefault(f"run(s) whose config moved ({what})", []).append(where)
         else:
             added_only += 1
-    gone = sorted(set(stored) - set(now) - matched)
-    if gone:
-        out.append(f"{len(gone)} stored run(s) the suite no longer expands to (first: "
-                   f"{stored[gone[0]]['task']} / {stored[gone[0]]['method']} / seed {stored[gone[0]]['seed']})")
-    return out, added_only
+    gone = sorted(set(stored) - set(now) - matched, key=lambda k: (stored[k]["task"], stored[k]["method"], stored[k]["seed"]))
+    for key in gone:
+        moves.setdefault("stored run(s) the suite no longer expands to", []).append(
+            f"{stored[key]['task']} / {stored[key]['method']} / seed {stored[key]['seed']}")
+    return [f"{len(runs)} {what}, first {runs[0]}" for what, runs in moves.items()], added_only
 
 
 def suite_text(root: Path, ex: Export) -> tuple[str, str]:
@@ -293,13 +296,14 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
     problems: dict[str, list[tuple[str, str]]] = {}  # suite: [(run key | "expansion" | "suite", line)]
     train_fns: dict[str, Any] = {}
     sampled: dict[str, set[str]] = {}
+    checked: dict[str, set[str]] = {}
     notes: dict[str, list[str]] = {}
     for ex in load_exports(root, suites):
         if ex.kind in SKIPPED_KINDS and not include_finetune:
             echo(f"{ex.suite}: left out: a suite of kind {ex.kind} ({SKIPPED_KINDS[ex.kind]})")
             continue
         exports.append(ex)
-        problems[ex.suite], notes[ex.suite], sampled[ex.suite] = [], [], set()
+        problems[ex.suite], notes[ex.suite], sampled[ex.suite], checked[ex.suite] = [], [], set(), set()
         text, source = suite_text(root, ex)
         try:
             suite = parse_suite(text, source, max_runs=MAX_RUNS)
@@ -322,6 +326,7 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
             unchecked.append(pick)
             continue
         for suite_name, stored in pick.holders:
+            checked[suite_name].add(pick.key)
             if not reply.get("ok"):
                 problems[suite_name].append(("suite", f"{pick.label}: training failed: {reply.get('error')}"))
                 continue
@@ -337,7 +342,7 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
     for ex in exports:
         entry, found = stale.get(ex.suite), problems[ex.suite]
         bad = [line for what, line in found if not _known(entry, what)]
-        head = f"{ex.suite}: {len(sampled[ex.suite])} of its {sum(r.get('status') == 'done' for r in ex.rows)} " \
+        head = f"{ex.suite}: {len(checked[ex.suite])} of its {sum(r.get('status') == 'done' for r in ex.rows)} " \
                "finished runs re-trained" + "".join(f" ({n})" for n in notes[ex.suite])
         verdict = f"FAILS: {len(bad)} difference(s)" if bad else "every stored metric matches"
         if entry is not None:
@@ -349,8 +354,8 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
             echo(f"    {ex.suite}: {'known: ' if _known(entry, what) else ''}{line}")
         if entry is not None:
             seen = {what for what, _ in found}
-            for key in sorted(entry.runs - seen):
-                echo(f"    {ex.suite}: {STALE} lists run {key}, which {'matches' if key in sampled[ex.suite] else 'is not sampled'}"
+            for key in sorted(entry.runs - seen - (sampled[ex.suite] - checked[ex.suite])):
+                echo(f"    {ex.suite}: {STALE} lists run {key}, which {'matches' if key in checked[ex.suite] else 'is not sampled'}"
                      " now: remove it")
             if entry.expansion and "expansion" not in seen:
                 echo(f"    {ex.suite}: the suite file expands to the exported runs now: remove expansion from {STALE}")

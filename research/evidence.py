@@ -13,7 +13,9 @@ export holds as done, does not replace that export unless ``allow_incomplete``. 
 
 is a *fragment*: :func:`render` regenerates it from the export. ``PYTHONPATH=src python
 research/evidence.py check`` (``make docs-check``, run by ``make test``) fails on any
-fragment whose text differs from what the committed exports give; ``... write`` rewrites them.
+fragment whose text differs from what the committed exports give; ``... write`` rewrites them;
+``... retrain`` (research/retrain.py, also run by ``make test``) re-trains a sample of every
+export's runs with the current code and fails when a stored metric differs.
 
 Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p),
 ``sweep`` (every configuration of the swept methods, validation and test), ``sigma`` (learned

@@ -177,3 +177,16 @@ def test_the_sample_is_the_cheapest_run_of_every_method_and_task_shared_runs_onc
     assert [p.key for p in picks] == ["k8", "k4", "k5", "k3"]  # by stored wall time, then key
     shared = Export("b", Path("b"), {}, [row("k8", "x", "erm", 0, 5), row("k5", "x", "erm", 0, 10)])
     assert {p.key: [s for s, _ in p.holders] for p in sample([a, shared])}["k5"] == ["a", "b"]  # trained once, for both
+
+
+def test_a_finetune_suite_is_left_out_saying_why(repo):
+    path = _export(repo)
+    lines = gzip.open(path, "rt").read().splitlines()
+    header = json.loads(lines[0])
+    header["meta"]["text"] = 'kind = "finetune"\n' + header["meta"]["text"]
+    lines[0] = _sealed({k: v for k, v in header.items() if k != "sha256"})
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    status, out = _check(repo)
+    assert status == 0 and "tiny: left out: a suite of kind finetune (LLM fine-tuning: minutes a run on a CPU" in out
+    assert "retrain: 0 run(s) re-trained" in out

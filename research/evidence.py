@@ -4,8 +4,8 @@ A suite's runs are exported to ``docs/results/<suite>/runs.jsonl.gz`` (:func:`ex
 suite's metadata, then one JSON line per run with its config and results, each line carrying the
 SHA-256 of its own content), small enough to commit and complete enough to rebuild the store
 (:func:`import_suite`, which verifies every line's checksum). An export from a store where some
-of the suite's runs are unfinished, or that lacks runs the existing export holds as done, does
-not replace that export unless ``allow_incomplete``. In Markdown, a region
+of the suite's runs are unfinished, or that lacks runs (a task, method and seed) the existing
+export holds as done, does not replace that export unless ``allow_incomplete``. In Markdown, a region
 
     <!-- dipnet:begin table suite=comparison task=mnist1d-mlp -->
     ...generated...
@@ -15,7 +15,9 @@ is a *fragment*: :func:`render` regenerates it from the export. ``PYTHONPATH=src
 research/evidence.py check`` (``make docs-check``, run by ``make test``) fails on any
 fragment whose text differs from what the committed exports give, and on a pre-registered study
 whose suite file was not committed with its hypotheses before its export (:mod:`preregistration`);
-``... write`` rewrites the fragments.
+``... write`` rewrites the fragments; ``... retrain`` (research/retrain.py, also run by ``make
+test``) re-trains a sample of every export's runs with the current code and fails when a stored
+metric differs.
 
 Fragment kinds: ``table`` (a task's summary: mean ± 95% CI, paired comparison, Holm p over the
 suite's comparisons with its baseline), ``sweep`` (every configuration of the swept methods,
@@ -108,13 +110,14 @@ def _incomplete(store: RunStore, suite: str, out: Path) -> str | None:
         return f"{len(unfinished)} of its {len(runs)} runs are not finished"
     if not out.exists():
         return None
-    done = {r.key for r in runs if r.status == "done"}
+    # by (task, method, seed), not key: a rerun after a default moved the keys replaces every run
+    done = {(r.task, r.method, r.seed) for r in runs if r.status == "done"}
     try:
         before = read_export(out, verify=False)[1:]  # a damaged export may be replaced: that is its fix
     except DataError:
         return None
     lost = [row.get("key") for row in before if isinstance(row, dict) and row.get("status") == "done"
-            and row.get("key") not in done]
+            and (row.get("task"), row.get("method"), row.get("seed")) not in done]
     return f"{len(lost)} run(s) done in {out} are missing or not done in it" if lost else None
 
 
@@ -350,10 +353,17 @@ def check(root: str | Path, files: Iterable[Path] | None = None, write: bool = F
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["retrain"]:  # research/retrain.py: re-train a sample of every export's runs
+        from retrain import main as retrain_main
+
+        return retrain_main(argv[1:])
+
     p = argparse.ArgumentParser(prog="research/evidence.py",
                                 description="Check (or rewrite) the figures README.md and docs/*.md quote against "
                                             "the committed suite exports in docs/results/.")
-    p.add_argument("action", choices=("check", "write", "export"))
+    p.add_argument("action", choices=("check", "write", "export", "retrain"),
+                   help="retrain: see research/evidence.py retrain --help")
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.add_argument("--store", help="export: the run store to export from")
     p.add_argument("--suite", help="export: the suite to export")

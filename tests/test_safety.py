@@ -262,6 +262,8 @@ def test_an_incomplete_store_does_not_replace_an_export(capsys, tmp_path):
         assert evidence_main(argv) == 2 and "--allow-incomplete" in capsys.readouterr().err
         assert export.read_bytes() == before
     assert evidence_main(argv + ["--allow-incomplete"]) == 0 and export.read_bytes() != before
+    moved = _store(tmp_path / "moved.sqlite", SUITE + "[train]\nlr = 0.5\n")  # every run again, under new keys
+    assert evidence_main(["export", "--root", str(root), "--store", str(moved), "--suite", "s"]) == 0
 
 
 # ---------------------------------------------------------------- 4. finished runs over damaged weights

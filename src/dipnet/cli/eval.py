@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data import load_dataset
+from ..data import load_for_run
 from ..engine import evaluate, load_run
 from ._common import add_threads_argument, apply_threads, parse_assignments, percent
 
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = run_.dataset
     changes = parse_assignments(args.data_arg, "--data-arg")
     if changes:
-        dataset = load_dataset(run_.config.data, **{**run_.config.data_kwargs, **changes})
+        dataset = load_for_run(run_.config.data, {**run_.config.data_kwargs, **changes}, run_.config.seed)
     test = evaluate(run_.model, dataset.x_test, dataset.y_test)
     out = {
         "run_dir": str(run_.run_dir),

@@ -7,6 +7,12 @@ after preprocessing, which attacks and corruptions must respect, and the normali
 (``val_size``: a count, or a fraction of the training set; default :data:`DEFAULT_VAL_FRACTION`;
 0 for none), the same for every run of a dataset, so that anything chosen (defaults, sweeps)
 is chosen on validation and the test split is only ever reported.
+
+Generated datasets (MNIST-1D) draw their examples with a generator seed, ``data_seed``: an
+integer, or ``"run"`` (:data:`RUN`): derived from the seed of the run that loads it
+(:func:`run_data_seed`, resolved by :func:`load_for_run`), so that runs with different seeds
+train and test on different draws and the sampling of the data is in a suite's interval. Suites
+default it to ``"run"`` (:func:`run_seeded`); elsewhere the loader's own default holds.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from ..schema import Limits, check, check_type
 
 DEFAULT_VAL_FRACTION = 0.125
 VAL_SEED = 0
+RUN = "run"  # data_seed: derived from the run's seed
+DATA_SEED_TAG = 0x64617461  # "data": keeps a run's data draw apart from its training noise (seeded by the run seed)
 
 
 @dataclass(frozen=True)
@@ -109,11 +117,53 @@ register_dataset = DATASETS.register  # @register_dataset("name", "one line") on
 
 
 def dataset_options(name: str) -> list[str]:
-    """The options ``load_dataset(name, ...)`` takes (the loader's, plus ``val_size``/``val_seed``)."""
+    """The options ``load_dataset(name, ...)`` takes (the loader's, plus ``val_size``/``val_seed``,
+    and ``data_seed`` for a generated dataset)."""
     loader = DATASETS.get(name)
     params = inspect.signature(loader).parameters.values()
     named = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    return named + list(getattr(loader, "options", ())) + ["val_size", "val_seed"]
+    seeded = ["data_seed"] if getattr(loader, "generator_seed", None) else []
+    return named + list(getattr(loader, "options", ())) + ["val_size", "val_seed"] + seeded
+
+
+def run_data_seed(run_seed: int) -> int:
+    """The generator seed of a run with seed ``run_seed`` under ``data_seed = "run"``: the first
+    32-bit word of NumPy's ``SeedSequence([DATA_SEED_TAG, run_seed])``, a hash of the run seed
+    (neighbouring run seeds give unrelated draws, none the published dataset's seed by design)."""
+    seed = check(run_seed, int, "the run's seed", Limits(ge=0))
+    return int(np.random.SeedSequence([DATA_SEED_TAG, seed]).generate_state(1)[0])
+
+
+def run_seeded(name: str, data_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``data_kwargs`` with ``data_seed = "run"`` added when ``name`` is a generated dataset and
+    no generator seed is given (what suites train on); unchanged otherwise."""
+    option = getattr(DATASETS.get(name), "generator_seed", None) if name in DATASETS else None
+    if option is None or "data_seed" in data_kwargs or option in data_kwargs:
+        return data_kwargs
+    return {**data_kwargs, "data_seed": RUN}
+
+
+def load_for_run(name: str, data_kwargs: dict[str, Any], run_seed: int) -> Dataset:
+    """The dataset a run with seed ``run_seed`` trains on: ``load_dataset(name, **data_kwargs)``
+    with ``data_seed = "run"`` resolved to :func:`run_data_seed` of it."""
+    if data_kwargs.get("data_seed") == RUN:
+        data_kwargs = {**data_kwargs, "data_seed": run_data_seed(run_seed)}
+    return load_dataset(name, **data_kwargs)
+
+
+def _generator_seed(name: str, loader: Loader, data_seed: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The loader's options with ``data_seed`` given as its generator seed option."""
+    option = getattr(loader, "generator_seed", None)
+    if option is None:
+        raise ConfigError(f"data_seed: {name} is not a generated dataset (it has no generator seed); remove data_seed")
+    if option in kwargs:
+        raise ConfigError(f"{name}: give data_seed or {option}, not both")
+    if data_seed == RUN:
+        raise ConfigError(f"{name}: data_seed = \"run\" takes the seed of a run: train a run with it, or load it with "
+                          "dipnet.data.base.load_for_run(name, options, run_seed)")
+    if isinstance(data_seed, str) and not data_seed.strip().isdigit():
+        raise ConfigError(f"data_seed must be \"run\" (derived from the run's seed) or an integer >= 0, not {data_seed!r}")
+    return {**kwargs, option: check(data_seed, int, "data_seed", Limits(ge=0))}
 
 
 def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +210,13 @@ def with_validation(ds: Dataset, val_size: Any = DEFAULT_VAL_FRACTION, val_seed:
     return Dataset(ds.x_train[tr], ds.y_train[tr], ds.x_test, ds.y_test, info, ds.x_train[va], ds.y_train[va])
 
 
-def load_dataset(name: str, val_size: Any = DEFAULT_VAL_FRACTION, val_seed: int = VAL_SEED, **kwargs: Any) -> Dataset:
+def load_dataset(name: str, val_size: Any = DEFAULT_VAL_FRACTION, val_seed: int = VAL_SEED, data_seed: Any = None,
+                 **kwargs: Any) -> Dataset:
     """Load a registered dataset by name with a validation split carved from its training set
-    (``val_size``, ``val_seed``: see :func:`with_validation`); other options go to its loader."""
-    return with_validation(DATASETS.get(name)(**kwargs), val_size, val_seed)
+    (``val_size``, ``val_seed``: see :func:`with_validation`); ``data_seed``: a generated
+    dataset's generator seed (an integer; ``"run"`` through :func:`load_for_run`); other
+    options go to its loader."""
+    loader = DATASETS.get(name)
+    if data_seed is not None:
+        kwargs = _generator_seed(name, loader, data_seed, kwargs)
+    return with_validation(loader(**kwargs), val_size, val_seed)

@@ -159,3 +159,4 @@ def load_mnist1d(**options: Any) -> Dataset:
 
 
 setattr(load_mnist1d, "options", tuple(f.name for f in dataclasses.fields(MNIST1DOptions)))  # read by dataset_options
+setattr(load_mnist1d, "generator_seed", "seed")  # data_seed sets it (data/base.py; suites: derived from the run seed)

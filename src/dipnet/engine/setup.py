@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Dataset, DatasetInfo, load_dataset
+from ..data import Dataset, DatasetInfo, load_for_run
 from ..errors import ConfigError
 from ..methods import Method, build_method
 from ..models import build_model
@@ -61,7 +61,7 @@ def prepare(cfg: TrainConfig, dataset: Dataset | None = None, model: ModelArg = 
     check_type(model, (nn.Module, callable, None), "model", "pass a module, a function info -> module, or None for cfg.model")
     method = build_method(cfg.method, cfg.method_params)
     if dataset is None:
-        dataset = load_dataset(cfg.data, **cfg.data_kwargs)
+        dataset = load_for_run(cfg.data, cfg.data_kwargs, cfg.seed)
     else:
         dataset.check_finite()  # a user's tensors may have changed since the Dataset was built
     seed_everything(cfg.seed)

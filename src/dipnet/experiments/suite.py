@@ -46,6 +46,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from ..data.base import run_seeded
 from ..engine import TrainConfig
 from ..errors import ConfigError
 from ..schema import Limits, check, check_field, typed_values
@@ -149,8 +150,8 @@ class Suite:
         if task.compose and method.spec != "erm" and "+" not in method.spec:
             # composed with the task's components, a bare name could mean either: it is the method's
             params = {k if "." in k else f"{method.spec}.{k}": v for k, v in params.items()}
-        cfg.update(data=task.data, model=task.model, method=spec,
-                   method_params={**task.compose_params, **params})
+        cfg.update(data=task.data, model=task.model, method=spec, method_params={**task.compose_params, **params},
+                   data_kwargs=run_seeded(task.data, cfg.get("data_kwargs") or {}))  # generated data: drawn per run seed
         return cfg
 
     def expand(self, cost_fn: Callable[[dict[str, Any]], float] | None = None) -> list[RunSpec]:

@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Any, Iterable, Mapping, TypeVar
 
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, load_for_run
 from ..data.base import dataset_options
 from ..engine import TrainConfig, resolve_device
 from ..errors import ConfigError, DipnetError
@@ -107,7 +107,7 @@ def check_data_and_models(specs: Iterable[Any]) -> None:
         model_key = json.dumps([data_key, cfg["model"], model_kwargs], sort_keys=True, default=str)
         try:
             if data_key not in infos:
-                infos[data_key] = load_dataset(cfg["data"], **data_kwargs).info
+                infos[data_key] = load_for_run(cfg["data"], data_kwargs, cfg.get("seed", 0)).info
             if model_key not in built:
                 build_model(cfg["model"], infos[data_key], **model_kwargs)
                 built.add(model_key)

@@ -305,3 +305,23 @@ def test_finetune_trains_through_torch_compile_as_it_does_eager(monkeypatch):
     eager, compiled = runs
     assert [h["val_loss"] for h in eager.history] == pytest.approx([h["val_loss"] for h in compiled.history], rel=1e-4)
     assert compiled.final["compile_s"] >= 0
+
+
+def test_traced_table_draws_are_table_windows_one_per_block():
+    """traced_like, the draw torch.compile traces (called eagerly here): a draw of one window is
+    the eager draw_like's under the same seed; a larger draw is one window of consecutive table
+    entries per block of rows (located in the table by its first value), so i.i.d. within it."""
+    from dipnet.noise_table import TABLE_SIZE, _table, draw_like, traced_like
+
+    x = torch.zeros(16, 100)
+    torch.manual_seed(5)
+    eager, _ = draw_like(x, "table")
+    torch.manual_seed(5)
+    assert torch.equal(traced_like(x), eager)
+    big = torch.zeros(6, TABLE_SIZE // 5)  # 1.2 tables: 2 blocks of 3 rows, each within TABLE_SIZE // 2
+    eps = traced_like(big).view(2, -1)
+    table = _table("cpu", torch.float32)
+    for block in eps:
+        starts = (table == block[0]).nonzero().flatten().tolist()  # a float32 value may recur in 4M draws
+        assert any(torch.equal(table[s:s + block.numel()], block) for s in starts)
+    assert not torch.equal(eps[0, :100], eps[1, :100])

@@ -318,8 +318,8 @@ def test_traced_table_draws_are_table_windows_one_per_block():
     eager, _ = draw_like(x, "table")
     torch.manual_seed(5)
     assert torch.equal(traced_like(x), eager)
-    big = torch.zeros(6, TABLE_SIZE // 5)  # 1.2 tables: 2 blocks of 3 rows, each within TABLE_SIZE // 2
-    eps = traced_like(big).view(2, -1)
+    big = torch.zeros(6, TABLE_SIZE // 5)  # 1.2 tables: 3 blocks of 2 rows, each within TABLE_SIZE // 2
+    eps = traced_like(big).view(3, -1)
     table = _table("cpu", torch.float32)
     for block in eps:
         starts = (table == block[0]).nonzero().flatten().tolist()  # a float32 value may recur in 4M draws

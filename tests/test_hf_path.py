@@ -28,7 +28,6 @@ from dipnet.integrations.hf import DIPNetCallback, load_sigmas  # noqa: E402
 from dipnet.llm import FinetuneConfig, collate, encode, finetune, load_adapters, load_llm, load_task  # noqa: E402
 from dipnet.llm.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SIGMAS_FILE, sigma_state  # noqa: E402
 from dipnet.projection import LLM_SIGMA, project, projections  # noqa: E402
-from dipnet.projection._fast import pre_hook  # noqa: E402
 
 CHAIN = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -53,10 +52,6 @@ def _lora(model, targets=("q_proj", "v_proj")):
         warnings.simplefilter("ignore", FutureWarning)
         return peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(targets),
                                                           task_type="CAUSAL_LM"))
-
-
-def _dipnet_hooks(model) -> int:
-    return sum(h is pre_hook for m in model.modules() for h in m._forward_pre_hooks.values())
 
 
 # ---------------------------------------------------------------- SmolLM2, stock Trainer
@@ -93,7 +88,7 @@ def test_smollm2_trains_under_the_stock_trainer_and_then_generates_deterministic
         assert any(not torch.allclose(p.log_sigma, torch.tensor(LLM_SIGMA).log()) for _, p in projections(model))
         said = [r.getMessage() for r in caplog.records if r.name == "dipnet.integrations.hf"]
         assert len(said) == 1 and "eval mode" in said[0] and "\n" not in said[0]
-        assert not model.training and _dipnet_hooks(model) == 0
+        assert not model.training and not any(p.training or p.sample_in_eval for _, p in projections(model))
         before = {n: t.clone() for n, t in sigma_state(model).items()}
         ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)["input_ids"]

@@ -14,7 +14,7 @@ has (a compiled model whose hooks change is traced again).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -47,4 +47,4 @@ def compile_model(model: nn.Module, *, fresh: bool = True, **options: Any) -> nn
     on_cpu = next(iter(model.parameters()), torch.empty(0)).device.type == "cpu"
     if options.get("backend", "inductor") == "inductor" and on_cpu:
         options = {**options, "options": {"fallback_random": True, **(options.get("options") or {})}}
-    return torch.compile(model, **options)
+    return cast(nn.Module, torch.compile(model, **options))

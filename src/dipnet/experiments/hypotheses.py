@@ -85,11 +85,11 @@ def parse_hypotheses(raw: Any, source: str, methods: Sequence[str], tasks: Seque
     seen: dict[tuple[frozenset[str], str], int] = {}
     for i, h in enumerate(out):
         for _, task in family([h], tasks):
-            key = (frozenset((h.a, h.b)), task)
-            if key in seen:
+            pair = (frozenset((h.a, h.b)), task)
+            if pair in seen:
                 raise ck.fail(f"hypotheses[{i}]", f"tests {h.a} and {h.b} on task {task!r} again "
-                                                  f"(hypotheses[{seen[key]}]); declare each pair once per task")
-            seen[key] = i
+                                                  f"(hypotheses[{seen[pair]}]); declare each pair once per task")
+            seen[pair] = i
     return out
 
 

@@ -307,7 +307,7 @@ def compute_account(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[M
     return ComputeAccount(eg, ratio, summarize(r.get("wall_s") for r in runs))
 
 
-def format_p(p: float) -> str:
+def format_p(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"

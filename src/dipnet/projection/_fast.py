@@ -127,8 +127,9 @@ def _traced_for(proj: Any, layer: nn.Module, x: torch.Tensor, dim: int, unbatche
     eps = traced_like(x, proj.noise)
     n = x.shape[0]
     rows = (torch.randint(0, n, (), device=x.device) + torch.arange(k, device=x.device)) % n
-    proj._pending = ((view - view.detach()) * eps.index_select(0, rows) * (n / k), rows)
-    return torch.addcmul(x, view.detach(), eps)
+    sigma_view: torch.Tensor = view  # type: ignore[assignment]  # feature_view keeps a tensor a tensor
+    proj._pending = ((sigma_view - sigma_view.detach()) * eps.index_select(0, rows) * (n / k), rows)
+    return torch.addcmul(x, sigma_view.detach(), eps)
 
 
 def traced(x: torch.Tensor, sigma: torch.Tensor | float, noise: str) -> torch.Tensor:
@@ -245,11 +246,12 @@ def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             return None
         proj._pending = None
         zero, rows = pending
-        weight = module.weight.detach()
-        if isinstance(module, nn.Linear):
+        layer: Any = module  # a Linear or a Conv (_window_rows checked it)
+        weight = layer.weight.detach()
+        if isinstance(layer, nn.Linear):
             return output.index_add(0, rows, F.linear(zero, weight))
-        conv = _CONV_FUNCTIONS[len(module.kernel_size)]
-        part = conv(zero, weight, None, module.stride, module.padding, module.dilation, module.groups)
+        conv = _CONV_FUNCTIONS[len(layer.kernel_size)]
+        part = conv(zero, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         return output.index_add(0, rows, part)
     state = proj.__dict__
     regen, pending = state["_regen"], state["_pending"]

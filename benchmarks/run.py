@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = [line for line in earlier if line.startswith("| ") and not line.startswith("| area ")
                 and line.split("|")[1].strip() not in args.only]
         whole = next((line[len("Produced by "):].split(";")[0] for line in earlier if line.startswith("Produced by ")), "")
-        listed = {line[4:].split("`", 1)[0]: line.split(": produced by ", 1)[1] for line in earlier
+        listed = {line[3:].split("`", 1)[0]: line.split(": produced by ", 1)[1] for line in earlier
                   if line.startswith("- `") and ": produced by " in line}
         provenance = {area: listed.get(area, whole) for area in dict.fromkeys(line.split("|")[1].strip() for line in kept)}
         cmd = f"python benchmarks/run.py --only {' '.join(args.only)} --write {args.write}"

@@ -13,11 +13,9 @@ from typing import Callable
 import torch
 
 from dipnet.compiling import compile_model
-from dipnet.data import DatasetInfo
-from dipnet.methods import StepContext, build_method
-from dipnet.models import build_model
 
 from _timing import paired
+from bench_methods import _runner as methods_runner
 
 CASES = [("mlp", (1, 28, 28)), ("resnet20", (3, 32, 32)), ("vit", (3, 32, 32))]
 # Targets on the ratio to compiled ERM (issue 25): m = 1 per model, m = 4 everywhere, SAM.
@@ -27,23 +25,11 @@ M4_TARGET, SAM_TARGET = 4.0, 2.05
 
 def _runner(spec: str, params: dict, model_name: str, shape: tuple[int, ...], batch: int, compiled: bool,
             per_update: int = 1, device: torch.device | str = "cpu") -> tuple[Callable[[], None], float]:
-    """One weight update of ``spec`` on a fixed batch, and (compiled) the compile time: the first
-    two updates' time over two steady ones."""
-    info = DatasetInfo("bench", shape, 10, tuple(map(str, range(10))), (0.0, 1.0))
-    torch.manual_seed(0)
-    method = build_method(spec, params)
-    model = method.transform_model(build_model(model_name, info)).to(device)
-    opt = method.build_optimizer(model, torch.optim.SGD, lr=0.01, momentum=0.9)
-    run = compile_model(model, fresh=False, dynamic=False) if compiled else model
-    ctx = StepContext(epoch=3, epochs=4, bounds=(0.0, 1.0), batch_size=batch, progress=0.5)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(batch, *shape, generator=g).to(device), torch.randint(0, 10, (batch,), generator=g).to(device)
-    model.train()
-
-    def update() -> None:
-        for _ in range(per_update):
-            method.step(run, opt, x, y, ctx)
-
+    """One weight update of ``spec`` on a fixed batch (bench_methods.py's), through
+    :func:`~dipnet.compiling.compile_model` when ``compiled``, and then the compile time: the
+    first two updates' time over two steady ones."""
+    wrap = (lambda model: compile_model(model, fresh=False, dynamic=False)) if compiled else None
+    update = methods_runner(spec, params, model_name, tuple(shape), batch, per_update, device, wrap=wrap)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     t = time.perf_counter()
     update()

@@ -37,8 +37,9 @@ RWP_CASE = ("resnet20", (3, 32, 32), 64)
 RWP_METHODS = [("rwp", "rwp", {}, 1, 1.15), ("arwp", "arwp", {}, 1, 1.15)]
 
 
-def _runner(spec, params, model_name, shape, batch, per_update, device="cpu"):
-    """One weight update of method ``spec`` on a fixed batch (``per_update`` batches for m-RWP)."""
+def _runner(spec, params, model_name, shape, batch, per_update, device="cpu", wrap=None):
+    """One weight update of method ``spec`` on a fixed batch (``per_update`` batches for m-RWP);
+    ``wrap(model)``: what the method steps through (a compiled model, bench_compile.py)."""
     info = DatasetInfo("bench", tuple(shape), 10, tuple(map(str, range(10))), (0.0, 1.0))
     torch.manual_seed(0)
     model = build_model(model_name, info).to(device)
@@ -50,10 +51,11 @@ def _runner(spec, params, model_name, shape, batch, per_update, device="cpu"):
     x = torch.rand(batch, *shape, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     model.train()
+    run = wrap(model) if wrap is not None else model
 
     def one_update() -> None:
         for _ in range(per_update):
-            method.step(model, opt, x, y, ctx)
+            method.step(run, opt, x, y, ctx)
 
     return one_update
 

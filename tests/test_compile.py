@@ -128,29 +128,26 @@ def test_compiled_code_follows_the_projections_a_model_has():
 # ---------------------------------------------------------------- the same numbers as eager
 
 
-def _mlp(**settings) -> nn.Module:
+SMALL = {"mlp": ((1, 8, 8), {"widths": (32, 32)}), "mnist1d-cnn": ((64,), {"channels": 4})}  # shape, options
+
+
+def _small(name: str = "mlp", **settings) -> tuple[nn.Module, tuple[int, ...]]:
+    """A small projected zoo model in train mode, and its input shape."""
+    shape, options = SMALL[name]
     torch.manual_seed(0)
-    return project(build_model("mlp", _info((1, 8, 8)), widths=(32, 32)), **settings)
+    return project(build_model(name, _info(shape), **options), **settings).train(), shape
 
 
-def _cnn_or_mlp_shape(build) -> tuple[int, ...]:
-    return (64,) if build is _cnn else (1, 8, 8)
-
-
-def _cnn(**settings) -> nn.Module:
-    torch.manual_seed(0)
-    return project(build_model("mnist1d-cnn", _info((64,)), channels=4), **settings)
-
-
-@pytest.mark.parametrize("m,build,settings", [(2, _mlp, {}), (1, _mlp, {"noise": "fresh", "input_grad_fraction": 1.0}),
-                                              (1, _cnn, {})], ids=["mlp-m2-defaults", "mlp-m1-fresh-exact", "cnn-m1-defaults"])
-def test_compiled_training_equals_eager_with_the_noise_fixed(m, build, settings):
+@pytest.mark.parametrize("m,name,settings", [(2, "mlp", {}), (1, "mlp", {"noise": "fresh", "input_grad_fraction": 1.0}),
+                                             (1, "mnist1d-cnn", {})],
+                         ids=["mlp-m2-defaults", "mlp-m1-fresh-exact", "cnn-m1-defaults"])
+def test_compiled_training_equals_eager_with_the_noise_fixed(m, name, settings):
     """compile_model runs random ops through torch's kernels, in the eager order: the compiled
     step draws the eager step's table offsets, window rows (the CPU defaults) or fresh values.
     Three optimizer steps; losses, gradients (sigmas included) and every parameter and buffer
     (running RMS) agree to float rounding."""
-    base = build(**settings).train()
-    x, y = torch.randn(32, *_cnn_or_mlp_shape(build)), torch.randint(0, 10, (32,))
+    base, shape = _small(name, **settings)
+    x, y = torch.randn(32, *shape), torch.randint(0, 10, (32,))
     results = []
     for compiled in (False, True):
         net = copy.deepcopy(base)
@@ -174,8 +171,8 @@ def test_compiled_training_equals_eager_with_the_noise_fixed(m, build, settings)
 
 def test_the_whole_compiled_training_step_equals_eager():
     """torch.compile of a function that computes DIPNet's loss, backward and the optimizer step."""
-    base = _mlp().train()
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    base, shape = _small()
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
     params = []
     for compiled in (False, True):
         net = copy.deepcopy(base)

@@ -76,6 +76,20 @@ def dipnet_defaults(evidence: Any) -> list[str]:
     lines += ["", f"Mean paired validation gain over ERM in points ({seeds} seeds per task). Chosen on validation "
                   f"across the {len(tables)} tasks together: **{best}** ({_variant(best, tables)}), mean "
                   f"{100 * overall[best]:+.2f} points. Test accuracy played no part in the choice."]
+    if len(candidates) > 1:
+        from dipnet.experiments.stats import paired_compare
+
+        def across_tasks(label: str) -> dict[int, float]:
+            per_task = [{r.seed: r.final["val_acc"] for r in t.runs.get(label, []) if r.status == "done"} for t in tables]
+            shared = set.intersection(*(set(v) for v in per_task))
+            return {s: sum(v[s] for v in per_task) / len(per_task) for s in shared}
+
+        second = max((c for c in candidates if c != best), key=lambda c: overall[c])
+        d = paired_compare(across_tasks(best), across_tasks(second)).diff
+        lines.append(f"Against the runner-up, {second} ({_variant(second, tables)}): "
+                     f"{100 * d.mean:+.2f} points [{100 * d.low:+.2f}, {100 * d.high:+.2f}] of validation accuracy "
+                     f"averaged over the tasks, paired by seed (95% t interval)"
+                     + ("; the seeds do not separate the two." if d.low <= 0 <= d.high else "."))
     return lines
 
 
@@ -102,6 +116,43 @@ def comparison(evidence: Any) -> list[str]:
         lines.append(f"- **{t.task}** ({seeds} seeds): better than ERM after Holm: {_list(v['better'])}; worse: "
                      f"{_list(v['worse'])}. DIPNet ({dip.method if dip else 'absent'}): "
                      f"{difference(dip) if dip else 'not run'}.")
+    return lines
+
+
+def _grid_value(label: str) -> str:
+    """"sam(rho=0.05)" -> "0.05"; a label without a value is itself."""
+    return label[label.index("=") + 1:-1] if "=" in label and label.endswith(")") else label
+
+
+@claim("comparison-grids")
+def comparison_grids(evidence: Any) -> list[str]:
+    """Every swept method's grid in suites/comparison.toml and the value chosen on validation per
+    task, marking a choice on the grid's edge (the suite's bracketing rule extends such a grid; a
+    value of 0 has nothing below it and counts as interior)."""
+    tables = evidence.tables("comparison")
+    groups = list(dict.fromkeys(g for t in tables for g in t.sweeps))
+    lines = ["| method | grid | " + " | ".join(t.task for t in tables) + " |",
+             "|---|---|" + "---|" * len(tables)]
+    edges = []
+    for g in groups:
+        grid = [_grid_value(label) for label, *_ in tables[0].sweeps.get(g, [])]
+        key = tables[0].sweeps[g][0][0].split("(")[-1].split("=")[0] if "=" in tables[0].sweeps[g][0][0] else ""
+        cells = []
+        for t in tables:
+            entries = t.sweeps.get(g, [])
+            i = next((k for k, e in enumerate(entries) if e[3]), None)
+            if i is None:
+                cells.append("none")
+                continue
+            value = _grid_value(entries[i][0])
+            edge = (i == len(entries) - 1) or (i == 0 and float(value) != 0.0)
+            if edge:
+                edges.append(f"{g} on {t.task}")
+            cells.append(f"**{value}** (edge)" if edge else value)
+        lines.append(f"| {g} | {key} " + ", ".join(grid) + " | " + " | ".join(cells) + " |")
+    lines += ["", "Chosen on validation per task (mean over the seeds). "
+              + (f"On an edge of its grid: {', '.join(edges)}; the suite's rule extends those grids and runs "
+                 "it again." if edges else "Every choice is interior to its grid (or 0, the lower end).")]
     return lines
 
 
@@ -150,6 +201,36 @@ def measures(evidence: Any) -> list[str]:
     return lines
 
 
+STUDIES = {  # the pre-registered studies of issue 24, in the order README states them (docs/studies.md)
+    "perturbation-study": "(a) the DIPNet paper's Table 1 regime (training under Gaussian or FGSM perturbation; "
+                          "MNIST-1D MLP/CNN, MNIST MLP)",
+    "llm-study": "(b) its Table 2 regime (SmolLM2-135M under LoRA, one epoch of chain_sum)",
+    "sigma-study": "(c) learned against fixed sigma (DIPNet's sigma learning rate chosen on validation)",
+}
+
+
+def study_verdicts(evidence: Any, suite: str) -> str:
+    """One sentence per declared hypothesis of a study: its resolution and interval on every task."""
+    from dipnet.experiments.hypotheses import suite_results
+
+    if not evidence.exported(suite):
+        return "not yet exported (its runs are in progress; the study file and its hypotheses are committed)"
+    results = suite_results(evidence.tables(suite), evidence.meta(suite))
+    parts = []
+    for h in dict.fromkeys(r.hypothesis for r in results):
+        cells = [f"{r.task} {r.test.resolution} ({r.test.diff.mean:+.2f} [{r.test.diff.low:+.2f}, "
+                 f"{r.test.diff.high:+.2f}], {r.test.n} seeds)" if r.test.n >= 2 else f"{r.task} no runs"
+                 for r in results if r.hypothesis == h]
+        parts.append(f"{h.statement}: " + "; ".join(cells))
+    return f"Holm over its {len(results)} tests: " + ". ".join(parts)
+
+
+@claim("studies")
+def studies(evidence: Any) -> list[str]:
+    """README's verdict of every pre-registered study, whatever it is (docs/studies.md)."""
+    return [f"- {what}: {study_verdicts(evidence, suite)}." for suite, what in STUDIES.items()]
+
+
 @claim("readme")
 def readme(evidence: Any) -> list[str]:
     """The README's "What we measured" paragraph, from the comparison and measures suites."""
@@ -159,6 +240,7 @@ def readme(evidence: Any) -> list[str]:
               if (r := dip[t.task]) is not None and r.vs_baseline is not None and r.vs_baseline.verdict == "better"]
     winners = sorted({m for t in tables for m in _verdicts(t)["better"]})
     n_comp = sum(1 for t in tables for r in t.rows if r.vs_baseline is not None)
+    grid = max((len(entries) for t in tables for entries in t.sweeps.values()), default=1)
     seeds = min(r.vs_baseline.n for t in tables for r in t.rows if r.vs_baseline is not None)
     per_task = "; ".join(f"{t.task} {difference(r)}" for t in tables if (r := dip[t.task]) is not None)
     verdict = (f"DIPNet beats ERM on {', '.join(helped)}" if helped else
@@ -170,7 +252,7 @@ def readme(evidence: Any) -> list[str]:
                 if (s := _measure_sentence(t, "dipnet", "jacobian.mean", "", True)) and "better" in s]
     return [
         f"Every method at its best against ERM at its best (each method's main hyperparameter chosen on "
-        f"validation from the same 3-value grid; {seeds} seeds; {n_comp} paired comparisons, Holm-adjusted): "
+        f"validation from the same {grid}-value grid; {seeds} seeds; {n_comp} paired comparisons, Holm-adjusted): "
         f"{verdict} ({per_task}). Methods that do beat ERM after the correction: {_list(winners)} "
         f"(docs/methods.md). DIPNet's nets have a smaller input Jacobian than ERM's on "
         f"{_list(smoother)}, and a larger top Hessian eigenvalue (sharper in weight space) on "

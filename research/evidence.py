@@ -121,10 +121,16 @@ def _incomplete(store: RunStore, suite: str, out: Path) -> str | None:
     return f"{len(lost)} run(s) done in {out} are missing or not done in it" if lost else None
 
 
-def export_suite(store_path: str | Path, suite: str, out: str | Path, *, allow_incomplete: bool = False) -> Path:
-    """Write the suite's metadata and every run of it (done or failed) as gzip'd JSON lines, each
-    with its checksum. An existing export is replaced only by the suite's finished runs, all it
-    held as done included, unless ``allow_incomplete``."""
+def progress_path(root: Path, suite: str) -> Path:
+    """Where a long suite's finished runs are committed while it is still running (``progress``)."""
+    return root / "docs" / "results" / suite / "progress.jsonl.gz"
+
+
+def export_suite(store_path: str | Path, suite: str, out: str | Path, *, allow_incomplete: bool = False,
+                 done_only: bool = False) -> Path:
+    """Write the suite's metadata and every run of it (done or failed; ``done_only``: done) as
+    gzip'd JSON lines, each with its checksum. An existing export is replaced only by the suite's
+    finished runs, all it held as done included, unless ``allow_incomplete``."""
     out = Path(out)
     with RunStore(store_path, create=False) as store:
         meta = store.get_meta(f"suite:{suite}")
@@ -136,6 +142,8 @@ def export_suite(store_path: str | Path, suite: str, out: str | Path, *, allow_i
                               "finish the suite first, or pass --allow-incomplete")
         lines = [_sealed({"format": EXPORT_FORMAT, "suite": suite, "meta": meta})]
         for r in store.runs(suite=suite):
+            if done_only and r.status != "done":
+                continue
             lines.append(_sealed({"key": r.key, "status": r.status, "spec": r.spec.to_dict(), "task": r.task,
                                   "method": r.method, "seed": r.seed, "results": r.results, "error": r.error}))
     buf = io.BytesIO()
@@ -269,21 +277,21 @@ def render(fragment: Fragment, evidence: Evidence) -> list[str]:
         if name not in CLAIMS:
             raise DataError(f"{fragment.where}: unknown claims {name!r}; known: {', '.join(CLAIMS) or 'none'}")
         return CLAIMS[name](evidence)
-    if fragment.kind == "hypotheses":
-        if "suite" not in a:
-            raise DataError(f"{fragment.where}: a hypotheses fragment needs suite=")
-        results = suite_results(evidence.tables(a["suite"]), evidence.meta(a["suite"]))
-        if not results:
-            raise DataError(f"{fragment.where}: suite {a['suite']!r} declares no [[hypotheses]] in its committed export")
-        return hypotheses_markdown(results)
-    if "suite" not in a or "task" not in a:
-        raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite= and task=")
+    if "suite" not in a:
+        raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite=")
     if "pending" in a:
         if evidence.exported(a["suite"]):
             raise DataError(f"{fragment.where}: suite {a['suite']!r} is exported now; remove pending= from the marker "
                             "and run research/evidence.py write")
-        return [f"*Pending ({a['pending']}): suite {a['suite']!r} has no committed export yet; this {fragment.kind} is "
+        return [f"*Pending ({a['pending']}): suite {a['suite']!r} has no committed export yet; this {fragment.kind} fragment is "
                 "generated from it once it is exported (research/evidence.py export, then write).*"]
+    if fragment.kind == "hypotheses":
+        results = suite_results(evidence.tables(a["suite"]), evidence.meta(a["suite"]))
+        if not results:
+            raise DataError(f"{fragment.where}: suite {a['suite']!r} declares no [[hypotheses]] in its committed export")
+        return hypotheses_markdown(results)
+    if "task" not in a:
+        raise DataError(f"{fragment.where}: a {fragment.kind} fragment needs suite= and task=")
     table = evidence.table(a["suite"], a["task"])
     if fragment.kind == "table":
         note = [FINETUNE_NOTE] if evidence.kind(a["suite"]) == "finetune" else []
@@ -362,14 +370,30 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="research/evidence.py",
                                 description="Check (or rewrite) the figures README.md and docs/*.md quote against "
                                             "the committed suite exports in docs/results/.")
-    p.add_argument("action", choices=("check", "write", "export", "retrain"),
-                   help="retrain: see research/evidence.py retrain --help")
+    p.add_argument("action", choices=("check", "write", "export", "progress", "resume", "retrain"),
+                   help="progress: commit-able snapshot of a running suite's finished runs "
+                        "(docs/results/SUITE/progress.jsonl.gz); resume: load that snapshot into --store, so "
+                        "`dipnet compare` trains only the rest; retrain: see research/evidence.py retrain --help")
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.add_argument("--store", help="export: the run store to export from")
     p.add_argument("--suite", help="export: the suite to export")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="export: replace the committed export even from a store with unfinished or fewer runs")
     args = p.parse_args(argv)
+    if args.action in ("progress", "resume"):
+        if not (args.store and args.suite):
+            p.error(f"{args.action} needs --store and --suite")
+        path = progress_path(Path(args.root), args.suite)
+        try:
+            if args.action == "progress":
+                print(export_suite(args.store, args.suite, path, allow_incomplete=True, done_only=True))
+            else:
+                import_suite(path, args.store)
+                print(f"{args.store}: the finished runs of {path}")
+        except (ConfigError, DataError, FileNotFoundError) as exc:
+            print(f"{args.action}: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.action == "export":
         if not (args.store and args.suite):
             p.error("export needs --store and --suite")

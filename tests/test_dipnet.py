@@ -55,6 +55,54 @@ def test_noise_layers_is_fixed_and_has_no_prior():
         build_method("noise-layers", {"alpha": 0.1})
 
 
+@pytest.mark.parametrize("update", ["", "+sam"])
+def test_sigma_lr_scales_the_sigmas_step_and_zero_freezes_them(update):
+    """SGD without momentum: a parameter's first step is -lr * grad, so the sigmas' step under
+    sigma_lr = s is s times their step under sigma_lr = 1 (same seed, same gradient), the weights'
+    the same; under a schedule the sigmas' learning rate stays s times the weights'."""
+    def first_step(sigma_lr: float) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        method = build_method("dipnet" + update, {"dipnet.sigma_lr": sigma_lr, "dipnet.noise": "fresh"})
+        model = method.transform_model(_mlp())
+        opt = method.build_optimizer(model, torch.optim.SGD, lr=0.1)
+        before = [p.detach().clone() for p in model.parameters()]
+        method.step(model, opt, torch.randn(8, 10), torch.randint(0, 3, (8,)), StepContext(batch_size=8))
+        steps = [p.detach() - b for p, b in zip(model.parameters(), before)]
+        sig = [s for (n, _), s in zip(model.named_parameters(), steps) if "sigma" in n]
+        return sig, [s for (n, _), s in zip(model.named_parameters(), steps) if "sigma" not in n], opt
+    sig1, w1, _ = first_step(1.0)
+    sig3, w3, opt = first_step(3.0)
+    sig0, w0, _ = first_step(0.0)
+    assert len(sig1) == 2 and all(s.abs().max() > 0 for s in sig1)
+    for a, b in zip(sig1, sig3):
+        torch.testing.assert_close(b, 3 * a)
+    assert all(torch.equal(s, torch.zeros_like(s)) for s in sig0)
+    for a, b, c in zip(w1, w3, w0):
+        torch.testing.assert_close(b, a)
+        torch.testing.assert_close(c, a)
+    base = getattr(opt, "base_optimizer", opt)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=10)
+    for _ in range(4):
+        base.step()
+        sched.step()
+    lrs = sorted(g["lr"] for g in base.param_groups)
+    assert lrs[-1] == pytest.approx(3 * lrs[0]) and lrs[0] < 0.1
+
+
+def test_sigma_lr_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="sigma_lr does not apply"):
+        build_method("noise-layers", {"sigma_lr": 2.0})
+    with pytest.raises(ConfigError, match="sigma_lr must be"):
+        build_method("dipnet", {"sigma_lr": -1})
+    pytest.importorskip("transformers")
+    from dipnet.integrations.hf import DIPNetCallback
+    with pytest.raises(ConfigError, match="use MethodTrainer"):
+        DIPNetCallback(sigma_lr=2.0)
+    method = build_method("dipnet", {"sigma_lr": 2.0})
+    with pytest.raises(ConfigError, match="pass lr="):
+        method.build_optimizer(method.transform_model(_mlp()), torch.optim.SGD)
+
+
 @pytest.mark.parametrize("params,match", [
     ({"sigma": 0}, "sigma must be"),
     ({"trajectories": 0}, "trajectories must be"),

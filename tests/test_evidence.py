@@ -202,3 +202,66 @@ def test_outside_a_git_checkout_the_study_check_says_it_could_not_run(tmp_path):
     notes: list[str] = []
     assert study_problems(root, notes) == [] and len(notes) == 1
     assert "not checked that its hypotheses were committed before its runs" in notes[0]
+
+
+def test_the_library_defaults_are_the_candidate_the_committed_defaults_study_chose():
+    """suites/dipnet-defaults.toml's rule (largest mean paired validation gain over ERM across its
+    tasks), recomputed here from the raw export records, picks the candidate whose settings are
+    DIPNet's defaults: the docs' "chosen" and the code cannot drift apart."""
+    from evidence import read_export
+    from dipnet.methods import build_method
+
+    path = ROOT / "docs" / "results" / "dipnet-defaults" / "runs.jsonl.gz"
+    if not path.exists():
+        pytest.skip("no committed dipnet-defaults export")
+    runs = [r for r in read_export(path)[1:] if r["status"] == "done"]
+    val = {(r["task"], r["method"], r["seed"]): r["results"]["final"]["val_acc"] for r in runs}
+    tasks = sorted({t for t, _, _ in val})
+    gains: dict[str, list[float]] = {}
+    for (task, method, seed), v in val.items():
+        if method != "erm":
+            gains.setdefault(method, [0.0] * len(tasks))
+    for method in gains:
+        for i, task in enumerate(tasks):
+            diffs = [v - val[(task, "erm", s)] for (t, m, s), v in val.items() if t == task and m == method]
+            gains[method][i] = sum(diffs) / len(diffs)
+    best = max(gains, key=lambda m: sum(gains[m]))
+    chosen = next(r["spec"]["resolved"]["dipnet"] for r in runs if r["method"] == best)
+    default = build_method("dipnet").components[0]
+    assert {k: getattr(default, k) for k in ("scale", "sigma", "alpha", "beta")} == \
+        {k: chosen[k] for k in ("scale", "sigma", "alpha", "beta")}
+
+
+def test_a_long_suites_progress_snapshot_resumes_into_a_fresh_store(tmp_path):
+    """`progress` writes only the finished runs of a store where others are still pending;
+    `resume` loads them into a fresh store, and run_suite there trains exactly the rest."""
+    from evidence import main as evidence_main
+
+    store = tmp_path / "a.sqlite"
+    stop_after = {"n": 0}
+
+    def flaky(config: dict, run_dir: str) -> dict:
+        stop_after["n"] += 1
+        if stop_after["n"] > 4:
+            raise KeyboardInterrupt  # the session ends: the other runs stay unfinished
+        return _fake(config, run_dir)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(parse_suite(SUITE, "ev.toml"), store, train_fn=flaky)
+    root = tmp_path / "repo"
+    assert evidence_main(["progress", "--root", str(root), "--store", str(store), "--suite", "ev"]) == 0
+    snapshot = root / "docs" / "results" / "ev" / "progress.jsonl.gz"
+    rows = [json.loads(line) for line in gzip.open(snapshot, "rt").read().splitlines()[1:]]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    fresh = tmp_path / "b.sqlite"
+    assert evidence_main(["resume", "--root", str(root), "--store", str(fresh), "--suite", "ev"]) == 0
+    trained: list[tuple] = []
+
+    def counting(config: dict, run_dir: str) -> dict:
+        trained.append((config["method"], config["seed"]))
+        return _fake(config, run_dir)
+
+    run_suite(parse_suite(SUITE, "ev.toml"), fresh, train_fn=counting)
+    assert len(trained) == 2  # 6 runs, 4 kept from the snapshot
+    with RunStore(fresh) as b:
+        assert {r.status for r in b.runs(suite="ev")} == {"done"} and len(b.runs(suite="ev")) == 6

@@ -527,7 +527,7 @@ def test_smollm2_lora_dipnet_steps_lower_the_loss_and_move_the_sigmas():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two
     try:
-        cfg = FinetuneConfig(model="smollm2-135m", method="dipnet", steps=20, lr=1e-3, train_size=160, val_size=8,
+        cfg = FinetuneConfig(model="smollm2-135m", method="dipnet", steps=10, lr=1e-3, train_size=80, val_size=8,
                              test_size=8, task_kwargs={"min_terms": 2, "max_terms": 3, "max_digits": 2},
                              log_every=5, progress="none")
         tuner = Finetuner(cfg)

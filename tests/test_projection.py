@@ -772,7 +772,7 @@ def test_running_rms_follows_its_definition_in_train_mode_only():
     layer's input (computed here in float64), later batches move it by the momentum, eval and
     sampling leave it alone, and a loaded zero restarts it from the next batch."""
     torch.manual_seed(0)
-    net = project(nn.Sequential(nn.Linear(6, 4)), sigma=0.2, rms_momentum=0.3).train()
+    net = project(nn.Sequential(nn.Linear(6, 4)), sigma=0.2, scale="relative", rms_momentum=0.3).train()
     proj = projections(net)[0][1]
     xs = [torch.randn(8, 6) * s for s in (1.0, 3.0, 0.5)]
 

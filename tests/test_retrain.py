@@ -130,10 +130,12 @@ def test_a_moved_training_default_fails_though_no_key_moves(repo, monkeypatch):
 
 
 def test_a_moved_dipnet_default_fails_in_the_expansion_and_the_retraining(repo, monkeypatch):
+    stored = DIPNet().sigma
     _set_default(monkeypatch, DIPNet, "sigma", 0.3)
     status, out = _check(repo)
     assert status == 1
-    assert "expansion: 4 run(s) whose config moved (resolved.dipnet.sigma: stored 0.2, now 0.3), first t / dipnet" in out
+    assert f"expansion: 4 run(s) whose config moved (resolved.dipnet.sigma: stored {stored}, now 0.3), " \
+           "first t / dipnet" in out
     assert "t / erm / seed" not in out and out.count("stored metric(s) differ") == 1
 
 

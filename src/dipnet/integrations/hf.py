@@ -71,9 +71,12 @@ class DIPNetCallback(TrainerCallback):
             alpha, beta = prior
         except (TypeError, ValueError):
             raise ConfigError(f"prior must be a pair (alpha, beta), not {prior!r}") from None
-        dipnet = build_method("dipnet", {"targets": targets, "sigma": sigma, "alpha": alpha, "beta": beta,
-                                         **settings}).components[0]
+        dipnet = build_method("dipnet", {"targets": targets, "scale": "relative", "sigma": sigma, "alpha": alpha,
+                                         "beta": beta, **settings}).components[0]
         assert isinstance(dipnet, DIPNet)
+        if dipnet.sigma_lr != 1.0:
+            raise ConfigError("DIPNetCallback trains the sigmas at the Trainer's learning rate, so sigma_lr does not "
+                              "apply; use MethodTrainer (dipnet.integrations.hf_trainer), which builds the sigmas' group")
         self.dipnet, self.include, self.exclude = dipnet, include, exclude
 
     def on_init_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:

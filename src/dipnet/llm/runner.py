@@ -46,8 +46,8 @@ __all__ = ["CausalLMTask", "Finetuner", "LLM_METHOD_DEFAULTS", "finetune", "prep
 # A language model's defaults for the noise methods (docs/llm.md): one relative per-feature sigma
 # before each decoder sub-block, and the prior recalibrated for LLMs.
 LLM_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dipnet": {"targets": "decoder", "sigma": LLM_SIGMA, "alpha": LLM_PRIOR[0], "beta": LLM_PRIOR[1]},
-    "noise-layers": {"targets": "decoder", "sigma": LLM_SIGMA},
+    "dipnet": {"targets": "decoder", "scale": "relative", "sigma": LLM_SIGMA, "alpha": LLM_PRIOR[0], "beta": LLM_PRIOR[1]},
+    "noise-layers": {"targets": "decoder", "scale": "relative", "sigma": LLM_SIGMA},
 }
 
 

@@ -113,6 +113,10 @@ class Component(Validated):
         log-sigmas, which its variance prior regularizes)."""
         return []
 
+    def fixed_lr_scale(self) -> float:
+        """The learning rate of :meth:`fixed_parameters` as a multiple of the base one."""
+        return 1.0
+
     def update(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure, ctx: StepContext
     ) -> bool:
@@ -243,6 +247,15 @@ class Method:
         groups = self.param_groups(model, weight_decay)
         if not groups:
             raise ConfigError("the model has no trainable parameters")
+        scale = math.prod(comp.fixed_lr_scale() for comp in self.components)
+        if scale != 1.0:
+            if "lr" not in base_kwargs:
+                raise ConfigError("a learning-rate multiple of the sigmas (sigma_lr) needs the base learning rate: "
+                                  "pass lr= to build_optimizer")
+            fixed = {id(p) for p in self.fixed_parameters(model)}
+            for group in groups:
+                if all(id(p) in fixed for p in group["params"]):
+                    group["lr"] = base_kwargs["lr"] * scale
         if self._update is None:
             return base(groups, weight_decay=weight_decay, **base_kwargs)  # type: ignore[call-arg]  # torch's optimizers take weight_decay; their base class's __init__ does not
         return self._update.build_optimizer(groups, base, fixed=self.fixed_parameters(model),

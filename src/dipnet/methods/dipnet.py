@@ -30,11 +30,13 @@ class DIPNet(Component, LossConfig, PlacementConfig):
     name = "dipnet"
     slots = frozenset({"model", "loss"})
     description = "DIPNet: learnable Gaussian projection of every layer's input, m trajectories, variance prior"
-    tune = {"beta": (1e-4, 4e-4, 1.6e-3)}  # the prior's minimum sqrt(beta / alpha): 0.1, 0.2, 0.4 of the input RMS
+    tune = {"beta": (6.25e-4, 2.5e-3, 1e-2)}  # the prior's minimum sqrt(beta / alpha): 0.25, 0.5, 1 (input units)
 
     targets: Literal["layers", "blocks", "decoder", "lora"] = param(
         "layers", doc="where: every Linear/Conv layer's input, transformer sub-blocks, a Hugging Face LM's "
         "decoder sub-blocks, or peft LoRA layers' inputs")
+    sigma_lr: float = param(1.0, ge=0, doc="the sigmas' learning rate as a multiple of the base one "
+                            "(0: sigma stays at its initial value)")
 
     learnable: ClassVar[bool] = True
 
@@ -44,6 +46,13 @@ class DIPNet(Component, LossConfig, PlacementConfig):
         self._data = DIPNetLoss(trajectories=self.trajectories, batchnorm=self.batchnorm, stability=self.stability,
                                 prior=(0.0, 0.0))
         self._prior = DIPNetLoss(prior=(self.alpha, self.beta))
+
+    def _check(self) -> None:
+        super()._check()
+        if self.targets in ("decoder", "lora") and self.scale == "absolute":
+            raise ConfigError(f"{self.name} with targets={self.targets} needs scale='relative': a language model's "
+                              "activations differ by orders of magnitude between layers, so one sigma in input units "
+                              "fits none of them (docs/llm.md); dipnet finetune and DIPNetCallback set it")
 
     def transform_model(self, model: nn.Module, *, include: Any = None, exclude: Any = None) -> nn.Module:
         """Project ``model`` (``include``/``exclude``: :func:`~dipnet.project`'s name or type filters)."""
@@ -65,6 +74,9 @@ class DIPNet(Component, LossConfig, PlacementConfig):
 
     def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return projection_parameters(model)
+
+    def fixed_lr_scale(self) -> float:
+        return self.sigma_lr
 
     def add_prior_grad(self, model: nn.Module) -> None:
         """Add the variance prior's exact gradient to the sigmas' ``.grad``: the prior where a
@@ -91,7 +103,7 @@ class NoiseLayers(DIPNet):
 
     name = "noise-layers"
     description = "fixed-sigma Gaussian noise at every layer's input (Random Self-Ensemble; DIPNet ablation)"
-    tune = {"sigma": (0.1, 0.2, 0.4)}
+    tune = {"sigma": (0.05, 0.1, 0.2)}
 
     alpha: float = override(LossConfig, "alpha", 0.0)
     beta: float = override(LossConfig, "beta", 0.0)
@@ -99,5 +111,9 @@ class NoiseLayers(DIPNet):
     learnable: ClassVar[bool] = False
 
     def _check(self) -> None:
+        super()._check()
         if self.alpha or self.beta:
             raise ConfigError("noise-layers has a fixed sigma, so the variance prior (alpha, beta) does not apply")
+        if self.sigma_lr != 1.0:
+            raise ConfigError("noise-layers has a fixed sigma, so sigma_lr does not apply (dipnet with sigma_lr=0 "
+                              "keeps sigma at its initial value under the prior)")

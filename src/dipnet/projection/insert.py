@@ -164,8 +164,8 @@ def project(
 ) -> nn.Module:
     """Insert a :class:`GaussianProjection` in front of every targeted layer, in place; returns ``model``.
 
-    ``settings`` are the fields of :class:`PlacementConfig`: ``sigma`` (default 0.2), ``scale``
-    (relative, the default: sigma times the running RMS of the layer's input; or absolute), ``granularity`` (feature/layer), ``project_input`` (False skips the first
+    ``settings`` are the fields of :class:`PlacementConfig`: ``sigma`` (default 0.1), ``scale``
+    (absolute, the default: in input units; or relative: sigma times the running RMS of the layer's input), ``granularity`` (feature/layer), ``project_input`` (False skips the first
     targeted layer, the one reading the raw input), ``noise``, ``input_grad_fraction``,
     ``rms_momentum`` and ``regenerate`` (see :class:`GaussianProjection`; the defaults "auto"/None
     mean the noise table and a 1/8 window on a CPU, fresh noise and the exact gradient on an

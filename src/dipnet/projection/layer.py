@@ -56,9 +56,9 @@ class ProjectionConfig(Validated):
     """The settings of a projection, with their limits (shared by :class:`GaussianProjection`,
     :func:`~dipnet.projection.project` and the ``dipnet`` method)."""
 
-    sigma: float = param(0.2, gt=0, doc="initial noise std (with scale=relative: a fraction of the input RMS)")
+    sigma: float = param(0.1, gt=0, doc="initial noise std (with scale=relative: a fraction of the input RMS)")
     scale: Literal["absolute", "relative"] = param(
-        "relative", doc="relative: sigma times a running RMS of the input (scale-free); absolute: in input units")
+        "absolute", doc="absolute: in input units; relative: sigma times a running RMS of the input (scale-free)")
     noise: NoiseSource = param("auto", doc="eps source: auto (table on a CPU, fresh on GPUs), table, fresh")
     input_grad_fraction: float | None = param(
         None, gt=0, le=1, doc="rows used for the raw input's sigma gradient (none: 1/8 on a CPU, 1 on GPUs)")
@@ -102,10 +102,10 @@ class GaussianProjection(nn.Module):
     def __init__(
         self,
         features: int = 0,
-        sigma: float = 0.2,
+        sigma: float = 0.1,
         *,
         feature_dim: int = -1,
-        scale: Literal["absolute", "relative"] = "relative",
+        scale: Literal["absolute", "relative"] = "absolute",
         learnable: bool = True,
         rms_momentum: float = 0.1,
         noise: NoiseSource = "auto",

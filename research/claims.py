@@ -218,11 +218,17 @@ def study_verdicts(evidence: Any, suite: str) -> str:
     results = suite_results(evidence.tables(suite), evidence.meta(suite))
     parts = []
     for h in dict.fromkeys(r.hypothesis for r in results):
-        cells = [f"{r.task} {r.test.resolution} ({r.test.diff.mean:+.2f} [{r.test.diff.low:+.2f}, "
-                 f"{r.test.diff.high:+.2f}], {r.test.n} seeds)" if r.test.n >= 2 else f"{r.task} no runs"
-                 for r in results if r.hypothesis == h]
-        parts.append(f"{h.statement}: " + "; ".join(cells))
-    return f"Holm over its {len(results)} tests: " + ". ".join(parts)
+        mine = [r for r in results if r.hypothesis == h]
+        groups: dict[str, list[str]] = {}
+        for r in mine:
+            d = r.test.diff
+            cell = f"{r.task} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if r.test.n >= 2 else f"{r.task} (no runs)"
+            groups.setdefault(r.test.resolution, []).append(cell)
+        said = "; ".join(f"{res} on {len(cells)} of {len(mine)} ({', '.join(cells)})" for res, cells in groups.items())
+        parts.append(f"{h.statement}: {said}")
+    seeds = min((r.test.n for r in results), default=0)
+    return (f"{seeds} seeds per task, Holm over its {len(results)} tests, differences in test accuracy points "
+            f"(95% CI): " + ". ".join(parts))
 
 
 @claim("studies")

@@ -231,6 +231,29 @@ def study_verdicts(evidence: Any, suite: str) -> str:
             f"(95% CI): " + ". ".join(parts))
 
 
+@claim("headline")
+def headline(evidence: Any) -> list[str]:
+    """README's first paragraph: the tally of the pre-registered studies' primary tests so far."""
+    from dipnet.experiments.hypotheses import suite_results
+
+    done = [suite for suite in STUDIES if evidence.exported(suite)]
+    tally: dict[str, int] = {}
+    for suite in done:
+        for r in suite_results(evidence.tables(suite), evidence.meta(suite)):
+            tally[r.test.resolution] = tally.get(r.test.resolution, 0) + 1
+    total = sum(tally.values())
+    if not total:
+        return ["Its pre-registered studies of DIPNet (docs/studies.md) are still running."]
+    counts = ", ".join(f"{tally.get(k, 0)} {k}" for k in ("supported", "contradicted", "equivalent", "inconclusive"))
+    return [f"What its pre-registered studies of DIPNet found so far ({len(done)} of {len(STUDIES)} exported, "
+            f"docs/studies.md): of {total} primary tests (DIPNet better than ERM or than the same noise with sigma "
+            f"fixed), {counts} after Holm; in those studies DIPNet did not generalize better."
+            if not tally.get("supported") else
+            f"What its pre-registered studies of DIPNet found so far ({len(done)} of {len(STUDIES)} exported, "
+            f"docs/studies.md): of {total} primary tests (DIPNet better than ERM or than the same noise with sigma "
+            f"fixed), {counts} after Holm."]
+
+
 @claim("studies")
 def studies(evidence: Any) -> list[str]:
     """README's verdict of every pre-registered study, whatever it is (docs/studies.md)."""

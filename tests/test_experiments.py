@@ -804,6 +804,26 @@ def test_a_sweep_is_won_on_validation_and_reported_on_test(tmp_path):
     assert sweep["sam(rho=0.1)"][1] > sweep["sam(rho=0.05)"][1] and sweep["sam(rho=0.05)"][2]
 
 
+def test_a_configuration_with_failed_runs_is_passed_over(tmp_path):
+    """rho = 0.05 has the best validation mean on its finished seeds, but diverged on seed 1: the
+    choice falls to the best configuration without failures (0.1), and the sweep table says why."""
+    from dipnet.errors import DivergenceError
+    from dipnet.experiments.tables import sweep_cells, task_tables
+
+    def diverging(config: dict, run_dir: str) -> dict:
+        if (config.get("method_params") or {}).get("rho") == 0.05 and config["seed"] == 1:
+            raise DivergenceError("the loss diverged at step 3")
+        return selection_train(config, run_dir)
+
+    suite = parse_suite(SELECTION_SUITE, "selection.toml")
+    run_suite(suite, tmp_path / "s.sqlite", train_fn=diverging, allow_failures=True)
+    with RunStore(tmp_path / "s.sqlite") as store:
+        (table,) = task_tables(store, "selection")
+    assert {r.method for r in table.rows} == {"erm", "sam [rho=0.1]"}
+    _, cells = sweep_cells(table)
+    assert [c[4] for c in cells if c[1] == "sam(rho=0.05)"] == ["excluded: 1 of 3 runs failed"]
+
+
 def test_equal_tuning_gives_every_method_its_grid():
     from dipnet.experiments.budget import ERM_TUNE
     from dipnet.methods import METHODS

@@ -49,6 +49,7 @@ class TaskTable:
     setting: str = ""  # dataset, model and training recipe, in words
     sweeps: dict[str, list[tuple[str, Summary, Summary, bool]]] = field(default_factory=dict)
     family: int = 0  # the comparisons "p (t, Holm)" is adjusted over: every one of the suite with its baseline
+    excluded: dict[str, str] = field(default_factory=dict)  # swept configuration -> why it could not be chosen
 
     @property
     def title(self) -> str:
@@ -102,16 +103,29 @@ def _ordered(found: list[str], preferred: list[str]) -> list[str]:
     return [x for x in preferred if x in found] + [x for x in found if x not in preferred]
 
 
+def failed_runs(candidates: dict[str, list[RunRecord]]) -> dict[str, str]:
+    """The configurations a choice on validation must pass over: those with failed runs (a
+    configuration that diverged on some seeds is not "at its best" on the others)."""
+    out = {}
+    for label, runs in candidates.items():
+        failed = sum(r.status == "failed" for r in runs)
+        if failed:
+            out[label] = f"excluded: {failed} of {len(runs)} runs failed"
+    return out
+
+
 def select_on_validation(candidates: dict[str, list[RunRecord]]) -> tuple[str | None, list[tuple[str, Summary, Summary, bool]]]:
     """The configuration with the best mean validation accuracy over its finished seeds (the first
-    on ties), and every configuration's (label, validation, test, chosen); None when a
-    configuration has no validation accuracy to compare."""
+    on ties), passing over those with failed runs (:func:`failed_runs`), and every
+    configuration's (label, validation, test, chosen); None when a configuration without failed
+    runs has no validation accuracy to compare, or when every one has failed runs."""
     stats = []
     for label, runs in candidates.items():
         done = [r for r in runs if r.status == "done"]
         stats.append((label, summarize(r.final.get("val_acc") for r in done), summarize(r.final.get("test_acc") for r in done)))
-    usable = [(label, val) for label, val, _ in stats if val.n]
-    if len(usable) < len(stats):
+    failed = failed_runs(candidates)
+    usable = [(label, val) for label, val, _ in stats if val.n and label not in failed]
+    if len(usable) < len(stats) - len(failed) or not usable:
         return None, [(label, val, test, False) for label, val, test in stats]
     best = max(usable, key=lambda item: item[1].mean)[0] if usable else None
     return best, [(label, val, test, label == best) for label, val, test in stats]
@@ -137,12 +151,13 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
             order = {m: i for i, m in enumerate(labels)}
             groups = dict(sorted(((g, members) for g, members in groups.items() if members),
                                  key=lambda item: (item[0] != baseline, min(order[m] for m in item[1]))))
-            chosen, sweeps = {}, {}
+            chosen, sweeps, excluded = {}, {}, {}
             for g, members in groups.items():
                 if len(members) == 1:
                     chosen[g] = members[0]
                     continue
                 best, sweeps[g] = select_on_validation({m: by_task[task][m] for m in members})
+                excluded.update(failed_runs({m: by_task[task][m] for m in members}))
                 if best is not None:
                     chosen[g] = best
             done = {g: [r for r in by_task[task][m] if r.status == "done"] for g, m in chosen.items()}
@@ -161,7 +176,7 @@ def task_tables(store: RunStore, suite: str | None = None) -> list[TaskTable]:
                                       acct.wall_s, sum(r.status == "failed" for r in by_task[task][label]), label, g))
             every = [r for m in labels for r in by_task[task][m]]
             suite_tables.append(TaskTable(name, task, baseline, rows, {row.method: by_task[task][row.label] for row in rows},
-                                          describe_setting(every), sweeps))
+                                          describe_setting(every), sweeps, excluded=excluded))
         all_rows = [row for t in suite_tables for row in t.rows]
         for row, vs in zip(all_rows, adjust([row.vs_baseline for row in all_rows])):
             row.vs_baseline = vs
@@ -179,7 +194,8 @@ def sweep_cells(table: TaskTable) -> tuple[list[str], list[list[str]]] | None:
     rows = []
     for group, entries in table.sweeps.items():
         for label, val, test, chosen in entries:
-            rows.append([group, label, val.format(100.0, 2), test.format(100.0, 2), "chosen" if chosen else ""])
+            rows.append([group, label, val.format(100.0, 2), test.format(100.0, 2),
+                         "chosen" if chosen else table.excluded.get(label, "")])
     return ["method", "configuration", "val acc (%)", "test acc (%)", "chosen on validation"], rows
 
 

@@ -269,7 +269,9 @@ def readme(evidence: Any) -> list[str]:
               if (r := dip[t.task]) is not None and r.vs_baseline is not None and r.vs_baseline.verdict == "better"]
     winners = sorted({m for t in tables for m in _verdicts(t)["better"]})
     n_comp = sum(1 for t in tables for r in t.rows if r.vs_baseline is not None)
-    grid = max((len(entries) for t in tables for entries in t.sweeps.values()), default=1)
+    sizes = sorted({len(entries) for t in tables for entries in t.sweeps.values()}) or [1]
+    grid = (f"the same {sizes[0]}-value grid" if len(sizes) == 1 else
+            f"a grid of {sizes[0]} values, extended to {sizes[-1]} where the choice sat on an edge")
     seeds = min(r.vs_baseline.n for t in tables for r in t.rows if r.vs_baseline is not None)
     per_task = "; ".join(f"{t.task} {difference(r)}" for t in tables if (r := dip[t.task]) is not None)
     verdict = (f"DIPNet beats ERM on {', '.join(helped)}" if helped else
@@ -281,7 +283,7 @@ def readme(evidence: Any) -> list[str]:
                 if (s := _measure_sentence(t, "dipnet", "jacobian.mean", "", True)) and "better" in s]
     return [
         f"Every method at its best against ERM at its best (each method's main hyperparameter chosen on "
-        f"validation from the same {grid}-value grid; {seeds} seeds; {n_comp} paired comparisons, Holm-adjusted): "
+        f"validation from {grid}; {seeds} seeds; {n_comp} paired comparisons, Holm-adjusted): "
         f"{verdict} ({per_task}). Methods that do beat ERM after the correction: {_list(winners)} "
         f"(docs/methods.md). DIPNet's nets have a smaller input Jacobian than ERM's on "
         f"{_list(smoother)}, and a larger top Hessian eigenvalue (sharper in weight space) on "

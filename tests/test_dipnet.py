@@ -89,6 +89,30 @@ def test_sigma_lr_scales_the_sigmas_step_and_zero_freezes_them(update):
     assert lrs[-1] == pytest.approx(3 * lrs[0]) and lrs[0] < 0.1
 
 
+def test_sigma_lr_holds_through_the_engines_schedule(tmp_path):
+    """The engine sets every group's learning rate from the schedule at each step: the sigmas'
+    group keeps its multiple (sigma_lr = 0: sigma never moves through a whole cosine run; 3: its
+    learning rate ends three times the weights'), and a multiple changes what is learned."""
+    from dipnet.engine import Trainer
+
+    def run(sigma_lr: float, out: str) -> Trainer:
+        cfg = TrainConfig(data="synthetic", model="mlp", method="dipnet", epochs=2, batch_size=64, lr=1e-2, seed=0,
+                          schedule="cosine", out=str(tmp_path / out), progress="none",
+                          method_params={"sigma_lr": sigma_lr, "noise": "fresh"})
+        trainer = Trainer(cfg)
+        trainer.fit()
+        return trainer
+
+    frozen, base, fast = run(0.0, "a"), run(1.0, "b"), run(3.0, "c")
+    start = torch.log(torch.tensor(frozen.method.components[0].sigma))
+    assert all(torch.equal(p.log_sigma, torch.full_like(p.log_sigma, start)) for _, p in projections(frozen.model))
+    assert any(not torch.allclose(p.log_sigma, torch.full_like(p.log_sigma, start)) for _, p in projections(base.model))
+    lrs = sorted(g["lr"] for g in fast.optimizer.param_groups)
+    assert lrs[-1] == pytest.approx(3 * lrs[0]) and 0 < lrs[0] < 1e-2
+    assert not all(torch.equal(p.log_sigma, q.log_sigma)
+                   for (_, p), (_, q) in zip(projections(base.model), projections(fast.model)))
+
+
 def test_sigma_lr_is_refused_where_it_cannot_apply():
     with pytest.raises(ConfigError, match="sigma_lr does not apply"):
         build_method("noise-layers", {"sigma_lr": 2.0})

@@ -198,7 +198,7 @@ class Loop:
             lr = self.lr_at(state.step)
             if lr != ctx.lr:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
             ctx.epoch, ctx.step, ctx.progress, ctx.lr = period, state.step, state.step / self.total_steps, lr
             ctx.batch_size = int(idx.shape[0])
             idx, ctx.loss_scale = self.dist.shard(idx)  # distributed: this rank's part of the global batch

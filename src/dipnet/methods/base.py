@@ -255,7 +255,7 @@ class Method:
             fixed = {id(p) for p in self.fixed_parameters(model)}
             for group in groups:
                 if all(id(p) in fixed for p in group["params"]):
-                    group["lr"] = base_kwargs["lr"] * scale
+                    group["lr"], group["lr_scale"] = base_kwargs["lr"] * scale, scale  # schedules keep the multiple
         if self._update is None:
             return base(groups, weight_decay=weight_decay, **base_kwargs)  # type: ignore[call-arg]  # torch's optimizers take weight_decay; their base class's __init__ does not
         return self._update.build_optimizer(groups, base, fixed=self.fixed_parameters(model),

@@ -151,8 +151,9 @@ def comparison_grids(evidence: Any) -> list[str]:
             cells.append(f"**{value}** (edge)" if edge else value)
         lines.append(f"| {g} | {key} " + ", ".join(grid) + " | " + " | ".join(cells) + " |")
     lines += ["", "Chosen on validation per task (mean over the seeds). "
-              + (f"On an edge of its grid: {', '.join(edges)}; the suite's rule extends those grids and runs "
-                 "it again." if edges else "Every choice is interior to its grid (or 0, the lower end).")]
+              + (f"On an edge of its grid, not bracketed: {', '.join(edges)} (the suite's header lists the "
+                 "extensions made and where they stopped)." if edges else
+                 "Every choice is interior to its grid (or 0, the lower end).")]
     return lines
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from dipnet.experiments.hypotheses import suite_results
 from dipnet.experiments.tables import MethodRow, TaskTable
 
 ClaimFn = Callable[[Any], list[str]]
@@ -212,8 +213,6 @@ STUDIES = {  # the pre-registered studies of issue 24, in the order README state
 
 def study_verdicts(evidence: Any, suite: str) -> str:
     """One sentence per declared hypothesis of a study: its resolution and interval on every task."""
-    from dipnet.experiments.hypotheses import suite_results
-
     if not evidence.exported(suite):
         return "not yet exported (its runs are in progress; the study file and its hypotheses are committed)"
     results = suite_results(evidence.tables(suite), evidence.meta(suite))
@@ -235,8 +234,6 @@ def study_verdicts(evidence: Any, suite: str) -> str:
 @claim("headline")
 def headline(evidence: Any) -> list[str]:
     """README's first paragraph: the tally of the pre-registered studies' primary tests so far."""
-    from dipnet.experiments.hypotheses import suite_results
-
     done = [suite for suite in STUDIES if evidence.exported(suite)]
     tally: dict[str, int] = {}
     for suite in done:
@@ -246,13 +243,10 @@ def headline(evidence: Any) -> list[str]:
     if not total:
         return ["Its pre-registered studies of DIPNet (docs/studies.md) are still running."]
     counts = ", ".join(f"{tally.get(k, 0)} {k}" for k in ("supported", "contradicted", "equivalent", "inconclusive"))
+    verdict = "" if tally.get("supported") else "; in those studies DIPNet did not generalize better"
     return [f"What its pre-registered studies of DIPNet found so far ({len(done)} of {len(STUDIES)} exported, "
             f"docs/studies.md): of {total} primary tests (DIPNet better than ERM or than the same noise with sigma "
-            f"fixed), {counts} after Holm; in those studies DIPNet did not generalize better."
-            if not tally.get("supported") else
-            f"What its pre-registered studies of DIPNet found so far ({len(done)} of {len(STUDIES)} exported, "
-            f"docs/studies.md): of {total} primary tests (DIPNet better than ERM or than the same noise with sigma "
-            f"fixed), {counts} after Holm."]
+            f"fixed), {counts} after Holm{verdict}."]
 
 
 @claim("studies")

@@ -22,10 +22,18 @@
   sampled for another suite (a run whose key several exports hold trains once and is compared
   with each). This catches a change of what a default or a code path computes even where the
   key does not move (a non-stored training field, the projection, a scheduler's formula).
+- **Whole or first periods.** To keep ``make test`` to a few minutes, only some picks are
+  re-trained to the end: for every engine method (with its instruments) and for every suite, its
+  cheapest pick; these compare every stored metric, the final ones and the measures included.
+  Every other pick trains its first ``PERIODS`` periods (epochs) only and compares those history
+  rows bit for bit (a run's history depends on its whole config from the first step: schedule,
+  data, method), and its stored final metrics must equal its stored last history row's (the final
+  evaluation is the last period's), so an edit of a final metric fails without training.
+  ``--full`` re-trains every pick to the end.
 
 CPU training here is deterministic (one thread, seeded noise), so equality is exact. Runs are
-trained cheapest first; ``--budget-s`` stops starting new ones after that many seconds and names
-the runs left unchecked. Suites of kind ``finetune`` (LLM fine-tuning) are left out unless
+trained longest first (so the workers finish together); with ``--budget-s``, cheapest first, and
+no new one starts after that many seconds (the runs left unchecked are named). Suites of kind ``finetune`` (LLM fine-tuning) are left out unless
 ``--include-finetune``: a LoRA run of SmolLM2 takes minutes on a CPU.
 
 ``docs/results/stale.toml`` lists what is known not to match the code until a suite is rerun::
@@ -40,6 +48,7 @@ difference of the suite still does. The check names the entries that match again
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import tempfile
@@ -50,6 +59,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from dipnet.engine import Callback, Loop, TrainConfig, TrainState, train
 from dipnet.engine import threads as threads_policy
 from dipnet.errors import ConfigError, DataError
 from dipnet.experiments.compare import engine_train, execute_run
@@ -61,6 +71,7 @@ STALE = Path("docs") / "results" / "stale.toml"
 NOT_METRICS = ("env", "run_dir", "worker_pid", "seconds")
 SKIPPED_KINDS = {"finetune": "LLM fine-tuning: minutes a run on a CPU (--include-finetune retrains it)"}
 SHOWN = 3  # differing fields named per run
+PERIODS = 2  # periods a pick not trained to the end trains (see the module docstring)
 ABSENT = "<absent>"
 
 
@@ -117,6 +128,14 @@ class Pick:
     spec: dict[str, Any]
     holders: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (suite, stored results)
     est_s: float = 0.0
+    periods: int | None = None  # train the first ``periods`` periods only (None: to the end)
+
+    @property
+    def cost_s(self) -> float:
+        """The stored wall time, scaled to the periods it trains."""
+        if self.periods is None:
+            return self.est_s
+        return self.est_s * self.periods / max(min(len(r.get("history") or []) for _, r in self.holders), 1)
 
     @property
     def label(self) -> str:
@@ -147,12 +166,65 @@ def sample(exports: Iterable[Export]) -> list[Pick]:
     return sorted(picks.values(), key=lambda p: (p.est_s, p.key))
 
 
-def retrain_one(spec: dict[str, Any], train_fn: Callable[[dict[str, Any], str], Any] | None = None) -> dict[str, Any]:
-    """Train one stored run again (one torch thread, its instruments included) in a temporary
-    directory; ``{"ok": ..., "results" | "error": ...}`` as :func:`execute_run` gives it."""
+def shorten(picks: list[Pick], train_fns: dict[str, Any], periods: int = PERIODS) -> None:
+    """Mark every pick but the cheapest (fewest example-gradients) of each (engine method,
+    instruments) and of each suite to
+    train its first ``periods`` periods only (a pick of a suite with its own ``train_fn``, or whose
+    stored history is no longer, trains to the end)."""
+    whole: set[str] = set()
+    for p in sorted(picks, key=lambda p: (_cost({"results": p.holders[0][1]})[0], p.key)):
+        firsts = [("method", str(p.spec["config"].get("method")), *p.spec.get("measure", []))]
+        firsts += [("suite", suite) for suite, _ in p.holders]
+        if any(f not in whole for f in firsts):
+            whole.update(firsts)
+            continue
+        stored = min(len(results.get("history") or []) for _, results in p.holders)
+        if stored > periods and all(train_fns.get(suite, engine_train) is engine_train for suite, _ in p.holders):
+            p.periods = periods
+
+
+class _StopAfter(Callback):
+    """Stop the loop at the end of its ``periods``-th period."""
+
+    def __init__(self, periods: int) -> None:
+        self.periods = periods
+
+    def on_period_end(self, loop: Loop, state: TrainState, row: dict[str, Any]) -> None:
+        if len(state.history) >= self.periods:
+            loop.control.stop(f"retrain: the first {self.periods} period(s)")
+
+
+def _train_first(periods: int, config: dict[str, Any], run_dir: str) -> Any:
+    return train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=[_StopAfter(periods)])
+
+
+def retrain_one(spec: dict[str, Any], train_fn: Callable[[dict[str, Any], str], Any] | None = None,
+                periods: int | None = None) -> dict[str, Any]:
+    """Train one stored run again (one torch thread, its instruments included; with ``periods``,
+    its first periods only, without instruments) in a temporary directory; ``{"ok": ...,
+    "results" | "error": ...}`` as :func:`execute_run` gives it."""
+    if periods is not None:
+        spec, train_fn = {**spec, "measure": []}, functools.partial(_train_first, periods)
     measures = {name: INSTRUMENTS.get(name) for name in spec.get("measure", [])}
     with tempfile.TemporaryDirectory(prefix="dipnet-retrain-") as tmp, threads_policy.using(1, warn=False):
         return execute_run(spec, str(Path(tmp) / "run"), train_fn or engine_train, measures)
+
+
+def compared(pick: Pick, stored: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(path, stored, new)`` of every metric a pick's re-training compares that differs: all of
+    them, or for a pick trained its first periods only, those periods' history rows."""
+    if pick.periods is None:
+        return differences(stored, new)
+    return differences((stored.get("history") or [])[: pick.periods], new.get("history") or [], "history")
+
+
+def final_not_last_row(stored: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(path, final value, last row's value)`` of every stored final metric that differs from the
+    stored last history row's (the final evaluation is the last period's)."""
+    history = stored.get("history") or []
+    last = history[-1] if history else {}
+    return [(f"final.{k}", v, last[k]) for k, v in sorted((stored.get("final") or {}).items())
+            if is_metric(k) and k in last and differences(v, last[k])]
 
 
 def expansion_problems(ex: Export, suite: Suite) -> tuple[list[str], int]:
@@ -254,7 +326,7 @@ def _train_all(picks: list[Pick], train_fns: dict[str, Any], workers: int,
     fn = {p.key: train_fns[p.holders[0][0]] for p in picks}
     if workers == 1:
         for p in picks:
-            yield p, retrain_one(p.spec, fn[p.key]) if in_budget() else None
+            yield p, retrain_one(p.spec, fn[p.key], p.periods) if in_budget() else None
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         queue, running = list(picks), {}
@@ -264,7 +336,7 @@ def _train_all(picks: list[Pick], train_fns: dict[str, Any], workers: int,
                 if not in_budget():
                     yield p, None
                     continue
-                running[pool.submit(retrain_one, p.spec, fn[p.key])] = p
+                running[pool.submit(retrain_one, p.spec, fn[p.key], p.periods)] = p
             if running:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -286,7 +358,8 @@ def _known(stale: Stale | None, what: str) -> bool:
 
 
 def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *, budget_s: float | None = None,
-                  workers: int = 1, include_finetune: bool = False, echo: Callable[[str], None] = print) -> int:
+                  workers: int = 1, include_finetune: bool = False, full: bool = False,
+                  echo: Callable[[str], None] = print) -> int:
     """Check every committed export (or ``suites``') against the current code (see the module
     docstring), print what differs, and return the exit status: 1 when a difference is not one
     ``docs/results/stale.toml`` lists, else 0."""
@@ -317,6 +390,9 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
             notes[ex.suite].append(f"{added_only} run key(s) moved only by method hyperparameters added since")
         train_fns[ex.suite] = getattr(suite, "train_fn", None) or engine_train
     picks = sample(exports)
+    if not full:
+        shorten(picks, train_fns)
+    picks.sort(key=lambda p: (p.cost_s, p.key), reverse=budget_s is None)  # in a budget cheapest first, else longest
     for pick in picks:
         for suite_name, _ in pick.holders:
             sampled[suite_name].add(pick.key)
@@ -330,20 +406,28 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
             if not reply.get("ok"):
                 problems[suite_name].append(("suite", f"{pick.label}: training failed: {reply.get('error')}"))
                 continue
-            diffs = differences(stored, reply["results"])
+            diffs = compared(pick, stored, reply["results"])
             changed = [d for d in diffs if d[1] != ABSENT]
+            first = f" in its first {pick.periods} period(s)" if pick.periods else ""
             if changed:
-                problems[suite_name].append((pick.key, f"{pick.label}: {len(changed)} stored metric(s) differ: "
+                problems[suite_name].append((pick.key, f"{pick.label}: {len(changed)} stored metric(s) differ{first}: "
                                                        f"{_describe(changed)}"))
             elif diffs and not any(n.startswith("metrics added") for n in notes[suite_name]):
                 notes[suite_name].append(f"metrics added since, e.g. {diffs[0][0]}")
+            own = final_not_last_row(stored) if pick.periods else []
+            if own:
+                problems[suite_name].append((pick.key, f"{pick.label}: {len(own)} stored final metric(s) differ from "
+                                                       f"its stored last history row: "
+                                                       + "; ".join(f"{p}: {a!r}, last row {b!r}" for p, a, b in own[:SHOWN])))
     wall = time.perf_counter() - t0
     failing = 0
     for ex in exports:
         entry, found = stale.get(ex.suite), problems[ex.suite]
         bad = [line for what, line in found if not _known(entry, what)]
+        short = sum(1 for p in picks if p.periods and p.key in checked[ex.suite])
         head = f"{ex.suite}: {len(checked[ex.suite])} of its {sum(r.get('status') == 'done' for r in ex.rows)} " \
-               "finished runs re-trained" + "".join(f" ({n})" for n in notes[ex.suite])
+               "finished runs re-trained" + (f" ({short} of them their first {PERIODS} periods)" if short else "") \
+               + "".join(f" ({n})" for n in notes[ex.suite])
         verdict = f"FAILS: {len(bad)} difference(s)" if bad else "every stored metric matches"
         if entry is not None:
             known = len(found) - len(bad)
@@ -363,8 +447,10 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
         echo(f"{STALE} lists {name!r}, which has no committed export: remove it")
     if unchecked:
         echo(f"--budget-s {budget_s:g}: {len(unchecked)} sampled run(s) not re-trained (first: {unchecked[0].label})")
-    echo(f"retrain: {len(picks) - len(unchecked)} run(s) re-trained in {wall:.0f} s ({workers} process(es), 1 thread "
-         f"each); {failing} suite(s) fail, {sum(ex.suite in stale for ex in exports)} listed in {STALE}")
+    short = sum(1 for p in picks if p.periods and p not in unchecked)
+    echo(f"retrain: {len(picks) - len(unchecked)} run(s) re-trained ({short} their first {PERIODS} periods) in {wall:.0f} s "
+         f"({workers} process(es), 1 thread each); {failing} suite(s) fail, {sum(ex.suite in stale for ex in exports)} "
+         f"listed in {STALE}")
     return 1 if failing else 0
 
 
@@ -379,12 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, help="start no run after this many seconds (unchecked runs are named)")
     p.add_argument("--workers", type=int, default=1, help="processes training at once, one thread each (default 1)")
     p.add_argument("--include-finetune", action="store_true", help="also re-train suites of kind finetune (slow)")
+    p.add_argument("--full", action="store_true", help="re-train every sampled run to the end (default: see the "
+                                                       "module docstring, 'Whole or first periods')")
     args = p.parse_args(argv)
     if args.workers < 1 or (args.budget_s is not None and not args.budget_s > 0):
         p.error("--workers must be >= 1 and --budget-s > 0")
     try:
         return retrain_check(args.root, args.suite, budget_s=args.budget_s, workers=args.workers,
-                             include_finetune=args.include_finetune)
+                             include_finetune=args.include_finetune, full=args.full)
     except (ConfigError, DataError) as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return 2

@@ -192,3 +192,74 @@ def test_a_finetune_suite_is_left_out_saying_why(repo):
     status, out = _check(repo)
     assert status == 0 and "tiny: left out: a suite of kind finetune (LLM fine-tuning: minutes a run on a CPU" in out
     assert "retrain: 0 run(s) re-trained" in out
+
+
+TWO_TASKS = """
+name = "tiny"
+seeds = [0]
+[train]
+epochs = 3
+batch_size = 64
+lr = 1e-2
+[tasks.t]
+data = "synthetic"
+model = "mlp"
+data_kwargs = { n_train = 128, n_test = 64 }
+[tasks.u]
+data = "synthetic"
+model = "mlp"
+data_kwargs = { n_train = 256, n_test = 64 }
+[methods.erm]
+[methods.dipnet]
+"""
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed root whose suite has two tasks: a method's second pick trains its first periods."""
+    root = tmp_path_factory.mktemp("repo2")
+    (root / "suites").mkdir()
+    (root / "suites" / "tiny.toml").write_text(TWO_TASKS)
+    store = root.parent / f"{root.name}.sqlite"
+    run_suite(parse_suite(TWO_TASKS, "suites/tiny.toml"), store, threads=1)
+    export_suite(store, "tiny", root / "docs" / "results" / "tiny" / "runs.jsonl.gz")
+    return root
+
+
+def test_a_methods_other_picks_train_their_first_periods_and_still_catch_edits(two_tasks, tmp_path, monkeypatch):
+    repo = Path(shutil.copytree(two_tasks, tmp_path / "repo"))
+    status, out = _check(repo)
+    assert status == 0, out
+    assert "tiny: 4 of its 4 finished runs re-trained (2 of them their first 2 periods); every stored metric " \
+           "matches" in out
+    lines: list[str] = []
+    assert retrain_check(repo, full=True, echo=lines.append) == 0 and "(0 their first 2 periods)" in lines[-1]
+
+    rows = [json.loads(line) for line in gzip.open(_export(repo), "rt").read().splitlines()][1:]
+    short = next(r for r in rows if r["task"] == "u" and r["method"] == "erm")  # the larger task: not the cheapest
+    final, second = short["results"]["final"]["test_acc"], short["results"]["history"][1]["val_loss"]
+
+    def edit(row: dict) -> None:
+        if row["key"] == short["key"]:
+            row["results"]["final"]["test_acc"] = final + 0.25
+            row["results"]["history"][1]["val_loss"] = second + 1.0
+
+    _rewrite(repo, edit)
+    status, out = _check(repo)
+    assert status == 1, out
+    assert f"u / erm / seed 0 ({short['key']}): 1 stored metric(s) differ in its first 2 period(s): " \
+           f"history[1].val_loss: stored {second + 1.0!r}, now {second!r}" in out
+    assert f"u / erm / seed 0 ({short['key']}): 1 stored final metric(s) differ from its stored last history row: " \
+           f"final.test_acc: {final + 0.25!r}, last row {final!r}" in out
+    lines = []
+    assert retrain_check(repo, full=True, echo=lines.append) == 1  # trained to the end: the final metric itself
+    assert f"final.test_acc: stored {final + 0.25!r}, now {final!r}" in "\n".join(lines)
+
+
+def test_a_moved_training_default_fails_in_the_first_periods_too(two_tasks, tmp_path, monkeypatch):
+    repo = Path(shutil.copytree(two_tasks, tmp_path / "repo"))
+    _set_default(monkeypatch, TrainConfig, "warmup_epochs", 1.0)
+    status, out = _check(repo)
+    assert status == 1
+    assert out.count("stored metric(s) differ: final.") == 2
+    assert out.count("stored metric(s) differ in its first 2 period(s): history[0].") == 2

@@ -3,11 +3,13 @@ LoRA r=8 on q/k/v/o (adapters at their zero start, so the base model) and chain_
 how much a relative sigma at every decoder sub-block raises the answer loss, and how strongly
 the data term pulls on each log sigma. The questions are training questions of the llm suite
 and no LLM suite's validation or test questions (:func:`calibration_items`).
-Run: PYTHONPATH=src .venv/bin/python docs/llm_prior.py
+Run: PYTHONPATH=src .venv/bin/python docs/llm_prior.py (writes docs/results/llm-prior/calibration.json,
+from which research/evidence.py generates docs/llm.md's table and the rule's prior)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 
+from dipnet.engine.checkpoint import atomic_write_bytes
+from dipnet.engine.runinfo import run_info
 from dipnet.errors import ConfigError
 from dipnet.experiments.suite import load_suite
 from dipnet.llm import FinetuneConfig, collate, encode, load_llm, load_task, prepare_model
@@ -25,6 +29,8 @@ from dipnet.projection import DIPNetLoss, causal_lm_loss, project, projections, 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("llm", str(ROOT / "suites" / "llm-study.toml"))  # the LLM suites whose held-out questions are kept out
 BATCHES, BATCH = 4, 8
+SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+OUT = ROOT / "docs" / "results" / "llm-prior" / "calibration.json"
 
 
 def _data_config(suite: Any) -> FinetuneConfig:
@@ -53,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", type=int, default=BATCHES)
     ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--out", default=str(OUT), help="where the measurement is written (default: %(default)s)")
     args = ap.parse_args()
     start = time.perf_counter()
     items = calibration_items(BATCH * args.batches)
@@ -73,7 +80,8 @@ def main() -> None:
         clean = statistics.mean(float(loss(model, b, lab)) for b, lab in batches)
     print(f"{len(items)} training questions, answer loss without noise: {clean:.4f}")
     print("sigma  loss    +%    mean dL/dlog(sigma) per feature  median |.|   (x1e-4)")
-    for sigma in (0.01, 0.02, 0.05, 0.1, 0.2, 0.4):
+    rows = []
+    for sigma in SIGMAS:
         project(model, targets="decoder", sigma=sigma)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -89,10 +97,16 @@ def main() -> None:
                 grads.append(torch.cat([p.log_sigma.grad.reshape(-1) for _, p in projections(model)]))
         g = torch.stack(grads).mean(0)
         noisy = statistics.mean(values)
+        rows.append({"sigma": sigma, "loss": noisy, "grad_mean": float(g.mean()), "grad_median_abs": float(g.abs().median())})
         print(f"{sigma:<6} {noisy:.4f} {100 * (noisy - clean) / clean:+6.1f}  {1e4 * float(g.mean()):+10.3f}"
               f"                  {1e4 * float(g.abs().median()):8.3f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
         strip(model)
-    print(f"total {time.perf_counter() - start:.0f} s")
+    record = {"model": "smollm2-135m", "placement": "decoder", "scale": "relative", "lora_r": cfg.lora_r,
+              "task": cfg.task, "task_kwargs": cfg.task_kwargs, "questions": len(items), "batches": args.batches,
+              "draws": args.draws, "clean_loss": clean, "rows": rows, "wall_s": time.perf_counter() - start,
+              "env": run_info()}
+    atomic_write_bytes(Path(args.out), (json.dumps(record, indent=1) + "\n").encode())
+    print(f"total {record['wall_s']:.0f} s; written to {args.out}")
 
 
 if __name__ == "__main__":

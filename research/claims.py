@@ -7,9 +7,12 @@ A claim function takes an object with ``table(suite, task) -> TaskTable`` and re
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable
 
+from dipnet.errors import DataError
 from dipnet.experiments.hypotheses import suite_results
 from dipnet.experiments.tables import MethodRow, TaskTable
 
@@ -284,4 +287,61 @@ def readme(evidence: Any) -> list[str]:
         f"{_list(smoother)}, and a larger top Hessian eigenvalue (sharper in weight space) on "
         f"{_list(sharper)} (docs/measure.md, docs/robust.md). Generated from the committed runs "
         f"(docs/results/); `make docs-check` regenerates every figure quoted here."
+    ]
+
+
+CALIBRATION = Path("docs") / "results" / "llm-prior" / "calibration.json"
+PRIOR_RULE_COST = 0.05  # the prior's minimum: the largest sigma whose answer loss rises by at most this
+
+
+def prior_rule(record: dict[str, Any]) -> tuple[float, float, float, float]:
+    """``(sigma, median, alpha, beta)`` of docs/llm_prior.py's rule: the prior's minimum
+    ``sqrt(beta / alpha)`` at the largest measured sigma whose answer loss rises by at most
+    :data:`PRIOR_RULE_COST`, and its pull on a sigma far below it (``2 beta`` per log sigma, from
+    ``alpha sigma^2 - beta log sigma^2``) equal to the median per-feature data gradient there."""
+    clean = float(record["clean_loss"])
+    fits = [r for r in record["rows"] if float(r["loss"]) <= (1 + PRIOR_RULE_COST) * clean]
+    if not fits:
+        raise DataError(f"{CALIBRATION}: no measured sigma keeps the answer loss within {PRIOR_RULE_COST:.0%}")
+    best = max(fits, key=lambda r: float(r["sigma"]))
+    sigma, median = float(best["sigma"]), float(best["grad_median_abs"])
+    beta = median / 2
+    return sigma, median, beta / sigma**2, beta
+
+
+@claim("llm-prior")
+def llm_prior(evidence: Any) -> list[str]:
+    """docs/llm.md's calibration of the LLM prior, from docs/llm_prior.py's stored measurement."""
+    from dipnet.projection.hf import LLM_PRIOR
+
+    path = Path(evidence.root) / CALIBRATION
+    if not path.exists():
+        raise DataError(f"{path} is missing; run PYTHONPATH=src python docs/llm_prior.py")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    clean = float(record["clean_loss"])
+    rows = [[f"{r['sigma']:g}", f"{r['loss']:.4g}", f"{100 * (r['loss'] - clean) / clean:+.1f}%",
+             f"{1e4 * r['grad_mean']:+.3f}e-4", f"{1e4 * r['grad_median_abs']:.3g}e-4"] for r in record["rows"]]
+    sigma, median, alpha, beta = prior_rule(record)
+    alpha0, beta0 = LLM_PRIOR
+    kept = math.isclose(math.sqrt(beta0 / alpha0), sigma, rel_tol=0.01)
+    env = record.get("env") or {}
+    return [
+        f"Measured by `docs/llm_prior.py` ({record['wall_s'] / 60:.1f} minutes on one CPU thread, "
+        f"{env.get('time_utc', '?')[:10]}): {record['model']}, LoRA r={record['lora_r']} on q/k/v/o at its zero start, "
+        f"{record['questions']} {record['task']} training questions, {record['draws']} noise draws each, "
+        f"answer-token loss {clean:.4g} without noise.",
+        "",
+        "| relative sigma at all 60 sub-blocks | answer loss | change | mean dL/d log sigma per feature | median abs |",
+        "|---|---|---|---|---|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        f"The rule: the prior's minimum `sqrt(beta / alpha)` sits at the largest sigma whose answer loss rises "
+        f"by at most {PRIOR_RULE_COST:.0%} ({sigma:g}), and its pull on a sigma far below that minimum (`2 beta` per "
+        f"log sigma) equals the median per-feature data gradient there ({1e4 * median:.3g}e-4): `beta` = {beta:.2g}, "
+        f"`alpha = beta / {sigma:g}^2` = {alpha:.2g}. `LLM_PRIOR = ({alpha0:g}, {beta0:g})` (minimum "
+        f"{math.sqrt(beta0 / alpha0):.2g}) came from a first calibration whose questions were test questions of "
+        f"the `llm` suite; "
+        + ("the rule on training questions gives the same minimum, so it was kept (the LLM suites ran with it)."
+           if kept else "the rule on training questions gives another minimum: `LLM_PRIOR` is due a change, and the "
+                        "LLM suites a rerun."),
     ]

@@ -233,6 +233,8 @@ def test_sizes_fuzzer_refuses_or_stops_before_work(tmp_path, monkeypatch, capsys
     from dipnet.engine import Trainer
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("dipnet.schema.available_memory", lambda device=None: 2**29)  # a 512 MiB machine: a
+    # valid size this machine could hold (3 GiB of data) is refused here instead of being allocated
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     monkeypatch.setattr("dipnet.cli.train.launch_processes", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     rng, deadline, cases = random.Random(26), time.time() + 5, 0

@@ -124,6 +124,53 @@ def test_the_prior_is_calibrated_on_training_questions_only():
     assert {"llm", "llm-study"} <= set(checked)
 
 
+def _claims():
+    sys.path.insert(0, str(ROOT / "research"))
+    import claims
+
+    return claims
+
+
+def test_the_prior_rule_by_hand_and_the_library_prior_follows_the_stored_calibration():
+    claims = _claims()
+    record = {"clean_loss": 2.0, "rows": [{"sigma": 0.01, "loss": 2.0, "grad_median_abs": 1e-5},
+                                          {"sigma": 0.02, "loss": 2.1, "grad_median_abs": 3e-5},  # +5.0%: kept
+                                          {"sigma": 0.04, "loss": 2.102, "grad_median_abs": 9e-5},  # +5.1%
+                                          {"sigma": 0.08, "loss": 1.9, "grad_median_abs": 2e-4}]}  # past a rise: still in
+    sigma, median, alpha, beta = claims.prior_rule(record)
+    assert (sigma, median) == (0.08, 2e-4) and beta == pytest.approx(1e-4) and alpha == pytest.approx(1e-4 / 0.08**2)
+    record["rows"] = record["rows"][:3]
+    assert claims.prior_rule(record)[:2] == (0.02, 3e-5)
+    with pytest.raises(DataError, match="within 5%"):
+        claims.prior_rule({"clean_loss": 1.0, "rows": [{"sigma": 0.1, "loss": 2.0, "grad_median_abs": 1.0}]})
+
+    from dipnet.projection.hf import LLM_PRIOR, LLM_SIGMA
+
+    stored = json.loads((ROOT / claims.CALIBRATION).read_text())
+    sigma, *_ = claims.prior_rule(stored)
+    assert (LLM_PRIOR[1] / LLM_PRIOR[0]) ** 0.5 == pytest.approx(sigma) == LLM_SIGMA  # the minimum the rule gives
+    assert [r["sigma"] for r in stored["rows"]] == sorted(r["sigma"] for r in stored["rows"])
+    assert stored["questions"] == 32 and stored["model"] == "smollm2-135m"
+
+
+def test_every_table_of_docs_llm_is_generated():
+    """docs/llm.md holds no hand-typed result table: every Markdown table row outside code blocks
+    lies inside a generated fragment."""
+    lines = (ROOT / "docs" / "llm.md").read_text(encoding="utf-8").splitlines()
+    inside = code = False
+    typed = []
+    for n, line in enumerate(lines, 1):
+        if line.startswith("```"):
+            code = not code
+        elif line.startswith("<!-- dipnet:begin"):
+            inside = True
+        elif line.startswith("<!-- dipnet:end"):
+            inside = False
+        elif line.startswith("|") and not inside and not code:
+            typed.append(n)
+    assert not typed, f"docs/llm.md lines {typed}: a table outside a generated fragment"
+
+
 # ---------------------------------------------------------------- LLM suites as evidence
 
 

@@ -40,16 +40,20 @@ sweep = { beta = [1e-4, 4e-4] }
 """
 
 
+def _commit(root: Path, text: str) -> Path:
+    """``root`` holding the suite file ``text`` (suite "tiny") and the export of its runs."""
+    (root / "suites").mkdir()
+    (root / "suites" / "tiny.toml").write_text(text)
+    store = root.parent / f"{root.name}.sqlite"
+    run_suite(parse_suite(text, "suites/tiny.toml"), store, threads=1)
+    export_suite(store, "tiny", root / "docs" / "results" / "tiny" / "runs.jsonl.gz")
+    return root
+
+
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository root holding the tiny suite's file and its export (6 runs, 2 methods)."""
-    root = tmp_path_factory.mktemp("repo")
-    (root / "suites").mkdir()
-    (root / "suites" / "tiny.toml").write_text(SUITE)
-    store = root.parent / f"{root.name}.sqlite"
-    run_suite(parse_suite(SUITE, "suites/tiny.toml"), store, threads=1)
-    export_suite(store, "tiny", root / "docs" / "results" / "tiny" / "runs.jsonl.gz")
-    return root
+    return _commit(tmp_path_factory.mktemp("repo"), SUITE)
 
 
 @pytest.fixture
@@ -217,13 +221,7 @@ data_kwargs = { n_train = 256, n_test = 64 }
 @pytest.fixture(scope="module")
 def two_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A committed root whose suite has two tasks: a method's second pick trains its first periods."""
-    root = tmp_path_factory.mktemp("repo2")
-    (root / "suites").mkdir()
-    (root / "suites" / "tiny.toml").write_text(TWO_TASKS)
-    store = root.parent / f"{root.name}.sqlite"
-    run_suite(parse_suite(TWO_TASKS, "suites/tiny.toml"), store, threads=1)
-    export_suite(store, "tiny", root / "docs" / "results" / "tiny" / "runs.jsonl.gz")
-    return root
+    return _commit(tmp_path_factory.mktemp("repo2"), TWO_TASKS)
 
 
 def test_a_methods_other_picks_train_their_first_periods_and_still_catch_edits(two_tasks, tmp_path, monkeypatch):

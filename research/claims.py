@@ -212,6 +212,10 @@ STUDIES = {  # the pre-registered studies of issue 24, in the order README state
     "llm-study": "(b) its Table 2 regime (SmolLM2-135M under LoRA, one epoch of chain_sum)",
     "sigma-study": "(c) learned against fixed sigma (DIPNet's sigma learning rate chosen on validation)",
 }
+FOLLOW_UPS = {  # a study's follow-ups with their own hypotheses, stated after it (not in the headline's tally)
+    "sigma-study": {"sigma-fixed": "its follow-up, learned against larger (the fixed sigma chosen on validation "
+                                   "from 0.1-0.8, MNIST-1D MLP)"},
+}
 
 
 def study_verdicts(evidence: Any, suite: str) -> str:
@@ -230,7 +234,8 @@ def study_verdicts(evidence: Any, suite: str) -> str:
         said = "; ".join(f"{res} on {len(cells)} of {len(mine)} ({', '.join(cells)})" for res, cells in groups.items())
         parts.append(f"{h.statement}: {said}")
     seeds = min((r.test.n for r in results), default=0)
-    return (f"{seeds} seeds per task, Holm over its {len(results)} tests, differences in test accuracy points "
+    return (f"{seeds} seeds per task, Holm over its {len(results)} test{'s' * (len(results) != 1)}, differences in "
+            f"test accuracy points "
             f"(95% CI): " + ". ".join(parts))
 
 
@@ -255,7 +260,9 @@ def headline(evidence: Any) -> list[str]:
 @claim("studies")
 def studies(evidence: Any) -> list[str]:
     """README's verdict of every pre-registered study, whatever it is (docs/studies.md)."""
-    return [f"- {what}: {study_verdicts(evidence, suite)}." for suite, what in STUDIES.items()]
+    return [f"- {what}: {study_verdicts(evidence, suite)}."
+            + "".join(f" In {more}: {study_verdicts(evidence, f)}." for f, more in FOLLOW_UPS.get(suite, {}).items())
+            for suite, what in STUDIES.items()]
 
 
 @claim("readme")
@@ -345,3 +352,23 @@ def llm_prior(evidence: Any) -> list[str]:
            if kept else "the rule on training questions gives another minimum: `LLM_PRIOR` is due a change, and the "
                         "LLM suites a rerun."),
     ]
+
+
+@claim("llm-study-sigma")
+def llm_study_sigma(evidence: Any) -> list[str]:
+    """How far DIPNet's relative sigmas moved in the LLM study (every feature of every projection)."""
+    from dipnet.projection.hf import LLM_SIGMA
+
+    (table,) = evidence.tables("llm-study")
+    runs = [r for r in table.runs.get("dipnet", []) if r.status == "done" and r.history]
+    if not runs:
+        raise DataError("suite 'llm-study' has no finished dipnet run with a history")
+    ends = [r.history[-1].get("method") or {} for r in runs]
+    low, high = min(e["sigma_relative_min"] for e in ends), max(e["sigma_relative_max"] for e in ends)
+    mean = sum(e["sigma_relative_mean"] for e in ends) / len(ends)
+    steps = max(int(r.final.get("steps", 0)) for r in runs)
+    return [f"How far sigma moved: after {steps} steps every relative sigma of DIPNet's "
+            f"{len(ends[0].get('sigma') or {})} projections lies in [{low:.4f}, {high:.4f}] (mean {mean:.4f}; all "
+            f"start at {LLM_SIGMA:g}; {len(runs)} seeds): the learned part is {max(LLM_SIGMA - low, high - LLM_SIGMA) / LLM_SIGMA:.0%} "
+            f"of the starting sigma at most, so DIPNet here is, to within that, noise at a fixed relative "
+            f"{LLM_SIGMA:g}, which is what the noise-layers arm holds."]

@@ -41,6 +41,7 @@ SKIP = {
     ("studies.md", "dipnet compare suites/perturbation-study.toml"): LONG_SUITE,
     ("studies.md", "dipnet compare suites/sigma-study.toml"): LONG_SUITE,
     ("studies.md", "dipnet compare suites/sigma-lr.toml"): LONG_SUITE,
+    ("studies.md", "dipnet compare suites/sigma-fixed.toml"): LONG_SUITE,
     ("studies.md", "PYTHONPATH=src python research/evidence.py export"): "exports the store of the suite above",
     ("dipnet.md", "dipnet compare suites/dipnet-defaults.toml"): LONG_SUITE + "; it also needs MNIST in ../shared/data",
     ("dipnet.md", "PYTHONPATH=src python research/evidence.py export"): "exports the store of the suite above",

@@ -252,8 +252,9 @@ def headline(evidence: Any) -> list[str]:
         return ["Its pre-registered studies of DIPNet (docs/studies.md) are still running."]
     counts = ", ".join(f"{tally.get(k, 0)} {k}" for k in ("supported", "contradicted", "equivalent", "inconclusive"))
     verdict = "" if tally.get("supported") else "; in those studies DIPNet did not generalize better"
-    return [f"What its pre-registered studies of DIPNet found so far ({len(done)} of {len(STUDIES)} exported, "
-            f"docs/studies.md): of {total} primary tests (DIPNet better than ERM or than the same noise with sigma "
+    so_far = "" if len(done) == len(STUDIES) else f" so far ({len(done)} of {len(STUDIES)} exported)"
+    return [f"What its {len(STUDIES)} pre-registered studies of DIPNet found{so_far} (docs/studies.md): of {total} "
+            f"primary tests (DIPNet better than ERM or than the same noise with sigma "
             f"fixed), {counts} after Holm{verdict}."]
 
 

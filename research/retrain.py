@@ -33,8 +33,9 @@
 
 CPU training here is deterministic (one thread, seeded noise), so equality is exact. Runs are
 trained longest first (so the workers finish together); with ``--budget-s``, cheapest first, and
-no new one starts after that many seconds (the runs left unchecked are named). Suites of kind ``finetune`` (LLM fine-tuning) are left out unless
-``--include-finetune``: a LoRA run of SmolLM2 takes minutes on a CPU.
+no new one starts after that many seconds (the runs left unchecked are named). Suites of kind ``finetune`` (LLM fine-tuning: a LoRA run of SmolLM2 takes minutes on a CPU) are
+expanded like every other, but of their sampled runs only the cheapest trains, its first period
+only; ``--include-finetune`` re-trains all of them to the end.
 
 ``docs/results/stale.toml`` lists what is known not to match the code until a suite is rerun::
 
@@ -53,6 +54,7 @@ import math
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -69,7 +71,7 @@ from dipnet.experiments.suite_checks import MAX_RUNS, load_toml
 
 STALE = Path("docs") / "results" / "stale.toml"
 NOT_METRICS = ("env", "run_dir", "worker_pid", "seconds")
-SKIPPED_KINDS = {"finetune": "LLM fine-tuning: minutes a run on a CPU (--include-finetune retrains it)"}
+SLOW_KINDS = {"finetune": "LLM fine-tuning: minutes a run on a CPU; --include-finetune re-trains them all"}
 SHOWN = 3  # differing fields named per run
 PERIODS = 2  # periods a pick not trained to the end trains (see the module docstring)
 ABSENT = "<absent>"
@@ -129,6 +131,7 @@ class Pick:
     holders: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (suite, stored results)
     est_s: float = 0.0
     periods: int | None = None  # train the first ``periods`` periods only (None: to the end)
+    kind: str = "train"  # the kind of the suites holding it
 
     @property
     def cost_s(self) -> float:
@@ -161,7 +164,7 @@ def sample(exports: Iterable[Export]) -> list[Pick]:
             row = min(rows, key=lambda r: (r["key"] not in picks, *_cost(r)))
             pick = picks.setdefault(row["key"], Pick(row["key"], {**row["spec"], "suite": ex.suite, "task": row["task"],
                                                                   "method": row["method"]},
-                                                     est_s=float(row["results"].get("run_wall_s") or 0.0)))
+                                                     est_s=float(row["results"].get("run_wall_s") or 0.0), kind=ex.kind))
             pick.holders.append((ex.suite, row["results"]))
     return sorted(picks.values(), key=lambda p: (p.est_s, p.key))
 
@@ -173,6 +176,8 @@ def shorten(picks: list[Pick], train_fns: dict[str, Any], periods: int = PERIODS
     stored history is no longer, trains to the end)."""
     whole: set[str] = set()
     for p in sorted(picks, key=lambda p: (_cost({"results": p.holders[0][1]})[0], p.key)):
+        if p.kind in SLOW_KINDS:
+            continue
         firsts = [("method", str(p.spec["config"].get("method")), *p.spec.get("measure", []))]
         firsts += [("suite", suite) for suite, _ in p.holders]
         if any(f not in whole for f in firsts):
@@ -183,28 +188,62 @@ def shorten(picks: list[Pick], train_fns: dict[str, Any], periods: int = PERIODS
             p.periods = periods
 
 
+def _one_slow_pick(picks: list[Pick], notes: dict[str, list[str]]) -> list[Pick]:
+    """The picks without those of slow kinds (:data:`SLOW_KINDS`) but the cheapest one, which
+    trains its first period only; a note per suite says how many of its picks were left out."""
+    slow = [p for p in picks if p.kind in SLOW_KINDS]
+    if not slow:
+        return picks
+    kept = min(slow, key=lambda p: (p.est_s / max(len(p.holders[0][1].get("history") or []), 1), p.key))
+    if len(kept.holders[0][1].get("history") or []) > 1:
+        kept.periods = 1
+    left = Counter((suite, p.kind) for p in slow if p is not kept for suite, _ in p.holders)
+    for (suite, kind), n in sorted(left.items()):
+        notes[suite].append(f"{n} sampled run(s) left out: {SLOW_KINDS[kind]}")
+    return [p for p in picks if p.kind not in SLOW_KINDS or p is kept]
+
+
+class _Enough(Exception):
+    """Raised once the periods asked for are recorded: ends the run without its final evaluation."""
+
+    def __init__(self, history: list[dict[str, Any]]) -> None:
+        super().__init__("retrain: the periods asked for are done")
+        self.history = history
+
+
 class _StopAfter(Callback):
-    """Stop the loop at the end of its ``periods``-th period."""
+    """End the run at the end of its ``periods``-th period (raising :class:`_Enough`)."""
 
     def __init__(self, periods: int) -> None:
         self.periods = periods
 
     def on_period_end(self, loop: Loop, state: TrainState, row: dict[str, Any]) -> None:
         if len(state.history) >= self.periods:
-            loop.control.stop(f"retrain: the first {self.periods} period(s)")
+            raise _Enough(list(state.history))
 
 
-def _train_first(periods: int, config: dict[str, Any], run_dir: str) -> Any:
-    return train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=[_StopAfter(periods)])
+def _train_first(periods: int, kind: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The first ``periods`` history rows of the run ``config`` describes (a suite of ``kind``)."""
+    stop = _StopAfter(periods)
+    try:
+        if kind == "finetune":
+            from dipnet.llm import FinetuneConfig, Finetuner
+
+            Finetuner(FinetuneConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=[stop]).fit()
+        else:
+            train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=[stop])
+    except _Enough as enough:
+        return {"final": {}, "history": enough.history}
+    raise RuntimeError(f"the run ended before its period {periods}")
 
 
 def retrain_one(spec: dict[str, Any], train_fn: Callable[[dict[str, Any], str], Any] | None = None,
-                periods: int | None = None) -> dict[str, Any]:
+                periods: int | None = None, kind: str = "train") -> dict[str, Any]:
     """Train one stored run again (one torch thread, its instruments included; with ``periods``,
     its first periods only, without instruments) in a temporary directory; ``{"ok": ...,
     "results" | "error": ...}`` as :func:`execute_run` gives it."""
     if periods is not None:
-        spec, train_fn = {**spec, "measure": []}, functools.partial(_train_first, periods)
+        spec, train_fn = {**spec, "measure": []}, functools.partial(_train_first, periods, kind)
     measures = {name: INSTRUMENTS.get(name) for name in spec.get("measure", [])}
     with tempfile.TemporaryDirectory(prefix="dipnet-retrain-") as tmp, threads_policy.using(1, warn=False):
         return execute_run(spec, str(Path(tmp) / "run"), train_fn or engine_train, measures)
@@ -326,7 +365,7 @@ def _train_all(picks: list[Pick], train_fns: dict[str, Any], workers: int,
     fn = {p.key: train_fns[p.holders[0][0]] for p in picks}
     if workers == 1:
         for p in picks:
-            yield p, retrain_one(p.spec, fn[p.key], p.periods) if in_budget() else None
+            yield p, retrain_one(p.spec, fn[p.key], p.periods, p.kind) if in_budget() else None
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         queue, running = list(picks), {}
@@ -336,7 +375,7 @@ def _train_all(picks: list[Pick], train_fns: dict[str, Any], workers: int,
                 if not in_budget():
                     yield p, None
                     continue
-                running[pool.submit(retrain_one, p.spec, fn[p.key], p.periods)] = p
+                running[pool.submit(retrain_one, p.spec, fn[p.key], p.periods, p.kind)] = p
             if running:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -372,9 +411,6 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
     checked: dict[str, set[str]] = {}
     notes: dict[str, list[str]] = {}
     for ex in load_exports(root, suites):
-        if ex.kind in SKIPPED_KINDS and not include_finetune:
-            echo(f"{ex.suite}: left out: a suite of kind {ex.kind} ({SKIPPED_KINDS[ex.kind]})")
-            continue
         exports.append(ex)
         problems[ex.suite], notes[ex.suite], sampled[ex.suite], checked[ex.suite] = [], [], set(), set()
         text, source = suite_text(root, ex)
@@ -390,6 +426,8 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
             notes[ex.suite].append(f"{added_only} run key(s) moved only by method hyperparameters added since")
         train_fns[ex.suite] = getattr(suite, "train_fn", None) or engine_train
     picks = sample(exports)
+    if not include_finetune:
+        picks = _one_slow_pick(picks, notes)
     if not full:
         shorten(picks, train_fns)
     picks.sort(key=lambda p: (p.cost_s, p.key), reverse=budget_s is None)  # in a budget cheapest first, else longest
@@ -426,7 +464,7 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
         bad = [line for what, line in found if not _known(entry, what)]
         short = sum(1 for p in picks if p.periods and p.key in checked[ex.suite])
         head = f"{ex.suite}: {len(checked[ex.suite])} of its {sum(r.get('status') == 'done' for r in ex.rows)} " \
-               "finished runs re-trained" + (f" ({short} of them their first {PERIODS} periods)" if short else "") \
+               "finished runs re-trained" + (f" ({short} of them their first periods only)" if short else "") \
                + "".join(f" ({n})" for n in notes[ex.suite])
         verdict = f"FAILS: {len(bad)} difference(s)" if bad else "every stored metric matches"
         if entry is not None:
@@ -448,7 +486,7 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
     if unchecked:
         echo(f"--budget-s {budget_s:g}: {len(unchecked)} sampled run(s) not re-trained (first: {unchecked[0].label})")
     short = sum(1 for p in picks if p.periods and p not in unchecked)
-    echo(f"retrain: {len(picks) - len(unchecked)} run(s) re-trained ({short} their first {PERIODS} periods) in {wall:.0f} s "
+    echo(f"retrain: {len(picks) - len(unchecked)} run(s) re-trained ({short} their first periods only) in {wall:.0f} s "
          f"({workers} process(es), 1 thread each); {failing} suite(s) fail, {sum(ex.suite in stale for ex in exports)} "
          f"listed in {STALE}")
     return 1 if failing else 0

@@ -185,17 +185,54 @@ def test_the_sample_is_the_cheapest_run_of_every_method_and_task_shared_runs_onc
     assert {p.key: [s for s, _ in p.holders] for p in sample([a, shared])}["k5"] == ["a", "b"]  # trained once, for both
 
 
-def test_a_finetune_suite_is_left_out_saying_why(repo):
-    path = _export(repo)
-    lines = gzip.open(path, "rt").read().splitlines()
-    header = json.loads(lines[0])
-    header["meta"]["text"] = 'kind = "finetune"\n' + header["meta"]["text"]
-    lines[0] = _sealed({k: v for k, v in header.items() if k != "sha256"})
-    with gzip.open(path, "wt") as fh:
-        fh.write("\n".join(lines) + "\n")
+FINETUNE = """
+kind = "finetune"
+name = "tiny"
+seeds = [0]
+baseline = "sft"
+[train]
+model = "tiny-llama"
+steps = 4
+log_every = 2
+train_size = 16
+val_size = 2
+test_size = 4
+[tasks.sums]
+task = "chain_sum"
+task_kwargs = { min_terms = 2, max_terms = 2 }
+[methods.sft]
+[methods.dipnet]
+"""
+
+
+def test_a_finetune_suite_is_expanded_and_its_cheapest_pick_trains_its_first_period(tmp_path, monkeypatch):
+    pytest.importorskip("reasoning_gym")
+    pytest.importorskip("peft")
+    from dipnet.llm import FinetuneConfig
+
+    (tmp_path / "repo").mkdir()
+    repo = _commit(tmp_path / "repo", FINETUNE)
+    rows = [json.loads(line) for line in gzip.open(_export(repo), "rt").read().splitlines()][1:]
+    assert all(len(r["results"]["history"]) == 2 for r in rows)
     status, out = _check(repo)
-    assert status == 0 and "tiny: left out: a suite of kind finetune (LLM fine-tuning: minutes a run on a CPU" in out
-    assert "retrain: 0 run(s) re-trained" in out
+    assert status == 0, out
+    assert "tiny: 1 of its 2 finished runs re-trained (1 of them their first periods only) (1 sampled run(s) left " \
+           "out: LLM fine-tuning" in out
+    lines: list[str] = []
+    assert retrain_check(repo, include_finetune=True, echo=lines.append) == 0
+    assert "tiny: 2 of its 2 finished runs re-trained; every stored metric matches" in lines[0]
+
+    def edit(row: dict) -> None:
+        row["results"]["history"][0]["val_loss"] += 1.0
+        row["results"]["history"][1]["objective"] += 1.0
+
+    _rewrite(repo, edit)
+    status, out = _check(repo)  # the first period's row differs; the second is not trained
+    assert status == 1 and "1 stored metric(s) differ in its first 1 period(s): history[0].val_loss" in out
+    _set_default(monkeypatch, FinetuneConfig, "lora_r", 4)  # every run's key moves: the expansion says so
+    status, out = _check(repo)
+    assert status == 1 and "expansion: 2 run(s) whose config moved" in out
+
 
 
 TWO_TASKS = """
@@ -228,10 +265,10 @@ def test_a_methods_other_picks_train_their_first_periods_and_still_catch_edits(t
     repo = Path(shutil.copytree(two_tasks, tmp_path / "repo"))
     status, out = _check(repo)
     assert status == 0, out
-    assert "tiny: 4 of its 4 finished runs re-trained (2 of them their first 2 periods); every stored metric " \
+    assert "tiny: 4 of its 4 finished runs re-trained (2 of them their first periods only); every stored metric " \
            "matches" in out
     lines: list[str] = []
-    assert retrain_check(repo, full=True, echo=lines.append) == 0 and "(0 their first 2 periods)" in lines[-1]
+    assert retrain_check(repo, full=True, echo=lines.append) == 0 and "(0 their first periods only)" in lines[-1]
 
     rows = [json.loads(line) for line in gzip.open(_export(repo), "rt").read().splitlines()][1:]
     short = next(r for r in rows if r["task"] == "u" and r["method"] == "erm")  # the larger task: not the cheapest

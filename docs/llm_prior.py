@@ -97,9 +97,10 @@ def main() -> None:
                 grads.append(torch.cat([p.log_sigma.grad.reshape(-1) for _, p in projections(model)]))
         g = torch.stack(grads).mean(0)
         noisy = statistics.mean(values)
-        rows.append({"sigma": sigma, "loss": noisy, "grad_mean": float(g.mean()), "grad_median_abs": float(g.abs().median())})
-        print(f"{sigma:<6} {noisy:.4f} {100 * (noisy - clean) / clean:+6.1f}  {1e4 * float(g.mean()):+10.3f}"
-              f"                  {1e4 * float(g.abs().median()):8.3f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
+        row = {"sigma": sigma, "loss": noisy, "grad_mean": float(g.mean()), "grad_median_abs": float(g.abs().median())}
+        rows.append(row)
+        print(f"{sigma:<6} {noisy:.4f} {100 * (noisy - clean) / clean:+6.1f}  {1e4 * row['grad_mean']:+10.3f}"
+              f"                  {1e4 * row['grad_median_abs']:8.3f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
         strip(model)
     record = {"model": "smollm2-135m", "placement": "decoder", "scale": "relative", "lora_r": cfg.lora_r,
               "task": cfg.task, "task_kwargs": cfg.task_kwargs, "questions": len(items), "batches": args.batches,

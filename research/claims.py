@@ -15,6 +15,7 @@ from typing import Any, Callable
 from dipnet.errors import DataError
 from dipnet.experiments.hypotheses import suite_results
 from dipnet.experiments.tables import MethodRow, TaskTable
+from dipnet.projection.hf import LLM_PRIOR, LLM_SIGMA
 
 ClaimFn = Callable[[Any], list[str]]
 CLAIMS: dict[str, ClaimFn] = {}
@@ -320,8 +321,6 @@ def prior_rule(record: dict[str, Any]) -> tuple[float, float, float, float]:
 @claim("llm-prior")
 def llm_prior(evidence: Any) -> list[str]:
     """docs/llm.md's calibration of the LLM prior, from docs/llm_prior.py's stored measurement."""
-    from dipnet.projection.hf import LLM_PRIOR
-
     path = Path(evidence.root) / CALIBRATION
     if not path.exists():
         raise DataError(f"{path} is missing; run PYTHONPATH=src python docs/llm_prior.py")
@@ -331,7 +330,8 @@ def llm_prior(evidence: Any) -> list[str]:
              f"{1e4 * r['grad_mean']:+.3f}e-4", f"{1e4 * r['grad_median_abs']:.3g}e-4"] for r in record["rows"]]
     sigma, median, alpha, beta = prior_rule(record)
     alpha0, beta0 = LLM_PRIOR
-    kept = math.isclose(math.sqrt(beta0 / alpha0), sigma, rel_tol=0.01)
+    minimum0 = math.sqrt(beta0 / alpha0)
+    kept = math.isclose(minimum0, sigma, rel_tol=0.01)
     env = record.get("env") or {}
     return [
         f"Measured by `docs/llm_prior.py` ({record['wall_s'] / 60:.1f} minutes on one CPU thread, "
@@ -347,7 +347,7 @@ def llm_prior(evidence: Any) -> list[str]:
         f"by at most {PRIOR_RULE_COST:.0%} ({sigma:g}), and its pull on a sigma far below that minimum (`2 beta` per "
         f"log sigma) equals the median per-feature data gradient there ({1e4 * median:.3g}e-4): `beta` = {beta:.2g}, "
         f"`alpha = beta / {sigma:g}^2` = {alpha:.2g}. `LLM_PRIOR = ({alpha0:g}, {beta0:g})` (minimum "
-        f"{math.sqrt(beta0 / alpha0):.2g}) came from a first calibration whose questions were test questions of "
+        f"{minimum0:.2g}) came from a first calibration whose questions were test questions of "
         f"the `llm` suite; "
         + ("the rule on training questions gives the same minimum, so it was kept (the LLM suites ran with it)."
            if kept else "the rule on training questions gives another minimum: `LLM_PRIOR` is due a change, and the "
@@ -358,8 +358,6 @@ def llm_prior(evidence: Any) -> list[str]:
 @claim("llm-study-sigma")
 def llm_study_sigma(evidence: Any) -> list[str]:
     """How far DIPNet's relative sigmas moved in the LLM study (every feature of every projection)."""
-    from dipnet.projection.hf import LLM_SIGMA
-
     (table,) = evidence.tables("llm-study")
     runs = [r for r in table.runs.get("dipnet", []) if r.status == "done" and r.history]
     if not runs:

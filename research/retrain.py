@@ -61,7 +61,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from dipnet.engine import Callback, Loop, TrainConfig, TrainState, train
+from dipnet.engine import Callback, Loop, TrainState
 from dipnet.engine import threads as threads_policy
 from dipnet.errors import ConfigError, DataError
 from dipnet.experiments.compare import engine_train, execute_run
@@ -134,11 +134,16 @@ class Pick:
     kind: str = "train"  # the kind of the suites holding it
 
     @property
+    def stored_periods(self) -> int:
+        """The history rows its stored results hold (the fewest, if its holders disagree)."""
+        return min(len(r.get("history") or []) for _, r in self.holders)
+
+    @property
     def cost_s(self) -> float:
         """The stored wall time, scaled to the periods it trains."""
         if self.periods is None:
             return self.est_s
-        return self.est_s * self.periods / max(min(len(r.get("history") or []) for _, r in self.holders), 1)
+        return self.est_s * self.periods / max(self.stored_periods, 1)
 
     @property
     def label(self) -> str:
@@ -169,11 +174,10 @@ def sample(exports: Iterable[Export]) -> list[Pick]:
     return sorted(picks.values(), key=lambda p: (p.est_s, p.key))
 
 
-def shorten(picks: list[Pick], train_fns: dict[str, Any], periods: int = PERIODS) -> None:
+def shorten(picks: list[Pick], periods: int = PERIODS) -> None:
     """Mark every pick but the cheapest (fewest example-gradients) of each (engine method,
-    instruments) and of each suite to
-    train its first ``periods`` periods only (a pick of a suite with its own ``train_fn``, or whose
-    stored history is no longer, trains to the end)."""
+    instruments) and of each suite to train its first ``periods`` periods only (a pick whose
+    stored history is no longer trains to the end; picks of slow kinds are left as they are)."""
     whole: set[str] = set()
     for p in sorted(picks, key=lambda p: (_cost({"results": p.holders[0][1]})[0], p.key)):
         if p.kind in SLOW_KINDS:
@@ -183,8 +187,7 @@ def shorten(picks: list[Pick], train_fns: dict[str, Any], periods: int = PERIODS
         if any(f not in whole for f in firsts):
             whole.update(firsts)
             continue
-        stored = min(len(results.get("history") or []) for _, results in p.holders)
-        if stored > periods and all(train_fns.get(suite, engine_train) is engine_train for suite, _ in p.holders):
+        if p.stored_periods > periods:
             p.periods = periods
 
 
@@ -194,8 +197,8 @@ def _one_slow_pick(picks: list[Pick], notes: dict[str, list[str]]) -> list[Pick]
     slow = [p for p in picks if p.kind in SLOW_KINDS]
     if not slow:
         return picks
-    kept = min(slow, key=lambda p: (p.est_s / max(len(p.holders[0][1].get("history") or []), 1), p.key))
-    if len(kept.holders[0][1].get("history") or []) > 1:
+    kept = min(slow, key=lambda p: (p.est_s / max(p.stored_periods, 1), p.key))
+    if kept.stored_periods > 1:
         kept.periods = 1
     left = Counter((suite, p.kind) for p in slow if p is not kept for suite, _ in p.holders)
     for (suite, kind), n in sorted(left.items()):
@@ -222,28 +225,23 @@ class _StopAfter(Callback):
             raise _Enough(list(state.history))
 
 
-def _train_first(periods: int, kind: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """The first ``periods`` history rows of the run ``config`` describes (a suite of ``kind``)."""
-    stop = _StopAfter(periods)
+def _train_first(train_fn: Callable[..., Any], periods: int, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The first ``periods`` history rows of the run ``config`` describes, trained by the suite's
+    ``train_fn`` (which takes the loop's callbacks)."""
     try:
-        if kind == "finetune":
-            from dipnet.llm import FinetuneConfig, Finetuner
-
-            Finetuner(FinetuneConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=[stop]).fit()
-        else:
-            train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=[stop])
+        train_fn(config, run_dir, callbacks=[_StopAfter(periods)])
     except _Enough as enough:
         return {"final": {}, "history": enough.history}
     raise RuntimeError(f"the run ended before its period {periods}")
 
 
 def retrain_one(spec: dict[str, Any], train_fn: Callable[[dict[str, Any], str], Any] | None = None,
-                periods: int | None = None, kind: str = "train") -> dict[str, Any]:
+                periods: int | None = None) -> dict[str, Any]:
     """Train one stored run again (one torch thread, its instruments included; with ``periods``,
     its first periods only, without instruments) in a temporary directory; ``{"ok": ...,
     "results" | "error": ...}`` as :func:`execute_run` gives it."""
     if periods is not None:
-        spec, train_fn = {**spec, "measure": []}, functools.partial(_train_first, periods, kind)
+        spec, train_fn = {**spec, "measure": []}, functools.partial(_train_first, train_fn or engine_train, periods)
     measures = {name: INSTRUMENTS.get(name) for name in spec.get("measure", [])}
     with tempfile.TemporaryDirectory(prefix="dipnet-retrain-") as tmp, threads_policy.using(1, warn=False):
         return execute_run(spec, str(Path(tmp) / "run"), train_fn or engine_train, measures)
@@ -365,7 +363,7 @@ def _train_all(picks: list[Pick], train_fns: dict[str, Any], workers: int,
     fn = {p.key: train_fns[p.holders[0][0]] for p in picks}
     if workers == 1:
         for p in picks:
-            yield p, retrain_one(p.spec, fn[p.key], p.periods, p.kind) if in_budget() else None
+            yield p, retrain_one(p.spec, fn[p.key], p.periods) if in_budget() else None
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         queue, running = list(picks), {}
@@ -375,7 +373,7 @@ def _train_all(picks: list[Pick], train_fns: dict[str, Any], workers: int,
                 if not in_budget():
                     yield p, None
                     continue
-                running[pool.submit(retrain_one, p.spec, fn[p.key], p.periods, p.kind)] = p
+                running[pool.submit(retrain_one, p.spec, fn[p.key], p.periods)] = p
             if running:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -429,7 +427,7 @@ def retrain_check(root: str | Path = ".", suites: Iterable[str] | None = None, *
     if not include_finetune:
         picks = _one_slow_pick(picks, notes)
     if not full:
-        shorten(picks, train_fns)
+        shorten(picks)
     picks.sort(key=lambda p: (p.cost_s, p.key), reverse=budget_s is None)  # in a budget cheapest first, else longest
     for pick in picks:
         for suite_name, _ in pick.holders:

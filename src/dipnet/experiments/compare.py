@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..engine import TrainConfig, threads as threads_policy, train
 from ..engine.rundir import read_record
@@ -37,9 +37,10 @@ TrainFn = Callable[[dict[str, Any], str], Any]
 EventFn = Callable[[str, RunSpec, Mapping[str, Any]], None]
 
 
-def engine_train(config: dict[str, Any], run_dir: str) -> Any:
-    """The default ``train_fn``: :func:`dipnet.engine.train` with checkpoints in ``run_dir``."""
-    return train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}))
+def engine_train(config: dict[str, Any], run_dir: str, callbacks: Sequence[Any] = ()) -> Any:
+    """The default ``train_fn``: :func:`dipnet.engine.train` with checkpoints in ``run_dir``
+    (``callbacks``: the loop's, as :func:`~dipnet.engine.train` takes them)."""
+    return train(TrainConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=callbacks)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..engine import RunResult
@@ -39,7 +39,7 @@ from ..experiments.suite import MethodEntry, TaskEntry, suite_baseline, suite_he
 from ..experiments.suite_checks import Checker
 from ..schema import check, check_field
 from .config import FinetuneConfig
-from .runner import finetune, llm_method
+from .runner import Finetuner, llm_method
 from .models import LLMS
 from .tasks import TASKS
 
@@ -49,9 +49,10 @@ TOP_KEYS = ("kind", "name", "description", "seeds", "baseline", "train", "tasks"
 SET_BY_SUITE = ("task", "method", "method_params", "seed", "out", "progress")
 
 
-def finetune_train(config: dict[str, Any], run_dir: str) -> RunResult:
-    """The suite's ``train_fn``: one fine-tuning run with its record and checkpoints in ``run_dir``."""
-    return finetune(FinetuneConfig.from_dict({**config, "out": run_dir, "progress": "none"}))
+def finetune_train(config: dict[str, Any], run_dir: str, callbacks: Sequence[Any] = ()) -> RunResult:
+    """The suite's ``train_fn``: one fine-tuning run with its record and checkpoints in ``run_dir``
+    (``callbacks``: the loop's, as :class:`~dipnet.llm.Finetuner` takes them)."""
+    return Finetuner(FinetuneConfig.from_dict({**config, "out": run_dir, "progress": "none"}), callbacks=callbacks).fit()
 
 
 @dataclasses.dataclass
